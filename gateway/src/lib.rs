@@ -1,0 +1,22 @@
+//! Shoal's gateway: the read-only OCI distribution-spec v1.1 pull API (`/v2/`).
+//!
+//! Docker, containerd, Podman and skopeo talk to it exactly as to a registry. It knows nothing
+//! of where content comes from: the node hands it a [`ContentSource`], and the gateway turns
+//! HTTP requests into calls on it and the answers back into registry responses, streaming blob
+//! bytes without holding them in memory. Every write method is refused.
+//!
+//! Request flow: [`router`] sends every request to one handler, [`path::Route::parse`] decodes
+//! the `/v2/<name>/...` path (names contain slashes, so the router's own patterns cannot), the
+//! handler asks the source, and [`error::GatewayError`] renders every failure as OCI error JSON.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod accept;
+pub mod error;
+mod handlers;
+pub mod path;
+pub mod range;
+mod source;
+
+pub use error::GatewayError;
+pub use handlers::router;
+pub use source::{BlobStream, ContentSource, Manifest, OpenBlob, SourceError};

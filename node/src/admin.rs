@@ -1,0 +1,116 @@
+//! The admin socket: how `shoal import`, `shoal status` and later commands talk to the running
+//! node. A Unix socket inside the data directory, so only users who can reach the data
+//! directory can use it.
+//!
+//! Protocol: the client writes one JSON [`AdminRequest`] line; the node answers with JSON
+//! [`AdminEvent`] lines, ending with a final one (anything but `Progress`). Closing the
+//! connection cancels the request in progress.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::import::ImportReport;
+use crate::store::{ImageSummary, StoreSummary};
+
+/// Longest request line accepted from a client.
+pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminRequest {
+    Import { path: PathBuf, tag: Option<String> },
+    Status,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminEvent {
+    Progress { done: u64, total: u64 },
+    Imported(ImportReport),
+    Status(Box<StatusReport>),
+    Failed { message: String },
+}
+
+impl AdminEvent {
+    fn is_final(&self) -> bool {
+        !matches!(self, AdminEvent::Progress { .. })
+    }
+}
+
+/// What `shoal status` shows.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StatusReport {
+    pub peer_id: String,
+    pub data_dir: PathBuf,
+    pub gateway: String,
+    pub store: StoreSummary,
+    pub images: Vec<ImageSummary>,
+}
+
+/// Binds the admin socket, replacing a stale socket file. The caller holds the data-dir lock,
+/// so no live node can own the old file.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(error)
+                .with_context(|| format!("cannot remove stale socket {}", path.display()));
+        }
+        _ => {}
+    }
+    UnixListener::bind(path).with_context(|| format!("cannot bind admin socket {}", path.display()))
+}
+
+/// Reads one request line from a connection, refusing anything longer than the limit.
+pub async fn read_request(stream: &mut BufReader<UnixStream>) -> anyhow::Result<AdminRequest> {
+    let mut line = Vec::new();
+    let mut limited = (&mut *stream).take(REQUEST_BYTES_MAX as u64 + 1);
+    limited.read_until(b'\n', &mut line).await?;
+    anyhow::ensure!(
+        line.len() <= REQUEST_BYTES_MAX,
+        "request longer than {REQUEST_BYTES_MAX} bytes"
+    );
+    serde_json::from_slice(&line).context("malformed admin request")
+}
+
+pub async fn write_event(
+    stream: &mut (impl AsyncWriteExt + Unpin),
+    event: &AdminEvent,
+) -> anyhow::Result<()> {
+    let mut line = serde_json::to_vec(event)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    Ok(())
+}
+
+/// The client side: sends `request` to the node on `socket` and passes every event to
+/// `on_event` until the final one, which it returns.
+pub async fn call(
+    socket: &Path,
+    request: &AdminRequest,
+    mut on_event: impl FnMut(&AdminEvent),
+) -> anyhow::Result<AdminEvent> {
+    let stream = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "no shoal node is running on this data directory (cannot connect to {}); start one with `shoal node --data {}`",
+            socket.display(),
+            socket.parent().unwrap_or(Path::new(".")).display()
+        )
+    })?;
+    let (reader, mut writer) = stream.into_split();
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    writer.write_all(&line).await?;
+    let mut lines = BufReader::new(reader).lines();
+    while let Some(line) = lines.next_line().await? {
+        let event: AdminEvent =
+            serde_json::from_str(&line).context("malformed answer from the node")?;
+        if event.is_final() {
+            return Ok(event);
+        }
+        on_event(&event);
+    }
+    anyhow::bail!("the node closed the connection without an answer")
+}

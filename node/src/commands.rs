@@ -1,0 +1,177 @@
+//! The client side of `shoal import` and `shoal status`: send a request over the admin
+//! socket and present the answer, with a progress bar on a terminal and plain lines otherwise.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::admin::{self, AdminEvent, AdminRequest, StatusReport};
+use crate::store::Layout;
+
+pub async fn import(data: &Path, path: &Path, tag: Option<String>) -> anyhow::Result<()> {
+    // The node resolves the path from its own working directory, so send an absolute one.
+    let path =
+        std::path::absolute(path).with_context(|| format!("invalid path {}", path.display()))?;
+    anyhow::ensure!(path.exists(), "{} does not exist", path.display());
+    let request = AdminRequest::Import {
+        path: path.clone(),
+        tag,
+    };
+    let mut progress = Progress::new(&format!("importing {}", path.display()));
+    let answer = admin::call(&Layout::new(data).socket(), &request, |event| {
+        if let AdminEvent::Progress { done, total } = event {
+            progress.update(*done, *total);
+        }
+    })
+    .await;
+    progress.finish();
+    match answer? {
+        AdminEvent::Imported(report) => {
+            for image in &report.images {
+                println!("imported {} {}", image.reference, image.digest);
+            }
+            println!(
+                "stored {} new blobs ({}), {} already present",
+                report.stored.blobs_added,
+                human_bytes(report.stored.bytes_added),
+                report.blobs_already_stored
+            );
+            Ok(())
+        }
+        other => Err(failure(other)),
+    }
+}
+
+pub async fn status(data: &Path, json: bool) -> anyhow::Result<()> {
+    match admin::call(&Layout::new(data).socket(), &AdminRequest::Status, |_| {}).await? {
+        AdminEvent::Status(report) if json => {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        AdminEvent::Status(report) => {
+            print_status(&report);
+            Ok(())
+        }
+        other => Err(failure(other)),
+    }
+}
+
+fn failure(event: AdminEvent) -> anyhow::Error {
+    match event {
+        AdminEvent::Failed { message } => anyhow::anyhow!(message),
+        other => anyhow::anyhow!("unexpected answer from the node: {other:?}"),
+    }
+}
+
+fn print_status(report: &StatusReport) {
+    println!("peer id   {}", report.peer_id);
+    println!("data      {}", report.data_dir.display());
+    println!("gateway   http://{}", report.gateway);
+    let store = &report.store;
+    println!(
+        "store     {} blobs, {}, {} manifests, {} repositories",
+        store.blobs,
+        human_bytes(store.bytes),
+        store.manifests,
+        store.repositories
+    );
+    if report.images.is_empty() {
+        println!("images    none");
+        return;
+    }
+    println!("images");
+    let width = report
+        .images
+        .iter()
+        .map(|i| i.repository.len() + i.tag.len() + 1)
+        .max()
+        .unwrap_or(0);
+    for image in &report.images {
+        let name = format!("{}:{}", image.repository, image.tag);
+        println!("  {name:width$}  {}", image.digest);
+    }
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A bar on a terminal; otherwise a line at every tenth of the way.
+enum Progress {
+    Bar(ProgressBar),
+    Lines { label: String, last_tenth: u64 },
+}
+
+impl Progress {
+    fn new(label: &str) -> Progress {
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(0);
+            let style = ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_message(label.to_owned());
+            Progress::Bar(bar)
+        } else {
+            Progress::Lines {
+                label: label.to_owned(),
+                last_tenth: 0,
+            }
+        }
+    }
+
+    fn update(&mut self, done: u64, total: u64) {
+        match self {
+            Progress::Bar(bar) => {
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+            Progress::Lines { label, last_tenth } => {
+                let tenth = (done * 10).checked_div(total).unwrap_or(10);
+                if tenth > *last_tenth {
+                    *last_tenth = tenth;
+                    eprintln!(
+                        "{label}: {}% ({} of {})",
+                        tenth * 10,
+                        human_bytes(done),
+                        human_bytes(total)
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Progress::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn byte_counts_read_naturally() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(200 * 1024 * 1024), "200.0 MiB");
+    }
+}

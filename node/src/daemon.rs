@@ -1,0 +1,285 @@
+//! `shoal node`: the daemon. It owns the data directory (by an exclusive lock), opens and
+//! repairs the store, serves the gateway and the admin socket, and shuts down gracefully on
+//! SIGINT or SIGTERM: stop accepting, let requests in flight finish (bounded), flush, exit.
+
+use std::fs::{File, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::BufReader;
+use tokio::net::{TcpListener, UnixStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminEvent, AdminRequest, StatusReport};
+use crate::config::NodeConfig;
+use crate::import;
+use crate::source::StoreSource;
+use crate::store::{Layout, Store};
+
+/// How long requests in flight may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Admin connections served at once; more wait in the accept queue.
+const ADMIN_CONNECTIONS_MAX: usize = 32;
+/// Import progress is reported at most this often.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+/// Progress events buffered for a slow admin client before the import waits for it.
+const PROGRESS_QUEUE_LEN: usize = 16;
+
+pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data)
+        .with_context(|| format!("cannot create data directory {}", config.data.display()))?;
+    let layout = Layout::new(&config.data);
+    let _lock = lock_data_dir(&layout.lock(), &config.data)?;
+    let identity = crate::identity::load_or_create(&layout.identity())?;
+    let peer_id = identity.public().to_peer_id().to_string();
+    let data = config.data.clone();
+    let (store, recovery) = tokio::task::spawn_blocking(move || Store::open(&data))
+        .await?
+        .with_context(|| format!("cannot open the store in {}", config.data.display()))?;
+    tracing::info!(?recovery, "store opened");
+
+    let gateway_listener = TcpListener::bind(config.gateway)
+        .await
+        .with_context(|| format!("cannot listen on gateway address {}", config.gateway))?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let admin_listener = admin::bind(&layout.socket())?;
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let router = shoal_gateway::router(
+        StoreSource::new(store.clone()),
+        Some(config.default_namespace.clone()),
+    );
+    let gateway_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        axum::serve(gateway_listener, router)
+            .with_graceful_shutdown(gateway_shutdown.cancelled_owned())
+            .await
+            .context("gateway failed")
+    });
+    let context = AdminContext {
+        store: store.clone(),
+        shutdown: shutdown.clone(),
+        status: Arc::new(StatusBase {
+            peer_id: peer_id.clone(),
+            data_dir: std::path::absolute(&config.data)?,
+            gateway: gateway_addr.to_string(),
+        }),
+    };
+    tasks.spawn(serve_admin(admin_listener, context));
+
+    tracing::info!(%gateway_addr, %peer_id, data = %config.data.display(), "node started");
+    println!(
+        "ready gateway={gateway_addr} admin={} peer_id={peer_id}",
+        layout.socket().display()
+    );
+
+    let result = tokio::select! {
+        signal = wait_for_signal() => signal.map(|name| tracing::info!(signal = name, "shutting down")),
+        Some(finished) = tasks.join_next() => Err(finished.map_err(anyhow::Error::from).and_then(|r| r).err()
+            .unwrap_or_else(|| anyhow::anyhow!("a node task stopped unexpectedly"))),
+    };
+    shutdown.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; stopping them");
+        tasks.shutdown().await;
+    }
+    let _ = std::fs::remove_file(layout.socket());
+    tokio::task::spawn_blocking(move || store.flush()).await??;
+    result
+}
+
+/// Takes the data directory's exclusive lock, or explains who holds it.
+fn lock_data_dir(path: &Path, data: &Path) -> anyhow::Result<File> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            anyhow::bail!(
+                "another shoal node (pid {}) is already running on data directory {}",
+                holder.trim(),
+                data.display()
+            );
+        }
+        Err(TryLockError::Error(error)) => {
+            return Err(error).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    file.sync_all()?;
+    Ok(file)
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    })
+}
+
+struct StatusBase {
+    peer_id: String,
+    data_dir: std::path::PathBuf,
+    gateway: String,
+}
+
+#[derive(Clone)]
+struct AdminContext {
+    store: Store,
+    shutdown: CancellationToken,
+    status: Arc<StatusBase>,
+}
+
+async fn serve_admin(
+    listener: tokio::net::UnixListener,
+    context: AdminContext,
+) -> anyhow::Result<()> {
+    let permits = Arc::new(Semaphore::new(ADMIN_CONNECTIONS_MAX));
+    let mut connections = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = context.shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit?,
+        };
+        let (stream, _) = tokio::select! {
+            _ = context.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted.context("admin socket accept failed")?,
+        };
+        let context = context.clone();
+        connections.spawn(async move {
+            if let Err(error) = serve_admin_connection(stream, context).await {
+                tracing::debug!(%error, "admin connection ended with an error");
+            }
+            drop(permit);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn serve_admin_connection(stream: UnixStream, context: AdminContext) -> anyhow::Result<()> {
+    let mut reader = BufReader::new(stream);
+    let request = admin::read_request(&mut reader).await;
+    let mut stream = reader.into_inner();
+    let event = match request {
+        Err(error) => AdminEvent::Failed {
+            message: format!("{error:#}"),
+        },
+        Ok(AdminRequest::Status) => status(&context).await,
+        Ok(AdminRequest::Import { path, tag }) => {
+            run_import(&mut stream, &context, path, tag).await?
+        }
+    };
+    admin::write_event(&mut stream, &event).await
+}
+
+async fn status(context: &AdminContext) -> AdminEvent {
+    let store = context.store.clone();
+    let base = context.status.clone();
+    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<StatusReport> {
+        Ok(StatusReport {
+            peer_id: base.peer_id.clone(),
+            data_dir: base.data_dir.clone(),
+            gateway: base.gateway.clone(),
+            store: store.summary()?,
+            images: store.images()?,
+        })
+    })
+    .await;
+    match report {
+        Ok(Ok(report)) => AdminEvent::Status(Box::new(report)),
+        Ok(Err(error)) => AdminEvent::Failed {
+            message: format!("{error:#}"),
+        },
+        Err(error) => AdminEvent::Failed {
+            message: error.to_string(),
+        },
+    }
+}
+
+/// Runs an import on the blocking pool, forwarding its progress to the client. A client that
+/// goes away, or a node shutting down, cancels it.
+async fn run_import(
+    stream: &mut UnixStream,
+    context: &AdminContext,
+    path: std::path::PathBuf,
+    tag: Option<String>,
+) -> anyhow::Result<AdminEvent> {
+    let tag = match tag.as_deref().map(import::parse_tag_name).transpose() {
+        Ok(tag) => tag,
+        Err(error) => {
+            return Ok(AdminEvent::Failed {
+                message: error.to_string(),
+            });
+        }
+    };
+    let (events, mut received) = tokio::sync::mpsc::channel(PROGRESS_QUEUE_LEN);
+    let store = context.store.clone();
+    let shutdown = context.shutdown.clone();
+    let span = tracing::info_span!("import", path = %path.display());
+    let worker = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let mut last_report = Instant::now();
+        let mut progress = |done: u64, total: u64| {
+            if shutdown.is_cancelled() || events.is_closed() {
+                return false;
+            }
+            if last_report.elapsed() >= PROGRESS_INTERVAL || done == total {
+                last_report = Instant::now();
+                return events
+                    .blocking_send(AdminEvent::Progress { done, total })
+                    .is_ok();
+            }
+            true
+        };
+        let started = Instant::now();
+        let result = import::import(&store, &path, tag.as_ref(), &mut progress);
+        match &result {
+            Ok(report) => tracing::info!(
+                images = ?report.images.iter().map(|i| &i.reference).collect::<Vec<_>>(),
+                blobs_added = report.stored.blobs_added,
+                bytes_added = report.stored.bytes_added,
+                elapsed = ?started.elapsed(),
+                "import finished"
+            ),
+            Err(error) => tracing::warn!(%error, "import refused"),
+        }
+        result
+    });
+    while let Some(event) = received.recv().await {
+        if admin::write_event(stream, &event).await.is_err() {
+            break;
+        }
+    }
+    drop(received);
+    Ok(match worker.await? {
+        Ok(report) => AdminEvent::Imported(report),
+        Err(error) => AdminEvent::Failed {
+            message: error.to_string(),
+        },
+    })
+}

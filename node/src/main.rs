@@ -1,0 +1,113 @@
+//! `shoal`: the node daemon and the commands that talk to it.
+//!
+//! `shoal node` runs the daemon ([`daemon`]); `import` and `status` reach the running node
+//! through the admin socket in its data directory ([`admin`]); `id` reads the identity file
+//! directly. This crate is the composition root: it wires the store, the importer and the
+//! gateway together.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod admin;
+mod commands;
+mod config;
+mod daemon;
+mod identity;
+mod import;
+mod source;
+mod store;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{DEFAULT_DATA_DIR, NodeArgs, NodeConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "Peer-to-peer container image replication",
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node: the store, the /v2/ gateway and the admin socket.
+    Node(NodeArgs),
+    /// Print this node's peer id, creating its identity if needed.
+    Id {
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+        data: PathBuf,
+    },
+    /// Import an OCI layout directory, an oci-archive tar or a `docker save` tar into the running node.
+    Import {
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+        data: PathBuf,
+        /// The image to import.
+        path: PathBuf,
+        /// Name the image REPO:TAG instead of using the names in the archive.
+        #[arg(long, value_name = "REPO:TAG")]
+        tag: Option<String>,
+    },
+    /// Show what the running node holds.
+    Status {
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+        data: PathBuf,
+        /// Print machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("shoal: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("shoal: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Node(args) => {
+            let config = NodeConfig::resolve(args)?;
+            init_logging(&config.log_level);
+            daemon::run(config).await
+        }
+        Command::Id { data } => {
+            let keypair = identity::load_or_create(&store::Layout::new(&data).identity())?;
+            println!("{}", keypair.public().to_peer_id());
+            Ok(())
+        }
+        Command::Import { data, path, tag } => commands::import(&data, &path, tag).await,
+        Command::Status { data, json } => commands::status(&data, json).await,
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` wins over the configured level.
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config::DEFAULT_LOG_LEVEL));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

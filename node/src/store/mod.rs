@@ -1,0 +1,311 @@
+//! The store: blob bytes in files addressed by sha256, metadata in sled.
+//!
+//! What it guarantees:
+//! - A blob file exists under `blobs/sha256/<xx>/<hex>` only after its bytes were written to a
+//!   temporary file, fsynced, checked against their digest and size, and renamed into place.
+//! - Metadata (the `b/` blob records, manifests, repositories, tags) is written in one atomic
+//!   sled batch, *after* every file it points at is in place and its directory fsynced. So the
+//!   metadata never names a missing blob; a crash between the rename and the batch leaves
+//!   orphan files, which [`Store::open`] removes together with the `tmp/` leftovers of any
+//!   interrupted write.
+//! - Blobs are shared: a digest is stored once whatever the number of images using it.
+//! - Bytes read back from disk are checked against their digest before they are first served
+//!   after a start ("pair assertions"); manifests are checked on every read.
+//!
+//! The store is a cheap clone around shared state: sled synchronises its own trees and blob
+//! files never change once in place, so the only lock is the one that serialises commits.
+//! Its methods block on disk I/O; async callers run them with `spawn_blocking`.
+
+mod layout;
+mod metadata;
+mod staging;
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use shoal_protocol::{Descriptor, Digest, RepoName, Sha256Writer, Tag, TagOrDigest};
+
+pub use layout::Layout;
+pub use metadata::{ImageSummary, ManifestRecord, StoreSummary};
+pub use staging::{Commit, CommitReport, Staging};
+
+/// Bytes read per call while hashing a blob file; large enough that syscalls do not dominate.
+const HASH_BUFFER_BYTES: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O failed on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading the incoming bytes failed: {0}")]
+    Incoming(#[source] io::Error),
+    #[error("metadata database failed: {0}")]
+    Metadata(#[from] sled::Error),
+    #[error("metadata record {key} is corrupt: {reason}")]
+    CorruptRecord { key: String, reason: String },
+    #[error("content {digest} is corrupt on disk (read {actual}); it was removed")]
+    CorruptContent { digest: Digest, actual: Digest },
+    #[error(
+        "{what}: expected {expected} ({expected_size} bytes), got {actual} ({actual_size} bytes)"
+    )]
+    DigestMismatch {
+        what: String,
+        expected: Digest,
+        expected_size: u64,
+        actual: Digest,
+        actual_size: u64,
+    },
+}
+
+pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    layout: Layout,
+    db: sled::Db,
+    commit_lock: Mutex<()>,
+    /// Blobs whose file was hashed (or written) since this process started.
+    verified: Mutex<HashSet<Digest>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("root", &self.inner.layout.root())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Store::open`] cleaned up.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub temporary_files_removed: usize,
+    pub orphan_blobs_removed: usize,
+    pub missing_blobs_forgotten: usize,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `root` and repairs what an interrupted write
+    /// left: temporary files, blob files without metadata, and records of vanished files.
+    pub fn open(root: &Path) -> Result<(Store, Recovery), StoreError> {
+        let layout = Layout::new(root);
+        layout.create_dirs()?;
+        let db = sled::Config::new().path(layout.metadata()).open()?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                layout,
+                db,
+                commit_lock: Mutex::new(()),
+                verified: Mutex::new(HashSet::new()),
+            }),
+        };
+        let recovery = store.recover()?;
+        Ok((store, recovery))
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    fn recover(&self) -> Result<Recovery, StoreError> {
+        let temporary_files_removed = self.inner.layout.clear_tmp()?;
+        let mut on_disk = self.inner.layout.blob_files()?;
+        let mut missing = Vec::new();
+        for record in metadata::blob_digests(&self.inner.db) {
+            let digest = record?;
+            if !on_disk.remove(&digest) {
+                missing.push(digest);
+            }
+        }
+        for digest in &on_disk {
+            let path = self.inner.layout.blob(digest);
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
+            tracing::warn!(%digest, "removed blob file left by an interrupted commit");
+        }
+        for digest in &missing {
+            tracing::warn!(%digest, "blob file vanished from disk; forgetting it");
+            metadata::forget_blob(&self.inner.db, digest)?;
+        }
+        self.inner.db.flush()?;
+        Ok(Recovery {
+            temporary_files_removed,
+            orphan_blobs_removed: on_disk.len(),
+            missing_blobs_forgotten: missing.len(),
+        })
+    }
+
+    /// A fresh staging area for one write (an import, a fetch). Dropping it without committing
+    /// removes everything written to it.
+    pub fn staging(&self) -> Result<Staging, StoreError> {
+        Staging::new(self.clone())
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> Result<bool, StoreError> {
+        Ok(metadata::blob_size(&self.inner.db, digest)?.is_some())
+    }
+
+    pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        metadata::blob_size(&self.inner.db, digest)
+    }
+
+    /// Opens a stored blob for reading, hashing it first if it has not been checked since this
+    /// process started. A corrupt file is removed with its record and reported as an error.
+    pub fn open_blob(&self, digest: &Digest) -> Result<Option<(File, u64)>, StoreError> {
+        let Some(size) = metadata::blob_size(&self.inner.db, digest)? else {
+            return Ok(None);
+        };
+        let path = self.inner.layout.blob(digest);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(io_error(&path)(error)),
+        };
+        if !self.is_verified(digest) {
+            let (actual, _) = hash_reader(&mut file).map_err(io_error(&path))?;
+            if actual != *digest {
+                self.remove_corrupt(digest)?;
+                return Err(StoreError::CorruptContent {
+                    digest: *digest,
+                    actual,
+                });
+            }
+            self.mark_verified(*digest);
+            file = File::open(&path).map_err(io_error(&path))?;
+        }
+        Ok(Some((file, size)))
+    }
+
+    fn remove_corrupt(&self, digest: &Digest) -> Result<(), StoreError> {
+        let _guard = self.lock_commits();
+        let path = self.inner.layout.blob(digest);
+        metadata::forget_blob(&self.inner.db, digest)?;
+        self.inner.db.flush()?;
+        match std::fs::remove_file(&path) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(io_error(&path)(error)),
+            _ => Ok(()),
+        }
+    }
+
+    fn is_verified(&self, digest: &Digest) -> bool {
+        self.inner
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(digest)
+    }
+
+    fn mark_verified(&self, digest: Digest) {
+        self.inner
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(digest);
+    }
+
+    fn lock_commits(&self) -> MutexGuard<'_, ()> {
+        self.inner
+            .commit_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves a tag or digest within `repo` to the manifest's record and exact bytes, checked
+    /// against the digest.
+    pub fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &TagOrDigest,
+    ) -> Result<Option<(Digest, ManifestRecord, Vec<u8>)>, StoreError> {
+        let db = &self.inner.db;
+        let digest = match reference {
+            TagOrDigest::Digest(digest) if metadata::repo_has_manifest(db, repo, digest)? => {
+                *digest
+            }
+            TagOrDigest::Digest(_) => return Ok(None),
+            TagOrDigest::Tag(tag) => match metadata::tag(db, repo, tag)? {
+                Some(digest) => digest,
+                None => return Ok(None),
+            },
+        };
+        let Some(record) = metadata::manifest(db, &digest)? else {
+            return Ok(None);
+        };
+        let path = self.inner.layout.blob(&digest);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(io_error(&path)(error)),
+        };
+        let actual = Digest::of(&bytes);
+        if actual != digest {
+            self.remove_corrupt(&digest)?;
+            return Err(StoreError::CorruptContent { digest, actual });
+        }
+        Ok(Some((digest, record, bytes)))
+    }
+
+    /// Tags of `repo`, or `None` when the store has never held the repository.
+    pub fn tags(&self, repo: &RepoName) -> Result<Option<Vec<Tag>>, StoreError> {
+        metadata::tags(&self.inner.db, repo)
+    }
+
+    pub fn repositories(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
+        metadata::repositories(&self.inner.db, namespace)
+    }
+
+    /// Manifests of `repo` whose subject is `subject`, as descriptors for the referrers API.
+    pub fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Option<Vec<Descriptor>>, StoreError> {
+        metadata::referrers(&self.inner.db, repo, subject)
+    }
+
+    pub fn summary(&self) -> Result<StoreSummary, StoreError> {
+        metadata::summary(&self.inner.db)
+    }
+
+    /// Images by tag, for status output.
+    pub fn images(&self) -> Result<Vec<ImageSummary>, StoreError> {
+        metadata::images(&self.inner.db)
+    }
+
+    /// Makes every metadata write so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.inner.db
+    }
+}
+
+/// Hashes everything `reader` yields.
+pub fn hash_reader(reader: &mut impl Read) -> io::Result<(Digest, u64)> {
+    let mut hasher = Sha256Writer::default();
+    let mut buffer = vec![0u8; HASH_BUFFER_BYTES];
+    loop {
+        let n = reader.read(&mut buffer)?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buffer[..n]);
+    }
+}

@@ -1,0 +1,1 @@
+//! Placeholder until the simulation issue: the simulator will drive the scheduler in `shoal-protocol`.
