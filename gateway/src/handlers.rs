@@ -75,14 +75,16 @@ async fn serve<S: ContentSource>(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Response, GatewayError> {
+    // The registry is read-only: every write under /v2 is refused before the path is judged.
+    let is_api = uri.path() == "/v2" || uri.path().starts_with("/v2/");
+    if is_api && method != Method::GET && method != Method::HEAD {
+        return Err(GatewayError::Unsupported);
+    }
     let route = Route::parse(uri.path()).map_err(|error| match error {
         PathError::NotFound => GatewayError::NotFound,
         PathError::Digest(digest) => GatewayError::DigestInvalid(digest.to_string()),
         PathError::Reference(reference) => GatewayError::TagInvalid(reference.to_string()),
     })?;
-    if method != Method::GET && method != Method::HEAD {
-        return Err(GatewayError::Unsupported);
-    }
     let params = Params(
         Query::try_from_uri(uri)
             .map(|Query(pairs)| pairs)

@@ -1516,6 +1516,11 @@ async fn every_write_is_405_unsupported_with_allow() {
         "/v2/library/alpine/tags/list".to_owned(),
         "/v2/_catalog".to_owned(),
         format!("/v2/library/alpine/referrers/{digest}"),
+        // Writes are refused before the path is judged, so malformed ones are 405 too.
+        "/v2/x/manifests/sha256:bad".to_owned(),
+        "/v2/x/manifests/-bad".to_owned(),
+        "/v2/UPPER/blobs/uploads/".to_owned(),
+        "/v2/no/such/endpoint".to_owned(),
     ];
     for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
         for path in &paths {

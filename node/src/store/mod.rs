@@ -309,3 +309,205 @@ pub fn hash_reader(reader: &mut impl Read) -> io::Result<(Digest, u64)> {
         hasher.update(&buffer[..n]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> (Store, Recovery) {
+        Store::open(dir).unwrap()
+    }
+
+    fn commit_blob(store: &Store, bytes: &[u8]) -> Digest {
+        let mut staging = store.staging().unwrap();
+        let (digest, _) = staging.write_blob(bytes, None, "test").unwrap();
+        let commit = Commit {
+            blobs: [digest].into(),
+            ..Commit::default()
+        };
+        staging.commit(commit).unwrap();
+        digest
+    }
+
+    fn read_all(store: &Store, digest: &Digest) -> Vec<u8> {
+        let (mut file, _) = store.open_blob(digest).unwrap().unwrap();
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn committed_blobs_survive_a_reopen_and_are_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let digest = commit_blob(&store, b"layer bytes");
+        assert_eq!(commit_blob(&store, b"layer bytes"), digest);
+        assert_eq!(store.summary().unwrap().blobs, 1);
+        drop(store);
+        let (store, recovery) = open(dir.path());
+        assert_eq!(recovery, Recovery::default());
+        assert_eq!(read_all(&store, &digest), b"layer bytes");
+    }
+
+    #[test]
+    fn a_wrong_digest_or_size_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let mut staging = store.staging().unwrap();
+        let claimed = Digest::of(b"other");
+        let error = staging
+            .write_blob(&b"actual"[..], Some((claimed, 6)), "entry")
+            .unwrap_err();
+        assert!(
+            matches!(error, StoreError::DigestMismatch { .. }),
+            "{error}"
+        );
+        let right = Digest::of(b"actual");
+        let error = staging
+            .write_blob(&b"actual and more"[..], Some((right, 6)), "entry")
+            .unwrap_err();
+        assert!(
+            matches!(error, StoreError::DigestMismatch { actual_size: 7, .. }),
+            "{error}"
+        );
+        let staged_dir = std::fs::read_dir(store.layout().tmp())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        assert_eq!(std::fs::read_dir(&staged_dir).unwrap().count(), 0);
+        drop(staging);
+        assert_eq!(std::fs::read_dir(store.layout().tmp()).unwrap().count(), 0);
+        assert!(!store.has_blob(&right).unwrap());
+    }
+
+    #[test]
+    fn uncommitted_blobs_are_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let mut staging = store.staging().unwrap();
+        let (kept, _) = staging.write_blob(&b"kept"[..], None, "a").unwrap();
+        let (dropped, _) = staging.write_blob(&b"dropped"[..], None, "b").unwrap();
+        staging
+            .commit(Commit {
+                blobs: [kept].into(),
+                ..Commit::default()
+            })
+            .unwrap();
+        assert!(store.has_blob(&kept).unwrap());
+        assert!(!store.has_blob(&dropped).unwrap());
+        assert!(!store.layout().blob(&dropped).exists());
+    }
+
+    #[test]
+    fn open_repairs_what_an_interrupted_write_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let kept = commit_blob(&store, b"kept");
+        let vanished = commit_blob(&store, b"vanished");
+        let layout = store.layout().clone();
+        drop(store);
+        // A crash after a rename but before the metadata batch: a file without a record.
+        let orphan = Digest::of(b"orphan");
+        std::fs::create_dir_all(layout.blob(&orphan).parent().unwrap()).unwrap();
+        std::fs::write(layout.blob(&orphan), b"orphan").unwrap();
+        // A crash mid-write: a staging leftover.
+        std::fs::create_dir_all(layout.tmp().join("staging-1-0")).unwrap();
+        std::fs::write(layout.tmp().join("staging-1-0/1"), b"half").unwrap();
+        // A file deleted behind the store's back.
+        std::fs::remove_file(layout.blob(&vanished)).unwrap();
+
+        let (store, recovery) = open(dir.path());
+        assert_eq!(
+            recovery,
+            Recovery {
+                temporary_files_removed: 1,
+                orphan_blobs_removed: 1,
+                missing_blobs_forgotten: 1
+            }
+        );
+        assert!(!layout.blob(&orphan).exists());
+        assert!(store.has_blob(&kept).unwrap());
+        assert!(!store.has_blob(&vanished).unwrap());
+        assert_eq!(store.summary().unwrap().blobs, 1);
+    }
+
+    #[test]
+    fn corruption_on_disk_is_caught_before_serving_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let digest = commit_blob(&store, b"precious bytes");
+        let path = store.layout().blob(&digest);
+        drop(store);
+        std::fs::write(&path, b"precious bytez").unwrap();
+        let (store, _) = open(dir.path());
+        let error = store.open_blob(&digest).unwrap_err();
+        assert!(
+            matches!(error, StoreError::CorruptContent { .. }),
+            "{error}"
+        );
+        assert!(!path.exists());
+        assert!(store.open_blob(&digest).unwrap().is_none());
+    }
+
+    #[test]
+    fn manifests_tags_and_referrers_resolve_per_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let subject = Digest::of(b"subject");
+        let manifest_bytes = br#"{"schemaVersion":2}"#;
+        let mut staging = store.staging().unwrap();
+        let (digest, size) = staging
+            .write_blob(&manifest_bytes[..], None, "manifest")
+            .unwrap();
+        let repo = RepoName::new("docker.io", "team/app").unwrap();
+        let other = RepoName::new("docker.io", "team/other").unwrap();
+        let tag: Tag = "1".parse().unwrap();
+        let record = ManifestRecord {
+            media_type: shoal_protocol::media_type::OCI_MANIFEST.to_owned(),
+            size,
+            artifact_type: Some("application/example".to_owned()),
+            subject: Some(subject),
+            annotations: Default::default(),
+        };
+        staging
+            .commit(Commit {
+                blobs: [digest].into(),
+                manifests: vec![(digest, record)],
+                repo_manifests: vec![(repo.clone(), digest)],
+                tags: vec![(repo.clone(), tag.clone(), digest)],
+            })
+            .unwrap();
+        let (found, _, bytes) = store
+            .manifest(&repo, &TagOrDigest::Tag(tag.clone()))
+            .unwrap()
+            .unwrap();
+        assert_eq!((found, bytes.as_slice()), (digest, &manifest_bytes[..]));
+        assert!(
+            store
+                .manifest(&repo, &TagOrDigest::Digest(digest))
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            store
+                .manifest(&other, &TagOrDigest::Digest(digest))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(store.tags(&repo).unwrap(), Some(vec![tag]));
+        assert_eq!(store.tags(&other).unwrap(), None);
+        assert_eq!(
+            store.repositories("docker.io").unwrap(),
+            vec!["team/app".to_owned()]
+        );
+        let referrers = store.referrers(&repo, &subject).unwrap().unwrap();
+        assert_eq!(referrers.len(), 1);
+        assert_eq!(
+            referrers[0].artifact_type.as_deref(),
+            Some("application/example")
+        );
+        assert_eq!(store.images().unwrap()[0].repository, "docker.io/team/app");
+    }
+}

@@ -1,0 +1,177 @@
+//! Shoal nodes as real processes: the `shoal` binary started on a temp data directory with an
+//! ephemeral gateway port, driven through its CLI, stopped or killed by PID.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// How long a node may take to print its `ready` line.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `shoal` binary: `$SHOAL_BIN` when set, otherwise built once per test process with the
+/// same profile as the running test, so the tests never run a stale binary.
+pub fn shoal_binary() -> anyhow::Result<PathBuf> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY.get_or_init(|| build_binary().map_err(|error| format!("{error:#}"))).clone().map_err(anyhow::Error::msg)
+}
+
+fn build_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SHOAL_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    // The test binary lives in target/<profile>/deps/; the shoal binary in target/<profile>/.
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot locate the target directory from the test executable")?;
+    let release = profile_dir.file_name().is_some_and(|name| name == "release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "-p", "shoal-node", "--bin", "shoal"]);
+    if release {
+        build.arg("--release");
+    }
+    if let Some(target_dir) = profile_dir.parent() {
+        build.env("CARGO_TARGET_DIR", target_dir);
+    }
+    let status = build.status().context("cannot run cargo to build the shoal binary")?;
+    anyhow::ensure!(status.success(), "building the shoal binary failed");
+    Ok(profile_dir.join("shoal"))
+}
+
+/// A `shoal` command on `data`, for the subcommands that talk to a running node.
+pub fn shoal(data: &Path, subcommand: &str) -> anyhow::Result<Command> {
+    let mut command = Command::new(shoal_binary()?);
+    command.arg(subcommand).arg("--data").arg(data);
+    Ok(command)
+}
+
+/// A running `shoal node`. Dropping it kills the process.
+#[derive(Debug)]
+pub struct ShoalNode {
+    child: Option<Child>,
+    data: PathBuf,
+    gateway: SocketAddr,
+    log: PathBuf,
+}
+
+impl ShoalNode {
+    /// Starts a node on `data` with the gateway on an ephemeral loopback port and waits for
+    /// it to report ready. `extra` are more `shoal node` flags.
+    pub fn start(data: &Path, extra: &[&str]) -> anyhow::Result<ShoalNode> {
+        std::fs::create_dir_all(data)?;
+        let log = data.with_extension("log");
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let mut child = Command::new(shoal_binary()?)
+            .args(["node", "--gateway", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .context("cannot start shoal node")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (ready, ready_line) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("ready ") {
+                    let _ = ready.send(line);
+                }
+            }
+        });
+        let mut node = ShoalNode { child: Some(child), data: data.to_owned(), gateway: ([127, 0, 0, 1], 0).into(), log };
+        let line = match ready_line.recv_timeout(START_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => bail!("shoal node did not become ready; its log:\n{}", node.logs()),
+        };
+        node.gateway = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("gateway="))
+            .context("ready line without gateway=")?
+            .parse()?;
+        Ok(node)
+    }
+
+    pub fn gateway(&self) -> SocketAddr {
+        self.gateway
+    }
+
+    pub fn data(&self) -> &Path {
+        &self.data
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Everything the node logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `shoal import`, returning its output whether it succeeded or not.
+    pub fn import(&self, path: &Path, tag: Option<&str>) -> anyhow::Result<Output> {
+        let mut command = shoal(&self.data, "import")?;
+        command.arg(path);
+        if let Some(tag) = tag {
+            command.args(["--tag", tag]);
+        }
+        Ok(command.output()?)
+    }
+
+    /// Runs `shoal import` and fails unless it succeeded.
+    pub fn import_ok(&self, path: &Path, tag: Option<&str>) -> anyhow::Result<String> {
+        let output = self.import(path, tag)?;
+        anyhow::ensure!(
+            output.status.success(),
+            "shoal import {} failed: {}\nnode log:\n{}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr),
+            self.logs()
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `shoal status --json`, parsed.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let output = shoal(&self.data, "status")?.arg("--json").output()?;
+        anyhow::ensure!(output.status.success(), "shoal status failed: {}", String::from_utf8_lossy(&output.stderr));
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("node already stopped")?;
+        signal(child.id(), "TERM")?;
+        Ok(child.wait()?)
+    }
+
+    /// SIGKILL: the process dies wherever it is.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ShoalNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status()?;
+    anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
+    Ok(())
+}
