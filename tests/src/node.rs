@@ -18,7 +18,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// same profile as the running test, so the tests never run a stale binary.
 pub fn shoal_binary() -> anyhow::Result<PathBuf> {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BINARY.get_or_init(|| build_binary().map_err(|error| format!("{error:#}"))).clone().map_err(anyhow::Error::msg)
+    BINARY
+        .get_or_init(|| build_binary().map_err(|error| format!("{error:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
 }
 
 fn build_binary() -> anyhow::Result<PathBuf> {
@@ -31,7 +34,9 @@ fn build_binary() -> anyhow::Result<PathBuf> {
         .parent()
         .and_then(Path::parent)
         .context("cannot locate the target directory from the test executable")?;
-    let release = profile_dir.file_name().is_some_and(|name| name == "release");
+    let release = profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
     build.args(["build", "--quiet", "-p", "shoal-node", "--bin", "shoal"]);
@@ -41,7 +46,9 @@ fn build_binary() -> anyhow::Result<PathBuf> {
     if let Some(target_dir) = profile_dir.parent() {
         build.env("CARGO_TARGET_DIR", target_dir);
     }
-    let status = build.status().context("cannot run cargo to build the shoal binary")?;
+    let status = build
+        .status()
+        .context("cannot run cargo to build the shoal binary")?;
     anyhow::ensure!(status.success(), "building the shoal binary failed");
     Ok(profile_dir.join("shoal"))
 }
@@ -68,12 +75,18 @@ impl ShoalNode {
     pub fn start(data: &Path, extra: &[&str]) -> anyhow::Result<ShoalNode> {
         std::fs::create_dir_all(data)?;
         let log = data.with_extension("log");
-        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let mut child = Command::new(shoal_binary()?)
             .args(["node", "--gateway", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -88,7 +101,12 @@ impl ShoalNode {
                 }
             }
         });
-        let mut node = ShoalNode { child: Some(child), data: data.to_owned(), gateway: ([127, 0, 0, 1], 0).into(), log };
+        let mut node = ShoalNode {
+            child: Some(child),
+            data: data.to_owned(),
+            gateway: ([127, 0, 0, 1], 0).into(),
+            log,
+        };
         let line = match ready_line.recv_timeout(START_TIMEOUT) {
             Ok(line) => line,
             Err(_) => bail!("shoal node did not become ready; its log:\n{}", node.logs()),
@@ -144,7 +162,11 @@ impl ShoalNode {
     /// `shoal status --json`, parsed.
     pub fn status(&self) -> anyhow::Result<serde_json::Value> {
         let output = shoal(&self.data, "status")?.arg("--json").output()?;
-        anyhow::ensure!(output.status.success(), "shoal status failed: {}", String::from_utf8_lossy(&output.stderr));
+        anyhow::ensure!(
+            output.status.success(),
+            "shoal status failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         Ok(serde_json::from_slice(&output.stdout)?)
     }
 
@@ -171,7 +193,10 @@ impl Drop for ShoalNode {
 }
 
 fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
-    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status()?;
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()?;
     anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
     Ok(())
 }

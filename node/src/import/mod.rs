@@ -171,12 +171,14 @@ fn apply_tag_override(
             None => Ok(images),
         };
     };
-    match <[NamedImage; 1]>::try_from(images) {
-        Ok([image]) => Ok(vec![NamedImage {
+    // Docker 25+ lists one index.json entry per tag of the same image: those are one image.
+    let distinct: BTreeSet<Digest> = images.iter().map(|image| image.digest).collect();
+    match images.into_iter().next() {
+        Some(image) if distinct.len() == 1 => Ok(vec![NamedImage {
             names: vec![tag.clone()],
             ..image
         }]),
-        Err(images) => Err(ImportError::TagForManyImages(images.len())),
+        _ => Err(ImportError::TagForManyImages(distinct.len())),
     }
 }
 

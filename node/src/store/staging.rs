@@ -106,6 +106,15 @@ impl Staging {
                 });
             }
         };
+        if let Some((_, expected_size)) = expected
+            && size < expected_size
+        {
+            let _ = fs::remove_file(&path);
+            return Err(StoreError::Incoming(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{what} ended after {size} of {expected_size} bytes"),
+            )));
+        }
         if let Some((expected, expected_size)) = expected
             && (expected != digest || expected_size != size)
         {
