@@ -127,10 +127,13 @@ impl Staging {
                 actual_size: size,
             });
         }
-        if self.blobs.contains_key(&digest) {
-            let _ = fs::remove_file(&path);
-        } else {
-            self.blobs.insert(digest, StagedBlob { path, size });
+        match self.blobs.entry(digest) {
+            std::collections::btree_map::Entry::Occupied(_) => {
+                let _ = fs::remove_file(&path);
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(StagedBlob { path, size });
+            }
         }
         Ok((digest, size))
     }
