@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::clients::NetNs;
+
 /// How long a node may take to print its `ready` line.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -67,19 +69,38 @@ pub struct ShoalNode {
     data: PathBuf,
     gateway: SocketAddr,
     log: PathBuf,
+    /// The namespace the node runs in, held so it outlives the process.
+    netns: Option<NetNs>,
 }
 
 impl ShoalNode {
     /// Starts a node on `data` with the gateway on an ephemeral loopback port and waits for
     /// it to report ready. `extra` are more `shoal node` flags.
     pub fn start(data: &Path, extra: &[&str]) -> anyhow::Result<ShoalNode> {
+        Self::start_with(data, extra, None)
+    }
+
+    /// [`ShoalNode::start`] inside `netns`: the gateway listens on the namespace's 127.0.0.1,
+    /// reachable only by clients started in there. The CLI still works from the host (it talks
+    /// to the node over a Unix socket in `data`).
+    pub fn start_in(netns: &NetNs, data: &Path, extra: &[&str]) -> anyhow::Result<ShoalNode> {
+        Self::start_with(data, extra, Some(netns))
+    }
+
+    fn start_with(data: &Path, extra: &[&str], netns: Option<&NetNs>) -> anyhow::Result<ShoalNode> {
         std::fs::create_dir_all(data)?;
         let log = data.with_extension("log");
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
-        let mut child = Command::new(shoal_binary()?)
+        let binary = shoal_binary()?;
+        let mut command = match netns {
+            // nsenter execs the binary, so the PID we hold is the node's own.
+            Some(netns) => netns.command(&binary),
+            None => Command::new(&binary),
+        };
+        let mut child = command
             .args(["node", "--gateway", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)
@@ -106,6 +127,7 @@ impl ShoalNode {
             data: data.to_owned(),
             gateway: ([127, 0, 0, 1], 0).into(),
             log,
+            netns: netns.cloned(),
         };
         let line = match ready_line.recv_timeout(START_TIMEOUT) {
             Ok(line) => line,
@@ -121,6 +143,11 @@ impl ShoalNode {
 
     pub fn gateway(&self) -> SocketAddr {
         self.gateway
+    }
+
+    /// The namespace the node runs in, if any.
+    pub fn netns(&self) -> Option<&NetNs> {
+        self.netns.as_ref()
     }
 
     pub fn data(&self) -> &Path {

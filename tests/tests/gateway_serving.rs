@@ -11,7 +11,10 @@ const PEAK_RSS_BYTES_MAX: u64 = 160 << 20;
 
 fn peak_rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|line| line.starts_with("VmHWM:")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .unwrap();
     let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kib * 1024
 }
@@ -27,16 +30,32 @@ fn many_concurrent_clients_get_exact_bytes_with_bounded_memory() {
         .unwrap();
     node.import_ok(&image.path, Some("big/blob:1")).unwrap();
     let layer = image.platforms[0].layers[0].blob.clone();
-    let url = format!("http://{}/v2/big/blob/blobs/{}", node.gateway(), layer.digest);
+    let url = format!(
+        "http://{}/v2/big/blob/blobs/{}",
+        node.gateway(),
+        layer.digest
+    );
 
     let results: Vec<_> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..CLIENTS).map(|_| scope.spawn(|| http::get_digest(&url).unwrap())).collect();
-        handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|_| scope.spawn(|| http::get_digest(&url).unwrap()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap())
+            .collect()
     });
     for (status, digest, size) in results {
-        assert_eq!((status, digest.as_str(), size), (200, layer.digest.as_str(), layer.size));
+        assert_eq!(
+            (status, digest.as_str(), size),
+            (200, layer.digest.as_str(), layer.size)
+        );
     }
     let peak = peak_rss_bytes(node.pid().unwrap());
     eprintln!("node peak RSS: {} MiB", peak >> 20);
-    assert!(peak < PEAK_RSS_BYTES_MAX, "node peak RSS {} MiB while serving", peak >> 20);
+    assert!(
+        peak < PEAK_RSS_BYTES_MAX,
+        "node peak RSS {} MiB while serving",
+        peak >> 20
+    );
 }

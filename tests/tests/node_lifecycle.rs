@@ -7,13 +7,26 @@ fn a_second_node_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut first = ShoalNode::start(&data, &[]).unwrap();
-    let second = shoal(&data, "node").unwrap().args(["--gateway", "127.0.0.1:0"]).output().unwrap();
+    let second = shoal(&data, "node")
+        .unwrap()
+        .args(["--gateway", "127.0.0.1:0"])
+        .output()
+        .unwrap();
     assert!(!second.status.success());
     let message = String::from_utf8_lossy(&second.stderr);
-    assert!(message.contains("already running on data directory"), "{message}");
-    assert!(message.contains(&first.pid().unwrap().to_string()), "{message}");
+    assert!(
+        message.contains("already running on data directory"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&first.pid().unwrap().to_string()),
+        "{message}"
+    );
     assert!(first.stop().unwrap().success());
-    assert!(!data.join("shoal.sock").exists(), "the socket is removed on shutdown");
+    assert!(
+        !data.join("shoal.sock").exists(),
+        "the socket is removed on shutdown"
+    );
 }
 
 #[test]
