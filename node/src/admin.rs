@@ -12,6 +12,10 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use shoal_protocol::Digest;
+
+use crate::counters::CountersSnapshot;
+use crate::fetch::TransferStatus;
 use crate::import::ImportReport;
 use crate::store::{ImageSummary, StoreSummary};
 
@@ -22,6 +26,7 @@ pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
 #[serde(rename_all = "snake_case")]
 pub enum AdminRequest {
     Import { path: PathBuf, tag: Option<String> },
+    Pull { reference: String },
     Status,
 }
 
@@ -30,6 +35,7 @@ pub enum AdminRequest {
 pub enum AdminEvent {
     Progress { done: u64, total: u64 },
     Imported(ImportReport),
+    Pulled { reference: String, digest: Digest },
     Status(Box<StatusReport>),
     Failed { message: String },
 }
@@ -46,8 +52,22 @@ pub struct StatusReport {
     pub peer_id: String,
     pub data_dir: PathBuf,
     pub gateway: String,
+    pub listen_addresses: Vec<String>,
+    pub connected_peers: Vec<String>,
     pub store: StoreSummary,
+    /// Images tagged in the store.
     pub images: Vec<ImageSummary>,
+    /// Images announced by trusted publishers (this node included).
+    pub known_images: Vec<KnownImage>,
+    pub transfers: Vec<TransferStatus>,
+    pub counters: CountersSnapshot,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct KnownImage {
+    pub repository: String,
+    pub tag: String,
+    pub digest: Digest,
 }
 
 /// Binds the admin socket, replacing a stale socket file. The caller holds the data-dir lock,

@@ -44,6 +44,27 @@ pub async fn import(data: &Path, path: &Path, tag: Option<String>) -> anyhow::Re
     }
 }
 
+pub async fn pull(data: &Path, reference: &str) -> anyhow::Result<()> {
+    let request = AdminRequest::Pull {
+        reference: reference.to_owned(),
+    };
+    let mut progress = Progress::new(&format!("pulling {reference}"));
+    let answer = admin::call(&Layout::new(data).socket(), &request, |event| {
+        if let AdminEvent::Progress { done, total } = event {
+            progress.update(*done, *total);
+        }
+    })
+    .await;
+    progress.finish();
+    match answer? {
+        AdminEvent::Pulled { reference, digest } => {
+            println!("pulled {reference} {digest}");
+            Ok(())
+        }
+        other => Err(failure(other)),
+    }
+}
+
 pub async fn status(data: &Path, json: bool) -> anyhow::Result<()> {
     match admin::call(&Layout::new(data).socket(), &AdminRequest::Status, |_| {}).await? {
         AdminEvent::Status(report) if json => {
@@ -69,6 +90,34 @@ fn print_status(report: &StatusReport) {
     println!("peer id   {}", report.peer_id);
     println!("data      {}", report.data_dir.display());
     println!("gateway   http://{}", report.gateway);
+    println!("listening {}", report.listen_addresses.join(" "));
+    println!("peers     {} connected", report.connected_peers.len());
+    for peer in &report.connected_peers {
+        println!("  {peer}");
+    }
+    let counters = &report.counters;
+    println!(
+        "traffic   {} to peers, {} from peers, {} from upstream, {} served by the gateway",
+        human_bytes(counters.bytes_sent_to_peers),
+        human_bytes(counters.bytes_received_from_peers),
+        human_bytes(counters.bytes_from_upstream),
+        human_bytes(counters.bytes_served_by_gateway)
+    );
+    if counters.peers_banned > 0 || counters.chunks_rejected > 0 {
+        println!(
+            "rejected  {} bad chunks, {} peers banned",
+            counters.chunks_rejected, counters.peers_banned
+        );
+    }
+    for transfer in &report.transfers {
+        let size = transfer
+            .size
+            .map_or_else(|| "size unknown".to_owned(), human_bytes);
+        println!(
+            "fetching  {} ({size}): {}/{} chunks from {} peers",
+            transfer.blob, transfer.chunks_have, transfer.chunks_total, transfer.peers
+        );
+    }
     let store = &report.store;
     println!(
         "store     {} blobs, {}, {} manifests, {} repositories",

@@ -4,10 +4,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use libp2p::pnet::PreSharedKey;
+use libp2p::{Multiaddr, PeerId};
+
+use crate::rate::ByteRate;
 
 pub const DEFAULT_DATA_DIR: &str = "./shoal-data";
 pub const DEFAULT_GATEWAY: &str = "127.0.0.1:5050";
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Peers listen on all interfaces, on a fixed port so firewalls can be opened for it.
+pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/4050", "/ip4/0.0.0.0/udp/4050/quic-v1"];
 
 /// `shoal node` flags. Each is optional so that an absent flag falls back to the file.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -27,6 +33,40 @@ pub struct NodeArgs {
     /// Log filter when RUST_LOG is unset, such as `debug` or `shoal_node=debug` [default: info]
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Where to listen for peers (repeatable; port 0 picks a free port)
+    /// [default: /ip4/0.0.0.0/tcp/4050 and /ip4/0.0.0.0/udp/4050/quic-v1]
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<Multiaddr>,
+    /// Peers to connect to at start (repeatable), such as /ip4/10.0.0.5/tcp/4050/p2p/12D3KooW...
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<Multiaddr>,
+    /// Do not discover peers on the local network with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Trust this publisher's announcements (repeatable; the peer id `shoal id` prints).
+    /// The node's own key is always trusted.
+    #[arg(long, value_name = "PEER_ID")]
+    pub trust: Vec<PeerId>,
+    /// Pre-shared key file (libp2p `/key/swarm/psk/1.0.0/` format): only nodes with the same
+    /// key can connect. Peers then speak TCP only.
+    #[arg(long, value_name = "FILE")]
+    pub psk: Option<PathBuf>,
+    /// Most bytes per second sent to peers, such as 20MiB/s [default: unlimited]
+    #[arg(long, value_name = "RATE")]
+    pub max_egress: Option<ByteRate>,
+    /// Most bytes per second received from peers, such as 20MiB/s [default: unlimited]
+    #[arg(long, value_name = "RATE")]
+    pub max_ingress: Option<ByteRate>,
+    /// Fetch images as soon as they are announced when `repository:tag` matches this glob
+    /// (repeatable), such as `docker.io/library/*:*` or `team/app:1`.
+    #[arg(long, value_name = "PATTERN")]
+    pub prefetch: Vec<String>,
+    /// Fault injection for tests: corrupt every chunk sent to peers.
+    #[arg(long, hide = true)]
+    pub hostile_corrupt_chunks: bool,
+    /// Fault injection for tests: sign announcements with the wrong key.
+    #[arg(long, hide = true)]
+    pub hostile_forge_announcements: bool,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -36,6 +76,14 @@ struct FileConfig {
     gateway: Option<SocketAddr>,
     default_namespace: Option<String>,
     log_level: Option<String>,
+    listen: Option<Vec<Multiaddr>>,
+    bootstrap: Option<Vec<Multiaddr>>,
+    mdns: Option<bool>,
+    trust: Option<Vec<String>>,
+    psk: Option<PathBuf>,
+    max_egress: Option<String>,
+    max_ingress: Option<String>,
+    prefetch: Option<Vec<String>>,
 }
 
 /// The resolved configuration the daemon runs with.
@@ -45,6 +93,39 @@ pub struct NodeConfig {
     pub gateway: SocketAddr,
     pub default_namespace: String,
     pub log_level: String,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub trust: Vec<PeerId>,
+    pub psk: Option<PreSharedKey>,
+    pub max_egress: Option<ByteRate>,
+    pub max_ingress: Option<ByteRate>,
+    pub prefetch: Vec<String>,
+    pub hostile_corrupt_chunks: bool,
+    pub hostile_forge_announcements: bool,
+}
+
+fn non_empty<T>(values: Vec<T>) -> Option<Vec<T>> {
+    if values.is_empty() {
+        None
+    } else {
+        Some(values)
+    }
+}
+
+fn rate(flag: Option<ByteRate>, file: Option<String>) -> anyhow::Result<Option<ByteRate>> {
+    match (flag, file) {
+        (Some(rate), _) => Ok(Some(rate)),
+        (None, Some(text)) => Ok(Some(text.parse()?)),
+        (None, None) => Ok(None),
+    }
+}
+
+fn read_psk(path: &Path) -> anyhow::Result<PreSharedKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read pre-shared key {}", path.display()))?;
+    text.parse()
+        .map_err(|error| anyhow::anyhow!("invalid pre-shared key {}: {error}", path.display()))
 }
 
 impl NodeConfig {
@@ -70,6 +151,38 @@ impl NodeConfig {
                 .log_level
                 .or(file.log_level)
                 .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned()),
+            listen: match non_empty(args.listen).or(file.listen) {
+                Some(listen) => listen,
+                None => DEFAULT_LISTEN
+                    .iter()
+                    .map(|a| a.parse())
+                    .collect::<Result<_, _>>()?,
+            },
+            bootstrap: non_empty(args.bootstrap)
+                .or(file.bootstrap)
+                .unwrap_or_default(),
+            mdns: !args.no_mdns && file.mdns.unwrap_or(true),
+            trust: match non_empty(args.trust) {
+                Some(trust) => trust,
+                None => file
+                    .trust
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|id| id.parse())
+                    .collect::<Result<_, _>>()?,
+            },
+            psk: args
+                .psk
+                .or(file.psk)
+                .map(|path| read_psk(&path))
+                .transpose()?,
+            max_egress: rate(args.max_egress, file.max_egress)?,
+            max_ingress: rate(args.max_ingress, file.max_ingress)?,
+            prefetch: non_empty(args.prefetch)
+                .or(file.prefetch)
+                .unwrap_or_default(),
+            hostile_corrupt_chunks: args.hostile_corrupt_chunks,
+            hostile_forge_announcements: args.hostile_forge_announcements,
         })
     }
 }

@@ -16,10 +16,18 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AdminEvent, AdminRequest, StatusReport};
+use crate::admin::{self, AdminEvent, AdminRequest, KnownImage, StatusReport};
+use crate::announce::Announcements;
 use crate::config::NodeConfig;
+use crate::counters::Counters;
+use crate::fetch::{self, FetchContext, FetchHandle};
 use crate::import;
-use crate::source::StoreSource;
+use crate::network::{self, NetworkConfig, NetworkHandle};
+use crate::peers::PeerService;
+use crate::prefetch;
+use crate::pull::Puller;
+use crate::rate::RateLimiter;
+use crate::source::NodeSource;
 use crate::store::{Layout, Store};
 
 /// How long requests in flight may take to finish after a shutdown signal.
@@ -52,10 +60,76 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let router = shoal_gateway::router(
-        StoreSource::new(store.clone()),
-        Some(config.default_namespace.clone()),
+    let counters = Arc::new(Counters::default());
+    let announcements = Arc::new(Announcements::load(
+        store.clone(),
+        identity.clone(),
+        &config.trust,
+        counters.clone(),
+        config.hostile_forge_announcements,
+    )?);
+    let network_config = NetworkConfig {
+        listen: config.listen.clone(),
+        bootstrap: config.bootstrap.clone(),
+        mdns: config.mdns,
+        psk: config.psk,
+    };
+    let (network, network_events, network_task) =
+        network::start(identity, network_config, shutdown.clone()).await?;
+    tasks.spawn(async move { network_task.await.context("network task failed") });
+    let (fetch, fetch_task) = fetch::start(
+        FetchContext {
+            store: store.clone(),
+            network: network.clone(),
+            counters: counters.clone(),
+            announcements: announcements.clone(),
+            ingress: config
+                .max_ingress
+                .map(|rate| Arc::new(RateLimiter::new(rate))),
+        },
+        shutdown.clone(),
     );
+    tasks.spawn(async move { fetch_task.await.context("fetch task failed") });
+    let puller = Puller {
+        store: store.clone(),
+        fetch: fetch.clone(),
+        announcements: announcements.clone(),
+    };
+
+    let (prefetch_queue, prefetch_receiver) =
+        tokio::sync::mpsc::channel(prefetch::PREFETCH_QUEUE_LEN);
+    if !config.prefetch.is_empty() {
+        let (puller, patterns, shutdown) =
+            (puller.clone(), config.prefetch.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            prefetch::run(puller, patterns, prefetch_receiver, shutdown).await;
+            Ok(())
+        });
+    }
+    let peers = PeerService {
+        store: store.clone(),
+        network: network.clone(),
+        fetch: fetch.clone(),
+        announcements: announcements.clone(),
+        counters: counters.clone(),
+        egress: config
+            .max_egress
+            .map(|rate| Arc::new(RateLimiter::new(rate))),
+        on_announcement: Arc::new(move |announcement| {
+            if prefetch_queue.try_send(announcement).is_err() {
+                tracing::debug!("prefetch queue full or off; announcement not prefetched");
+            }
+        }),
+        corrupt_chunks: config.hostile_corrupt_chunks,
+    };
+    let peers_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        peers.run(network_events, peers_shutdown).await;
+        Ok(())
+    });
+
+    let source = NodeSource::new(puller.clone(), counters.clone());
+    let router = shoal_gateway::router(source, Some(config.default_namespace.clone()));
     let gateway_shutdown = shutdown.clone();
     tasks.spawn(async move {
         axum::serve(gateway_listener, router)
@@ -66,6 +140,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let context = AdminContext {
         store: store.clone(),
         shutdown: shutdown.clone(),
+        network,
+        fetch,
+        puller,
+        announcements,
+        counters,
         status: Arc::new(StatusBase {
             peer_id: peer_id.clone(),
             data_dir: std::path::absolute(&config.data)?,
@@ -150,6 +229,11 @@ struct StatusBase {
 struct AdminContext {
     store: Store,
     shutdown: CancellationToken,
+    network: NetworkHandle,
+    fetch: FetchHandle,
+    puller: Puller,
+    announcements: Arc<Announcements>,
+    counters: Arc<Counters>,
     status: Arc<StatusBase>,
 }
 
@@ -193,6 +277,7 @@ async fn serve_admin_connection(stream: UnixStream, context: AdminContext) -> an
         Ok(AdminRequest::Import { path, tag }) => {
             run_import(&mut stream, &context, path, tag).await?
         }
+        Ok(AdminRequest::Pull { reference }) => run_pull(&mut stream, &context, &reference).await,
     };
     admin::write_event(&mut stream, &event).await
 }
@@ -200,13 +285,31 @@ async fn serve_admin_connection(stream: UnixStream, context: AdminContext) -> an
 async fn status(context: &AdminContext) -> AdminEvent {
     let store = context.store.clone();
     let base = context.status.clone();
+    let network = context.network.status().await.unwrap_or_default();
+    let transfers = context.fetch.status().await;
+    let counters = context.counters.snapshot();
+    let known_images = context
+        .announcements
+        .known_images()
+        .into_iter()
+        .map(|(repository, tag, digest)| KnownImage {
+            repository,
+            tag,
+            digest,
+        })
+        .collect();
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<StatusReport> {
         Ok(StatusReport {
             peer_id: base.peer_id.clone(),
             data_dir: base.data_dir.clone(),
             gateway: base.gateway.clone(),
+            listen_addresses: network.listen_addresses,
+            connected_peers: network.connected_peers,
             store: store.summary()?,
             images: store.images()?,
+            known_images,
+            transfers,
+            counters,
         })
     })
     .await;
@@ -277,9 +380,95 @@ async fn run_import(
     }
     drop(received);
     Ok(match worker.await? {
-        Ok(report) => AdminEvent::Imported(report),
+        Ok(report) => {
+            announce_imported(context, &report).await;
+            AdminEvent::Imported(report)
+        }
         Err(error) => AdminEvent::Failed {
             message: error.to_string(),
         },
     })
+}
+
+/// Signs and gossips an announcement per imported tag, with the chunk-index roots of every
+/// blob, and tells the DHT this node provides them.
+async fn announce_imported(context: &AdminContext, report: &import::ImportReport) {
+    let store = context.store.clone();
+    let digests = report.digests.clone();
+    let roots = tokio::task::spawn_blocking(move || {
+        digests
+            .iter()
+            .filter_map(|digest| Some((*digest, store.chunk_index(digest).ok().flatten()?.root())))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    for image in &report.images {
+        let Ok(reference) = image.reference.parse::<shoal_protocol::ImageRef>() else {
+            continue;
+        };
+        let Some(tag) = &reference.tag else { continue };
+        let Some(size) = context.store.blob_size(&image.digest).ok().flatten() else {
+            continue;
+        };
+        let announced = context.announcements.announce(
+            &reference.repo,
+            tag,
+            image.digest,
+            &image.media_type,
+            size,
+            roots.clone(),
+        );
+        if let Some(data) = announced {
+            context.network.publish(data).await;
+        }
+    }
+    for (digest, _) in &roots {
+        context.network.provide(*digest).await;
+    }
+}
+
+/// Fetches a whole image from the network, reporting bytes as blobs complete.
+async fn run_pull(stream: &mut UnixStream, context: &AdminContext, reference: &str) -> AdminEvent {
+    let reference: shoal_protocol::ImageRef = match reference.parse() {
+        Ok(reference) => reference,
+        Err(error) => {
+            return AdminEvent::Failed {
+                message: format!("invalid image reference {reference:?}: {error}"),
+            };
+        }
+    };
+    let (events, mut received) = tokio::sync::mpsc::channel(PROGRESS_QUEUE_LEN);
+    let puller = context.puller.clone();
+    let for_pull = reference.clone();
+    let pull = async move {
+        puller
+            .pull(&for_pull, &mut |progress| {
+                let _ = events.try_send(AdminEvent::Progress {
+                    done: progress.bytes_done,
+                    total: progress.bytes_total,
+                });
+            })
+            .await
+    };
+    tokio::pin!(pull);
+    let result = loop {
+        tokio::select! {
+            result = &mut pull => break result,
+            Some(event) = received.recv() => {
+                if admin::write_event(stream, &event).await.is_err() {
+                    return AdminEvent::Failed { message: "client went away".into() };
+                }
+            }
+        }
+    };
+    match result {
+        Ok(digest) => AdminEvent::Pulled {
+            reference: reference.to_string(),
+            digest,
+        },
+        Err(error) => AdminEvent::Failed {
+            message: error.to_string(),
+        },
+    }
 }

@@ -7,7 +7,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::Context;
-use libp2p_identity::Keypair;
+use libp2p::identity::Keypair;
 
 /// Loads the key at `path`, creating it (mode 0600, written atomically) when absent.
 pub fn load_or_create(path: &Path) -> anyhow::Result<Keypair> {

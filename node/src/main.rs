@@ -7,11 +7,19 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod admin;
+mod announce;
 mod commands;
 mod config;
+mod counters;
 mod daemon;
+mod fetch;
 mod identity;
 mod import;
+mod network;
+mod peers;
+mod prefetch;
+mod pull;
+mod rate;
 mod source;
 mod store;
 
@@ -37,7 +45,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node: the store, the /v2/ gateway and the admin socket.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Print this node's peer id, creating its identity if needed.
     Id {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
@@ -52,6 +60,13 @@ enum Command {
         /// Name the image REPO:TAG instead of using the names in the archive.
         #[arg(long, value_name = "REPO:TAG")]
         tag: Option<String>,
+    },
+    /// Fetch an image from the network into the running node.
+    Pull {
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+        data: PathBuf,
+        /// The image, such as docker.io/library/alpine:3.20 or team/app@sha256:...
+        reference: String,
     },
     /// Show what the running node holds.
     Status {
@@ -87,7 +102,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Node(args) => {
-            let config = NodeConfig::resolve(args)?;
+            let config = NodeConfig::resolve(*args)?;
             init_logging(&config.log_level);
             daemon::run(config).await
         }
@@ -97,6 +112,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Import { data, path, tag } => commands::import(&data, &path, tag).await,
+        Command::Pull { data, reference } => commands::pull(&data, &reference).await,
         Command::Status { data, json } => commands::status(&data, json).await,
     }
 }

@@ -1,5 +1,7 @@
-//! The gateway's view of the store: [`StoreSource`] implements the gateway's
-//! [`ContentSource`] by running store reads on the blocking pool and streaming blob files.
+//! The gateway's view of the node: [`NodeSource`] implements the gateway's [`ContentSource`].
+//! It answers from the store first (reads on the blocking pool, blob files streamed); what the
+//! store lacks it gets from peers: tags resolve through trusted announcements, manifests are
+//! fetched and recorded, and blobs stream to the client chunk by chunk as they are verified.
 
 use std::io::{Seek, SeekFrom};
 use std::ops::Range;
@@ -9,6 +11,13 @@ use shoal_protocol::{Descriptor, Digest, RepoName, Tag, TagOrDigest};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+
+use crate::counters::Counters;
+use crate::fetch::stream_transfer;
+use crate::pull::Puller;
 use crate::store::{Store, StoreError};
 
 /// Bytes per read when streaming a blob to a client; measured against smaller buffers in the
@@ -16,13 +25,19 @@ use crate::store::{Store, StoreError};
 const STREAM_CHUNK_BYTES: usize = 512 * 1024;
 
 #[derive(Debug, Clone)]
-pub struct StoreSource {
+pub struct NodeSource {
     store: Store,
+    puller: Puller,
+    counters: Arc<Counters>,
 }
 
-impl StoreSource {
-    pub fn new(store: Store) -> StoreSource {
-        StoreSource { store }
+impl NodeSource {
+    pub fn new(puller: Puller, counters: Arc<Counters>) -> NodeSource {
+        NodeSource {
+            store: puller.store.clone(),
+            puller,
+            counters,
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -48,6 +63,15 @@ fn absent_if_corrupt<T>(result: Result<Option<T>, StoreError>) -> Result<Option<
     }
 }
 
+/// Counts the bytes a client receives.
+fn counted(stream: BlobStream, counters: Arc<Counters>) -> BlobStream {
+    Box::pin(stream.inspect(move |piece| {
+        if let Ok(bytes) = piece {
+            Counters::add(&counters.bytes_served_by_gateway, bytes.len() as u64);
+        }
+    }))
+}
+
 fn stream_file(mut file: std::fs::File, range: Range<u64>) -> BlobStream {
     // lseek only moves the file offset; it never waits on the disk.
     if let Err(error) = file.seek(SeekFrom::Start(range.start)) {
@@ -61,21 +85,46 @@ fn stream_file(mut file: std::fs::File, range: Range<u64>) -> BlobStream {
     ))
 }
 
-impl ContentSource for StoreSource {
+impl ContentSource for NodeSource {
     async fn manifest(
         &self,
         repo: &RepoName,
         reference: &TagOrDigest,
     ) -> Result<Option<Manifest>, SourceError> {
-        let (repo, reference) = (repo.clone(), reference.clone());
-        let found = self
-            .blocking(move |store| absent_if_corrupt(store.manifest(&repo, &reference)))
+        let (for_store, stored_reference) = (repo.clone(), reference.clone());
+        let stored = self
+            .blocking(move |store| absent_if_corrupt(store.manifest(&for_store, &stored_reference)))
             .await?;
-        Ok(found.map(|(digest, record, bytes)| Manifest {
-            digest,
-            media_type: record.media_type,
-            bytes: bytes.into(),
-        }))
+        // A tag announced by a trusted publisher may have moved on from what the store holds.
+        let announced = match reference {
+            TagOrDigest::Tag(tag) => self.puller.announcements.resolve(repo, tag),
+            TagOrDigest::Digest(_) => None,
+        };
+        if let Some((digest, record, bytes)) = stored
+            && announced.is_none_or(|announced| announced == digest)
+        {
+            return Ok(Some(Manifest {
+                digest,
+                media_type: record.media_type,
+                bytes: bytes.into(),
+            }));
+        }
+        let digest = match (reference, announced) {
+            (TagOrDigest::Digest(digest), _) => *digest,
+            (TagOrDigest::Tag(_), Some(digest)) => digest,
+            (TagOrDigest::Tag(_), None) => return Ok(None),
+        };
+        match self.puller.manifest(repo, digest).await {
+            Ok((bytes, parsed)) => Ok(Some(Manifest {
+                digest,
+                media_type: parsed.media_type,
+                bytes: bytes.into(),
+            })),
+            Err(error) => {
+                tracing::info!(%repo, %digest, %error, "manifest not available from peers");
+                Ok(None)
+            }
+        }
     }
 
     async fn open_blob(
@@ -87,15 +136,42 @@ impl ContentSource for StoreSource {
         let opened = self
             .blocking(move |store| absent_if_corrupt(store.open_blob(&digest)))
             .await?;
-        Ok(opened.map(|(file, size)| OpenBlob {
-            size,
-            read: Box::new(move |range| stream_file(file, range)),
-        }))
+        let counters = self.counters.clone();
+        if let Some((file, size)) = opened {
+            let read = Box::new(move |range| counted(stream_file(file, range), counters));
+            return Ok(Some(OpenBlob { size, read }));
+        }
+        let Some(mut transfer) = self.puller.fetch.fetch(digest).await else {
+            return Ok(None);
+        };
+        match transfer.ready().await {
+            Ok(index) => {
+                let read =
+                    Box::new(move |range| counted(stream_transfer(transfer, range), counters));
+                Ok(Some(OpenBlob {
+                    size: index.blob_size(),
+                    read,
+                }))
+            }
+            Err(error) => {
+                tracing::info!(%digest, %error, "blob not available from peers");
+                Ok(None)
+            }
+        }
     }
 
     async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<Tag>>, SourceError> {
-        let repo = repo.clone();
-        self.blocking(move |store| store.tags(&repo)).await
+        let for_store = repo.clone();
+        let stored = self.blocking(move |store| store.tags(&for_store)).await?;
+        let announced = self.puller.announcements.tags(repo);
+        if stored.is_none() && announced.is_empty() {
+            return Ok(None);
+        }
+        let mut tags = stored.unwrap_or_default();
+        tags.extend(announced);
+        tags.sort();
+        tags.dedup();
+        Ok(Some(tags))
     }
 
     async fn repositories(&self, namespace: &str) -> Result<Vec<String>, SourceError> {

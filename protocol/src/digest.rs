@@ -85,16 +85,27 @@ impl fmt::Debug for Digest {
     }
 }
 
+/// Human-readable formats (JSON in manifests, metadata and the admin socket) carry the
+/// `sha256:<hex>` string; binary formats (the peer wire codec) carry the 32 raw bytes, which is
+/// less than half the size and needs no parsing.
 impl serde::Serialize for Digest {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            self.0.serialize(serializer)
+        }
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        s.parse().map_err(serde::de::Error::custom)
+        if deserializer.is_human_readable() {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            <[u8; 32]>::deserialize(deserializer).map(Digest)
+        }
     }
 }
 
@@ -167,7 +178,25 @@ mod tests {
         assert_eq!(writer.finish(), (Digest::of(b"hello world"), 11));
     }
 
+    #[test]
+    fn json_carries_the_string_form() {
+        let digest = Digest::of(b"");
+        let json = serde_json::to_string(&digest).unwrap();
+        assert_eq!(json, format!("\"{EMPTY}\""));
+        assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), digest);
+        assert!(serde_json::from_str::<Digest>("\"sha256:00\"").is_err());
+    }
+
     proptest! {
+        #[test]
+        fn binary_form_is_the_raw_bytes(bytes in any::<[u8; 32]>()) {
+            let digest = Digest::from_sha256_bytes(bytes);
+            let frame = crate::wire::encode(&digest).unwrap();
+            prop_assert_eq!(frame.len(), 1 + 32);
+            prop_assert_eq!(&frame[1..], &bytes[..]);
+            prop_assert_eq!(crate::wire::decode::<Digest>(&frame, 64).unwrap(), digest);
+        }
+
         #[test]
         fn display_and_parse_round_trip(bytes in any::<[u8; 32]>()) {
             let digest = Digest::from_sha256_bytes(bytes);

@@ -1,16 +1,34 @@
-//! Shoal's protocol crate: the pure data types every other crate agrees on.
+//! Shoal's protocol crate: the pure logic every other crate agrees on.
 //!
 //! It holds content digests, image references and repository names, the OCI and Docker media
-//! types, and the manifest parser that finds which blobs an image needs. It does no I/O at all:
-//! callers hand it bytes and get values back, which is what lets the node, the gateway and the
-//! simulator share it.
+//! types, the manifest parser that finds which blobs an image needs, chunk indexes and bitmaps,
+//! the peer wire codec and its messages, signed announcements and the book that resolves tags
+//! from them, and the sans-IO transfer scheduler. It does no I/O at all and reads no clock or
+//! OS randomness: callers hand it bytes, times and seeds and get values back, which is what
+//! lets the node, the gateway and the simulator share it.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod announce;
+pub mod bitmap;
+pub mod chunk;
 pub mod digest;
 pub mod manifest;
 pub mod media_type;
 pub mod reference;
+pub mod scheduler;
+pub mod wire;
 
+#[cfg(test)]
+mod testing;
+
+pub use announce::{
+    AnnounceError, Announcement, AnnouncementBook, AnnouncementCursor, InsertOutcome,
+    SignedAnnouncement, VerifiedAnnouncement,
+};
+pub use bitmap::{Bitmap, BitmapError};
+pub use chunk::{CHUNK_BYTES_DEFAULT, ChunkError, ChunkIndex, ChunkIndexBuilder};
 pub use digest::{Digest, DigestError, Sha256Writer};
 pub use manifest::{Descriptor, ManifestError, ParsedManifest};
 pub use reference::{ImageRef, ReferenceError, RepoName, Tag, TagOrDigest};
+pub use scheduler::{Action, Event, PeerStats, Scheduler, SchedulerConfig, SchedulerError};
+pub use wire::{Request, Response, WireError};

@@ -68,6 +68,20 @@ impl RepoName {
     pub fn qualified(&self) -> String {
         format!("{}/{}", self.namespace, self.path)
     }
+
+    /// Parses the output of [`RepoName::qualified`] back, refusing any other spelling (an
+    /// upper-case host, a Docker Hub alias, a missing namespace), so a qualified name received
+    /// from a peer is a unique key.
+    pub fn from_qualified(qualified: &str) -> Result<Self, ReferenceError> {
+        let Some((namespace, path)) = qualified.split_once('/') else {
+            return Err(ReferenceError::InvalidName(qualified.to_owned()));
+        };
+        let name = RepoName::new(namespace, path)?;
+        if name.namespace != namespace {
+            return Err(ReferenceError::InvalidNamespace(namespace.to_owned()));
+        }
+        Ok(name)
+    }
 }
 
 impl fmt::Display for RepoName {
@@ -384,6 +398,30 @@ mod tests {
         }
         for bad in ["", "UPPER/case", "a:b:c", "a@sha256:12", "host.io/"] {
             assert!(bad.parse::<ImageRef>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn qualified_names_parse_back_only_in_canonical_form() {
+        for good in [
+            "docker.io/library/alpine",
+            "localhost:5000/foo",
+            "ghcr.io/a/b/c",
+            "localhost/x",
+        ] {
+            let name = RepoName::from_qualified(good).unwrap();
+            assert_eq!(name.qualified(), good);
+        }
+        for bad in [
+            "",
+            "alpine",
+            "Docker.io/library/alpine",
+            "index.docker.io/library/alpine",
+            "docker.io/",
+            "docker.io/UPPER",
+            "/library/alpine",
+        ] {
+            assert!(RepoName::from_qualified(bad).is_err(), "{bad}");
         }
     }
 

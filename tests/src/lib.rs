@@ -9,3 +9,4 @@ pub mod http;
 pub mod image;
 pub mod node;
 pub mod registry;
+pub mod sendfile_server;

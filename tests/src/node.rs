@@ -5,8 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -71,6 +71,10 @@ pub struct ShoalNode {
     log: PathBuf,
     /// The namespace the node runs in, held so it outlives the process.
     netns: Option<NetNs>,
+    peer_id: String,
+    /// Peer addresses as the node reports them on stdout.
+    listen_lines: Mutex<mpsc::Receiver<String>>,
+    peer_address: OnceLock<String>,
 }
 
 impl ShoalNode {
@@ -100,8 +104,13 @@ impl ShoalNode {
             Some(netns) => netns.command(&binary),
             None => Command::new(&binary),
         };
+        // Loopback only, ephemeral ports, no mDNS: test nodes meet only the peers a test names.
+        command.args(["node", "--gateway", "127.0.0.1:0", "--no-mdns"]);
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "/ip4/127.0.0.1/tcp/0"]);
+        }
         let mut child = command
-            .args(["node", "--gateway", "127.0.0.1:0", "--data"])
+            .arg("--data")
             .arg(data)
             .args(extra)
             .env(
@@ -115,10 +124,13 @@ impl ShoalNode {
             .context("cannot start shoal node")?;
         let stdout = child.stdout.take().context("no stdout")?;
         let (ready, ready_line) = mpsc::channel();
+        let (listening, listen_lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if line.starts_with("ready ") {
                     let _ = ready.send(line);
+                } else if let Some(address) = line.strip_prefix("listening ") {
+                    let _ = listening.send(address.to_owned());
                 }
             }
         });
@@ -128,17 +140,42 @@ impl ShoalNode {
             gateway: ([127, 0, 0, 1], 0).into(),
             log,
             netns: netns.cloned(),
+            peer_id: String::new(),
+            listen_lines: Mutex::new(listen_lines),
+            peer_address: OnceLock::new(),
         };
         let line = match ready_line.recv_timeout(START_TIMEOUT) {
             Ok(line) => line,
             Err(_) => bail!("shoal node did not become ready; its log:\n{}", node.logs()),
         };
-        node.gateway = line
-            .split_whitespace()
-            .find_map(|field| field.strip_prefix("gateway="))
-            .context("ready line without gateway=")?
-            .parse()?;
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix(name))
+                .with_context(|| format!("ready line without {name}"))
+        };
+        node.gateway = field("gateway=")?.parse()?;
+        node.peer_id = field("peer_id=")?.to_owned();
         Ok(node)
+    }
+
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
+    /// The node's first peer address with its peer id, for other nodes' `--bootstrap`. Waits
+    /// (bounded) for the node to report it.
+    pub fn peer_address(&self) -> anyhow::Result<String> {
+        if let Some(address) = self.peer_address.get() {
+            return Ok(address.clone());
+        }
+        let lines = self.listen_lines.lock().unwrap_or_else(|e| e.into_inner());
+        let address = lines
+            .recv_timeout(START_TIMEOUT)
+            .context("the node reported no listen address")?;
+        Ok(self
+            .peer_address
+            .get_or_init(|| format!("{address}/p2p/{}", self.peer_id))
+            .clone())
     }
 
     pub fn gateway(&self) -> SocketAddr {

@@ -101,6 +101,9 @@ pub struct ImportReport {
     pub images: Vec<ImportedImage>,
     pub stored: CommitReport,
     pub blobs_already_stored: u64,
+    /// Every blob and manifest of the imported images, for announcing them.
+    #[serde(skip)]
+    pub digests: Vec<Digest>,
 }
 
 /// An image to tag: its top-level manifest and the names it should answer to.
@@ -130,6 +133,7 @@ pub fn import(
     };
     let images = apply_tag_override(images, tag)?;
     let blobs_referenced = graph.referenced.len() as u64;
+    let digests = graph.referenced.iter().copied().collect();
     let mut commit = Commit {
         blobs: graph.referenced,
         manifests: graph.manifests,
@@ -158,6 +162,7 @@ pub fn import(
         images: imported,
         blobs_already_stored: blobs_referenced - stored.blobs_added,
         stored,
+        digests,
     })
 }
 

@@ -3,6 +3,7 @@
 //! ```text
 //! DATA/blobs/sha256/ab/abcdef…   verified blob and manifest bytes, named by digest
 //! DATA/tmp/                      staging areas of writes in progress; emptied on start
+//! DATA/partial/<hex>             blobs being fetched from peers, filled chunk by chunk
 //! DATA/metadata/                 the sled database
 //! DATA/shoal.sock                the admin socket of the running node
 //! DATA/lock                      held (flock) by the running node
@@ -46,6 +47,14 @@ impl Layout {
         self.root.join("tmp")
     }
 
+    pub fn partial_dir(&self) -> PathBuf {
+        self.root.join("partial")
+    }
+
+    pub fn partial(&self, digest: &Digest) -> PathBuf {
+        self.partial_dir().join(digest.hex())
+    }
+
     pub fn metadata(&self) -> PathBuf {
         self.root.join("metadata")
     }
@@ -63,7 +72,7 @@ impl Layout {
     }
 
     pub fn create_dirs(&self) -> Result<(), StoreError> {
-        for dir in [self.blobs(), self.tmp()] {
+        for dir in [self.blobs(), self.tmp(), self.partial_dir()] {
             fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         }
         Ok(())
@@ -109,6 +118,28 @@ impl Layout {
                     _ => {
                         tracing::warn!(path = %path.display(), "ignoring unexpected file in the blob directory")
                     }
+                }
+            }
+        }
+        Ok(digests)
+    }
+
+    /// The digests of the files under `partial/`.
+    pub fn partial_files(&self) -> Result<HashSet<Digest>, StoreError> {
+        let dir = self.partial_dir();
+        let mut digests = HashSet::new();
+        for file in fs::read_dir(&dir).map_err(io_error(&dir))? {
+            let path = file.map_err(io_error(&dir))?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            match format!("sha256:{name}").parse::<Digest>() {
+                Ok(digest) => {
+                    digests.insert(digest);
+                }
+                Err(_) => {
+                    tracing::warn!(path = %path.display(), "ignoring unexpected file in the partial directory")
                 }
             }
         }

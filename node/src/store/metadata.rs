@@ -7,6 +7,9 @@
 //! n/<ns>/<path>               -> ()                                (the repository exists)
 //! r/<ns>/<path>\0<digest:32>  -> ()                                (the manifest is in the repo)
 //! t/<ns>/<path>\0<tag>        -> <digest:32>                       (the tag points at it)
+//! i/<digest:32>               -> wire-encoded ChunkIndex           (chunk hashes of a stored blob)
+//! p/<digest:32>               -> wire-encoded index + bitmap       (a blob being fetched)
+//! a/<blake3 of payload:32>    -> wire-encoded SignedAnnouncement   (gossip received or sent)
 //! ```
 
 use std::collections::BTreeMap;
@@ -20,6 +23,9 @@ const MANIFEST: &[u8] = b"m/";
 const REPO: &[u8] = b"n/";
 const REPO_MANIFEST: &[u8] = b"r/";
 const TAG: &[u8] = b"t/";
+const INDEX: &[u8] = b"i/";
+const PARTIAL: &[u8] = b"p/";
+pub const ANNOUNCEMENT: &[u8] = b"a/";
 
 /// What the store remembers about a manifest besides its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -64,6 +70,25 @@ fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 
 pub fn blob_key(digest: &Digest) -> Vec<u8> {
     key(BLOB, &[digest.as_bytes()])
+}
+
+pub fn index_key(digest: &Digest) -> Vec<u8> {
+    key(INDEX, &[digest.as_bytes()])
+}
+
+pub fn partial_key(digest: &Digest) -> Vec<u8> {
+    key(PARTIAL, &[digest.as_bytes()])
+}
+
+pub fn announcement_key(id: &[u8; 32]) -> Vec<u8> {
+    key(ANNOUNCEMENT, &[id])
+}
+
+pub fn partial_digests(db: &sled::Db) -> impl Iterator<Item = Result<Digest, StoreError>> + '_ {
+    db.scan_prefix(PARTIAL).map(|entry| {
+        let (key, _) = entry?;
+        digest_from(&key, &key[PARTIAL.len()..])
+    })
 }
 
 pub fn manifest_key(digest: &Digest) -> Vec<u8> {
@@ -127,6 +152,7 @@ pub fn blob_size(db: &sled::Db, digest: &Digest) -> Result<Option<u64>, StoreErr
 pub fn forget_blob(db: &sled::Db, digest: &Digest) -> Result<(), StoreError> {
     let mut batch = sled::Batch::default();
     batch.remove(blob_key(digest));
+    batch.remove(index_key(digest));
     batch.remove(manifest_key(digest));
     for prefix in [REPO_MANIFEST, TAG] {
         for entry in db.scan_prefix(prefix) {

@@ -18,6 +18,7 @@
 
 mod layout;
 mod metadata;
+mod partial;
 mod staging;
 
 use std::collections::HashSet;
@@ -26,10 +27,12 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use shoal_protocol::{Descriptor, Digest, RepoName, Sha256Writer, Tag, TagOrDigest};
+use shoal_protocol::chunk::{ChunkIndex, ChunkIndexBuilder, chunk_bytes_for};
+use shoal_protocol::{Descriptor, Digest, RepoName, Sha256Writer, Tag, TagOrDigest, wire};
 
 pub use layout::Layout;
 pub use metadata::{ImageSummary, ManifestRecord, StoreSummary};
+pub use partial::{PartialBlob, recorded_index};
 pub use staging::{Commit, CommitReport, Staging};
 
 /// Bytes read per call while hashing a blob file; large enough that syscalls do not dominate.
@@ -97,6 +100,7 @@ pub struct Recovery {
     pub temporary_files_removed: usize,
     pub orphan_blobs_removed: usize,
     pub missing_blobs_forgotten: usize,
+    pub orphan_partials_removed: usize,
 }
 
 impl Store {
@@ -141,12 +145,94 @@ impl Store {
             tracing::warn!(%digest, "blob file vanished from disk; forgetting it");
             metadata::forget_blob(&self.inner.db, digest)?;
         }
+        let orphan_partials_removed = self.recover_partials()?;
         self.inner.db.flush()?;
         Ok(Recovery {
             temporary_files_removed,
             orphan_blobs_removed: on_disk.len(),
             missing_blobs_forgotten: missing.len(),
+            orphan_partials_removed,
         })
+    }
+
+    /// Partial files without a record, and records without a file, are forgotten; a partial
+    /// blob that is also fully stored is finished already.
+    fn recover_partials(&self) -> Result<usize, StoreError> {
+        let layout = &self.inner.layout;
+        let mut files = layout.partial_files()?;
+        let mut removed = 0;
+        for record in partial::recorded(self).collect::<Vec<_>>() {
+            let digest = record?;
+            if !files.remove(&digest) || self.has_blob(&digest)? {
+                self.inner.db.remove(metadata::partial_key(&digest))?;
+                let _ = std::fs::remove_file(layout.partial(&digest));
+            }
+        }
+        for digest in files {
+            let path = layout.partial(&digest);
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Moves a verified, assembled blob from `partial/` into the store.
+    fn adopt_partial(&self, path: &Path, index: &ChunkIndex) -> Result<(), StoreError> {
+        let _guard = self.lock_commits();
+        let digest = index.blob();
+        let mut batch = sled::Batch::default();
+        batch.remove(metadata::partial_key(&digest));
+        if self.has_blob(&digest)? {
+            std::fs::remove_file(path).map_err(io_error(path))?;
+        } else {
+            let target = self.inner.layout.blob(&digest);
+            let shard = target.parent().unwrap_or(path);
+            std::fs::create_dir_all(shard).map_err(io_error(shard))?;
+            std::fs::rename(path, &target).map_err(io_error(&target))?;
+            layout::fsync_dir(shard)?;
+            batch.insert(
+                metadata::blob_key(&digest),
+                &index.blob_size().to_be_bytes(),
+            );
+            batch.insert(metadata::index_key(&digest), encode_index(index)?);
+            self.mark_verified(digest);
+        }
+        self.inner.db.apply_batch(batch)?;
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// The chunk index of a stored blob, computed from the verified file the first time and
+    /// kept in the metadata after that.
+    pub fn chunk_index(&self, digest: &Digest) -> Result<Option<ChunkIndex>, StoreError> {
+        let key = metadata::index_key(digest);
+        if let Some(value) = self.inner.db.get(&key)? {
+            match wire::decode::<ChunkIndex>(&value, INDEX_RECORD_BYTES_MAX) {
+                Ok(index) if index.blob() == *digest => return Ok(Some(index)),
+                _ => tracing::warn!(%digest, "recomputing an unreadable chunk index"),
+            }
+        }
+        let Some((mut file, size)) = self.open_blob(digest)? else {
+            return Ok(None);
+        };
+        let not_indexable = |error: shoal_protocol::ChunkError| StoreError::CorruptRecord {
+            key: digest.to_string(),
+            reason: format!("cannot index the blob: {error}"),
+        };
+        let chunk_bytes = chunk_bytes_for(size).map_err(not_indexable)?;
+        let mut builder = ChunkIndexBuilder::new(*digest, chunk_bytes).map_err(not_indexable)?;
+        let mut buffer = vec![0u8; HASH_BUFFER_BYTES];
+        let path = self.inner.layout.blob(digest);
+        loop {
+            let n = file.read(&mut buffer).map_err(io_error(&path))?;
+            if n == 0 {
+                break;
+            }
+            builder.update(&buffer[..n]);
+        }
+        let index = builder.finish().map_err(not_indexable)?;
+        self.inner.db.insert(key, encode_index(&index)?)?;
+        Ok(Some(index))
     }
 
     /// A fresh staging area for one write (an import, a fetch). Dropping it without committing
@@ -286,6 +372,32 @@ impl Store {
         metadata::images(&self.inner.db)
     }
 
+    /// Keeps a signed announcement (encoded) under its id.
+    pub fn keep_announcement(&self, id: &[u8; 32], encoded: &[u8]) -> Result<(), StoreError> {
+        self.inner
+            .db
+            .insert(metadata::announcement_key(id), encoded)?;
+        Ok(())
+    }
+
+    /// Every kept announcement, encoded, with its id.
+    pub fn announcements(&self) -> Result<Vec<KeptAnnouncement>, StoreError> {
+        let prefix = metadata::ANNOUNCEMENT;
+        let mut kept = Vec::new();
+        for entry in self.inner.db.scan_prefix(prefix) {
+            let (key, value) = entry?;
+            if let Ok(id) = <[u8; 32]>::try_from(&key[prefix.len()..]) {
+                kept.push((id, value.to_vec()));
+            }
+        }
+        Ok(kept)
+    }
+
+    pub fn forget_announcement(&self, id: &[u8; 32]) -> Result<(), StoreError> {
+        self.inner.db.remove(metadata::announcement_key(id))?;
+        Ok(())
+    }
+
     /// Makes every metadata write so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.inner.db.flush()?;
@@ -295,6 +407,19 @@ impl Store {
     pub(crate) fn db(&self) -> &sled::Db {
         &self.inner.db
     }
+}
+
+/// An announcement as kept: its id and its encoded signed form.
+pub type KeptAnnouncement = ([u8; 32], Vec<u8>);
+
+/// Upper bound of a stored chunk index: the most chunks a blob may have, 32 bytes each.
+const INDEX_RECORD_BYTES_MAX: usize = 64 << 20;
+
+fn encode_index(index: &ChunkIndex) -> Result<Vec<u8>, StoreError> {
+    wire::encode(index).map_err(|error| StoreError::CorruptRecord {
+        key: index.blob().to_string(),
+        reason: error.to_string(),
+    })
 }
 
 /// Hashes everything `reader` yields.
@@ -424,7 +549,8 @@ mod tests {
             Recovery {
                 temporary_files_removed: 1,
                 orphan_blobs_removed: 1,
-                missing_blobs_forgotten: 1
+                missing_blobs_forgotten: 1,
+                orphan_partials_removed: 0,
             }
         );
         assert!(!layout.blob(&orphan).exists());

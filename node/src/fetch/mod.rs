@@ -1,0 +1,274 @@
+//! Fetching blobs from peers. The [`FetchActor`] owns the table of active transfers and starts
+//! one [`transfer`] task per blob; a second request for the same blob joins the running one,
+//! so a node never fetches a blob twice at once. Readers (gateway clients, peers asking for
+//! chunks) watch a transfer's progress and read verified chunks from its file while it is
+//! still arriving.
+
+mod stream;
+mod transfer;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
+
+use shoal_protocol::chunk::ChunkIndex;
+use shoal_protocol::{Bitmap, Digest};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::announce::Announcements;
+use crate::counters::Counters;
+use crate::network::NetworkHandle;
+use crate::rate::RateLimiter;
+use crate::store::Store;
+
+pub use stream::stream_transfer;
+
+/// Commands queued for the fetch actor.
+const COMMAND_QUEUE_LEN: usize = 256;
+/// Focus hints queued per transfer; extra hints are dropped (the next read sends another).
+const FOCUS_QUEUE_LEN: usize = 64;
+
+/// What the node needs to run transfers.
+#[derive(Debug, Clone)]
+pub struct FetchContext {
+    pub store: Store,
+    pub network: NetworkHandle,
+    pub counters: Arc<Counters>,
+    pub announcements: Arc<Announcements>,
+    pub ingress: Option<Arc<RateLimiter>>,
+}
+
+/// A transfer as readers see it.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Known once a peer has sent a valid index.
+    pub index: Option<Arc<ChunkIndex>>,
+    /// The file being filled; it stays readable after the blob enters the store.
+    pub file: Option<Arc<File>>,
+    pub have: Bitmap,
+    pub peers: usize,
+    /// Set when the transfer ends: `Ok` once the blob is verified and stored.
+    pub outcome: Option<Result<(), String>>,
+}
+
+/// A handle on one running (or finished) transfer.
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    pub blob: Digest,
+    progress: watch::Receiver<Progress>,
+    focus: mpsc::Sender<u32>,
+}
+
+impl Transfer {
+    pub fn progress(&self) -> Progress {
+        self.progress.borrow().clone()
+    }
+
+    /// Waits until the index is known (the size is then known too) or the transfer ends.
+    /// Cancel-safe.
+    pub async fn ready(&mut self) -> Result<Arc<ChunkIndex>, String> {
+        loop {
+            {
+                let progress = self.progress.borrow_and_update();
+                if let Some(index) = &progress.index {
+                    return Ok(index.clone());
+                }
+                if let Some(Err(error)) = &progress.outcome {
+                    return Err(error.clone());
+                }
+            }
+            if self.progress.changed().await.is_err() {
+                return Err("the transfer stopped".to_owned());
+            }
+        }
+    }
+
+    /// Waits until the transfer ends. Cancel-safe.
+    pub async fn finished(&mut self) -> Result<(), String> {
+        loop {
+            if let Some(outcome) = self.progress.borrow_and_update().outcome.clone() {
+                return outcome;
+            }
+            if self.progress.changed().await.is_err() {
+                return Err("the transfer stopped".to_owned());
+            }
+        }
+    }
+
+    /// Waits for the next change of progress. Cancel-safe.
+    pub async fn changed(&mut self) -> Result<(), String> {
+        self.progress
+            .changed()
+            .await
+            .map_err(|_| "the transfer stopped".to_owned())
+    }
+
+    /// Tells the transfer a reader waits for `chunk`, so it is fetched first.
+    pub fn focus(&self, chunk: u32) {
+        let _ = self.focus.try_send(chunk);
+    }
+}
+
+/// One line of `shoal status` about a transfer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TransferStatus {
+    pub blob: Digest,
+    pub size: Option<u64>,
+    pub chunks_have: u64,
+    pub chunks_total: u64,
+    pub peers: usize,
+}
+
+enum FetchCommand {
+    Fetch {
+        blob: Digest,
+        reply: oneshot::Sender<Transfer>,
+    },
+    List {
+        reply: oneshot::Sender<Vec<Transfer>>,
+    },
+}
+
+/// The cloneable way to start or join transfers.
+#[derive(Debug, Clone)]
+pub struct FetchHandle {
+    commands: mpsc::Sender<FetchCommand>,
+}
+
+impl std::fmt::Debug for FetchCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FetchCommand")
+    }
+}
+
+impl FetchHandle {
+    /// The transfer of `blob`, started if none runs. Cancel-safe.
+    pub async fn fetch(&self, blob: Digest) -> Option<Transfer> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(FetchCommand::Fetch { blob, reply })
+            .await
+            .ok()?;
+        answer.await.ok()
+    }
+
+    /// Fetches `blob` and waits until it is stored. Cancel-safe (the transfer goes on).
+    pub async fn fetch_and_wait(&self, blob: Digest) -> Result<(), String> {
+        let mut transfer = self.fetch(blob).await.ok_or("the node is shutting down")?;
+        transfer.finished().await
+    }
+
+    /// The transfers in progress, for readers that want a partial blob (peers) and for status.
+    pub async fn active(&self) -> Vec<Transfer> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(FetchCommand::List { reply })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    pub async fn status(&self) -> Vec<TransferStatus> {
+        self.active()
+            .await
+            .into_iter()
+            .map(|transfer| {
+                let progress = transfer.progress();
+                TransferStatus {
+                    blob: transfer.blob,
+                    size: progress.index.as_ref().map(|index| index.blob_size()),
+                    chunks_have: progress.have.count_ones() as u64,
+                    chunks_total: progress.have.len() as u64,
+                    peers: progress.peers,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Starts the fetch actor; it ends (aborting its transfers) when `shutdown` is cancelled.
+pub fn start(
+    context: FetchContext,
+    shutdown: CancellationToken,
+) -> (FetchHandle, tokio::task::JoinHandle<()>) {
+    let (commands, receiver) = mpsc::channel(COMMAND_QUEUE_LEN);
+    let actor = FetchActor {
+        context,
+        transfers: HashMap::new(),
+        tasks: JoinSet::new(),
+    };
+    let task = tokio::spawn(actor.run(receiver, shutdown));
+    (FetchHandle { commands }, task)
+}
+
+struct FetchActor {
+    context: FetchContext,
+    transfers: HashMap<Digest, Transfer>,
+    tasks: JoinSet<Digest>,
+}
+
+impl FetchActor {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<FetchCommand>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(command) = commands.recv() => self.on_command(command),
+                Some(Ok(blob)) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    self.transfers.remove(&blob);
+                }
+            }
+        }
+        self.tasks.shutdown().await;
+    }
+
+    fn on_command(&mut self, command: FetchCommand) {
+        match command {
+            FetchCommand::Fetch { blob, reply } => {
+                let transfer = match self.transfers.get(&blob) {
+                    Some(transfer) => transfer.clone(),
+                    None => self.start(blob),
+                };
+                let _ = reply.send(transfer);
+            }
+            FetchCommand::List { reply } => {
+                let _ = reply.send(self.transfers.values().cloned().collect());
+            }
+        }
+    }
+
+    fn start(&mut self, blob: Digest) -> Transfer {
+        let (progress_sender, progress) = watch::channel(Progress::default());
+        let (focus, focus_receiver) = mpsc::channel(FOCUS_QUEUE_LEN);
+        let transfer = Transfer {
+            blob,
+            progress,
+            focus,
+        };
+        self.transfers.insert(blob, transfer.clone());
+        let context = self.context.clone();
+        let span = tracing::info_span!("fetch", %blob);
+        self.tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                let outcome = transfer::run(context, blob, &progress_sender, focus_receiver).await;
+                match &outcome {
+                    Ok(()) => tracing::info!("blob fetched and verified"),
+                    Err(error) => tracing::warn!(%error, "fetch failed"),
+                }
+                progress_sender.send_modify(|progress| progress.outcome = Some(outcome));
+                blob
+            },
+            span,
+        ));
+        transfer
+    }
+}

@@ -1,0 +1,87 @@
+//! Streaming a blob to a gateway client while its transfer is still running: each chunk is
+//! read from the transfer's file as soon as it is verified, in order, and the transfer is told
+//! which chunk the client waits for so that one is fetched first.
+
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use shoal_gateway::BlobStream;
+
+use super::Transfer;
+
+/// Most bytes read per piece sent to the client.
+const PIECE_BYTES_MAX: u64 = 512 * 1024;
+
+struct Reader {
+    transfer: Transfer,
+    position: u64,
+    end: u64,
+}
+
+/// The bytes of `range` of the transfer's blob, as they become available. The stream ends
+/// with an error if the transfer fails.
+pub fn stream_transfer(transfer: Transfer, range: Range<u64>) -> BlobStream {
+    let reader = Reader {
+        transfer,
+        position: range.start,
+        end: range.end,
+    };
+    Box::pin(futures_util::stream::try_unfold(
+        reader,
+        |mut reader| async move {
+            if reader.position >= reader.end {
+                return Ok(None);
+            }
+            let piece = reader.next_piece().await?;
+            reader.position += piece.len() as u64;
+            Ok(Some((piece, reader)))
+        },
+    ))
+}
+
+impl Reader {
+    async fn next_piece(&mut self) -> std::io::Result<Bytes> {
+        let index = self.transfer.ready().await.map_err(std::io::Error::other)?;
+        let chunk = index
+            .chunk_at(self.position)
+            .ok_or_else(|| std::io::Error::other("read past the end"))?;
+        let chunk_end = index.chunk_range(chunk).map_err(std::io::Error::other)?.end;
+        let file = self.wait_for(chunk).await?;
+        let length = (chunk_end.min(self.end) - self.position).min(PIECE_BYTES_MAX) as usize;
+        let position = self.position;
+        tokio::task::spawn_blocking(move || {
+            let mut buffer = vec![0u8; length];
+            file.read_exact_at(&mut buffer, position)?;
+            Ok(Bytes::from(buffer))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    /// Waits until `chunk` is verified on disk (or the whole blob is), returning the file.
+    async fn wait_for(&mut self, chunk: u32) -> std::io::Result<Arc<std::fs::File>> {
+        let mut announced = false;
+        loop {
+            let progress = self.transfer.progress();
+            if let Some(Err(error)) = &progress.outcome {
+                return Err(std::io::Error::other(error.clone()));
+            }
+            let done = matches!(progress.outcome, Some(Ok(())));
+            if let Some(file) = progress.file
+                && (done || progress.have.get(chunk))
+            {
+                return Ok(file);
+            }
+            if !announced {
+                self.transfer.focus(chunk);
+                announced = true;
+            }
+            self.transfer
+                .changed()
+                .await
+                .map_err(std::io::Error::other)?;
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! One blob's transfer: find peers that have it, get and check its chunk index, then let the
+//! protocol's [`Scheduler`] decide which chunk to ask of which peer, while this task carries
+//! out its actions, checks every chunk against the index, writes it, and tells readers.
+//!
+//! Memory is bounded by the chunks in flight (the scheduler's per-peer limit times the chunk
+//! size); progress is persisted about once a second and resumed after a restart.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use shoal_protocol::chunk::ChunkIndex;
+use shoal_protocol::scheduler::{Action, Event, Scheduler, SchedulerConfig};
+use shoal_protocol::wire::{Request, Response};
+use shoal_protocol::{Bitmap, Digest};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::{FetchContext, Progress};
+use crate::counters::Counters;
+use crate::network::RequestError;
+use crate::store::{PartialBlob, recorded_index};
+
+/// How often the scheduler sees time pass (timeouts, bitfield polls).
+const TICK: Duration = Duration::from_millis(100);
+/// How often progress is made durable.
+const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the DHT is asked again for providers while the transfer runs.
+const PROVIDER_REFRESH: Duration = Duration::from_secs(5);
+/// A transfer that finds no peer with the blob for this long gives up.
+const LOCATE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A transfer that receives nothing for this long gives up.
+const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+enum Outcome {
+    Providers(HashSet<PeerId>),
+    Have(PeerId, Result<Response, RequestError>),
+    Index(PeerId, Result<Response, RequestError>),
+    Chunk(PeerId, u32, Result<Response, RequestError>),
+}
+
+struct Run<'a> {
+    context: FetchContext,
+    blob: Digest,
+    progress: &'a watch::Sender<Progress>,
+    tasks: JoinSet<Outcome>,
+    /// Peers asked for their bitfield; each is asked once per join.
+    asked: HashSet<PeerId>,
+    /// Peers that have (part of) the blob.
+    sources: HashSet<PeerId>,
+    /// Bitfields of peers heard before the index was known.
+    haves: HashMap<PeerId, Bitmap>,
+    index_source: Option<PeerId>,
+    index_requested: bool,
+    partial: Option<PartialBlob>,
+    scheduler: Option<Scheduler<PeerId>>,
+    started: Instant,
+    last_receipt: Instant,
+}
+
+pub async fn run(
+    context: FetchContext,
+    blob: Digest,
+    progress: &watch::Sender<Progress>,
+    mut focus: mpsc::Receiver<u32>,
+) -> Result<(), String> {
+    let mut run = Run {
+        context,
+        blob,
+        progress,
+        tasks: JoinSet::new(),
+        asked: HashSet::new(),
+        sources: HashSet::new(),
+        haves: HashMap::new(),
+        index_source: None,
+        index_requested: false,
+        partial: None,
+        scheduler: None,
+        started: Instant::now(),
+        last_receipt: Instant::now(),
+    };
+    let store = run.context.store.clone();
+    if let Some(index) = tokio::task::spawn_blocking(move || recorded_index(&store, &blob))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?
+    {
+        run.begin(index).await?;
+    }
+    for peer in run.context.network.connected_peers().await {
+        run.ask_have(peer);
+    }
+    run.lookup_providers();
+    let mut tick = tokio::time::interval(TICK);
+    let mut persist = tokio::time::interval(PERSIST_INTERVAL);
+    let mut refresh = tokio::time::interval(PROVIDER_REFRESH);
+    refresh.tick().await;
+    loop {
+        if run.scheduler.as_ref().is_some_and(Scheduler::is_complete) {
+            return run.complete().await;
+        }
+        tokio::select! {
+            Some(Ok(outcome)) = run.tasks.join_next(), if !run.tasks.is_empty() => run.on_outcome(outcome).await?,
+            Some(chunk) = focus.recv() => run.feed(Event::Focus { chunk }).await,
+            _ = tick.tick() => {
+                run.check_timeouts()?;
+                run.feed(Event::Tick).await;
+            }
+            _ = persist.tick() => run.persist()?,
+            _ = refresh.tick() => run.lookup_providers(),
+        }
+    }
+}
+
+impl Run<'_> {
+    /// Candidates are the connected peers (in a small network, everyone) and whoever the DHT
+    /// says provides the blob, including nodes that started fetching it after this one.
+    fn lookup_providers(&mut self) {
+        let network = self.context.network.clone();
+        let blob = self.blob;
+        self.tasks.spawn(async move {
+            let mut candidates = network.find_providers(blob).await;
+            candidates.extend(network.connected_peers().await);
+            Outcome::Providers(candidates)
+        });
+    }
+
+    fn ask_have(&mut self, peer: PeerId) {
+        if peer == self.context.network.local_peer_id() || !self.asked.insert(peer) {
+            return;
+        }
+        let network = self.context.network.clone();
+        let blob = self.blob;
+        self.tasks.spawn(async move {
+            Outcome::Have(peer, network.request(peer, Request::Have { blob }).await)
+        });
+    }
+
+    fn check_timeouts(&self) -> Result<(), String> {
+        if self.scheduler.is_none()
+            && self.haves.is_empty()
+            && self.started.elapsed() > LOCATE_TIMEOUT
+        {
+            return Err(format!(
+                "no peer has {} (looked for {LOCATE_TIMEOUT:?})",
+                self.blob
+            ));
+        }
+        if self.scheduler.is_some() && self.last_receipt.elapsed() > STALL_TIMEOUT {
+            return Err(format!(
+                "no chunk of {} arrived for {STALL_TIMEOUT:?}",
+                self.blob
+            ));
+        }
+        Ok(())
+    }
+
+    async fn on_outcome(&mut self, outcome: Outcome) -> Result<(), String> {
+        match outcome {
+            Outcome::Providers(providers) => {
+                for peer in providers {
+                    self.ask_have(peer);
+                }
+            }
+            Outcome::Have(peer, Ok(Response::Have { chunks, .. })) => {
+                self.sources.insert(peer);
+                let peers = self.sources.len();
+                self.progress.send_modify(|progress| progress.peers = peers);
+                match &self.scheduler {
+                    Some(_) => self.feed(Event::PeerJoined { peer, have: chunks }).await,
+                    None => {
+                        self.haves.insert(peer, chunks);
+                        self.request_index(peer);
+                    }
+                }
+            }
+            Outcome::Have(peer, _) => {
+                // Asked again on the next provider refresh: it may get the blob later.
+                self.asked.remove(&peer);
+            }
+            Outcome::Index(peer, Ok(Response::Index(index))) => self.on_index(peer, index).await?,
+            Outcome::Index(peer, _) => {
+                self.index_requested = false;
+                self.haves.remove(&peer);
+                if let Some(next) = self.haves.keys().next().copied() {
+                    self.request_index(next);
+                }
+            }
+            Outcome::Chunk(peer, chunk, result) => self.on_chunk(peer, chunk, result).await?,
+        }
+        Ok(())
+    }
+
+    fn request_index(&mut self, peer: PeerId) {
+        if self.index_requested || self.scheduler.is_some() {
+            return;
+        }
+        self.index_requested = true;
+        let network = self.context.network.clone();
+        let blob = self.blob;
+        self.tasks.spawn(async move {
+            Outcome::Index(peer, network.request(peer, Request::Index { blob }).await)
+        });
+    }
+
+    /// An index from a peer is used only if it is well formed, describes this blob, and
+    /// matches the root a trusted publisher announced for it (when one did).
+    async fn on_index(&mut self, peer: PeerId, index: ChunkIndex) -> Result<(), String> {
+        let trusted_root = self.context.announcements.index_root(&self.blob);
+        let valid = index.validate().is_ok()
+            && index.blob() == self.blob
+            && trusted_root.is_none_or(|root| root == index.root());
+        if !valid {
+            tracing::warn!(%peer, "peer sent an invalid chunk index");
+            self.ban(peer).await;
+            self.index_requested = false;
+            self.haves.remove(&peer);
+            if let Some(next) = self.haves.keys().next().copied() {
+                self.request_index(next);
+            }
+            return Ok(());
+        }
+        self.index_source = Some(peer);
+        self.begin(index).await
+    }
+
+    /// Opens (or resumes) the partial blob and starts scheduling.
+    async fn begin(&mut self, index: ChunkIndex) -> Result<(), String> {
+        let store = self.context.store.clone();
+        let for_partial = index.clone();
+        let partial = tokio::task::spawn_blocking(move || PartialBlob::open(&store, for_partial))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let file = Arc::new(partial.reader().map_err(|e| e.to_string())?);
+        let seed = u64::from_le_bytes(self.blob.as_bytes()[..8].try_into().unwrap_or_default());
+        let mut scheduler = Scheduler::new(index.chunk_count(), SchedulerConfig::default(), seed);
+        let resumed: Vec<u32> = partial.have().iter_ones().collect();
+        for chunk in &resumed {
+            scheduler.mark_have(*chunk);
+        }
+        if !resumed.is_empty() {
+            tracing::info!(
+                chunks = resumed.len(),
+                of = index.chunk_count(),
+                "resuming a partial fetch"
+            );
+        }
+        let have = partial.have().clone();
+        self.progress.send_modify(|progress| {
+            progress.index = Some(Arc::new(index));
+            progress.file = Some(file);
+            progress.have = have;
+        });
+        self.partial = Some(partial);
+        self.scheduler = Some(scheduler);
+        self.context.network.provide(self.blob).await;
+        for (peer, have) in std::mem::take(&mut self.haves) {
+            self.feed(Event::PeerJoined { peer, have }).await;
+        }
+        Ok(())
+    }
+
+    async fn on_chunk(
+        &mut self,
+        peer: PeerId,
+        chunk: u32,
+        result: Result<Response, RequestError>,
+    ) -> Result<(), String> {
+        let Some(partial) = &mut self.partial else {
+            return Ok(());
+        };
+        let bytes = match result {
+            Ok(Response::Chunk(bytes)) => bytes,
+            _ => {
+                self.feed(Event::RequestFailed { peer, chunk }).await;
+                return Ok(());
+            }
+        };
+        if partial.have().get(chunk) {
+            return Ok(());
+        }
+        let valid = partial.index().verify_chunk(chunk, &bytes).is_ok();
+        if valid {
+            self.last_receipt = Instant::now();
+            Counters::add(
+                &self.context.counters.bytes_received_from_peers,
+                bytes.len() as u64,
+            );
+            tokio::task::block_in_place(|| partial.write_chunk(chunk, &bytes))
+                .map_err(|e| e.to_string())?;
+            let have = partial.have().clone();
+            self.progress.send_modify(|progress| progress.have = have);
+        } else {
+            tracing::warn!(%peer, chunk, "chunk failed verification");
+            Counters::add(&self.context.counters.chunks_rejected, 1);
+        }
+        self.feed(Event::ChunkArrived { peer, chunk, valid }).await;
+        Ok(())
+    }
+
+    /// Hands an event to the scheduler and carries out what it decides.
+    async fn feed(&mut self, event: Event<PeerId>) {
+        let Some(scheduler) = &mut self.scheduler else {
+            return;
+        };
+        let actions = scheduler.handle(event, self.started.elapsed());
+        for action in actions {
+            match action {
+                Action::Request { peer, chunk } => self.request_chunk(peer, chunk),
+                Action::PollHave { peer } => {
+                    self.asked.remove(&peer);
+                    self.ask_have(peer);
+                }
+                Action::Ban { peer } => Box::pin(self.ban(peer)).await,
+                // A late duplicate is ignored on arrival: the chunk is had by then.
+                Action::Cancel { .. } | Action::Completed => {}
+            }
+        }
+    }
+
+    fn request_chunk(&mut self, peer: PeerId, chunk: u32) {
+        let Some(partial) = &self.partial else { return };
+        let Ok(bytes) = partial.index().chunk_len(chunk) else {
+            return;
+        };
+        let network = self.context.network.clone();
+        let ingress = self.context.ingress.clone();
+        let blob = self.blob;
+        self.tasks.spawn(async move {
+            crate::rate::acquire(ingress.as_deref(), u64::from(bytes)).await;
+            Outcome::Chunk(
+                peer,
+                chunk,
+                network.request(peer, Request::Chunk { blob, chunk }).await,
+            )
+        });
+    }
+
+    async fn ban(&mut self, peer: PeerId) {
+        self.sources.remove(&peer);
+        Counters::add(&self.context.counters.peers_banned, 1);
+        self.context.network.ban(peer).await;
+    }
+
+    fn persist(&mut self) -> Result<(), String> {
+        match &mut self.partial {
+            Some(partial) => {
+                tokio::task::block_in_place(|| partial.persist()).map_err(|e| e.to_string())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Checks the whole blob against its digest and moves it into the store. A mismatch
+    /// means the index was a lie: its source is banned.
+    async fn complete(&mut self) -> Result<(), String> {
+        let Some(partial) = self.partial.take() else {
+            return Err("completed without a partial blob".into());
+        };
+        match tokio::task::spawn_blocking(move || partial.complete())
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Ok(()) => {
+                self.context.network.provide(self.blob).await;
+                Ok(())
+            }
+            Err(error) => {
+                if let Some(source) = self.index_source {
+                    self.ban(source).await;
+                }
+                Err(error.to_string())
+            }
+        }
+    }
+}

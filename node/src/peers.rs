@@ -1,0 +1,251 @@
+//! Serving peers: answers inbound exchange requests from the store and from transfers in
+//! progress, takes gossiped announcements, and syncs announcements with peers that connect.
+//!
+//! Each inbound request runs as its own task (bounded in number); the answer goes back to the
+//! swarm through [`NetworkHandle::respond`]. Chunks leave only after the egress limiter lets
+//! them, and a chunk is only ever read from content verified against its digest or its index.
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use libp2p::PeerId;
+use shoal_protocol::wire::{Request, Response};
+use shoal_protocol::{Bitmap, Digest};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::announce::Announcements;
+use crate::counters::Counters;
+use crate::fetch::FetchHandle;
+use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
+use crate::rate::RateLimiter;
+use crate::store::Store;
+
+/// Inbound requests worked on at once; more wait in the network's queue.
+const INBOUND_CONCURRENCY: usize = 64;
+/// Pages of announcements taken from one peer at a time; bounds a hostile peer's cursor loop.
+const SYNC_PAGES_MAX: usize = 1_000;
+
+/// Called with each announcement accepted from a trusted publisher.
+pub type OnAnnouncement = Arc<dyn Fn(shoal_protocol::announce::Announcement) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct PeerService {
+    pub store: Store,
+    pub network: NetworkHandle,
+    pub fetch: FetchHandle,
+    pub announcements: Arc<Announcements>,
+    pub counters: Arc<Counters>,
+    pub egress: Option<Arc<RateLimiter>>,
+    pub on_announcement: OnAnnouncement,
+    /// Fault injection for tests: corrupt every chunk sent.
+    pub corrupt_chunks: bool,
+}
+
+impl std::fmt::Debug for PeerService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerService").finish_non_exhaustive()
+    }
+}
+
+impl PeerService {
+    pub async fn run(self, mut events: mpsc::Receiver<NetworkEvent>, shutdown: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
+        let mut tasks = JoinSet::new();
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = events.recv() => match event { Some(event) => event, None => break },
+            };
+            while tasks.try_join_next().is_some() {}
+            match event {
+                NetworkEvent::Inbound(inbound) => {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let service = self.clone();
+                    tasks.spawn(async move {
+                        service.answer(inbound).await;
+                        drop(permit);
+                    });
+                }
+                NetworkEvent::Announcement { data, .. } => self.take_announcement(&data),
+                NetworkEvent::PeerConnected(peer) => {
+                    let service = self.clone();
+                    tasks.spawn(async move { service.sync_announcements(peer).await });
+                }
+            }
+        }
+        tasks.shutdown().await;
+    }
+
+    fn take_announcement(&self, data: &[u8]) {
+        if let Some(announcement) = self.announcements.receive(data) {
+            tracing::info!(repository = %announcement.repository, tag = %announcement.tag, manifest = %announcement.manifest, "announcement accepted");
+            (self.on_announcement)(announcement);
+        }
+    }
+
+    /// A node that joins late learns every announcement its peers keep, page by page.
+    async fn sync_announcements(&self, peer: PeerId) {
+        let mut after = None;
+        for _ in 0..SYNC_PAGES_MAX {
+            match self
+                .network
+                .request(peer, Request::Announcements { after })
+                .await
+            {
+                Ok(Response::Announcements {
+                    announcements,
+                    next,
+                }) => {
+                    for signed in announcements {
+                        if let Ok(data) = signed.encode() {
+                            self.take_announcement(&data);
+                        }
+                    }
+                    match next {
+                        Some(cursor) => after = Some(cursor),
+                        None => return,
+                    }
+                }
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "announcement sync failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn answer(&self, inbound: InboundRequest) {
+        tracing::trace!(peer = %inbound.peer, request = ?inbound.request, "answering");
+        let response = match inbound.request {
+            Request::Have { blob } => self.have(blob).await,
+            Request::Index { blob } => self.index(blob).await,
+            Request::Chunk { blob, chunk } => self.chunk(blob, chunk).await,
+            Request::Announcements { after } => {
+                let page = self.announcements.page(after.as_ref());
+                Response::Announcements {
+                    announcements: page.announcements,
+                    next: page.next,
+                }
+            }
+        };
+        if let Response::Chunk(bytes) = &response {
+            crate::rate::acquire(self.egress.as_deref(), bytes.len() as u64).await;
+            Counters::add(&self.counters.bytes_sent_to_peers, bytes.len() as u64);
+        }
+        self.network.respond(inbound.id, response).await;
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> Option<T> + Send + 'static,
+    ) -> Option<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn partial(&self, blob: Digest) -> Option<crate::fetch::Progress> {
+        let transfer = self
+            .fetch
+            .active()
+            .await
+            .into_iter()
+            .find(|transfer| transfer.blob == blob)?;
+        let progress = transfer.progress();
+        progress.index.is_some().then_some(progress)
+    }
+
+    async fn have(&self, blob: Digest) -> Response {
+        if let Some(index) = self
+            .blocking(move |store| store.chunk_index(&blob).ok().flatten())
+            .await
+        {
+            return Response::Have {
+                blob_size: index.blob_size(),
+                chunk_bytes: index.chunk_bytes(),
+                chunks: Bitmap::full(index.chunk_count()),
+                complete: true,
+            };
+        }
+        match self.partial(blob).await {
+            Some(progress) => {
+                let index = progress.index.as_deref().cloned();
+                match index {
+                    Some(index) => Response::Have {
+                        blob_size: index.blob_size(),
+                        chunk_bytes: index.chunk_bytes(),
+                        chunks: progress.have,
+                        complete: false,
+                    },
+                    None => Response::NotFound,
+                }
+            }
+            None => Response::NotFound,
+        }
+    }
+
+    async fn index(&self, blob: Digest) -> Response {
+        if let Some(index) = self
+            .blocking(move |store| store.chunk_index(&blob).ok().flatten())
+            .await
+        {
+            return Response::Index(index);
+        }
+        match self.partial(blob).await.and_then(|progress| progress.index) {
+            Some(index) => Response::Index((*index).clone()),
+            None => Response::NotFound,
+        }
+    }
+
+    async fn chunk(&self, blob: Digest, chunk: u32) -> Response {
+        let stored = self
+            .blocking(move |store| {
+                let index = store.chunk_index(&blob).ok().flatten()?;
+                let (file, _) = store.open_blob(&blob).ok().flatten()?;
+                read_chunk(&file, &index, chunk)
+            })
+            .await;
+        let bytes = match stored {
+            Some(bytes) => Some(bytes),
+            None => match self.partial(blob).await {
+                Some(progress) if progress.have.get(chunk) => {
+                    let (Some(index), Some(file)) = (progress.index, progress.file) else {
+                        return Response::NotFound;
+                    };
+                    tokio::task::spawn_blocking(move || read_chunk(&file, &index, chunk))
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                _ => None,
+            },
+        };
+        match bytes {
+            Some(mut bytes) => {
+                if self.corrupt_chunks && !bytes.is_empty() {
+                    bytes[0] ^= 0xff;
+                }
+                Response::Chunk(bytes)
+            }
+            None => Response::NotFound,
+        }
+    }
+}
+
+fn read_chunk(
+    file: &std::fs::File,
+    index: &shoal_protocol::chunk::ChunkIndex,
+    chunk: u32,
+) -> Option<Vec<u8>> {
+    let range = index.chunk_range(chunk).ok()?;
+    let mut bytes = vec![0u8; (range.end - range.start) as usize];
+    file.read_exact_at(&mut bytes, range.start).ok()?;
+    Some(bytes)
+}

@@ -1,0 +1,777 @@
+//! The sans-IO transfer scheduler: which chunk of one blob to ask of which peer, and when.
+//!
+//! One [`Scheduler`] runs per blob being fetched. The node's transfer task (or the simulator)
+//! owns it and drives it with [`Event`]s stamped with the current time; every call returns the
+//! [`Action`]s to carry out. It never sleeps, reads a clock, or touches the network or disk, and
+//! its only randomness is a small PRNG seeded by the caller, so the same seed and the same
+//! events give the same actions, in the daemon and in a 10,000-node simulation alike.
+//!
+//! Data flow: `PeerJoined`/`PeerHave` (peers' bitfields) → availability per chunk →
+//! `Request` actions (at most `requests_per_peer_max` in flight per peer) → the node fetches,
+//! verifies against the chunk index, writes, and reports `ChunkArrived` (or `RequestFailed`)
+//! → the scheduler marks the chunk had, cancels duplicate requests, refills. `Completed` comes
+//! once, when every chunk is had.
+//!
+//! Policy, in order of precedence, for a peer with spare capacity:
+//! 1. chunks inside the focus window `[focus, focus + stream_window_chunks)`, in order, because
+//!    a streaming client is waiting on them;
+//! 2. otherwise the rarest chunk it has (fewest peers have it), ties broken by a random order
+//!    fixed per scheduler, so that different nodes spread over different chunks. The choice is
+//!    exact when the peer has one of the 64 globally rarest needed chunks, and otherwise the
+//!    rarest of a sample of 64 of its useful chunks, which bounds the cost per request;
+//! 3. once no chunk is left that is un-requested and available from anyone (the *endgame*),
+//!    chunks already in flight elsewhere, up to `endgame_duplicates_max` concurrent copies,
+//!    fewest copies and oldest request first; the first copy to arrive cancels the others.
+//!
+//! Failure handling: a request outstanding longer than `request_timeout` counts as failed, is
+//! cancelled and its chunk reassigned. Each failure (timeout or `RequestFailed`) halves that
+//! peer's in-flight limit (at least 1) and pauses the peer for `failure_backoff`, doubled for
+//! each consecutive failure up to `request_timeout`; each good chunk raises the limit by one
+//! again (additive increase, multiplicative decrease, as TCP does for the same reason: a slow
+//! or overloaded peer gets less work without being abandoned). A peer that sends a chunk that
+//! fails verification, or a bitfield of the wrong length, is banned: all its requests are
+//! dropped and reassigned and it is never asked again for this blob.
+//!
+//! Not for: verifying bytes (the node checks chunks against the index and reports `valid`),
+//! choosing which blobs to fetch, rate limiting bytes (the node's transport does), or deciding
+//! whom to connect to.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::Duration;
+
+use crate::bitmap::Bitmap;
+
+mod pick;
+#[cfg(test)]
+mod sim_tests;
+#[cfg(test)]
+mod tests;
+
+/// How many entries of the global rarity order to examine for a peer before sampling its
+/// bitfield instead: the walk finds a chunk at once for peers that have most chunks (seeds),
+/// and gives the exact rarest choice whenever one of the 64 rarest needed chunks is theirs.
+const RARITY_WALK_STEPS: usize = 64;
+
+/// Bitfield changes of at least this many chunks (and a quarter of the rarity order) rebuild
+/// the order instead of updating it chunk by chunk.
+const RARITY_REBUILD_CHANGES_MIN: usize = 64;
+
+/// How many of a peer's useful chunks the fallback scan compares. Rarest-first only needs to
+/// be approximately right (every node's view of rarity is local anyway); an exact scan would
+/// cost a pass over the whole bitfield for every request to a partial peer.
+const SCAN_SAMPLE_CHUNKS: usize = 64;
+
+/// Tunables of one scheduler. `Default` gives the values the node uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Requests in flight per peer. 8 one-MiB chunks keep 8 MiB outstanding: the
+    /// bandwidth-delay product of 1 Gbit/s at a 64 ms round trip, so one peer can fill a fast
+    /// link, while a slow peer holds at most 8 chunks hostage until they time out.
+    pub requests_per_peer_max: usize,
+    /// How long a request may stay outstanding. 20 s covers 8 queued MiB at 400 KB/s; a
+    /// request slower than that is better reassigned.
+    pub request_timeout: Duration,
+    /// How many chunks from the focus onwards count as urgent: 16 MiB ahead of a streaming
+    /// client at the default chunk size.
+    pub stream_window_chunks: u32,
+    /// How often to refresh the bitfield of a peer that is itself still downloading: such a
+    /// peer gains chunks continually, and every second is cheap (one request of at most 8 KiB).
+    pub have_poll_interval: Duration,
+    /// Concurrent requests for one chunk in the endgame: 2 is the original plus one duplicate,
+    /// enough to route around one slow peer at the cost of at most one extra copy per chunk.
+    pub endgame_duplicates_max: usize,
+    /// Pause after a peer's first failure, doubled per consecutive failure up to
+    /// `request_timeout`. 250 ms keeps a peer that answers `Busy` from being asked in a loop.
+    pub failure_backoff: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            requests_per_peer_max: 8,
+            request_timeout: Duration::from_secs(20),
+            stream_window_chunks: 16,
+            have_poll_interval: Duration::from_secs(1),
+            endgame_duplicates_max: 2,
+            failure_backoff: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Something that happened, reported to [`Scheduler::handle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<P> {
+    /// A peer that may have the blob, with its bitfield (from a `Have` response). Joining
+    /// again updates the bitfield.
+    PeerJoined { peer: P, have: Bitmap },
+    /// A refreshed bitfield of a peer, answering a `PollHave` (or pushed by the peer).
+    PeerHave { peer: P, have: Bitmap },
+    /// A chunk response arrived; `valid` says whether it passed verification against the
+    /// index. Report it whether or not the chunk was requested from that peer or is still
+    /// needed.
+    ChunkArrived { peer: P, chunk: u32, valid: bool },
+    /// The request failed: `NotFound`, `Busy`, a transport error, or the node gave up on it.
+    /// Failures of requests already cancelled are best not reported: if the chunk has been
+    /// asked of the same peer again since, the report would end the newer request.
+    RequestFailed { peer: P, chunk: u32 },
+    /// The peer disconnected or stopped serving this blob.
+    PeerLeft { peer: P },
+    /// A streaming reader is waiting on `chunk`: prefer it and the window after it.
+    Focus { chunk: u32 },
+    /// Nothing happened but time passed: lets timeouts, polls and backoffs fire. Send one
+    /// at [`Scheduler::next_wakeup`].
+    Tick,
+}
+
+/// Something the caller must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action<P> {
+    /// Send `Request::Chunk` for `chunk` to `peer`.
+    Request { peer: P, chunk: u32 },
+    /// The request is no longer wanted (another copy arrived, or it timed out): abort it if
+    /// the transport can. If its response arrives anyway, report it as usual.
+    Cancel { peer: P, chunk: u32 },
+    /// The peer sent bad data or a malformed bitfield: drop its outstanding requests for this
+    /// blob and stop using it (the node may disconnect it). The scheduler has forgotten it.
+    Ban { peer: P },
+    /// Send `Request::Have` to `peer` and report the answer as `PeerHave`.
+    PollHave { peer: P },
+    /// Every chunk is had: verify the whole blob's digest and commit it. Emitted once.
+    Completed,
+}
+
+/// Per-peer figures for status output and for future peer selection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Chunks the peer has, per its latest bitfield.
+    pub chunks_available: u32,
+    /// Valid chunks received that were still needed.
+    pub chunks_received: u64,
+    /// Valid chunks received that were already had (lost endgame races).
+    pub duplicates_received: u64,
+    /// Requests reported failed.
+    pub requests_failed: u64,
+    /// Requests that exceeded `request_timeout`.
+    pub requests_timed_out: u64,
+    pub in_flight: usize,
+    /// The peer's current in-flight limit (shrinks on failures, grows back on successes).
+    pub in_flight_limit: usize,
+    /// See [`Scheduler::set_preference`].
+    pub preference: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("progress bitmap has {actual} bits, the blob has {expected} chunks")]
+    ResumeLength { expected: u32, actual: u32 },
+}
+
+/// splitmix64: tiny, fast, and good enough to break ties; seeded by the caller.
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`, for `n > 0` (slightly biased, which tie-breaking does not mind).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PeerState {
+    have: Bitmap,
+    /// `have.is_full()`, cached: it is checked for every peer on every event.
+    complete: bool,
+    /// How many chunks this peer has that are needed and not in flight: a peer with none is
+    /// skipped without scanning (late in a transfer, most idle peers are).
+    useful: u32,
+    /// Chunk → when it was requested.
+    in_flight: BTreeMap<u32, Duration>,
+    limit: usize,
+    paused_until: Duration,
+    consecutive_failures: u32,
+    next_poll: Duration,
+    preference: i32,
+    stats: PeerStats,
+}
+
+/// The scheduler of one blob's transfer. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Scheduler<P> {
+    config: SchedulerConfig,
+    chunk_count: u32,
+    have: Bitmap,
+    /// `have.count_ones()`, kept so that completion is an O(1) check on every event.
+    have_count: u32,
+    /// Chunks with at least one request in flight.
+    in_flight_chunks: Bitmap,
+    /// The same chunks, with the time since which each has been continuously in flight.
+    in_flight_since: BTreeMap<u32, Duration>,
+    /// Every request in flight as (sent at, peer, chunk), so expiry looks only at the oldest.
+    requests_by_age: BTreeSet<(Duration, P, u32)>,
+    /// Requests in flight per chunk.
+    copies: Vec<u32>,
+    /// Peers (not banned) whose bitfield has the chunk.
+    availability: Vec<u32>,
+    /// A random rank per chunk, the tie-break among equally rare chunks.
+    tiebreak: Vec<u32>,
+    /// `(availability, tiebreak, chunk)` of every chunk that is needed and not in flight.
+    rarity: BTreeSet<(u32, u32, u32)>,
+    peers: BTreeMap<P, PeerState>,
+    banned: BTreeSet<P>,
+    focus: Option<u32>,
+    rng: SplitMix64,
+    now: Duration,
+    completed_reported: bool,
+}
+
+impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
+    /// A scheduler for a blob of `chunk_count` chunks, none had yet. `seed` drives every
+    /// random choice: the node passes OS randomness, the simulator a per-node seed.
+    pub fn new(chunk_count: u32, mut config: SchedulerConfig, seed: u64) -> Self {
+        config.requests_per_peer_max = config.requests_per_peer_max.max(1);
+        config.endgame_duplicates_max = config.endgame_duplicates_max.max(1);
+        let mut rng = SplitMix64(seed);
+        let tiebreak: Vec<u32> = (0..chunk_count).map(|_| rng.next_u64() as u32).collect();
+        let rarity = (0..chunk_count)
+            .map(|c| (0, tiebreak[c as usize], c))
+            .collect();
+        Scheduler {
+            config,
+            chunk_count,
+            have: Bitmap::new(chunk_count),
+            have_count: 0,
+            in_flight_chunks: Bitmap::new(chunk_count),
+            in_flight_since: BTreeMap::new(),
+            requests_by_age: BTreeSet::new(),
+            copies: vec![0; chunk_count as usize],
+            availability: vec![0; chunk_count as usize],
+            tiebreak,
+            rarity,
+            peers: BTreeMap::new(),
+            banned: BTreeSet::new(),
+            focus: None,
+            rng,
+            now: Duration::ZERO,
+            completed_reported: false,
+        }
+    }
+
+    /// Records a chunk as had without fetching it (progress resumed from disk). It is never
+    /// requested again. Out-of-range chunks are ignored.
+    pub fn mark_have(&mut self, chunk: u32) {
+        if chunk < self.chunk_count {
+            self.acquire(chunk);
+        }
+    }
+
+    /// [`Scheduler::mark_have`] for every set bit of a stored progress bitmap.
+    pub fn resume(&mut self, have: &Bitmap) -> Result<(), SchedulerError> {
+        if have.len() != self.chunk_count {
+            return Err(SchedulerError::ResumeLength {
+                expected: self.chunk_count,
+                actual: have.len(),
+            });
+        }
+        for chunk in have.iter_ones() {
+            self.acquire(chunk);
+        }
+        Ok(())
+    }
+
+    /// Sets a peer's preference score: peers with higher scores are offered work first, so
+    /// they get the focus and rarest chunks and, when little is left, all of it. Default 0.
+    ///
+    /// This is the extension point for locality: the node will score peers on the same site
+    /// or with lower latency higher. A score for an unknown peer is ignored; it resets when the
+    /// peer leaves.
+    pub fn set_preference(&mut self, peer: &P, preference: i32) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.preference = preference;
+            state.stats.preference = preference;
+        }
+    }
+
+    /// Processes one event at time `now` (a duration since any fixed epoch; a time earlier
+    /// than one already seen counts as that one) and returns what to do, in order.
+    pub fn handle(&mut self, event: Event<P>, now: Duration) -> Vec<Action<P>> {
+        self.now = self.now.max(now);
+        let mut actions = Vec::new();
+        // The event first: a response that arrives while its request is due to expire counts
+        // as an answer, and a peer that left gets no `Cancel`.
+        match event {
+            Event::PeerJoined { peer, have } | Event::PeerHave { peer, have } => {
+                self.update_peer(peer, have, &mut actions);
+            }
+            Event::ChunkArrived { peer, chunk, valid } => {
+                self.chunk_arrived(peer, chunk, valid, &mut actions);
+            }
+            Event::RequestFailed { peer, chunk } => self.request_failed(&peer, chunk),
+            Event::PeerLeft { peer } => {
+                self.forget_peer(&peer);
+            }
+            Event::Focus { chunk } => self.focus = Some(chunk),
+            Event::Tick => {}
+        }
+        self.expire_requests(&mut actions);
+        self.poll_peers(&mut actions);
+        self.fill(&mut actions);
+        if self.is_complete() && !self.completed_reported {
+            self.completed_reported = true;
+            // Requests still out (for chunks resumed from disk while in flight) are moot.
+            let moot: Vec<(P, u32)> = self
+                .requests_by_age
+                .iter()
+                .map(|(_, peer, chunk)| (peer.clone(), *chunk))
+                .collect();
+            for (peer, chunk) in moot {
+                self.end_request(&peer, chunk);
+                actions.push(Action::Cancel { peer, chunk });
+            }
+            actions.push(Action::Completed);
+        }
+        actions
+    }
+
+    /// The chunks had so far.
+    pub fn have(&self) -> &Bitmap {
+        &self.have
+    }
+
+    /// Whether `chunk` is still wanted: the node writes an arriving valid chunk only if so.
+    pub fn needs(&self, chunk: u32) -> bool {
+        chunk < self.chunk_count && !self.have.get(chunk)
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.have_count == self.chunk_count
+    }
+
+    pub fn chunk_count(&self) -> u32 {
+        self.chunk_count
+    }
+
+    /// Requests in flight, over all peers.
+    pub fn in_flight(&self) -> usize {
+        self.requests_by_age.len()
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = (&P, PeerStats)> {
+        self.peers.iter().map(|(peer, state)| {
+            let mut stats = state.stats;
+            stats.chunks_available = state.have.count_ones();
+            stats.in_flight = state.in_flight.len();
+            stats.in_flight_limit = state.limit;
+            (peer, stats)
+        })
+    }
+
+    /// Peers banned from this transfer.
+    pub fn banned(&self) -> impl Iterator<Item = &P> {
+        self.banned.iter()
+    }
+
+    /// The earliest time at which a `Tick` would do something (a request times out, a paused
+    /// peer resumes, a poll is due), or `None` if only a new event can change anything.
+    pub fn next_wakeup(&self) -> Option<Duration> {
+        let mut earliest: Option<Duration> = None;
+        let mut consider = |t: Duration| earliest = Some(earliest.map_or(t, |e| e.min(t)));
+        if let Some((sent, _, _)) = self.requests_by_age.first() {
+            consider(*sent + self.config.request_timeout);
+        }
+        if self.is_complete() {
+            return earliest;
+        }
+        for state in self.peers.values() {
+            if state.paused_until > self.now {
+                consider(state.paused_until);
+            }
+            if !state.complete {
+                consider(state.next_poll);
+            }
+        }
+        earliest
+    }
+
+    // ---- bookkeeping that keeps `rarity`, `copies`, `in_flight_*` and `useful` consistent ----
+
+    fn unrequested(&self, chunk: u32) -> bool {
+        !self.have.get(chunk) && self.copies[chunk as usize] == 0
+    }
+
+    fn rarity_key(&self, chunk: u32) -> (u32, u32, u32) {
+        let i = chunk as usize;
+        (self.availability[i], self.tiebreak[i], chunk)
+    }
+
+    /// A chunk stops being needed-and-unrequested.
+    fn leave_unrequested(&mut self, chunk: u32) {
+        self.rarity.remove(&self.rarity_key(chunk));
+        for state in self.peers.values_mut() {
+            if state.have.get(chunk) {
+                state.useful = state.useful.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A chunk becomes needed-and-unrequested again.
+    fn enter_unrequested(&mut self, chunk: u32) {
+        self.rarity.insert(self.rarity_key(chunk));
+        for state in self.peers.values_mut() {
+            if state.have.get(chunk) {
+                state.useful += 1;
+            }
+        }
+    }
+
+    /// How many chunks of `have` are needed and not in flight.
+    fn count_useful(&self, have: &Bitmap) -> u32 {
+        have.words()
+            .iter()
+            .zip(self.have.words())
+            .zip(self.in_flight_chunks.words())
+            .map(|((theirs, ours), in_flight)| (theirs & !ours & !in_flight).count_ones())
+            .sum()
+    }
+
+    fn acquire(&mut self, chunk: u32) {
+        if self.unrequested(chunk) {
+            self.leave_unrequested(chunk);
+        }
+        if self.have.set(chunk) {
+            self.have_count += 1;
+        }
+    }
+
+    fn add_copy(&mut self, chunk: u32) {
+        if self.unrequested(chunk) {
+            self.leave_unrequested(chunk);
+        }
+        self.copies[chunk as usize] += 1;
+        if self.in_flight_chunks.set(chunk) {
+            self.in_flight_since.insert(chunk, self.now);
+        }
+    }
+
+    fn remove_copy(&mut self, chunk: u32) {
+        let copies = &mut self.copies[chunk as usize];
+        *copies = copies.saturating_sub(1);
+        if *copies == 0 {
+            self.in_flight_chunks.clear(chunk);
+            self.in_flight_since.remove(&chunk);
+            if !self.have.get(chunk) {
+                self.enter_unrequested(chunk);
+            }
+        }
+    }
+
+    fn change_availability(&mut self, chunk: u32, gained: bool) {
+        let member = self.unrequested(chunk);
+        if member {
+            self.rarity.remove(&self.rarity_key(chunk));
+        }
+        let count = &mut self.availability[chunk as usize];
+        *count = if gained {
+            *count + 1
+        } else {
+            count.saturating_sub(1)
+        };
+        if member {
+            self.rarity.insert(self.rarity_key(chunk));
+        }
+    }
+
+    /// Applies a peer's bitfield change to availability. A large change (a seed joining or
+    /// leaving) rebuilds the rarity order in one sorted pass instead of moving every chunk.
+    fn apply_availability(&mut self, gained: &[u32], lost: &[u32]) {
+        let changed = gained.len() + lost.len();
+        if changed < RARITY_REBUILD_CHANGES_MIN || changed * 4 < self.rarity.len() {
+            for &chunk in gained {
+                self.change_availability(chunk, true);
+            }
+            for &chunk in lost {
+                self.change_availability(chunk, false);
+            }
+            return;
+        }
+        for &chunk in gained {
+            self.availability[chunk as usize] += 1;
+        }
+        for &chunk in lost {
+            let count = &mut self.availability[chunk as usize];
+            *count = count.saturating_sub(1);
+        }
+        self.rarity = (0..self.chunk_count)
+            .filter(|&chunk| self.unrequested(chunk))
+            .map(|chunk| self.rarity_key(chunk))
+            .collect();
+    }
+
+    // ---- events ----
+
+    fn update_peer(&mut self, peer: P, have: Bitmap, actions: &mut Vec<Action<P>>) {
+        if self.banned.contains(&peer) {
+            actions.push(Action::Ban { peer });
+            return;
+        }
+        if have.len() != self.chunk_count {
+            self.ban(peer, actions);
+            return;
+        }
+        let next_poll = self.now + self.config.have_poll_interval;
+        let (gained, lost) = match self.peers.get_mut(&peer) {
+            Some(state) => {
+                let gained: Vec<u32> = have
+                    .and_not(&state.have)
+                    .map_or_else(|_| Vec::new(), |diff| diff.iter_ones().collect::<Vec<_>>());
+                let lost: Vec<u32> = state
+                    .have
+                    .and_not(&have)
+                    .map_or_else(|_| Vec::new(), |diff| diff.iter_ones().collect::<Vec<_>>());
+                state.complete = have.is_full();
+                state.have = have;
+                state.next_poll = next_poll;
+                // Recounted below, once availability is updated.
+                state.useful = 0;
+                (gained, lost)
+            }
+            None => {
+                let gained = have.iter_ones().collect();
+                self.peers.insert(
+                    peer.clone(),
+                    PeerState {
+                        complete: have.is_full(),
+                        useful: 0,
+                        have,
+                        in_flight: BTreeMap::new(),
+                        limit: self.config.requests_per_peer_max,
+                        paused_until: Duration::ZERO,
+                        consecutive_failures: 0,
+                        next_poll,
+                        preference: 0,
+                        stats: PeerStats::default(),
+                    },
+                );
+                (gained, Vec::new())
+            }
+        };
+        self.apply_availability(&gained, &lost);
+        if let Some(state) = self.peers.get(&peer) {
+            let useful = self.count_useful(&state.have);
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.useful = useful;
+            }
+        }
+    }
+
+    fn chunk_arrived(&mut self, peer: P, chunk: u32, valid: bool, actions: &mut Vec<Action<P>>) {
+        if !valid {
+            self.ban(peer, actions);
+            return;
+        }
+        if chunk >= self.chunk_count {
+            return;
+        }
+        let needed = !self.have.get(chunk);
+        if let Some(state) = self.peers.get_mut(&peer) {
+            if needed {
+                state.stats.chunks_received += 1;
+            } else {
+                state.stats.duplicates_received += 1;
+            }
+            state.consecutive_failures = 0;
+            state.limit = (state.limit + 1).min(self.config.requests_per_peer_max);
+            self.end_request(&peer, chunk);
+        }
+        if !needed {
+            return;
+        }
+        self.acquire(chunk);
+        // The other copies of an endgame duplicate are no longer wanted.
+        if self.copies[chunk as usize] > 0 {
+            let holders: Vec<P> = self
+                .peers
+                .iter()
+                .filter(|(_, state)| state.in_flight.contains_key(&chunk))
+                .map(|(p, _)| p.clone())
+                .collect();
+            for holder in holders {
+                self.end_request(&holder, chunk);
+                actions.push(Action::Cancel {
+                    peer: holder,
+                    chunk,
+                });
+            }
+        }
+    }
+
+    fn request_failed(&mut self, peer: &P, chunk: u32) {
+        // A failure of a request already cancelled or timed out was counted then.
+        if !self.end_request(peer, chunk) {
+            return;
+        }
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.stats.requests_failed += 1;
+        }
+        self.penalize(peer);
+    }
+
+    /// Halves the peer's limit and pauses it, longer for each consecutive failure.
+    fn penalize(&mut self, peer: &P) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+        state.limit = (state.limit / 2).max(1);
+        let doublings = state.consecutive_failures.saturating_sub(1).min(16);
+        let backoff = self
+            .config
+            .failure_backoff
+            .saturating_mul(1 << doublings)
+            .min(self.config.request_timeout);
+        state.paused_until = self.now + backoff;
+    }
+
+    fn expire_requests(&mut self, actions: &mut Vec<Action<P>>) {
+        let timeout = self.config.request_timeout;
+        let now = self.now;
+        let expired: Vec<(P, u32)> = self
+            .requests_by_age
+            .iter()
+            .take_while(|(sent, _, _)| *sent + timeout <= now)
+            .map(|(_, peer, chunk)| (peer.clone(), *chunk))
+            .collect();
+        let mut penalized: BTreeSet<P> = BTreeSet::new();
+        for (peer, chunk) in expired {
+            self.end_request(&peer, chunk);
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.stats.requests_timed_out += 1;
+            }
+            actions.push(Action::Cancel {
+                peer: peer.clone(),
+                chunk,
+            });
+            penalized.insert(peer);
+        }
+        // Requests sent together expire together: one penalty per peer and pass.
+        for peer in penalized {
+            self.penalize(&peer);
+        }
+    }
+
+    /// Removes a peer and its requests, keeping availability and rarity consistent.
+    fn forget_peer(&mut self, peer: &P) {
+        let Some(state) = self.peers.remove(peer) else {
+            return;
+        };
+        let lost: Vec<u32> = state.have.iter_ones().collect();
+        self.apply_availability(&[], &lost);
+        for (&chunk, &sent) in &state.in_flight {
+            self.requests_by_age.remove(&(sent, peer.clone(), chunk));
+            self.remove_copy(chunk);
+        }
+    }
+
+    fn start_request(&mut self, peer: &P, chunk: u32) {
+        let now = self.now;
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.in_flight.insert(chunk, now);
+            self.requests_by_age.insert((now, peer.clone(), chunk));
+            self.add_copy(chunk);
+        }
+    }
+
+    /// Ends the request for `chunk` to `peer`, whatever the reason; false if there was none.
+    fn end_request(&mut self, peer: &P, chunk: u32) -> bool {
+        let Some(sent) = self
+            .peers
+            .get_mut(peer)
+            .and_then(|state| state.in_flight.remove(&chunk))
+        else {
+            return false;
+        };
+        self.requests_by_age.remove(&(sent, peer.clone(), chunk));
+        self.remove_copy(chunk);
+        true
+    }
+
+    fn ban(&mut self, peer: P, actions: &mut Vec<Action<P>>) {
+        self.forget_peer(&peer);
+        self.banned.insert(peer.clone());
+        actions.push(Action::Ban { peer });
+    }
+
+    fn poll_peers(&mut self, actions: &mut Vec<Action<P>>) {
+        if self.is_complete() {
+            return;
+        }
+        let now = self.now;
+        let interval = self.config.have_poll_interval;
+        for (peer, state) in &mut self.peers {
+            if !state.complete && state.next_poll <= now {
+                state.next_poll = now + interval;
+                actions.push(Action::PollHave { peer: peer.clone() });
+            }
+        }
+    }
+
+    /// Checks the internal invariants; tests call it after every event.
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        for c in 0..self.chunk_count {
+            let i = c as usize;
+            let holders = self.peers.values().filter(|p| p.have.get(c)).count() as u32;
+            assert_eq!(self.availability[i], holders, "availability of {c}");
+            let copies = self
+                .peers
+                .values()
+                .filter(|p| p.in_flight.contains_key(&c))
+                .count() as u32;
+            assert_eq!(self.copies[i], copies, "copies of {c}");
+            assert_eq!(self.in_flight_chunks.get(c), copies > 0, "in flight {c}");
+            assert_eq!(
+                self.in_flight_since.contains_key(&c),
+                copies > 0,
+                "since {c}"
+            );
+            assert_eq!(
+                self.rarity.contains(&self.rarity_key(c)),
+                self.unrequested(c),
+                "rarity membership of {c}"
+            );
+        }
+        assert_eq!(self.have_count, self.have.count_ones());
+        let by_age: BTreeSet<(Duration, P, u32)> = self
+            .peers
+            .iter()
+            .flat_map(|(p, s)| s.in_flight.iter().map(move |(&c, &t)| (t, p.clone(), c)))
+            .collect();
+        assert_eq!(self.requests_by_age, by_age);
+        let needed_unrequested = (0..self.chunk_count)
+            .filter(|&c| self.unrequested(c))
+            .count();
+        assert_eq!(self.rarity.len(), needed_unrequested);
+        for (peer, state) in &self.peers {
+            assert!(!self.banned.contains(peer), "banned peer {peer:?} kept");
+            assert_eq!(state.complete, state.have.is_full());
+            assert_eq!(
+                state.useful,
+                self.count_useful(&state.have),
+                "useful of {peer:?}"
+            );
+            assert!(state.limit >= 1 && state.limit <= self.config.requests_per_peer_max);
+            assert!(state.in_flight.len() <= self.config.requests_per_peer_max);
+            assert!(state.in_flight.keys().all(|&c| c < self.chunk_count));
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Choosing requests: which peers get work first, and which chunk each gets (focus window,
+//! rarest first, endgame duplicates), as the parent module's documentation describes.
+
+use std::cmp::Reverse;
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use super::{Action, PeerState, RARITY_WALK_STEPS, SCAN_SAMPLE_CHUNKS, Scheduler};
+
+impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
+    pub(super) fn fill(&mut self, actions: &mut Vec<Action<P>>) {
+        if self.is_complete() {
+            return;
+        }
+        let now = self.now;
+        let mut order: Vec<(P, i32)> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.in_flight.len() < s.limit && s.paused_until <= now)
+            .map(|(p, s)| (p.clone(), s.preference))
+            .collect();
+        if order.is_empty() {
+            return;
+        }
+        // A random rotation spreads equal peers fairly; the stable sort then puts preferred
+        // peers first.
+        let start = self.rng.below(order.len());
+        order.rotate_left(start);
+        order.sort_by_key(|(_, preference)| Reverse(*preference));
+        for (peer, _) in order {
+            while let Some(state) = self.peers.get(&peer) {
+                if state.in_flight.len() >= state.limit {
+                    break;
+                }
+                let random = self.rng.next_u64();
+                let Some(chunk) = self.pick(state, random) else {
+                    break;
+                };
+                self.start_request(&peer, chunk);
+                actions.push(Action::Request {
+                    peer: peer.clone(),
+                    chunk,
+                });
+            }
+        }
+    }
+
+    fn pick(&self, peer: &PeerState, random: u64) -> Option<u32> {
+        self.pick_focus(peer)
+            .or_else(|| self.pick_rarest(peer, random))
+            .or_else(|| self.pick_endgame(peer))
+    }
+
+    fn focus_window(&self) -> std::ops::Range<u32> {
+        match self.focus {
+            Some(focus) if focus < self.chunk_count => {
+                let end = focus
+                    .saturating_add(self.config.stream_window_chunks)
+                    .min(self.chunk_count);
+                focus..end
+            }
+            _ => 0..0,
+        }
+    }
+
+    fn pick_focus(&self, peer: &PeerState) -> Option<u32> {
+        self.focus_window()
+            .find(|&c| self.unrequested(c) && peer.have.get(c))
+    }
+
+    fn pick_rarest(&self, peer: &PeerState, random: u64) -> Option<u32> {
+        if peer.useful == 0 {
+            return None;
+        }
+        let mut walked = 0;
+        for &(_, _, chunk) in &self.rarity {
+            if peer.have.get(chunk) {
+                return Some(chunk);
+            }
+            walked += 1;
+            if walked == RARITY_WALK_STEPS {
+                return self.scan_rarest(peer, random);
+            }
+        }
+        None
+    }
+
+    /// The rarest of a sample of the peer's useful chunks, scanning its bitfield from a
+    /// random word: at least [`SCAN_SAMPLE_CHUNKS`] candidates (or all there are), so the
+    /// cost stays bounded for peers with many useful chunks that are not globally rarest.
+    fn scan_rarest(&self, peer: &PeerState, random: u64) -> Option<u32> {
+        let theirs = peer.have.words();
+        let words = theirs.len();
+        if words == 0 {
+            return None;
+        }
+        let start = (random % words as u64) as usize;
+        let mut best: Option<(u32, u32, u32)> = None;
+        let mut sampled = 0;
+        for k in 0..words {
+            let i = (start + k) % words;
+            let mut candidates =
+                theirs[i] & !self.have.words()[i] & !self.in_flight_chunks.words()[i];
+            while candidates != 0 {
+                let chunk = i as u32 * 64 + candidates.trailing_zeros();
+                candidates &= candidates - 1;
+                sampled += 1;
+                let key = self.rarity_key(chunk);
+                if best.is_none_or(|b| key < b) {
+                    best = Some(key);
+                }
+            }
+            if sampled >= SCAN_SAMPLE_CHUNKS {
+                break;
+            }
+        }
+        best.map(|(_, _, chunk)| chunk)
+    }
+
+    /// In the endgame (no needed chunk is both un-requested and available from anyone),
+    /// duplicates a chunk in flight elsewhere: fewest copies first, then the one in flight
+    /// the longest (the likeliest to be stuck).
+    fn pick_endgame(&self, peer: &PeerState) -> Option<u32> {
+        let endgame = self
+            .rarity
+            .last()
+            .is_none_or(|&(available, _, _)| available == 0);
+        if !endgame {
+            return None;
+        }
+        let copies_max = self.config.endgame_duplicates_max as u32;
+        self.in_flight_since
+            .iter()
+            .filter(|&(&chunk, _)| {
+                self.copies[chunk as usize] < copies_max
+                    && peer.have.get(chunk)
+                    && !peer.in_flight.contains_key(&chunk)
+                    && !self.have.get(chunk)
+            })
+            .min_by_key(|&(&chunk, &since)| (self.copies[chunk as usize], since, chunk))
+            .map(|(&chunk, _)| chunk)
+    }
+}

@@ -1,0 +1,462 @@
+//! Hand-driven scenarios, one policy rule each. The randomised whole-transfer runs are in
+//! `sim_tests.rs`.
+
+use super::*;
+
+type S = Scheduler<&'static str>;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn config() -> SchedulerConfig {
+    SchedulerConfig {
+        requests_per_peer_max: 8,
+        request_timeout: ms(1000),
+        stream_window_chunks: 4,
+        have_poll_interval: ms(100),
+        endgame_duplicates_max: 2,
+        failure_backoff: ms(50),
+    }
+}
+
+fn bits(len: u32, ones: impl IntoIterator<Item = u32>) -> Bitmap {
+    let mut bitmap = Bitmap::new(len);
+    for i in ones {
+        bitmap.set(i);
+    }
+    bitmap
+}
+
+fn requests(actions: &[Action<&'static str>]) -> Vec<(&'static str, u32)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Request { peer, chunk } => Some((*peer, *chunk)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn join(s: &mut S, peer: &'static str, have: Bitmap, now: u64) -> Vec<Action<&'static str>> {
+    let actions = s.handle(Event::PeerJoined { peer, have }, ms(now));
+    s.check_invariants();
+    actions
+}
+
+fn arrive(s: &mut S, peer: &'static str, chunk: u32, now: u64) -> Vec<Action<&'static str>> {
+    let actions = s.handle(
+        Event::ChunkArrived {
+            peer,
+            chunk,
+            valid: true,
+        },
+        ms(now),
+    );
+    s.check_invariants();
+    actions
+}
+
+#[test]
+fn a_full_peer_gets_at_most_the_limit() {
+    let mut s = S::new(20, config(), 1);
+    let actions = join(&mut s, "a", Bitmap::full(20), 0);
+    let reqs = requests(&actions);
+    assert_eq!(reqs.len(), 8);
+    assert!(reqs.iter().all(|(p, _)| *p == "a"));
+    let distinct: BTreeSet<u32> = reqs.iter().map(|(_, c)| *c).collect();
+    assert_eq!(distinct.len(), 8, "no chunk requested twice");
+    assert_eq!(s.in_flight(), 8);
+    // One arrival frees one slot: exactly one new request.
+    let actions = arrive(&mut s, "a", reqs[0].1, 10);
+    assert_eq!(requests(&actions).len(), 1);
+    assert_eq!(s.in_flight(), 8);
+    let (_, stats) = s.peers().next().unwrap();
+    assert_eq!(stats.chunks_received, 1);
+    assert_eq!(stats.in_flight, 8);
+    assert_eq!(stats.chunks_available, 20);
+}
+
+#[test]
+fn focus_window_chunks_come_first_and_in_order() {
+    let mut cfg = config();
+    cfg.requests_per_peer_max = 6;
+    let mut s = S::new(100, cfg, 7);
+    s.handle(Event::Focus { chunk: 50 }, ms(0));
+    let actions = join(&mut s, "a", Bitmap::full(100), 0);
+    let chunks: Vec<u32> = requests(&actions).iter().map(|(_, c)| *c).collect();
+    assert_eq!(&chunks[..4], &[50, 51, 52, 53]);
+    assert!(chunks[4..].iter().all(|c| !(50..54).contains(c) && *c < 90));
+    // Moving the focus redirects the next free slots to the new window.
+    s.handle(Event::Focus { chunk: 90 }, ms(1));
+    let actions = arrive(&mut s, "a", 50, 2);
+    assert_eq!(requests(&actions), vec![("a", 90)]);
+    // A focus window at the end of the blob is clipped, not wrapped.
+    s.handle(Event::Focus { chunk: 98 }, ms(3));
+    let actions = arrive(&mut s, "a", 51, 4);
+    assert_eq!(requests(&actions), vec![("a", 98)]);
+    let actions = arrive(&mut s, "a", 52, 5);
+    assert_eq!(requests(&actions), vec![("a", 99)]);
+}
+
+#[test]
+fn rarest_chunks_are_requested_first_with_random_ties() {
+    let mut orders = BTreeSet::new();
+    for seed in 0..8 {
+        let mut cfg = config();
+        cfg.requests_per_peer_max = 2;
+        let mut s = S::new(30, cfg, seed);
+        // x has 0..20, y has 0..10: after a joins, chunks 20..30 are held by a alone.
+        join(&mut s, "x", bits(30, 0..20), 0);
+        join(&mut s, "y", bits(30, 0..10), 0);
+        let actions = join(&mut s, "a", Bitmap::full(30), 0);
+        let chunks: Vec<u32> = requests(&actions).iter().map(|(_, c)| *c).collect();
+        assert_eq!(chunks.len(), 2);
+        assert!(chunks.iter().all(|c| (20..30).contains(c)), "{chunks:?}");
+        orders.insert(chunks);
+    }
+    assert!(orders.len() > 1, "ties are broken differently per seed");
+}
+
+#[test]
+fn endgame_duplicates_are_bounded_and_cancelled() {
+    let mut s = S::new(3, config(), 3);
+    let first = requests(&join(&mut s, "a", Bitmap::full(3), 0));
+    assert_eq!(first.len(), 3);
+    // Everything is in flight: b gets one duplicate of each chunk.
+    let dup = requests(&join(&mut s, "b", Bitmap::full(3), 1));
+    assert_eq!(dup.len(), 3);
+    assert!(dup.iter().all(|(p, _)| *p == "b"));
+    // Two copies each: c gets nothing.
+    assert!(requests(&join(&mut s, "c", Bitmap::full(3), 2)).is_empty());
+    assert_eq!(s.in_flight(), 6);
+    // The first copy to arrive cancels the other.
+    let actions = arrive(&mut s, "b", 1, 3);
+    assert!(actions.contains(&Action::Cancel {
+        peer: "a",
+        chunk: 1
+    }));
+    assert!(requests(&actions).is_empty(), "{actions:?}");
+    assert_eq!(s.in_flight(), 4);
+    // The loser's late copy is a duplicate: counted, not accepted again.
+    let actions = arrive(&mut s, "a", 1, 4);
+    assert!(!actions.contains(&Action::Completed));
+    let a_stats = s.peers().find(|(p, _)| **p == "a").unwrap().1;
+    assert_eq!(a_stats.duplicates_received, 1);
+    assert_eq!(a_stats.chunks_received, 0);
+    arrive(&mut s, "a", 0, 5);
+    let actions = arrive(&mut s, "b", 2, 6);
+    assert!(actions.contains(&Action::Completed));
+    assert_eq!(s.in_flight(), 0);
+}
+
+#[test]
+fn no_duplicates_outside_the_endgame_or_when_disabled() {
+    let mut cfg = config();
+    cfg.requests_per_peer_max = 2;
+    let mut s = S::new(10, cfg.clone(), 3);
+    join(&mut s, "a", Bitmap::full(10), 0);
+    join(&mut s, "b", Bitmap::full(10), 0);
+    // c only has chunk 9, which is un-requested... or requested once: no duplicate either way
+    // while other chunks are un-requested.
+    let reqs = requests(&join(&mut s, "c", bits(10, [9]), 0));
+    assert!(reqs.iter().all(|&(_, c)| s.copies[c as usize] == 1));
+
+    cfg.endgame_duplicates_max = 1;
+    let mut s = S::new(2, cfg, 3);
+    join(&mut s, "a", Bitmap::full(2), 0);
+    assert!(requests(&join(&mut s, "b", Bitmap::full(2), 0)).is_empty());
+}
+
+#[test]
+fn timeouts_cancel_penalize_and_reassign() {
+    let mut cfg = config();
+    cfg.endgame_duplicates_max = 1;
+    let mut s = S::new(4, cfg, 5);
+    let reqs = requests(&join(&mut s, "slow", Bitmap::full(4), 0));
+    assert_eq!(reqs.len(), 4);
+    assert_eq!(
+        s.next_wakeup(),
+        Some(ms(1000)),
+        "a full peer is never polled"
+    );
+    // Not yet.
+    assert!(s.handle(Event::Tick, ms(999)).is_empty());
+    join(&mut s, "fast", Bitmap::full(4), 999);
+    let actions = s.handle(Event::Tick, ms(1000));
+    s.check_invariants();
+    let cancels = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Cancel { peer: "slow", .. }))
+        .count();
+    assert_eq!(cancels, 4);
+    let reqs = requests(&actions);
+    assert!(reqs.iter().all(|(p, _)| *p == "fast"), "slow is paused");
+    assert_eq!(reqs.len(), 4);
+    let slow = s.peers().find(|(p, _)| **p == "slow").unwrap().1;
+    assert_eq!(slow.requests_timed_out, 4);
+    assert_eq!(slow.in_flight_limit, 4, "halved once per expiry pass");
+    // A late response from the slow peer is still useful.
+    let actions = arrive(&mut s, "slow", 0, 1001);
+    assert!(actions.contains(&Action::Cancel {
+        peer: "fast",
+        chunk: 0
+    }));
+}
+
+#[test]
+fn failures_back_off_then_retry() {
+    let mut s = S::new(1, config(), 5);
+    let reqs = requests(&join(&mut s, "a", Bitmap::full(1), 0));
+    assert_eq!(reqs, vec![("a", 0)]);
+    let actions = s.handle(
+        Event::RequestFailed {
+            peer: "a",
+            chunk: 0,
+        },
+        ms(10),
+    );
+    assert!(requests(&actions).is_empty(), "paused for the backoff");
+    assert_eq!(s.next_wakeup(), Some(ms(60)));
+    // A second report of the same failure is not counted twice.
+    s.handle(
+        Event::RequestFailed {
+            peer: "a",
+            chunk: 0,
+        },
+        ms(11),
+    );
+    assert_eq!(s.peers().next().unwrap().1.requests_failed, 1);
+    assert_eq!(requests(&s.handle(Event::Tick, ms(60))), vec![("a", 0)]);
+    // The second consecutive failure doubles the pause.
+    s.handle(
+        Event::RequestFailed {
+            peer: "a",
+            chunk: 0,
+        },
+        ms(70),
+    );
+    assert_eq!(s.next_wakeup(), Some(ms(170)));
+    assert!(requests(&s.handle(Event::Tick, ms(169))).is_empty());
+    assert_eq!(requests(&s.handle(Event::Tick, ms(170))), vec![("a", 0)]);
+    let actions = arrive(&mut s, "a", 0, 180);
+    assert_eq!(actions, vec![Action::Completed]);
+}
+
+#[test]
+fn invalid_data_bans_and_reassigns() {
+    let mut cfg = config();
+    cfg.endgame_duplicates_max = 1;
+    let mut s = S::new(2, cfg, 9);
+    let evil = requests(&join(&mut s, "evil", Bitmap::full(2), 0));
+    assert_eq!(evil.len(), 2);
+    join(&mut s, "good", Bitmap::full(2), 0);
+    let actions = s.handle(
+        Event::ChunkArrived {
+            peer: "evil",
+            chunk: 0,
+            valid: false,
+        },
+        ms(5),
+    );
+    s.check_invariants();
+    assert_eq!(actions[0], Action::Ban { peer: "evil" });
+    let mut reqs = requests(&actions);
+    reqs.sort();
+    assert_eq!(reqs, vec![("good", 0), ("good", 1)]);
+    assert_eq!(s.banned().collect::<Vec<_>>(), vec![&"evil"]);
+    // Coming back does not help.
+    let actions = join(&mut s, "evil", Bitmap::full(2), 6);
+    assert_eq!(actions, vec![Action::Ban { peer: "evil" }]);
+    assert!(s.peers().all(|(p, _)| *p != "evil"));
+}
+
+#[test]
+fn malformed_bitfields_ban() {
+    let mut s = S::new(10, config(), 9);
+    assert_eq!(
+        join(&mut s, "short", Bitmap::full(9), 0),
+        vec![Action::Ban { peer: "short" }]
+    );
+    join(&mut s, "ok", bits(10, [1]), 0);
+    let actions = s.handle(
+        Event::PeerHave {
+            peer: "ok",
+            have: Bitmap::full(11),
+        },
+        ms(1),
+    );
+    s.check_invariants();
+    assert_eq!(actions, vec![Action::Ban { peer: "ok" }]);
+    assert_eq!(s.in_flight(), 0);
+}
+
+#[test]
+fn downloading_peers_are_polled_complete_ones_are_not() {
+    let mut s = S::new(10, config(), 2);
+    join(&mut s, "partial", bits(10, [0]), 0);
+    join(&mut s, "seed", bits(10, []), 0);
+    join(&mut s, "full", Bitmap::full(10), 0);
+    let polls = |actions: &[Action<&'static str>]| -> Vec<&'static str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::PollHave { peer } => Some(*peer),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(polls(&s.handle(Event::Tick, ms(99))).is_empty());
+    assert_eq!(
+        polls(&s.handle(Event::Tick, ms(100))),
+        vec!["partial", "seed"]
+    );
+    assert!(polls(&s.handle(Event::Tick, ms(150))).is_empty());
+    // An answer resets the peer's poll timer and may bring new chunks to request.
+    let actions = s.handle(
+        Event::PeerHave {
+            peer: "seed",
+            have: Bitmap::full(10),
+        },
+        ms(160),
+    );
+    s.check_invariants();
+    assert_eq!(polls(&s.handle(Event::Tick, ms(200))), vec!["partial"]);
+    assert!(requests(&actions).iter().all(|(p, _)| *p == "seed"));
+    let seed = s.peers().find(|(p, _)| **p == "seed").unwrap().1;
+    assert_eq!(seed.chunks_available, 10);
+}
+
+#[test]
+fn completion_is_reported_once_and_ends_polling() {
+    let mut s = S::new(0, config(), 0);
+    assert!(s.is_complete());
+    assert_eq!(s.handle(Event::Tick, ms(0)), vec![Action::Completed]);
+    assert!(s.handle(Event::Tick, ms(1)).is_empty());
+
+    let mut s = S::new(2, config(), 0);
+    join(&mut s, "partial", bits(2, [0]), 0);
+    arrive(&mut s, "partial", 0, 1);
+    s.mark_have(1);
+    assert_eq!(s.handle(Event::Tick, ms(500)), vec![Action::Completed]);
+    assert!(
+        s.handle(Event::Tick, ms(1000)).is_empty(),
+        "no polls after completion"
+    );
+    assert!(arrive(&mut s, "partial", 1, 1001).is_empty());
+    assert_eq!(s.next_wakeup(), None);
+}
+
+#[test]
+fn resumed_chunks_are_never_requested() {
+    let mut s = S::new(10, config(), 4);
+    s.resume(&bits(10, [0, 2, 4, 6, 8])).unwrap();
+    s.mark_have(9);
+    s.mark_have(99); // ignored
+    s.check_invariants();
+    assert_eq!(
+        s.resume(&Bitmap::new(11)),
+        Err(SchedulerError::ResumeLength {
+            expected: 10,
+            actual: 11
+        })
+    );
+    let chunks: BTreeSet<u32> = requests(&join(&mut s, "a", Bitmap::full(10), 0))
+        .iter()
+        .map(|(_, c)| *c)
+        .collect();
+    assert_eq!(chunks, [1, 3, 5, 7].into_iter().collect());
+    assert!(!s.needs(0) && s.needs(1) && !s.needs(10));
+}
+
+#[test]
+fn preferred_peers_are_offered_work_first() {
+    let mut cfg = config();
+    cfg.requests_per_peer_max = 1;
+    for seed in 0..8 {
+        let mut s = S::new(10, cfg.clone(), seed);
+        join(&mut s, "far", Bitmap::full(10), 0);
+        join(&mut s, "near", Bitmap::full(10), 0);
+        s.set_preference(&"near", 10);
+        s.set_preference(&"unknown", 5);
+        s.handle(Event::Focus { chunk: 5 }, ms(1));
+        // Both requests time out together, so both peers become free in the same pass.
+        let actions = s.handle(Event::Tick, ms(1000));
+        assert!(requests(&actions).is_empty(), "both paused");
+        let actions = s.handle(Event::Tick, ms(1050));
+        assert_eq!(
+            requests(&actions),
+            vec![("near", 5), ("far", 6)],
+            "seed {seed}"
+        );
+        assert_eq!(
+            s.peers().find(|(p, _)| **p == "near").unwrap().1.preference,
+            10
+        );
+    }
+}
+
+#[test]
+fn leaving_peers_release_their_requests() {
+    let mut s = S::new(4, config(), 8);
+    assert_eq!(requests(&join(&mut s, "a", Bitmap::full(4), 0)).len(), 4);
+    // b arrives during the endgame and duplicates two chunks.
+    let dups = requests(&join(&mut s, "b", bits(4, [0, 1]), 0));
+    assert_eq!(dups.len(), 2);
+    let actions = s.handle(Event::PeerLeft { peer: "a" }, ms(1));
+    s.check_invariants();
+    // b already holds 0 and 1; 2 and 3 wait for a peer that has them.
+    assert!(requests(&actions).is_empty());
+    assert_eq!(s.in_flight(), 2);
+    // c takes the un-requested chunks first, then duplicates b's two.
+    let reqs = requests(&join(&mut s, "c", Bitmap::full(4), 2));
+    let chunks: Vec<u32> = reqs.iter().map(|(_, c)| *c).collect();
+    assert_eq!(chunks.len(), 4);
+    let first: BTreeSet<u32> = chunks[..2].iter().copied().collect();
+    assert_eq!(first, [2, 3].into_iter().collect());
+    // Unknown peers' events are harmless.
+    s.handle(Event::PeerLeft { peer: "nobody" }, ms(3));
+    s.handle(
+        Event::RequestFailed {
+            peer: "nobody",
+            chunk: 1,
+        },
+        ms(3),
+    );
+    s.check_invariants();
+}
+
+#[test]
+fn time_never_goes_backwards() {
+    let mut s = S::new(1, config(), 8);
+    join(&mut s, "a", Bitmap::full(1), 5000);
+    // An earlier timestamp counts as 5000: the request is not expired by 5999.
+    assert!(s.handle(Event::Tick, ms(10)).is_empty());
+    assert!(s.handle(Event::Tick, ms(5999)).is_empty());
+    assert!(s.handle(Event::Tick, ms(6000)).contains(&Action::Cancel {
+        peer: "a",
+        chunk: 0
+    }));
+}
+
+#[test]
+fn completion_cancels_requests_made_moot_by_resumed_chunks() {
+    let mut s = S::new(2, config(), 1);
+    assert_eq!(requests(&join(&mut s, "a", Bitmap::full(2), 0)).len(), 2);
+    s.mark_have(0);
+    s.mark_have(1);
+    let actions = s.handle(Event::Tick, ms(1));
+    s.check_invariants();
+    let mut cancelled: Vec<u32> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Cancel { peer: "a", chunk } => Some(*chunk),
+            _ => None,
+        })
+        .collect();
+    cancelled.sort();
+    assert_eq!(cancelled, vec![0, 1]);
+    assert_eq!(actions.last(), Some(&Action::Completed));
+    assert_eq!(s.in_flight(), 0);
+    assert_eq!(s.next_wakeup(), None);
+}

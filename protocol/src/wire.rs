@@ -1,0 +1,372 @@
+//! The peer wire codec and the messages of the node-to-node request-response protocol.
+//!
+//! Every byte that crosses between nodes is encoded and decoded here and nowhere else, so that
+//! replacing bincode (every release is flagged unmaintained, RUSTSEC-2025-0141; postcard is the
+//! usual successor) touches only this file. A frame is `[WIRE_VERSION][bincode payload]`.
+//!
+//! Data flow: a node encodes a [`Request`] with [`encode`], the transport (libp2p
+//! request-response) carries the frame, the peer decodes it with [`Request::decode`] (limit
+//! [`REQUEST_BYTES_MAX`]), answers with a [`Response`] (limit [`RESPONSE_BYTES_MAX`]). Gossiped
+//! announcements use the same codec with their own limit.
+//!
+//! Not for: storage formats the node owns (sled values may use it, but a version bump here is a
+//! protocol change, not a migration), or framing on a byte stream (the transport delimits
+//! messages; this module sees whole frames).
+//!
+//! Untrusted input is refused in three layers: a frame longer than the caller's limit is refused
+//! before any decoding; bincode runs with a configured limit on the bytes it may *claim*, so a
+//! length prefix of 2^60 fails before anything is allocated; and decoded values re-check their
+//! own invariants ([`Bitmap`], [`ChunkIndex`], digests, tags) during deserialization.
+
+use bincode::config::{Config, Configuration, Limit, LittleEndian, Varint};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::announce::{ANNOUNCEMENT_PAGE_BYTES_MAX, AnnouncementCursor, SignedAnnouncement};
+use crate::bitmap::Bitmap;
+use crate::chunk::{CHUNK_BYTES_MAX, ChunkIndex, INDEX_BYTES_MAX};
+use crate::digest::Digest;
+
+/// The first byte of every frame. A node refuses frames of any other version.
+pub const WIRE_VERSION: u8 = 1;
+
+/// The largest request frame. Requests are a digest, a chunk number, or an announcement cursor
+/// (a repository name of at most 255 bytes, a tag of at most 128 and a peer id of about 40):
+/// under 512 bytes. 4 KiB leaves room for fields added later without a version bump.
+pub const REQUEST_BYTES_MAX: usize = 4 * 1024;
+
+/// Slack for enum tags, length prefixes and small fields around a response's bulk content.
+const RESPONSE_SLACK_BYTES: usize = 64 * 1024;
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
+
+/// The largest response frame: the largest of a full-size chunk (4 MiB), an index of a blob
+/// with the most chunks (2 MiB of hashes) and a page of announcements (1 MiB), plus 64 KiB of
+/// slack. Each response carries exactly one of them, so the bound is their maximum, not their
+/// sum; `Have` bitmaps (8 KiB at most) are far below it.
+pub const RESPONSE_BYTES_MAX: usize = max(
+    max(CHUNK_BYTES_MAX as usize, INDEX_BYTES_MAX),
+    ANNOUNCEMENT_PAGE_BYTES_MAX,
+) + RESPONSE_SLACK_BYTES;
+
+/// No frame of any kind is larger: limits passed to [`decode`] are capped to it.
+pub const FRAME_BYTES_MAX: usize = RESPONSE_BYTES_MAX;
+
+const _: () = {
+    assert!(REQUEST_BYTES_MAX < RESPONSE_BYTES_MAX);
+    assert!(RESPONSE_BYTES_MAX >= CHUNK_BYTES_MAX as usize + RESPONSE_SLACK_BYTES);
+    assert!(RESPONSE_BYTES_MAX >= INDEX_BYTES_MAX + RESPONSE_SLACK_BYTES);
+    assert!(RESPONSE_BYTES_MAX >= ANNOUNCEMENT_PAGE_BYTES_MAX + RESPONSE_SLACK_BYTES);
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {len} bytes exceeds the {limit}-byte limit")]
+    TooLarge { len: usize, limit: usize },
+    #[error("empty frame")]
+    Empty,
+    #[error("wire version {0} is not supported (this node speaks {WIRE_VERSION})")]
+    UnknownVersion(u8),
+    #[error("frame has {0} bytes after its message")]
+    TrailingBytes(usize),
+    #[error("message does not encode")]
+    Encode(#[source] bincode::error::EncodeError),
+    #[error("message does not decode")]
+    Decode(#[source] bincode::error::DecodeError),
+}
+
+/// bincode's standard configuration (little-endian, varint integers) with a claim limit.
+const fn config<const N: usize>() -> Configuration<LittleEndian, Varint, Limit<N>> {
+    bincode::config::standard().with_limit::<N>()
+}
+
+/// Encodes `value` as a frame: the version byte, then the bincode payload.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
+    let mut frame = vec![WIRE_VERSION];
+    bincode::serde::encode_into_std_write(
+        value,
+        &mut frame,
+        bincode::config::standard().with_no_limit(),
+    )
+    .map_err(WireError::Encode)?;
+    Ok(frame)
+}
+
+/// Decodes a frame of at most `limit_bytes` (capped to [`FRAME_BYTES_MAX`]), refusing an oversize
+/// frame before looking inside, an unknown version, and trailing bytes.
+///
+/// bincode may only *claim* (allocate or read) a small multiple of the limit: a few tiers of
+/// compile-time limits, picked by the caller's limit, stand in for a run-time one. Claims
+/// exceed the encoded size only for varint integers (8 claimed per byte at worst), and the
+/// messages here are mostly byte strings, so twice the frame limit is ample.
+pub fn decode<T: DeserializeOwned>(frame: &[u8], limit_bytes: usize) -> Result<T, WireError> {
+    let limit = limit_bytes.min(FRAME_BYTES_MAX);
+    if frame.len() > limit {
+        return Err(WireError::TooLarge {
+            len: frame.len(),
+            limit,
+        });
+    }
+    let (&version, payload) = frame.split_first().ok_or(WireError::Empty)?;
+    if version != WIRE_VERSION {
+        return Err(WireError::UnknownVersion(version));
+    }
+    let (value, read) = if limit <= 32 * 1024 {
+        decode_payload(payload, config::<{ 64 * 1024 }>())
+    } else if limit <= 512 * 1024 {
+        decode_payload(payload, config::<{ 1024 * 1024 }>())
+    } else {
+        decode_payload(payload, config::<{ 2 * FRAME_BYTES_MAX }>())
+    }?;
+    if read != payload.len() {
+        return Err(WireError::TrailingBytes(payload.len() - read));
+    }
+    Ok(value)
+}
+
+fn decode_payload<T: DeserializeOwned, C: Config>(
+    payload: &[u8],
+    config: C,
+) -> Result<(T, usize), WireError> {
+    bincode::serde::decode_from_slice(payload, config).map_err(WireError::Decode)
+}
+
+/// What one node asks another about a blob (or the announcement book).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Request {
+    /// Which chunks of `blob` do you have? Answered with [`Response::Have`] or `NotFound`.
+    Have { blob: Digest },
+    /// Send the chunk index of `blob`: [`Response::Index`] or `NotFound`.
+    Index { blob: Digest },
+    /// Send chunk `chunk` of `blob`: [`Response::Chunk`], `NotFound` or `Busy`.
+    Chunk { blob: Digest, chunk: u32 },
+    /// Send the announcements you hold, in book order, starting after `after`: a late joiner
+    /// pages through with the `next` cursor of each [`Response::Announcements`].
+    Announcements { after: Option<AnnouncementCursor> },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Response {
+    /// The responder's progress on the blob. `chunks` has one bit per chunk of a blob of
+    /// `blob_size` bytes cut into `chunk_bytes` chunks; `complete` means the whole blob is in
+    /// the responder's store, verified (and then `chunks` is full). A requester compares
+    /// `blob_size` and `chunk_bytes` with the blob's index before trusting the bitmap.
+    Have {
+        blob_size: u64,
+        chunk_bytes: u32,
+        chunks: Bitmap,
+        complete: bool,
+    },
+    Index(ChunkIndex),
+    /// The chunk's bytes, unverified until the requester checks them against the index.
+    Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A page of at most [`ANNOUNCEMENT_PAGE_BYTES_MAX`] of signed announcements; `next` is
+    /// the cursor to ask with for the following page, `None` on the last one.
+    Announcements {
+        announcements: Vec<SignedAnnouncement>,
+        next: Option<AnnouncementCursor>,
+    },
+    NotFound,
+    /// The responder is at its upload limit; ask again later or elsewhere.
+    Busy,
+}
+
+impl Request {
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        encode(self)
+    }
+
+    /// Decodes a request frame from a peer, with [`REQUEST_BYTES_MAX`].
+    pub fn decode(frame: &[u8]) -> Result<Request, WireError> {
+        decode(frame, REQUEST_BYTES_MAX)
+    }
+}
+
+impl Response {
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        encode(self)
+    }
+
+    /// Decodes a response frame from a peer, with [`RESPONSE_BYTES_MAX`].
+    pub fn decode(frame: &[u8]) -> Result<Response, WireError> {
+        decode(frame, RESPONSE_BYTES_MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{arbitrary_request, arbitrary_response};
+    use proptest::prelude::*;
+
+    #[test]
+    fn frames_start_with_the_version_byte() {
+        let frame = Request::Have {
+            blob: Digest::of(b"x"),
+        }
+        .encode()
+        .unwrap();
+        assert_eq!(frame[0], WIRE_VERSION);
+        // Version, variant index, 32 digest bytes: compact, no strings.
+        assert_eq!(frame.len(), 1 + 1 + 32);
+    }
+
+    #[test]
+    fn largest_responses_fit_the_limit() {
+        // The largest possible chunk response fits.
+        let frame = Response::Chunk(vec![0xab; CHUNK_BYTES_MAX as usize])
+            .encode()
+            .unwrap();
+        assert!(frame.len() <= RESPONSE_BYTES_MAX);
+        assert!(matches!(
+            Response::decode(&frame).unwrap(),
+            Response::Chunk(bytes) if bytes.len() == CHUNK_BYTES_MAX as usize
+        ));
+        // The largest possible index response fits.
+        let index = ChunkIndex::from_parts(
+            Digest::of(b""),
+            u64::from(crate::chunk::CHUNKS_PER_BLOB_MAX) * u64::from(CHUNK_BYTES_MAX),
+            CHUNK_BYTES_MAX,
+            vec![[0xff; 32]; crate::chunk::CHUNKS_PER_BLOB_MAX as usize],
+        )
+        .unwrap();
+        let frame = Response::Index(index.clone()).encode().unwrap();
+        assert!(frame.len() <= INDEX_BYTES_MAX + 1, "{}", frame.len());
+        assert_eq!(Response::decode(&frame).unwrap(), Response::Index(index));
+    }
+
+    #[test]
+    fn oversize_frames_are_refused_before_decoding() {
+        let frame = vec![WIRE_VERSION; REQUEST_BYTES_MAX + 1];
+        assert!(matches!(
+            Request::decode(&frame),
+            Err(WireError::TooLarge { len, limit: REQUEST_BYTES_MAX }) if len == REQUEST_BYTES_MAX + 1
+        ));
+        // Limits beyond the frame maximum are capped.
+        let frame = vec![0u8; FRAME_BYTES_MAX + 1];
+        assert!(matches!(
+            decode::<Vec<u8>>(&frame, usize::MAX),
+            Err(WireError::TooLarge {
+                limit: FRAME_BYTES_MAX,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn unknown_versions_empty_frames_and_trailing_bytes_are_refused() {
+        let mut frame = Request::Index {
+            blob: Digest::of(b""),
+        }
+        .encode()
+        .unwrap();
+        assert!(matches!(Request::decode(&[]), Err(WireError::Empty)));
+        frame.push(0);
+        assert!(matches!(
+            Request::decode(&frame),
+            Err(WireError::TrailingBytes(1))
+        ));
+        frame.pop();
+        frame[0] = 2;
+        assert!(matches!(
+            Request::decode(&frame),
+            Err(WireError::UnknownVersion(2))
+        ));
+        frame[0] = 0;
+        assert!(matches!(
+            Request::decode(&frame),
+            Err(WireError::UnknownVersion(0))
+        ));
+    }
+
+    #[test]
+    fn huge_declared_lengths_fail_on_the_claim_limit() {
+        // Response::Chunk (variant 2) declaring 2^40 bytes: varint marker 253 = u64 follows.
+        let mut frame = vec![WIRE_VERSION, 2, 253];
+        frame.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        frame.extend_from_slice(&[0; 16]);
+        let error = Response::decode(&frame).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                WireError::Decode(bincode::error::DecodeError::LimitExceeded)
+            ),
+            "{error:?}"
+        );
+        // The same inside a request: a cursor whose repository claims 2^60 bytes.
+        let mut frame = vec![WIRE_VERSION, 3, 1, 253];
+        frame.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(matches!(
+            Request::decode(&frame),
+            Err(WireError::Decode(
+                bincode::error::DecodeError::LimitExceeded
+            ))
+        ));
+        // A declared length within the claim limit but beyond the frame: truncated, not allocated.
+        let mut frame = vec![WIRE_VERSION, 2, 252];
+        frame.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        assert!(matches!(
+            Response::decode(&frame),
+            Err(WireError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn a_have_bitmap_that_breaks_its_invariant_does_not_decode() {
+        let response = Response::Have {
+            blob_size: 10,
+            chunk_bytes: 1 << 20,
+            chunks: Bitmap::full(3),
+            complete: false,
+        };
+        let mut frame = response.encode().unwrap();
+        assert_eq!(Response::decode(&frame).unwrap(), response);
+        // The bitmap's single byte is the last but one (before `complete`); set bit 3 of 3.
+        let at = frame.len() - 2;
+        frame[at] |= 0b1000;
+        assert!(matches!(
+            Response::decode(&frame),
+            Err(WireError::Decode(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(request in arbitrary_request()) {
+            let frame = request.encode().unwrap();
+            prop_assert!(frame.len() <= REQUEST_BYTES_MAX);
+            prop_assert_eq!(Request::decode(&frame).unwrap(), request);
+        }
+
+        #[test]
+        fn responses_round_trip(response in arbitrary_response()) {
+            let frame = response.encode().unwrap();
+            prop_assert_eq!(Response::decode(&frame).unwrap(), response);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(mut bytes in proptest::collection::vec(any::<u8>(), 0..512), versioned in any::<bool>()) {
+            if versioned && !bytes.is_empty() {
+                bytes[0] = WIRE_VERSION;
+            }
+            // Whatever decodes survives a re-encoding unchanged. (bincode accepts non-minimal
+            // varints, so the frame itself need not be canonical: nothing may rely on that.)
+            if let Ok(request) = Request::decode(&bytes) {
+                prop_assert_eq!(Request::decode(&request.encode().unwrap()).unwrap(), request);
+            }
+            if let Ok(response) = Response::decode(&bytes) {
+                prop_assert_eq!(Response::decode(&response.encode().unwrap()).unwrap(), response);
+            }
+        }
+
+        #[test]
+        fn truncated_frames_never_decode(response in arbitrary_response(), cut in any::<prop::sample::Index>()) {
+            let frame = response.encode().unwrap();
+            let cut = cut.index(frame.len());
+            prop_assert!(Response::decode(&frame[..cut]).is_err());
+        }
+    }
+}
