@@ -49,8 +49,13 @@ struct Run<'a> {
     asked: HashSet<PeerId>,
     /// Peers that have (part of) the blob.
     sources: HashSet<PeerId>,
-    /// Bitfields of peers heard before the index was known.
-    haves: HashMap<PeerId, Bitmap>,
+    /// Bitfields (with the blob size and chunk size they describe) of peers heard before the
+    /// index was known.
+    haves: HashMap<PeerId, ((u64, u32), Bitmap)>,
+    /// Peers the scheduler knows.
+    joined: HashSet<PeerId>,
+    /// Requests the scheduler cancelled: their failures are not news to it.
+    cancelled: HashSet<(PeerId, u32)>,
     index_source: Option<PeerId>,
     index_requested: bool,
     partial: Option<PartialBlob>,
@@ -72,6 +77,8 @@ pub async fn run(
         tasks: JoinSet::new(),
         asked: HashSet::new(),
         sources: HashSet::new(),
+        joined: HashSet::new(),
+        cancelled: HashSet::new(),
         haves: HashMap::new(),
         index_source: None,
         index_requested: false,
@@ -163,14 +170,31 @@ impl Run<'_> {
                     self.ask_have(peer);
                 }
             }
-            Outcome::Have(peer, Ok(Response::Have { chunks, .. })) => {
+            Outcome::Have(
+                peer,
+                Ok(Response::Have {
+                    blob_size,
+                    chunk_bytes,
+                    chunks,
+                    ..
+                }),
+            ) => {
+                let shape = (blob_size, chunk_bytes);
+                if let Some(partial) = &self.partial {
+                    let index = partial.index();
+                    if shape != (index.blob_size(), index.chunk_bytes()) {
+                        tracing::warn!(%peer, "peer describes the blob differently from its index");
+                        self.ban(peer).await;
+                        return Ok(());
+                    }
+                }
                 self.sources.insert(peer);
                 let peers = self.sources.len();
                 self.progress.send_modify(|progress| progress.peers = peers);
                 match &self.scheduler {
-                    Some(_) => self.feed(Event::PeerJoined { peer, have: chunks }).await,
+                    Some(_) => self.join(peer, chunks).await,
                     None => {
-                        self.haves.insert(peer, chunks);
+                        self.haves.insert(peer, (shape, chunks));
                         self.request_index(peer);
                     }
                 }
@@ -234,7 +258,11 @@ impl Run<'_> {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         let file = Arc::new(partial.reader().map_err(|e| e.to_string())?);
-        let seed = u64::from_le_bytes(self.blob.as_bytes()[..8].try_into().unwrap_or_default());
+        let index_shape = (index.blob_size(), index.chunk_bytes());
+        // Distinct per node, so that nodes fetching the same blob break ties differently.
+        let local = blake3::hash(&self.context.network.local_peer_id().to_bytes());
+        let seed = u64::from_le_bytes(self.blob.as_bytes()[..8].try_into().unwrap_or_default())
+            ^ u64::from_le_bytes(local.as_bytes()[..8].try_into().unwrap_or_default());
         let mut scheduler = Scheduler::new(index.chunk_count(), SchedulerConfig::default(), seed);
         let resumed: Vec<u32> = partial.have().iter_ones().collect();
         for chunk in &resumed {
@@ -256,8 +284,12 @@ impl Run<'_> {
         self.partial = Some(partial);
         self.scheduler = Some(scheduler);
         self.context.network.provide(self.blob).await;
-        for (peer, have) in std::mem::take(&mut self.haves) {
-            self.feed(Event::PeerJoined { peer, have }).await;
+        for (peer, (described, have)) in std::mem::take(&mut self.haves) {
+            if described == index_shape {
+                self.join(peer, have).await;
+            } else {
+                self.ban(peer).await;
+            }
         }
         Ok(())
     }
@@ -271,8 +303,10 @@ impl Run<'_> {
         let Some(partial) = &mut self.partial else {
             return Ok(());
         };
+        let was_cancelled = self.cancelled.remove(&(peer, chunk));
         let bytes = match result {
             Ok(Response::Chunk(bytes)) => bytes,
+            _ if was_cancelled => return Ok(()),
             _ => {
                 self.feed(Event::RequestFailed { peer, chunk }).await;
                 return Ok(());
@@ -315,8 +349,20 @@ impl Run<'_> {
                 }
                 Action::Ban { peer } => Box::pin(self.ban(peer)).await,
                 // A late duplicate is ignored on arrival: the chunk is had by then.
-                Action::Cancel { .. } | Action::Completed => {}
+                Action::Cancel { peer, chunk } => {
+                    self.cancelled.insert((peer, chunk));
+                }
+                Action::Completed => {}
             }
+        }
+    }
+
+    /// Tells the scheduler about a peer's bitfield: as a new peer, or as news of one it knows.
+    async fn join(&mut self, peer: PeerId, have: Bitmap) {
+        if self.joined.insert(peer) {
+            self.feed(Event::PeerJoined { peer, have }).await;
+        } else {
+            self.feed(Event::PeerHave { peer, have }).await;
         }
     }
 
@@ -340,6 +386,7 @@ impl Run<'_> {
 
     async fn ban(&mut self, peer: PeerId) {
         self.sources.remove(&peer);
+        self.haves.remove(&peer);
         Counters::add(&self.context.counters.peers_banned, 1);
         self.context.network.ban(peer).await;
     }
