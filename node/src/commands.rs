@@ -126,20 +126,39 @@ fn print_status(report: &StatusReport) {
         store.manifests,
         store.repositories
     );
-    if report.images.is_empty() {
-        println!("images    none");
-        return;
-    }
-    println!("images");
-    let width = report
+    let stored: Vec<(String, String)> = report
         .images
         .iter()
-        .map(|i| i.repository.len() + i.tag.len() + 1)
-        .max()
-        .unwrap_or(0);
-    for image in &report.images {
-        let name = format!("{}:{}", image.repository, image.tag);
-        println!("  {name:width$}  {}", image.digest);
+        .map(|image| {
+            (
+                format!("{}:{}", image.repository, image.tag),
+                image.digest.to_string(),
+            )
+        })
+        .collect();
+    let announced: Vec<(String, String)> = report
+        .known_images
+        .iter()
+        .map(|known| {
+            (
+                format!("{}:{}", known.repository, known.tag),
+                known.digest.to_string(),
+            )
+        })
+        .filter(|known| !stored.contains(known))
+        .collect();
+    print_images("images", &stored);
+    print_images("announced, not stored", &announced);
+}
+
+fn print_images(heading: &str, images: &[(String, String)]) {
+    if images.is_empty() {
+        return;
+    }
+    println!("{heading}");
+    let width = images.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    for (name, digest) in images {
+        println!("  {name:width$}  {digest}");
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use libp2p::PeerId;
 use shoal_protocol::wire::{Request, Response};
@@ -24,6 +25,8 @@ use crate::store::Store;
 
 /// Inbound requests worked on at once; more wait in the network's queue.
 const INBOUND_CONCURRENCY: usize = 64;
+/// Queued egress beyond which chunk requests are answered `Busy`: about a second of the link.
+const EGRESS_BACKLOG_MAX: Duration = Duration::from_secs(1);
 /// Pages of announcements taken from one peer at a time; bounds a hostile peer's cursor loop.
 const SYNC_PAGES_MAX: usize = 1_000;
 
@@ -133,11 +136,25 @@ impl PeerService {
                 }
             }
         };
-        if let Response::Chunk(bytes) = &response {
-            crate::rate::acquire(self.egress.as_deref(), bytes.len() as u64).await;
-            Counters::add(&self.counters.bytes_sent_to_peers, bytes.len() as u64);
-        }
+        let response = match response {
+            Response::Chunk(bytes) => self.pace(bytes).await,
+            other => other,
+        };
         self.network.respond(inbound.id, response).await;
+    }
+
+    /// Lets a chunk leave within the egress limit, or answers `Busy` when the link already has
+    /// [`EGRESS_BACKLOG_MAX`] of work queued: the requester then asks another peer instead of
+    /// waiting behind a saturated uplink.
+    async fn pace(&self, bytes: Vec<u8>) -> Response {
+        let length = bytes.len() as u64;
+        if let Some(egress) = &self.egress
+            && !egress.acquire_within(length, EGRESS_BACKLOG_MAX).await
+        {
+            return Response::Busy;
+        }
+        Counters::add(&self.counters.bytes_sent_to_peers, length);
+        Response::Chunk(bytes)
     }
 
     async fn blocking<T: Send + 'static>(

@@ -79,23 +79,36 @@ impl RateLimiter {
     /// Waits until `bytes` may pass. Cancel-safe: the bytes are booked when the call starts, so
     /// a cancelled wait still counts against the rate, which errs on the side of the limit.
     pub async fn acquire(&self, bytes: u64) {
+        self.acquire_within(bytes, Duration::MAX).await;
+    }
+
+    /// Like [`acquire`](Self::acquire), but only if the wait would be at most `backlog_max`;
+    /// otherwise books nothing and returns `false` at once, so the caller can say "busy"
+    /// instead of queueing more work behind a full link.
+    pub async fn acquire_within(&self, bytes: u64, backlog_max: Duration) -> bool {
         let wait = {
             let mut bucket = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             let burst = self.rate * BURST_SECONDS;
-            let refilled =
-                bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * self.rate;
-            bucket.tokens = refilled.min(burst) - bytes as f64;
-            bucket.updated = now;
-            if bucket.tokens >= 0.0 {
+            let elapsed = now.duration_since(bucket.updated).as_secs_f64();
+            let available = (bucket.tokens + elapsed * self.rate).min(burst);
+            let after = available - bytes as f64;
+            let wait = if after >= 0.0 {
                 Duration::ZERO
             } else {
-                Duration::from_secs_f64(-bucket.tokens / self.rate)
+                Duration::from_secs_f64(-after / self.rate)
+            };
+            if wait > backlog_max {
+                return false;
             }
+            bucket.tokens = after;
+            bucket.updated = now;
+            wait
         };
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+        true
     }
 }
 
@@ -120,6 +133,33 @@ mod tests {
         for bad in ["", "fast", "10XB/s", "-5MiB/s", "0", "0.1"] {
             assert!(bad.parse::<ByteRate>().is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_backlog_is_refused_without_booking() {
+        let limiter = std::sync::Arc::new(RateLimiter::new(ByteRate(1_000_000)));
+        let first = limiter.clone();
+        // 900 kB booked at once: it leaves after 0.9 s.
+        let queued =
+            tokio::spawn(
+                async move { first.acquire_within(900_000, Duration::from_secs(1)).await },
+            );
+        tokio::task::yield_now().await;
+        // Another 600 kB would have to wait 1.5 s: refused, and nothing is booked...
+        assert!(
+            !limiter
+                .acquire_within(600_000, Duration::from_secs(1))
+                .await
+        );
+        // ...so 50 kB still fits within the second.
+        let start = Instant::now();
+        assert!(limiter.acquire_within(50_000, Duration::from_secs(1)).await);
+        assert!(
+            start.elapsed() <= Duration::from_millis(960),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(queued.await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]

@@ -474,3 +474,27 @@ fn nodes_exchange_images_over_quic() {
     assert!(output.contains(&generated.manifest_digest), "{output}");
     assert!(counter(&edge.status().unwrap(), "bytes_received_from_peers") >= 2 << 20);
 }
+
+#[test]
+fn an_egress_limit_paces_what_a_node_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = start(dir.path(), "seed", &["--max-egress", "4MiB/s"]);
+    let fetcher = start_joined(dir.path(), "fetcher", &[&seed], &[]);
+    let generated = image(dir.path(), "image", 10, &[8 << 20]);
+    seed.import_ok(&generated.path, Some("paced/app:1"))
+        .unwrap();
+    wait_until("the tag to resolve", EVENT_TIMEOUT, || {
+        Ok(knows_tag(&fetcher, "docker.io/paced/app", "1"))
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    pull_ok(&fetcher, "paced/app:1");
+    // A lower bound only: a slow machine can take longer, never shorter, when the limit holds.
+    let floor = Duration::from_secs_f64(8.0 / 4.0 * 0.8);
+    assert!(
+        started.elapsed() >= floor,
+        "8 MiB at 4 MiB/s took only {:?}",
+        started.elapsed()
+    );
+    assert!(counter(&seed.status().unwrap(), "bytes_sent_to_peers") >= 8 << 20);
+}
