@@ -19,15 +19,8 @@ pub async fn import(data: &Path, path: &Path, tag: Option<String>) -> anyhow::Re
         path: path.clone(),
         tag,
     };
-    let mut progress = Progress::new(&format!("importing {}", path.display()));
-    let answer = admin::call(&Layout::new(data).socket(), &request, |event| {
-        if let AdminEvent::Progress { done, total } = event {
-            progress.update(*done, *total);
-        }
-    })
-    .await;
-    progress.finish();
-    match answer? {
+    let label = format!("importing {}", path.display());
+    match call_with_progress(data, &request, &label).await? {
         AdminEvent::Imported(report) => {
             for image in &report.images {
                 println!("imported {} {}", image.reference, image.digest);
@@ -48,21 +41,30 @@ pub async fn pull(data: &Path, reference: &str) -> anyhow::Result<()> {
     let request = AdminRequest::Pull {
         reference: reference.to_owned(),
     };
-    let mut progress = Progress::new(&format!("pulling {reference}"));
-    let answer = admin::call(&Layout::new(data).socket(), &request, |event| {
-        if let AdminEvent::Progress { done, total } = event {
-            progress.update(*done, *total);
-        }
-    })
-    .await;
-    progress.finish();
-    match answer? {
+    match call_with_progress(data, &request, &format!("pulling {reference}")).await? {
         AdminEvent::Pulled { reference, digest } => {
             println!("pulled {reference} {digest}");
             Ok(())
         }
         other => Err(failure(other)),
     }
+}
+
+/// Sends `request` and shows its progress events until the final answer.
+async fn call_with_progress(
+    data: &Path,
+    request: &AdminRequest,
+    label: &str,
+) -> anyhow::Result<AdminEvent> {
+    let mut progress = Progress::new(label);
+    let answer = admin::call(&Layout::new(data).socket(), request, |event| {
+        if let AdminEvent::Progress { done, total } = event {
+            progress.update(*done, *total);
+        }
+    })
+    .await;
+    progress.finish();
+    answer
 }
 
 pub async fn status(data: &Path, json: bool) -> anyhow::Result<()> {
