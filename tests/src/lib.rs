@@ -4,6 +4,7 @@
 //! Everything here talks only to 127.0.0.1 or to network namespaces it creates, cleans up what
 //! it started (by PID, on drop) and fails loudly under `CI=true` when a real tool is missing.
 
+pub mod bench;
 pub mod clients;
 pub mod http;
 pub mod image;

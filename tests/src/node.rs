@@ -30,12 +30,19 @@ fn build_binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("SHOAL_BIN") {
         return Ok(PathBuf::from(path));
     }
-    // The test binary lives in target/<profile>/deps/; the shoal binary in target/<profile>/.
+    // Tests live in target/<profile>/deps/, benchmark programs in target/<profile>/; the
+    // shoal binary is in target/<profile>/.
     let exe = std::env::current_exe()?;
-    let profile_dir = exe
+    let parent = exe
         .parent()
-        .and_then(Path::parent)
-        .context("cannot locate the target directory from the test executable")?;
+        .context("cannot locate the target directory from the executable")?;
+    let profile_dir = if parent.file_name().is_some_and(|name| name == "deps") {
+        parent
+            .parent()
+            .context("cannot locate the target directory from the executable")?
+    } else {
+        parent
+    };
     let release = profile_dir
         .file_name()
         .is_some_and(|name| name == "release");

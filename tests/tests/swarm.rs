@@ -498,3 +498,46 @@ fn an_egress_limit_paces_what_a_node_sends() {
     );
     assert!(counter(&seed.status().unwrap(), "bytes_sent_to_peers") >= 8 << 20);
 }
+
+#[test]
+fn a_client_gets_verified_bytes_while_the_blob_is_still_arriving_ranges_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = start(dir.path(), "seed", &["--max-egress", "4MiB/s"]);
+    let edge = start_joined(dir.path(), "edge", &[&seed], &[]);
+    let generated = image(dir.path(), "image", 11, &[16 << 20]);
+    seed.import_ok(&generated.path, Some("stream/app:1"))
+        .unwrap();
+    wait_until("the tag to resolve", EVENT_TIMEOUT, || {
+        Ok(knows_tag(&edge, "docker.io/stream/app", "1"))
+    })
+    .unwrap();
+    let layer = generated.platforms[0].layers[0].blob.clone();
+    let url = format!(
+        "http://{}/v2/stream/app/blobs/{}",
+        edge.gateway(),
+        layer.digest
+    );
+
+    let mut response = ureq::get(&url).call().unwrap();
+    let mut reader = response.body_mut().as_reader();
+    let mut first = vec![0u8; 1 << 20];
+    std::io::Read::read_exact(&mut reader, &mut first).unwrap();
+    let transfers = edge.status().unwrap()["transfers"].clone();
+    let in_progress = transfers.as_array().unwrap().iter().any(|t| {
+        t["blob"] == layer.digest.as_str() && t["chunks_have"].as_u64() < t["chunks_total"].as_u64()
+    });
+    assert!(
+        in_progress,
+        "the first MiB arrived only after the whole blob: {transfers}"
+    );
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut rest).unwrap();
+    first.extend(rest);
+    assert_eq!(shoal_protocol::Digest::of(&first).to_string(), layer.digest);
+
+    // A range of a blob fetched from peers is served exactly.
+    let start_at = 5 * (1 << 20) + 123;
+    let ranged = http::get(&url, &[("Range", &format!("bytes={start_at}-"))]).unwrap();
+    assert_eq!(ranged.status, 206);
+    assert_eq!(ranged.body, first[start_at..]);
+}

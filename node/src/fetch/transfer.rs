@@ -307,6 +307,10 @@ impl Run<'_> {
         let bytes = match result {
             Ok(Response::Chunk(bytes)) => bytes,
             _ if was_cancelled => return Ok(()),
+            Ok(Response::Busy) => {
+                self.feed(Event::PeerBusy { peer, chunk }).await;
+                return Ok(());
+            }
             _ => {
                 self.feed(Event::RequestFailed { peer, chunk }).await;
                 return Ok(());

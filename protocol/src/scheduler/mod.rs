@@ -116,6 +116,10 @@ pub enum Event<P> {
     /// Failures of requests already cancelled are best not reported: if the chunk has been
     /// asked of the same peer again since, the report would end the newer request.
     RequestFailed { peer: P, chunk: u32 },
+    /// The peer answered `Busy`: its uplink is full. The request ends, the peer's limit drops
+    /// by one and it rests for `failure_backoff`, without the doubling failures get: a busy
+    /// peer is healthy, only saturated, and other peers should take the work meanwhile.
+    PeerBusy { peer: P, chunk: u32 },
     /// The peer disconnected or stopped serving this blob.
     PeerLeft { peer: P },
     /// A streaming reader is waiting on `chunk`: prefer it and the window after it.
@@ -317,6 +321,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 self.chunk_arrived(peer, chunk, valid, &mut actions);
             }
             Event::RequestFailed { peer, chunk } => self.request_failed(&peer, chunk),
+            Event::PeerBusy { peer, chunk } => self.peer_busy(&peer, chunk),
             Event::PeerLeft { peer } => {
                 self.forget_peer(&peer);
             }
@@ -624,6 +629,16 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             state.stats.requests_failed += 1;
         }
         self.penalize(peer);
+    }
+
+    fn peer_busy(&mut self, peer: &P, chunk: u32) {
+        if !self.end_request(peer, chunk) {
+            return;
+        }
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.limit = state.limit.saturating_sub(1).max(1);
+            state.paused_until = self.now + self.config.failure_backoff;
+        }
     }
 
     /// Halves the peer's limit and pauses it, longer for each consecutive failure.

@@ -244,6 +244,42 @@ fn failures_back_off_then_retry() {
 }
 
 #[test]
+fn a_busy_peer_rests_one_backoff_each_time_without_doubling() {
+    let mut s = S::new(1, config(), 5);
+    assert_eq!(
+        requests(&join(&mut s, "busy", Bitmap::full(1), 0)),
+        vec![("busy", 0)]
+    );
+    let actions = s.handle(
+        Event::PeerBusy {
+            peer: "busy",
+            chunk: 0,
+        },
+        ms(10),
+    );
+    assert!(requests(&actions).is_empty(), "resting");
+    assert_eq!(s.next_wakeup(), Some(ms(60)));
+    assert_eq!(requests(&s.handle(Event::Tick, ms(60))), vec![("busy", 0)]);
+    // A second busy answer rests the same 50 ms; a second failure would have rested 100.
+    s.handle(
+        Event::PeerBusy {
+            peer: "busy",
+            chunk: 0,
+        },
+        ms(70),
+    );
+    assert_eq!(s.next_wakeup(), Some(ms(120)));
+    s.check_invariants();
+    assert_eq!(
+        s.peers().next().unwrap().1.requests_failed,
+        0,
+        "busy is not a failure"
+    );
+    assert_eq!(requests(&s.handle(Event::Tick, ms(120))), vec![("busy", 0)]);
+    assert_eq!(arrive(&mut s, "busy", 0, 130), vec![Action::Completed]);
+}
+
+#[test]
 fn invalid_data_bans_and_reassigns() {
     let mut cfg = config();
     cfg.endgame_duplicates_max = 1;

@@ -152,9 +152,6 @@ fn run() -> Result<ExitCode> {
     let Some(options) = parse_options()? else {
         return Ok(ExitCode::SUCCESS);
     };
-    if let Some(code) = reexec_with_shoal_binary()? {
-        return Ok(code);
-    }
     for tool in ["curl", "skopeo", "docker-registry"] {
         ensure!(
             find_tool(tool).is_some(),
@@ -167,45 +164,6 @@ fn run() -> Result<ExitCode> {
     let runs = bench.measure()?;
     bench.print_summary(&runs);
     Ok(ExitCode::SUCCESS)
-}
-
-/// `shoal_tests::node` finds the `shoal` binary from a test executable's location
-/// (`target/<profile>/deps/`); a benchmark binary lives one level up, in `target/<profile>/`.
-/// Unless `$SHOAL_BIN` is set, build `shoal` with this binary's profile and run this program
-/// again with `$SHOAL_BIN` pointing at it. Returns the re-run's exit code, or `None` when this
-/// process is the one to do the work.
-fn reexec_with_shoal_binary() -> Result<Option<ExitCode>> {
-    if std::env::var_os("SHOAL_BIN").is_some() {
-        return Ok(None);
-    }
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .context("cannot locate the target directory from the executable")?;
-    let target_dir = profile_dir
-        .parent()
-        .context("cannot locate the target directory from the executable")?;
-    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
-        Some("debug") => "dev",
-        Some(name) => name,
-        None => bail!("unexpected executable location {}", exe.display()),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("building shoal (profile {profile}) ...");
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "shoal-node", "--bin", "shoal"])
-        .args(["--profile", profile])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .status()
-        .context("cannot run cargo to build the shoal binary")?;
-    ensure!(status.success(), "building the shoal binary failed");
-    let status = Command::new(&exe)
-        .args(std::env::args_os().skip(1))
-        .env("SHOAL_BIN", profile_dir.join("shoal"))
-        .status()
-        .with_context(|| format!("cannot run {}", exe.display()))?;
-    let code = status.code().and_then(|code| u8::try_from(code).ok());
-    Ok(Some(code.map_or(ExitCode::FAILURE, ExitCode::from)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -278,6 +236,11 @@ impl ComparedNode {
         let mut child = Command::new(binary)
             .args(["node", "--gateway", "127.0.0.1:0", "--data"])
             .arg(data)
+            // The same log level as `ShoalNode::start` gives the node under test.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -723,7 +686,8 @@ impl Bench {
         let mut report = String::new();
         let mut line = |label: &str, value: Option<f64>, note: String| {
             if let Some(value) = value {
-                let _ = writeln!(report, "{label:<34} {value:>5.2}x  {note}");
+                let text = format!("{label:<34} {value:>5.2}x  {note}");
+                let _ = writeln!(report, "{}", text.trim_end());
             }
         };
         let curl = ratio(Client::Curl, shoal, registry);

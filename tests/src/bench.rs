@@ -1,0 +1,173 @@
+//! Small pieces that benchmark programs under `src/bin/` share: running with the `shoal` binary
+//! of their own build profile, and reading a process's memory and CPU figures from `/proc`.
+//!
+//! What it is not: a timing framework. Benchmarks print figures and ratios against references
+//! measured in the same run (see STYLE.md, "Benchmarks").
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail, ensure};
+
+/// `/proc/<pid>/stat` counts CPU time in USER_HZ ticks, 100 per second on Linux.
+const PROC_TICKS_PER_SECOND: f64 = 100.0;
+
+/// [`crate::node`] finds the `shoal` binary from a test executable's location
+/// (`target/<profile>/deps/`); a benchmark binary lives one level up, in `target/<profile>/`.
+/// Unless `$SHOAL_BIN` is set, this builds `shoal` with the running binary's profile and runs
+/// the running program again with `$SHOAL_BIN` pointing at it. Returns the re-run's exit code,
+/// or `None` when this process is the one to do the work.
+pub fn reexec_with_shoal_binary() -> Result<Option<ExitCode>> {
+    if std::env::var_os("SHOAL_BIN").is_some() {
+        return Ok(None);
+    }
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .context("cannot locate the target directory from the executable")?;
+    let target_dir = profile_dir
+        .parent()
+        .context("cannot locate the target directory from the executable")?;
+    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") => "dev",
+        Some(name) => name,
+        None => bail!("unexpected executable location {}", exe.display()),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building shoal (profile {profile}) ...");
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "shoal-node", "--bin", "shoal"])
+        .args(["--profile", profile])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .status()
+        .context("cannot run cargo to build the shoal binary")?;
+    ensure!(status.success(), "building the shoal binary failed");
+    let status = Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .env("SHOAL_BIN", profile_dir.join("shoal"))
+        .status()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    let code = status.code().and_then(|code| u8::try_from(code).ok());
+    Ok(Some(code.map_or(ExitCode::FAILURE, ExitCode::from)))
+}
+
+/// Peak resident set size of process `pid` so far (`VmHWM`), in bytes. Read it before the
+/// process is stopped.
+pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmHWM:").map(|kib| kib * 1024)
+}
+
+/// Current resident set size of process `pid` (`VmRSS`), in bytes.
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS:").map(|kib| kib * 1024)
+}
+
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
+    let kib = line
+        .split_whitespace()
+        .next()
+        .context("empty /proc status field")?;
+    Ok(kib.parse()?)
+}
+
+/// User plus system CPU time of process `pid` so far, its exited threads included.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    // utime and stime are fields 14 and 15 of proc_pid_stat(5).
+    stat_seconds(pid, 14, 15)
+}
+
+/// User plus system CPU time of this process's children that have been waited for.
+pub fn children_cpu_seconds() -> Result<f64> {
+    // cutime and cstime are fields 16 and 17 of proc_pid_stat(5).
+    stat_seconds(std::process::id(), 16, 17)
+}
+
+/// The sum of two clock-tick fields of `/proc/<pid>/stat`, numbered as in proc_pid_stat(5).
+fn stat_seconds(pid: u32, first: usize, second: usize) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    // Fields after the parenthesised command name, which may itself hold spaces.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc stat")?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // `fields[0]` is field 3, the state.
+    let ticks = |field: usize| -> Result<f64> {
+        Ok(fields
+            .get(field - 3)
+            .context("short /proc stat")?
+            .parse::<u64>()? as f64)
+    };
+    Ok((ticks(first)? + ticks(second)?) / PROC_TICKS_PER_SECOND)
+}
+
+/// The PID of this process's child whose command name is `name` (truncated by the kernel to 15
+/// bytes), for helpers that do not expose the PID of what they spawned.
+pub fn child_pid_named(name: &str) -> Result<u32> {
+    let me = std::process::id().to_string();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map_or("", |(_, comm)| comm);
+        let ppid = rest.split_whitespace().nth(1).unwrap_or("");
+        if ppid == me && !comm.is_empty() && name.starts_with(comm) {
+            return Ok(pid);
+        }
+    }
+    bail!("no child process named {name}")
+}
+
+/// The median of `values`; `None` when there are none.
+pub fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let mut values: Vec<f64> = values.into_iter().collect();
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median([]), None);
+        assert_eq!(median([3.0]), Some(3.0));
+        assert_eq!(median([5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn this_process_has_memory_and_cpu_figures() -> Result<()> {
+        let pid = std::process::id();
+        assert!(peak_rss_bytes(pid)? >= rss_bytes(pid)?);
+        assert!(rss_bytes(pid)? > 0);
+        assert!(cpu_seconds(pid)? >= 0.0);
+        Ok(())
+    }
+}

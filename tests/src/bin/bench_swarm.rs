@@ -1,0 +1,1292 @@
+//! bench-swarm: how fast Shoal nodes move an image between themselves, against docker-registry
+//! serving the same bytes to curl, and against the Kumar–Ross lower bound for a rate-limited
+//! fan-out. Every process runs on 127.0.0.1.
+//!
+//! Modes:
+//!
+//! - `transfer` — one big blob (a single-layer image, 1 GiB by default, incompressible),
+//!   imported on node A and also on nodes B and C, and pushed with skopeo into a
+//!   docker-registry. Each round (`--rounds`, the order rotating so that none is always first)
+//!   times four fetches of the blob:
+//!   - docker-registry → `curl -s -o /dev/null` (the reference);
+//!   - a minimal sendfile(2) HTTP server → curl, serving the layout's own blob file (the
+//!     loopback ceiling of a plain copy);
+//!   - a fresh node bootstrapped to A only → `shoal pull` (one peer);
+//!   - a fresh node bootstrapped to A, B and C → `shoal pull` (three peers at once).
+//!
+//!   A node fetch is timed from the start of `shoal pull` to its end: manifest, config and the
+//!   blob, every chunk checked with BLAKE3 and the whole blob with sha256 before it enters the
+//!   store. The receiver's peak RSS (`VmHWM`) is read right after, then the blob is read back
+//!   through its gateway and its sha256 compared with the digest (untimed). curl runs are
+//!   checked by status and length; the servers' bytes are checked once by sha256 before the
+//!   rounds. CPU seconds of the server and the client side of every fetch are read from /proc.
+//!
+//!   The summary also gives the CPU ceiling of one core, measured in this process: SHA-256
+//!   (sha2, as the node uses it), BLAKE3 (single thread), and ChaCha20-Poly1305 encryption and
+//!   decryption over Noise-sized frames with ring, which is what libp2p-noise runs (snow's ring
+//!   resolver). Each byte moved between two nodes is encrypted once by the sender, decrypted
+//!   once by the receiver, BLAKE3-hashed once (chunk check) and SHA-256-hashed once (blob
+//!   check), so one core doing all of it moves at most
+//!   `1 / (1/sha256 + 1/blake3 + 1/encrypt + 1/decrypt)` bytes per second. Copies, syscalls,
+//!   framing and disk writes come on top, so real transfers stay below it; with the two
+//!   ends on two cores the bound is at most twice that.
+//!
+//! - `fanout` — one seed and `--nodes` nodes (15), every one limited to `--rate-mib` MiB/s
+//!   (10) up and down with `--max-egress`/`--max-ingress`. Each node bootstraps to the seed and
+//!   to `--extra-peers` (2) nodes started before it, picked at random (`--seed`), trusts the
+//!   seed and prefetches `bench/*:*`. Once every node is connected to the peers it named, a
+//!   multi-layer image (`--size-mib`, 200) is imported on the seed; t0 is the end of the
+//!   import, whose announcement starts every prefetch. Each node's completion time is when
+//!   the last of the image's blob files exists in its store (polled every 20 ms; a blob file
+//!   appears only after its sha256 check), confirmed afterwards by `store.blobs` in `shoal
+//!   status`; all blobs are then read back through every node's gateway and checked. A sampler
+//!   reads every node's counters every couple of seconds for the timeline.
+//!
+//!   With F the image bytes, N nodes, u = d = the rate, the lower bound is
+//!   `T_min = max(F/u_seed, N·F/(u_seed + Σu_i), F/d_min)`; a plain registry needs
+//!   `N·F/u_seed`. The summary gives the last node's time against T_min (goal ≤ 1.3) and the
+//!   seed's upload against F (goal ≤ 1.2).
+//!
+//! - `cpu` — only the CPU ceiling above.
+//!
+//! Benchmarks print, they do not assert timings: the program fails only when a transfer
+//! returned wrong bytes or did not finish. Absolute times on a shared 2-core machine are noise;
+//! read the ratios, which compare runs made in the same minutes on the same machine. The load
+//! average is printed at the start and the end to show how busy the machine was.
+//!
+//! Run it with `--release`, so that the release `shoal` binary is measured:
+//!   cargo run --release -p shoal-tests --bin bench_swarm -- transfer --rounds 3
+//!   cargo run --release -p shoal-tests --bin bench_swarm -- fanout
+//! `RUST_LOG` is passed to the nodes; `--keep` keeps their data directories and logs.
+//! See docs/benchmarks.md for recorded results and how to read them.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use shoal_tests::bench::{
+    child_pid_named, children_cpu_seconds, cpu_seconds, median, peak_rss_bytes,
+    reexec_with_shoal_binary,
+};
+use shoal_tests::clients::{find_tool, wait_until};
+use shoal_tests::http;
+use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
+use shoal_tests::node::{ShoalNode, shoal};
+use shoal_tests::registry::{DockerRegistry, push_oci_layout};
+use shoal_tests::sendfile_server::SendfileServer;
+use tempfile::TempDir;
+
+const USAGE: &str = "\
+usage: bench_swarm MODE [--size-mib N] [--rounds N] [--nodes N] [--rate-mib N]
+                        [--extra-peers N] [--seed N] [--keep]
+
+MODE is one of:
+  transfer   one big blob from 1 and from 3 Shoal peers, against docker-registry -> curl
+  fanout     one seed to N rate-limited nodes, against the Kumar-Ross lower bound
+  cpu        the per-core CPU ceiling of hashing and Noise encryption only
+
+  --size-mib N      blob size (transfer, default 1024) or image size (fanout, default 200)
+  --rounds N        transfer rounds, each timing every source once (default 3)
+  --nodes N         fanout nodes besides the seed (default 15)
+  --rate-mib N      fanout per-node --max-egress and --max-ingress in MiB/s (default 10)
+  --extra-peers N   fanout: other nodes each node bootstraps to, besides the seed (default 2)
+  --seed N          seed of the generated image and of the peer choice (default 11)
+  --keep            keep the temp dir with the nodes' data and logs, and print its path
+
+Run with --release: the shoal binary measured is built with the benchmark's own profile
+($SHOAL_BIN overrides it). RUST_LOG is passed to the nodes.";
+
+/// Bound on waits for events (a node connecting, an announcement arriving); they end as soon
+/// as the event happens.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
+const MIB: f64 = 1024.0 * 1024.0;
+const MB: f64 = 1e6;
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Transfer,
+    Fanout,
+    Cpu,
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    mode: Mode,
+    /// Per-mode default when not given.
+    size_mib: Option<u64>,
+    rounds: usize,
+    nodes: usize,
+    rate_mib: u64,
+    extra_peers: usize,
+    seed: u64,
+    keep: bool,
+}
+
+fn parse_options() -> Result<Option<Options>> {
+    let mut args = std::env::args().skip(1);
+    let mode = match args.next().as_deref() {
+        Some("transfer") => Mode::Transfer,
+        Some("fanout") => Mode::Fanout,
+        Some("cpu") => Mode::Cpu,
+        Some("--help" | "-h") => {
+            println!("{USAGE}");
+            return Ok(None);
+        }
+        other => bail!("expected a mode, got {other:?}\n{USAGE}"),
+    };
+    let mut options = Options {
+        mode,
+        size_mib: None,
+        rounds: 3,
+        nodes: 15,
+        rate_mib: 10,
+        extra_peers: 2,
+        seed: 11,
+        keep: false,
+    };
+    while let Some(flag) = args.next() {
+        match flag.as_str() {
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            "--keep" => {
+                options.keep = true;
+                continue;
+            }
+            _ => {}
+        }
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let number: u64 = value
+            .parse()
+            .with_context(|| format!("{flag} {value}: not a number"))?;
+        match flag.as_str() {
+            "--size-mib" => options.size_mib = Some(number),
+            "--rounds" => options.rounds = usize::try_from(number)?,
+            "--nodes" => options.nodes = usize::try_from(number)?,
+            "--rate-mib" => options.rate_mib = number,
+            "--extra-peers" => options.extra_peers = usize::try_from(number)?,
+            "--seed" => options.seed = number,
+            _ => bail!("unknown argument {flag}\n{USAGE}"),
+        }
+    }
+    ensure!(options.rounds > 0, "--rounds must be at least 1");
+    ensure!(options.nodes > 0, "--nodes must be at least 1");
+    ensure!(options.rate_mib > 0, "--rate-mib must be at least 1");
+    ensure!(options.size_mib != Some(0), "--size-mib must be at least 1");
+    Ok(Some(options))
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("bench_swarm: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<ExitCode> {
+    let Some(options) = parse_options()? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if options.mode != Mode::Cpu
+        && let Some(code) = reexec_with_shoal_binary()?
+    {
+        return Ok(code);
+    }
+    print_machine()?;
+    let all_good = match options.mode {
+        Mode::Cpu => {
+            CpuCeiling::measure()?.print();
+            true
+        }
+        Mode::Transfer => TransferBench::run(&options)?,
+        Mode::Fanout => FanoutBench::run(&options)?,
+    };
+    println!("load average at the end: {}", load_average());
+    Ok(if all_good {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_machine() -> Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    println!("machine: {cpus} CPUs, load average {}", load_average());
+    if let Some(binary) = std::env::var_os("SHOAL_BIN") {
+        println!("shoal binary: {}", PathBuf::from(binary).display());
+    }
+    Ok(())
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers: nodes, status fields, temp dirs
+
+/// The benchmark's working directory: removed at the end unless `--keep`.
+fn work_dir(options: &Options) -> Result<(TempDir, PathBuf)> {
+    let dir = TempDir::with_prefix("shoal-bench-swarm-")?;
+    let path = dir.path().to_owned();
+    if options.keep {
+        println!("keeping the nodes' data and logs in {}", path.display());
+    }
+    Ok((dir, path))
+}
+
+fn finish_work_dir(dir: TempDir, keep: bool) {
+    if keep {
+        let _ = dir.keep();
+    }
+}
+
+fn status_array<'a>(status: &'a Value, field: &str) -> Result<&'a Vec<Value>> {
+    status[field]
+        .as_array()
+        .with_context(|| format!("no {field} in status {status}"))
+}
+
+fn counter(status: &Value, name: &str) -> Result<u64> {
+    status["counters"][name]
+        .as_u64()
+        .with_context(|| format!("no counter {name} in status {status}"))
+}
+
+fn store_blobs(status: &Value) -> Result<u64> {
+    status["store"]["blobs"]
+        .as_u64()
+        .with_context(|| format!("no store.blobs in status {status}"))
+}
+
+fn is_connected(node: &ShoalNode, peer_id: &str) -> Result<bool> {
+    Ok(status_array(&node.status()?, "connected_peers")?
+        .iter()
+        .any(|peer| peer == peer_id))
+}
+
+fn wait_connected(node: &ShoalNode, peer_ids: &[&str]) -> Result<()> {
+    for peer_id in peer_ids {
+        wait_until("the nodes to connect", EVENT_TIMEOUT, || {
+            is_connected(node, peer_id)
+        })?;
+    }
+    Ok(())
+}
+
+fn wait_knows_tag(node: &ShoalNode, repository: &str, tag: &str) -> Result<()> {
+    let repository = format!("docker.io/{repository}");
+    wait_until("the tag to be announced", EVENT_TIMEOUT, || {
+        Ok(status_array(&node.status()?, "known_images")?
+            .iter()
+            .any(|image| image["repository"] == repository.as_str() && image["tag"] == tag))
+    })
+}
+
+/// `--bootstrap ADDR` for each of `peers`.
+fn bootstrap_args(peers: &[&ShoalNode]) -> Result<Vec<String>> {
+    let mut args = Vec::new();
+    for peer in peers {
+        args.extend(["--bootstrap".to_owned(), peer.peer_address()?]);
+    }
+    Ok(args)
+}
+
+fn start_node(data: &Path, args: &[String]) -> Result<ShoalNode> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ShoalNode::start(data, &args)
+}
+
+fn node_pid(node: &ShoalNode) -> Result<u32> {
+    node.pid().context("the node is not running")
+}
+
+/// Reads `blob` through `gateway` and checks its sha256 and length.
+fn blob_matches(gateway: &str, repository: &str, blob: &Blob) -> Result<bool> {
+    let url = format!("http://{gateway}/v2/{repository}/blobs/{}", blob.digest);
+    let (status, digest, size) = http::get_digest(&url)?;
+    let good = status == 200 && digest == blob.digest && size == blob.size;
+    if !good {
+        eprintln!(
+            "WRONG BYTES from {url}: status {status}, {size} bytes, {digest}, expected {} bytes {}",
+            blob.size, blob.digest
+        );
+    }
+    Ok(good)
+}
+
+fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
+    bytes as f64 / MB / seconds
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "MET" } else { "MISSED" }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU ceiling
+
+/// How long each primitive is timed per attempt.
+const CPU_ATTEMPT: Duration = Duration::from_millis(400);
+/// Attempts per primitive; the best counts (the machine is shared, slow attempts are noise).
+const CPU_ATTEMPTS: usize = 3;
+/// libp2p-noise frames carry at most 65535 bytes, 16 of them the Poly1305 tag.
+const NOISE_PAYLOAD_BYTES: usize = 65_535 - 16;
+/// Input of each hashing call: a 1 MiB chunk, as the node hashes chunks.
+const HASH_INPUT_BYTES: usize = 1 << 20;
+
+/// Bytes per second of one core for each per-byte operation of a node-to-node transfer.
+#[derive(Debug, Clone, Copy)]
+struct CpuCeiling {
+    sha256: f64,
+    blake3: f64,
+    encrypt: f64,
+    decrypt: f64,
+}
+
+impl CpuCeiling {
+    fn measure() -> Result<CpuCeiling> {
+        Ok(CpuCeiling {
+            sha256: sha256_rate(),
+            blake3: blake3_rate(),
+            encrypt: encrypt_rate()?,
+            decrypt: decrypt_rate()?,
+        })
+    }
+
+    /// One core doing all the per-byte crypto of both ends: sha256 + blake3 on the receiver,
+    /// encryption on the sender, decryption on the receiver.
+    fn per_core(&self) -> f64 {
+        1.0 / (1.0 / self.sha256 + 1.0 / self.blake3 + 1.0 / self.encrypt + 1.0 / self.decrypt)
+    }
+
+    fn print(&self) {
+        println!("\nCPU ceiling, one core (best of {CPU_ATTEMPTS}):");
+        println!(
+            "  SHA-256 (sha2)                       {:>7.0} MB/s",
+            self.sha256 / MB
+        );
+        println!(
+            "  BLAKE3 (one thread)                  {:>7.0} MB/s",
+            self.blake3 / MB
+        );
+        println!(
+            "  ChaCha20-Poly1305 encrypt (ring)     {:>7.0} MB/s",
+            self.encrypt / MB
+        );
+        println!(
+            "  ChaCha20-Poly1305 decrypt (ring)     {:>7.0} MB/s",
+            self.decrypt / MB
+        );
+        println!(
+            "  ceiling 1/(1/sha + 1/blake3 + 1/enc + 1/dec) = {:.0} MB/s per core, {:.0} MB/s \
+             if the two ends had a core each",
+            self.per_core() / MB,
+            2.0 * self.per_core() / MB
+        );
+    }
+}
+
+/// The best bytes per second of `work` (which processes some bytes and returns how many) over
+/// [`CPU_ATTEMPTS`] attempts of [`CPU_ATTEMPT`] each.
+fn best_rate(mut work: impl FnMut() -> Result<usize>) -> Result<f64> {
+    let mut best: f64 = 0.0;
+    for _ in 0..CPU_ATTEMPTS {
+        let start = Instant::now();
+        let mut bytes = 0usize;
+        while start.elapsed() < CPU_ATTEMPT {
+            bytes += work()?;
+        }
+        best = best.max(bytes as f64 / start.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+fn sha256_rate() -> f64 {
+    let input = vec![0x5a_u8; HASH_INPUT_BYTES];
+    let mut hasher = Sha256::new();
+    let rate = best_rate(|| {
+        hasher.update(black_box(&input));
+        Ok(input.len())
+    });
+    black_box(hasher.finalize());
+    rate.unwrap_or(0.0)
+}
+
+fn blake3_rate() -> f64 {
+    let input = vec![0x5a_u8; HASH_INPUT_BYTES];
+    best_rate(|| {
+        black_box(blake3::hash(black_box(&input)));
+        Ok(input.len())
+    })
+    .unwrap_or(0.0)
+}
+
+fn noise_key() -> Result<ring::aead::LessSafeKey> {
+    let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &[7u8; 32])
+        .map_err(|_| anyhow!("ring refused a ChaCha20-Poly1305 key"))?;
+    Ok(ring::aead::LessSafeKey::new(key))
+}
+
+/// Noise's nonce: four zero bytes, then the 64-bit message counter, little-endian.
+fn noise_nonce(counter: u64) -> ring::aead::Nonce {
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&counter.to_le_bytes());
+    ring::aead::Nonce::assume_unique_for_key(nonce)
+}
+
+fn encrypt_rate() -> Result<f64> {
+    let key = noise_key()?;
+    let mut frame = vec![0x5a_u8; NOISE_PAYLOAD_BYTES];
+    let mut counter = 0u64;
+    best_rate(|| {
+        counter += 1;
+        let tag = key
+            .seal_in_place_separate_tag(noise_nonce(counter), ring::aead::Aad::empty(), &mut frame)
+            .map_err(|_| anyhow!("encryption failed"))?;
+        let _ = black_box(tag);
+        Ok(frame.len())
+    })
+}
+
+/// Decrypts one sealed frame again and again; each round copies the ciphertext into the work
+/// buffer first, as snow copies each frame from its input to its output buffer.
+fn decrypt_rate() -> Result<f64> {
+    let key = noise_key()?;
+    let mut sealed = vec![0x5a_u8; NOISE_PAYLOAD_BYTES];
+    key.seal_in_place_append_tag(noise_nonce(0), ring::aead::Aad::empty(), &mut sealed)
+        .map_err(|_| anyhow!("encryption failed"))?;
+    let mut work = sealed.clone();
+    best_rate(|| {
+        work.copy_from_slice(&sealed);
+        let plain = key
+            .open_in_place(noise_nonce(0), ring::aead::Aad::empty(), &mut work)
+            .map_err(|_| anyhow!("decryption failed"))?;
+        Ok(black_box(plain).len())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// transfer: one big blob
+
+const TRANSFER_REPOSITORY: &str = "bench/transfer";
+const TRANSFER_TAG: &str = "v1";
+const TRANSFER_SIZE_MIB: u64 = 1024;
+/// Goals from the issue: one peer at least 0.6× docker-registry → curl, several peers more.
+const ONE_PEER_GOAL: f64 = 0.6;
+const SEVERAL_PEERS_GOAL: f64 = 1.0;
+/// Goal for the receiver's peak RSS while it moves the blob.
+const PEAK_RSS_GOAL_MIB: f64 = 200.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Registry,
+    Loopback,
+    OnePeer,
+    ThreePeers,
+}
+
+impl Source {
+    const ALL: [Source; 4] = [
+        Source::Registry,
+        Source::Loopback,
+        Source::OnePeer,
+        Source::ThreePeers,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Source::Registry => "docker-registry -> curl",
+            Source::Loopback => "sendfile server -> curl",
+            Source::OnePeer => "shoal, 1 peer -> shoal pull",
+            Source::ThreePeers => "shoal, 3 peers -> shoal pull",
+        }
+    }
+}
+
+/// One timed fetch of the blob.
+#[derive(Debug, Clone)]
+struct Fetch {
+    source: Source,
+    seconds: f64,
+    /// CPU seconds of the serving side (registry, server thread, or every providing node).
+    cpu_server: f64,
+    /// CPU seconds of the receiving side (curl, or the receiving node).
+    cpu_client: f64,
+    /// The receiving node's peak RSS.
+    peak_rss: Option<u64>,
+    /// Bytes each providing node sent during the fetch.
+    sent_per_peer: Vec<u64>,
+    bytes_good: bool,
+}
+
+#[derive(Debug)]
+struct TransferBench {
+    dir: PathBuf,
+    blob: Blob,
+    /// A, B and C: A alone serves the one-peer fetches, all three the three-peer ones.
+    seeds: Vec<ShoalNode>,
+    registry: DockerRegistry,
+    registry_pid: u32,
+    loopback: SendfileServer,
+    ceiling: CpuCeiling,
+    receivers_started: usize,
+}
+
+impl TransferBench {
+    fn run(options: &Options) -> Result<bool> {
+        let (tempdir, dir) = work_dir(options)?;
+        let mut bench = TransferBench::set_up(options, dir)?;
+        let mut fetches = Vec::new();
+        for round in 0..options.rounds {
+            for offset in 0..Source::ALL.len() {
+                let source = Source::ALL[(round + offset) % Source::ALL.len()];
+                let fetch = bench.fetch(source)?;
+                print_fetch(round + 1, &fetch, bench.blob.size);
+                fetches.push(fetch);
+            }
+        }
+        bench.print_summary(&fetches)?;
+        drop(bench);
+        finish_work_dir(tempdir, options.keep);
+        Ok(fetches.iter().all(|fetch| fetch.bytes_good))
+    }
+
+    fn set_up(options: &Options, dir: PathBuf) -> Result<TransferBench> {
+        for tool in ["curl", "skopeo", "docker-registry"] {
+            ensure!(find_tool(tool).is_some(), "{tool} is not installed");
+        }
+        let ceiling = CpuCeiling::measure()?;
+        let size = options.size_mib.unwrap_or(TRANSFER_SIZE_MIB) << 20;
+        let layout = dir.join("layout");
+        let image = ImageSpec::new(options.seed)
+            .gzip(GzipLevel::Store)
+            .layer(size)
+            .write_oci_layout(&layout, None)?;
+        let blob = single_layer(&image)?;
+        println!(
+            "blob: {} ({} bytes, {:.0} MiB)",
+            blob.digest,
+            blob.size,
+            blob.size as f64 / MIB
+        );
+        let reference = format!("{TRANSFER_REPOSITORY}:{TRANSFER_TAG}");
+        let mut seeds = Vec::new();
+        for name in ["seed-a", "seed-b", "seed-c"] {
+            let node = ShoalNode::start(&dir.join(name), &[])?;
+            let started = Instant::now();
+            node.import_ok(&image.path, Some(&reference))?;
+            println!(
+                "imported on {name} in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            seeds.push(node);
+        }
+        let registry = DockerRegistry::start()?;
+        let started = Instant::now();
+        push_oci_layout(&image.path, &registry, &reference)?;
+        println!(
+            "pushed to docker-registry in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let registry_pid = child_pid_named("docker-registry")?;
+        let loopback = SendfileServer::start(&image.path.join("blobs").join("sha256"))?;
+        let bench = TransferBench {
+            dir,
+            blob,
+            seeds,
+            registry,
+            registry_pid,
+            loopback,
+            ceiling,
+            receivers_started: 0,
+        };
+        bench.check_servers()?;
+        Ok(bench)
+    }
+
+    /// Every server returns the right bytes (and the page cache holds them) before any timing.
+    fn check_servers(&self) -> Result<()> {
+        let mut hosts = vec![self.registry.host(), self.loopback.addr().to_string()];
+        hosts.extend(self.seeds.iter().map(|seed| seed.gateway().to_string()));
+        for host in hosts {
+            ensure!(
+                blob_matches(&host, TRANSFER_REPOSITORY, &self.blob)?,
+                "{host} serves wrong bytes before the rounds"
+            );
+        }
+        Ok(())
+    }
+
+    fn blob_url(&self, source: Source) -> String {
+        let host = match source {
+            Source::Loopback => self.loopback.addr().to_string(),
+            _ => self.registry.host(),
+        };
+        format!(
+            "http://{host}/v2/{TRANSFER_REPOSITORY}/blobs/{}",
+            self.blob.digest
+        )
+    }
+
+    fn fetch(&mut self, source: Source) -> Result<Fetch> {
+        match source {
+            Source::Registry | Source::Loopback => self.curl(source),
+            Source::OnePeer => self.node_pull(source, 1),
+            Source::ThreePeers => self.node_pull(source, 3),
+        }
+    }
+
+    fn curl(&self, source: Source) -> Result<Fetch> {
+        let server_pid = match source {
+            Source::Registry => self.registry_pid,
+            _ => std::process::id(),
+        };
+        let server_before = cpu_seconds(server_pid)?;
+        let client_before = children_cpu_seconds()?;
+        let started = Instant::now();
+        let output = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{size_download}",
+            ])
+            .arg(self.blob_url(source))
+            .output()
+            .context("cannot run curl")?;
+        let seconds = started.elapsed().as_secs_f64();
+        let written = String::from_utf8_lossy(&output.stdout).into_owned();
+        let bytes_good = output.status.success() && written == format!("200 {}", self.blob.size);
+        if !bytes_good {
+            eprintln!("WRONG ANSWER from {}: {written}", source.name());
+        }
+        Ok(Fetch {
+            source,
+            seconds,
+            cpu_server: cpu_seconds(server_pid)? - server_before,
+            cpu_client: children_cpu_seconds()? - client_before,
+            peak_rss: None,
+            sent_per_peer: Vec::new(),
+            bytes_good,
+        })
+    }
+
+    /// A fresh node bootstrapped to the first `providers` seeds pulls the image.
+    fn node_pull(&mut self, source: Source, providers: usize) -> Result<Fetch> {
+        let providers: Vec<&ShoalNode> = self.seeds.iter().take(providers).collect();
+        self.receivers_started += 1;
+        let data = self
+            .dir
+            .join(format!("receiver-{}", self.receivers_started));
+        let mut args = bootstrap_args(&providers)?;
+        args.extend(["--trust".to_owned(), self.seeds[0].peer_id().to_owned()]);
+        let mut receiver = start_node(&data, &args)?;
+        let peer_ids: Vec<&str> = providers.iter().map(|node| node.peer_id()).collect();
+        wait_connected(&receiver, &peer_ids)?;
+        wait_knows_tag(&receiver, TRANSFER_REPOSITORY, TRANSFER_TAG)?;
+
+        let sent_before = sent_counters(&providers)?;
+        let server_before = cpu_of(&providers)?;
+        let client_before = cpu_seconds(node_pid(&receiver)?)?;
+        let started = Instant::now();
+        pull(&receiver, &format!("{TRANSFER_REPOSITORY}:{TRANSFER_TAG}"))?;
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu_client = cpu_seconds(node_pid(&receiver)?)? - client_before;
+        let cpu_server = cpu_of(&providers)? - server_before;
+        let peak_rss = peak_rss_bytes(node_pid(&receiver)?)?;
+        let sent_after = sent_counters(&providers)?;
+
+        let gateway = receiver.gateway().to_string();
+        let bytes_good = blob_matches(&gateway, TRANSFER_REPOSITORY, &self.blob)?;
+        receiver.stop()?;
+        drop(receiver);
+        std::fs::remove_dir_all(&data)?;
+        Ok(Fetch {
+            source,
+            seconds,
+            cpu_server,
+            cpu_client,
+            peak_rss: Some(peak_rss),
+            sent_per_peer: sent_after
+                .iter()
+                .zip(&sent_before)
+                .map(|(after, before)| after - before)
+                .collect(),
+            bytes_good,
+        })
+    }
+
+    fn print_summary(&self, fetches: &[Fetch]) -> Result<()> {
+        let size = self.blob.size;
+        let median_of = |source: Source| {
+            median(
+                fetches
+                    .iter()
+                    .filter(|fetch| fetch.source == source)
+                    .map(|fetch| fetch.seconds),
+            )
+        };
+        let registry = median_of(Source::Registry).context("no registry fetch")?;
+        println!(
+            "\nmedians over the rounds ({:.0} MiB blob):",
+            size as f64 / MIB
+        );
+        println!(
+            "  {:<30} {:>8} {:>9} {:>11} {:>17}",
+            "source -> client", "seconds", "MB/s", "x registry", "CPU s/GB srv+cli"
+        );
+        for source in Source::ALL {
+            let Some(seconds) = median_of(source) else {
+                continue;
+            };
+            let cpu = median(
+                fetches
+                    .iter()
+                    .filter(|fetch| fetch.source == source)
+                    .map(|fetch| (fetch.cpu_server + fetch.cpu_client) / (size as f64 / 1e9)),
+            )
+            .unwrap_or(0.0);
+            println!(
+                "  {:<30} {:>8.2} {:>9.0} {:>11.2} {:>17.2}",
+                source.name(),
+                seconds,
+                mb_per_s(size, seconds),
+                registry / seconds,
+                cpu
+            );
+        }
+        self.ceiling.print();
+        let one_peer = median_of(Source::OnePeer).context("no one-peer fetch")?;
+        let three_peers = median_of(Source::ThreePeers).context("no three-peer fetch")?;
+        println!(
+            "  one peer reaches {:.0}% of the one-core ceiling",
+            100.0 * mb_per_s(size, one_peer) * MB / self.ceiling.per_core()
+        );
+        let peak_rss = fetches
+            .iter()
+            .filter_map(|fetch| fetch.peak_rss)
+            .max()
+            .unwrap_or(0) as f64
+            / MIB;
+        self.print_seed_memory()?;
+        println!("\ngoals:");
+        let one_ratio = registry / one_peer;
+        let three_ratio = registry / three_peers;
+        println!(
+            "  1 peer  >= {ONE_PEER_GOAL}x docker-registry: {one_ratio:.2}x  {}",
+            verdict(one_ratio >= ONE_PEER_GOAL)
+        );
+        println!(
+            "  3 peers >  {SEVERAL_PEERS_GOAL}x docker-registry: {three_ratio:.2}x  {}",
+            verdict(three_ratio > SEVERAL_PEERS_GOAL)
+        );
+        println!(
+            "  receiver peak RSS < {PEAK_RSS_GOAL_MIB} MiB: {peak_rss:.0} MiB (highest of all \
+             runs)  {}",
+            verdict(peak_rss < PEAK_RSS_GOAL_MIB)
+        );
+        Ok(())
+    }
+
+    fn print_seed_memory(&self) -> Result<()> {
+        let mut line = String::from("  seeds' peak RSS over the whole run:");
+        for (name, seed) in ["A", "B", "C"].iter().zip(&self.seeds) {
+            let rss = peak_rss_bytes(node_pid(seed)?)? as f64 / MIB;
+            write!(line, " {name} {rss:.0} MiB")?;
+        }
+        println!("{line}");
+        Ok(())
+    }
+}
+
+fn single_layer(image: &GeneratedImage) -> Result<Blob> {
+    let platform = image.platforms.first().context("no platform")?;
+    ensure!(platform.layers.len() == 1, "expected one layer");
+    Ok(platform.layers[0].blob.clone())
+}
+
+fn sent_counters(nodes: &[&ShoalNode]) -> Result<Vec<u64>> {
+    nodes
+        .iter()
+        .map(|node| counter(&node.status()?, "bytes_sent_to_peers"))
+        .collect()
+}
+
+fn cpu_of(nodes: &[&ShoalNode]) -> Result<f64> {
+    let mut total = 0.0;
+    for node in nodes {
+        total += cpu_seconds(node_pid(node)?)?;
+    }
+    Ok(total)
+}
+
+/// Runs `shoal pull` to completion and fails unless it succeeded.
+fn pull(node: &ShoalNode, reference: &str) -> Result<()> {
+    let output = shoal(node.data(), "pull")?.arg(reference).output()?;
+    ensure!(
+        output.status.success(),
+        "shoal pull {reference} failed: {}\nnode log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        node.logs()
+    );
+    Ok(())
+}
+
+fn print_fetch(round: usize, fetch: &Fetch, size: u64) {
+    let mut line = format!(
+        "round {round}  {:<30} {:>7.2} s {:>6.0} MB/s  CPU server {:>5.2} s client {:>5.2} s",
+        fetch.source.name(),
+        fetch.seconds,
+        mb_per_s(size, fetch.seconds),
+        fetch.cpu_server,
+        fetch.cpu_client,
+    );
+    if let Some(rss) = fetch.peak_rss {
+        let _ = write!(line, "  peak RSS {:.0} MiB", rss as f64 / MIB);
+    }
+    if fetch.sent_per_peer.len() > 1 {
+        let shares: Vec<String> = fetch
+            .sent_per_peer
+            .iter()
+            .map(|sent| format!("{:.0}%", 100.0 * *sent as f64 / size as f64))
+            .collect();
+        let _ = write!(line, "  sent by each peer {}", shares.join("/"));
+    }
+    if !fetch.bytes_good {
+        line.push_str("  WRONG BYTES");
+    }
+    println!("{line}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// fanout: one seed, N rate-limited nodes
+
+const FANOUT_REPOSITORY: &str = "bench/fanout";
+const FANOUT_TAG: &str = "v1";
+const FANOUT_PREFETCH: &str = "bench/*:*";
+const FANOUT_SIZE_MIB: u64 = 200;
+/// Goals from the issue: the last node within 1.3× T_min, the seed uploading at most 1.2× F.
+const LAST_NODE_GOAL: f64 = 1.3;
+const SEED_UPLOAD_GOAL: f64 = 1.2;
+/// How often the store of every node is checked for the image's blob files: a stat per blob,
+/// cheap enough not to disturb the nodes, and 0.1% of T_min at the defaults.
+const COMPLETION_POLL: Duration = Duration::from_millis(20);
+/// How often the sampler reads every node's counters for the timeline.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
+/// A fan-out that takes this many times T_min has failed; the program stops waiting.
+const GIVE_UP_FACTOR: f64 = 20.0;
+
+#[derive(Debug)]
+struct Member {
+    node: ShoalNode,
+    /// Indexes of the other members this one bootstrapped to (besides the seed).
+    bootstraps: Vec<usize>,
+}
+
+/// Every node's counters at one moment.
+#[derive(Debug, Clone)]
+struct Sample {
+    at: Instant,
+    seed_sent: u64,
+    received_total: u64,
+    sent_total: u64,
+}
+
+#[derive(Debug)]
+struct FanoutBench {
+    image: GeneratedImage,
+    seed: ShoalNode,
+    members: Vec<Member>,
+    rate: f64,
+}
+
+impl FanoutBench {
+    fn run(options: &Options) -> Result<bool> {
+        let (tempdir, dir) = work_dir(options)?;
+        let size = options.size_mib.unwrap_or(FANOUT_SIZE_MIB) << 20;
+        let image = ImageSpec::sized(options.seed, size)
+            .gzip(GzipLevel::Store)
+            .write_oci_layout(&dir.join("layout"), None)?;
+        println!(
+            "image: {} blobs, {} bytes ({:.1} MiB), {} nodes + seed, {} MiB/s up and down each",
+            image.blobs.len(),
+            image.total_bytes,
+            image.total_bytes as f64 / MIB,
+            options.nodes,
+            options.rate_mib
+        );
+        let bench = FanoutBench::start_swarm(options, &dir, image)?;
+        let sampler = Sampler::start(&bench);
+        bench.seed.import_ok(
+            &bench.image.path,
+            Some(&format!("{FANOUT_REPOSITORY}:{FANOUT_TAG}")),
+        )?;
+        let t0 = Instant::now();
+        let done = bench.wait_completions(t0);
+        let samples = sampler.stop();
+        let all_good = bench.report(t0, &done?, &samples)?;
+        drop(bench);
+        finish_work_dir(tempdir, options.keep);
+        Ok(all_good)
+    }
+
+    fn start_swarm(options: &Options, dir: &Path, image: GeneratedImage) -> Result<FanoutBench> {
+        let rate = format!("{}MiB/s", options.rate_mib);
+        let limits = [
+            "--max-egress".to_owned(),
+            rate.clone(),
+            "--max-ingress".to_owned(),
+            rate,
+        ];
+        let seed = start_node(&dir.join("seed"), &limits)?;
+        let mut rng = SplitMix64(options.seed);
+        let mut members: Vec<Member> = Vec::new();
+        for index in 0..options.nodes {
+            let bootstraps = rng.pick_distinct(index, options.extra_peers);
+            let mut peers = vec![&seed];
+            peers.extend(bootstraps.iter().map(|&other| &members[other].node));
+            let mut args = bootstrap_args(&peers)?;
+            args.extend(limits.iter().cloned());
+            args.extend([
+                "--trust".to_owned(),
+                seed.peer_id().to_owned(),
+                "--prefetch".to_owned(),
+                FANOUT_PREFETCH.to_owned(),
+            ]);
+            let node = start_node(&dir.join(format!("node-{:02}", index + 1)), &args)?;
+            members.push(Member { node, bootstraps });
+        }
+        for member in &members {
+            let mut peer_ids = vec![seed.peer_id()];
+            peer_ids.extend(
+                member
+                    .bootstraps
+                    .iter()
+                    .map(|&other| members[other].node.peer_id()),
+            );
+            wait_connected(&member.node, &peer_ids)?;
+        }
+        println!(
+            "all {} nodes connected to the peers they named",
+            members.len()
+        );
+        Ok(FanoutBench {
+            image,
+            seed,
+            members,
+            rate: options.rate_mib as f64 * MIB,
+        })
+    }
+
+    /// T_min = max(F/u_seed, N·F/(u_seed + Σu_i), F/d_min), every u and d being `rate`.
+    fn lower_bound(&self) -> (f64, &'static str) {
+        let f = self.image.total_bytes as f64;
+        let n = self.members.len() as f64;
+        let terms = [
+            (f / self.rate, "F/u_seed"),
+            (n * f / (self.rate * (n + 1.0)), "N*F/(u_seed+sum u_i)"),
+            (f / self.rate, "F/d_min"),
+        ];
+        terms.into_iter().fold(
+            (0.0, ""),
+            |best, term| if term.0 > best.0 { term } else { best },
+        )
+    }
+
+    /// Each member's completion time after `t0`, in seconds; `None` for a member that had not
+    /// finished when the program gave up.
+    fn wait_completions(&self, t0: Instant) -> Result<Vec<Option<f64>>> {
+        let give_up = Duration::from_secs_f64(GIVE_UP_FACTOR * self.lower_bound().0);
+        let mut done: Vec<Option<f64>> = vec![None; self.members.len()];
+        while done.iter().any(Option::is_none) && t0.elapsed() < give_up {
+            for (member, done) in self.members.iter().zip(done.iter_mut()) {
+                if done.is_none() && has_every_blob(member.node.data(), &self.image) {
+                    *done = Some(t0.elapsed().as_secs_f64());
+                }
+            }
+            std::thread::sleep(COMPLETION_POLL);
+        }
+        Ok(done)
+    }
+
+    fn report(&self, t0: Instant, done: &[Option<f64>], samples: &[Sample]) -> Result<bool> {
+        let f = self.image.total_bytes;
+        let mut all_good = self.print_members(done)?;
+        print_timeline(t0, samples, done);
+        let (t_min, binding) = self.lower_bound();
+        let n = self.members.len() as f64;
+        let seed_sent = counter(&self.seed.status()?, "bytes_sent_to_peers")?;
+        let finished: Vec<f64> = done.iter().flatten().copied().collect();
+        let last = finished.iter().copied().fold(0.0, f64::max);
+        let client_server = n * f as f64 / self.rate;
+        println!("\nsummary:");
+        println!(
+            "  T_min = {t_min:.2} s ({binding}); client-server N*F/u_seed = {client_server:.1} s"
+        );
+        if let (Some(first), Some(middle)) = (
+            finished.iter().copied().reduce(f64::min),
+            median(finished.iter().copied()),
+        ) {
+            println!(
+                "  nodes done: first {first:.2} s, median {middle:.2} s, last {last:.2} s \
+                 ({} of {} finished)",
+                finished.len(),
+                done.len()
+            );
+        }
+        let ratio = last / t_min;
+        let seed_ratio = seed_sent as f64 / f as f64;
+        println!("\ngoals:");
+        println!(
+            "  last node <= {LAST_NODE_GOAL}x T_min: {ratio:.2}x  {}   (client-server would be \
+             {:.1}x T_min)",
+            verdict(ratio <= LAST_NODE_GOAL && finished.len() == done.len()),
+            client_server / t_min
+        );
+        println!(
+            "  seed upload <= {SEED_UPLOAD_GOAL}x F: {seed_ratio:.2}x ({:.1} MiB of {:.1} MiB)  {}",
+            seed_sent as f64 / MIB,
+            f as f64 / MIB,
+            verdict(seed_ratio <= SEED_UPLOAD_GOAL)
+        );
+        if finished.len() != done.len() {
+            eprintln!("{} nodes did not finish", done.len() - finished.len());
+            all_good = false;
+        }
+        Ok(all_good)
+    }
+
+    /// Prints one line per member and checks its store and every blob it serves.
+    fn print_members(&self, done: &[Option<f64>]) -> Result<bool> {
+        let f = self.image.total_bytes as f64;
+        let expected = self.image.blobs.len() as u64;
+        let mut all_good = true;
+        println!(
+            "\n  {:<8} {:>10} {:>12} {:>10} {:>10} {:>7}  bootstrapped to",
+            "node", "done (s)", "received/F", "sent/F", "peers now", "blobs"
+        );
+        let seed_status = self.seed.status()?;
+        println!(
+            "  {:<8} {:>10} {:>12} {:>10.2} {:>10} {:>7}",
+            "seed",
+            "-",
+            "-",
+            counter(&seed_status, "bytes_sent_to_peers")? as f64 / f,
+            status_array(&seed_status, "connected_peers")?.len(),
+            store_blobs(&seed_status)?,
+        );
+        for (index, (member, done)) in self.members.iter().zip(done).enumerate() {
+            let status = member.node.status()?;
+            let blobs = store_blobs(&status)?;
+            let good = blobs == expected && self.serves_every_blob(&member.node)?;
+            all_good &= good;
+            let mut named = vec!["seed".to_owned()];
+            named.extend(
+                member
+                    .bootstraps
+                    .iter()
+                    .map(|other| format!("node-{:02}", other + 1)),
+            );
+            println!(
+                "  node-{:02} {:>10} {:>12.2} {:>10.2} {:>10} {:>7}  {}{}",
+                index + 1,
+                done.map_or("-".to_owned(), |seconds| format!("{seconds:.2}")),
+                counter(&status, "bytes_received_from_peers")? as f64 / f,
+                counter(&status, "bytes_sent_to_peers")? as f64 / f,
+                status_array(&status, "connected_peers")?.len(),
+                blobs,
+                named.join(","),
+                if good { "" } else { "  WRONG OR MISSING BYTES" }
+            );
+        }
+        Ok(all_good)
+    }
+
+    fn serves_every_blob(&self, node: &ShoalNode) -> Result<bool> {
+        let gateway = node.gateway().to_string();
+        let mut good = true;
+        for blob in &self.image.blobs {
+            // Manifests are served under /manifests/, and the store checks them on every read.
+            if blob.media_type.contains("manifest") || blob.media_type.contains("index") {
+                continue;
+            }
+            good &= blob_matches(&gateway, FANOUT_REPOSITORY, blob)?;
+        }
+        Ok(good)
+    }
+}
+
+/// Whether every blob of `image` is in the store at `data`: blob files are renamed into
+/// `blobs/sha256/<2 hex>/<hex>` only after their sha256 matched (ARCHITECTURE.md, "A blob is
+/// visible only when verified").
+fn has_every_blob(data: &Path, image: &GeneratedImage) -> bool {
+    image.blobs.iter().all(|blob| {
+        let hex = blob.hex();
+        data.join("blobs")
+            .join("sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .exists()
+    })
+}
+
+/// The swarm's counters over time, from a thread that runs `shoal status` on every node every
+/// [`SAMPLE_INTERVAL`].
+#[derive(Debug)]
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(bench: &FanoutBench) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let seed = bench.seed.data().to_owned();
+        let members: Vec<PathBuf> = bench
+            .members
+            .iter()
+            .map(|member| member.node.data().to_owned())
+            .collect();
+        let thread = {
+            let (stop, samples) = (stop.clone(), samples.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let next = Instant::now() + SAMPLE_INTERVAL;
+                    if let Ok(sample) = take_sample(&seed, &members) {
+                        samples
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(sample);
+                    }
+                    while Instant::now() < next && !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            })
+        };
+        Sampler {
+            stop,
+            samples,
+            thread,
+        }
+    }
+
+    fn stop(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        samples.clone()
+    }
+}
+
+fn take_sample(seed: &Path, members: &[PathBuf]) -> Result<Sample> {
+    let at = Instant::now();
+    let status = |data: &Path| -> Result<Value> {
+        let output = shoal(data, "status")?.arg("--json").output()?;
+        ensure!(output.status.success(), "shoal status failed");
+        Ok(serde_json::from_slice(&output.stdout)?)
+    };
+    let seed_sent = counter(&status(seed)?, "bytes_sent_to_peers")?;
+    let (mut received_total, mut sent_total) = (0, seed_sent);
+    for data in members {
+        let status = status(data)?;
+        received_total += counter(&status, "bytes_received_from_peers")?;
+        sent_total += counter(&status, "bytes_sent_to_peers")?;
+    }
+    Ok(Sample {
+        at,
+        seed_sent,
+        received_total,
+        sent_total,
+    })
+}
+
+/// The swarm's progress between samples: how fast the seed and the whole swarm uploaded.
+fn print_timeline(t0: Instant, samples: &[Sample], done: &[Option<f64>]) {
+    println!(
+        "\n  timeline (t from the import's end; rates over the preceding interval, MiB/s):\n  \
+         {:>7} {:>10} {:>10} {:>13} {:>11} {:>11} {:>6}",
+        "t (s)", "seed sent", "seed rate", "all received", "swarm rate", "sent-kept", "done"
+    );
+    let mut previous: Option<&Sample> = None;
+    for sample in samples.iter().filter(|sample| sample.at >= t0) {
+        let t = sample.at.duration_since(t0).as_secs_f64();
+        let (seed_rate, swarm_rate) = match previous {
+            Some(before) => {
+                let seconds = sample.at.duration_since(before.at).as_secs_f64();
+                (
+                    (sample.seed_sent - before.seed_sent) as f64 / MIB / seconds,
+                    (sample.received_total - before.received_total) as f64 / MIB / seconds,
+                )
+            }
+            None => (0.0, 0.0),
+        };
+        let finished = done
+            .iter()
+            .flatten()
+            .filter(|seconds| **seconds <= t)
+            .count();
+        println!(
+            "  {t:>7.1} {:>10.1} {:>10.1} {:>13.1} {:>11.1} {:>11.1} {:>6}",
+            sample.seed_sent as f64 / MIB,
+            seed_rate,
+            sample.received_total as f64 / MIB,
+            swarm_rate,
+            sample.sent_total.saturating_sub(sample.received_total) as f64 / MIB,
+            finished
+        );
+        previous = Some(sample);
+    }
+}
+
+/// A small deterministic generator for the random peer choice (the same `--seed`, the same
+/// topology).
+#[derive(Debug)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Up to `count` distinct numbers below `below`, in increasing order.
+    fn pick_distinct(&mut self, below: usize, count: usize) -> Vec<usize> {
+        let mut picked = BTreeSet::new();
+        while picked.len() < count.min(below) {
+            picked.insert((self.next_u64() % below as u64) as usize);
+        }
+        picked.into_iter().collect()
+    }
+}
