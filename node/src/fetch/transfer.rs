@@ -28,13 +28,17 @@ const TICK: Duration = Duration::from_millis(100);
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the DHT is asked again for providers while the transfer runs.
 const PROVIDER_REFRESH: Duration = Duration::from_secs(5);
+/// How often connected peers that lacked the blob are asked again: in a fleet that starts
+/// together, every peer begins fetching within moments and can serve what it has at once.
+const PEER_REFRESH: Duration = Duration::from_millis(500);
 /// A transfer that finds no peer with the blob for this long gives up.
 const LOCATE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A transfer that receives nothing for this long gives up.
 const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 enum Outcome {
-    Providers(HashSet<PeerId>),
+    /// Candidate peers; `true` when they come from a DHT lookup.
+    Providers(HashSet<PeerId>, bool),
     Have(PeerId, Result<Response, RequestError>),
     Index(PeerId, Result<Response, RequestError>),
     Chunk(PeerId, u32, Result<Response, RequestError>),
@@ -62,6 +66,7 @@ struct Run<'a> {
     scheduler: Option<Scheduler<PeerId>>,
     started: Instant,
     last_receipt: Instant,
+    lookup_running: bool,
 }
 
 pub async fn run(
@@ -86,6 +91,7 @@ pub async fn run(
         scheduler: None,
         started: Instant::now(),
         last_receipt: Instant::now(),
+        lookup_running: false,
     };
     let store = run.context.store.clone();
     if let Some(index) = tokio::task::spawn_blocking(move || recorded_index(&store, &blob))
@@ -103,6 +109,8 @@ pub async fn run(
     let mut persist = tokio::time::interval(PERSIST_INTERVAL);
     let mut refresh = tokio::time::interval(PROVIDER_REFRESH);
     refresh.tick().await;
+    let mut reask = tokio::time::interval(PEER_REFRESH);
+    reask.tick().await;
     loop {
         if run.scheduler.as_ref().is_some_and(Scheduler::is_complete) {
             return run.complete().await;
@@ -116,20 +124,30 @@ pub async fn run(
             }
             _ = persist.tick() => run.persist()?,
             _ = refresh.tick() => run.lookup_providers(),
+            _ = reask.tick() => run.ask_connected(),
         }
     }
 }
 
 impl Run<'_> {
-    /// Candidates are the connected peers (in a small network, everyone) and whoever the DHT
-    /// says provides the blob, including nodes that started fetching it after this one.
+    /// Whoever the DHT says provides the blob, including nodes that started fetching it after
+    /// this one. One lookup at a time.
     fn lookup_providers(&mut self) {
+        if self.lookup_running {
+            return;
+        }
+        self.lookup_running = true;
         let network = self.context.network.clone();
         let blob = self.blob;
+        self.tasks
+            .spawn(async move { Outcome::Providers(network.find_providers(blob).await, true) });
+    }
+
+    /// The connected peers not yet known to have the blob (in a small network, everyone).
+    fn ask_connected(&mut self) {
+        let network = self.context.network.clone();
         self.tasks.spawn(async move {
-            let mut candidates = network.find_providers(blob).await;
-            candidates.extend(network.connected_peers().await);
-            Outcome::Providers(candidates)
+            Outcome::Providers(network.connected_peers().await.into_iter().collect(), false)
         });
     }
 
@@ -165,7 +183,8 @@ impl Run<'_> {
 
     async fn on_outcome(&mut self, outcome: Outcome) -> Result<(), String> {
         match outcome {
-            Outcome::Providers(providers) => {
+            Outcome::Providers(providers, from_lookup) => {
+                self.lookup_running &= !from_lookup;
                 for peer in providers {
                     self.ask_have(peer);
                 }
