@@ -3,7 +3,7 @@
 //! the manifests in the store under the repository. Used by `shoal pull`, by `--prefetch`, and
 //! by the gateway when a client asks for a manifest the node lacks.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,44 +149,42 @@ impl Puller {
             .await?
             .ok_or_else(|| PullError::Unresolved(reference.to_string()))?;
         let mut manifests = vec![top];
-        let mut blobs = BTreeSet::new();
+        let mut blobs = BTreeMap::new();
         let mut state = PullProgress::default();
         while let Some(digest) = manifests.pop() {
             let (_, parsed) = self.manifest(&reference.repo, digest).await?;
             manifests.extend(parsed.manifests.iter().map(|child| child.digest));
             for blob in parsed.blobs {
-                if blobs.insert(blob.digest) {
+                if blobs.insert(blob.digest, blob.size).is_none() {
                     state.blobs_total += 1;
                     state.bytes_total += blob.size;
                 }
             }
         }
         progress(state);
-        let mut sizes = std::collections::HashMap::new();
-        let mut pending: Vec<Digest> = blobs.into_iter().collect();
+        let mut pending: Vec<(Digest, u64)> = blobs.into_iter().collect();
         let mut running = JoinSet::new();
         loop {
             while running.len() < BLOBS_IN_PARALLEL
-                && let Some(digest) = pending.pop()
+                && let Some((digest, size)) = pending.pop()
             {
                 let fetch = self.fetch.clone();
                 let store = self.store.clone();
                 running.spawn(async move {
-                    let stored =
-                        tokio::task::spawn_blocking(move || store.blob_size(&digest)).await;
-                    let size = match stored {
-                        Ok(Ok(Some(size))) => Ok(size),
-                        _ => fetch.fetch_and_wait(digest).await.map(|()| 0),
+                    let stored = tokio::task::spawn_blocking(move || store.has_blob(&digest)).await;
+                    let result = match stored {
+                        Ok(Ok(true)) => Ok(()),
+                        _ => fetch.fetch_and_wait(digest).await,
                     };
-                    (digest, size)
+                    (digest, size, result)
                 });
             }
             let Some(joined) = running.join_next().await else {
                 break;
             };
-            let (digest, result) = joined.map_err(|error| PullError::Store(error.to_string()))?;
-            let size = result.map_err(|reason| PullError::Fetch { digest, reason })?;
-            sizes.insert(digest, size);
+            let (digest, size, result) =
+                joined.map_err(|error| PullError::Store(error.to_string()))?;
+            result.map_err(|reason| PullError::Fetch { digest, reason })?;
             state.blobs_done += 1;
             state.bytes_done = state.bytes_total.min(state.bytes_done + size);
             progress(state);
