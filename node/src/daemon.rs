@@ -120,6 +120,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 tracing::debug!("prefetch queue full or off; announcement not prefetched");
             }
         }),
+        seeding: Arc::default(),
         corrupt_chunks: config.hostile_corrupt_chunks,
     };
     let peers_shutdown = shutdown.clone();

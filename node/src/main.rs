@@ -20,6 +20,7 @@ mod peers;
 mod prefetch;
 mod pull;
 mod rate;
+mod seeding;
 mod source;
 mod store;
 

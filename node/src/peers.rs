@@ -21,6 +21,7 @@ use crate::counters::Counters;
 use crate::fetch::FetchHandle;
 use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
 use crate::rate::RateLimiter;
+use crate::seeding::SeedLedger;
 use crate::store::Store;
 
 /// Inbound requests worked on at once; more wait in the network's queue.
@@ -42,6 +43,7 @@ pub struct PeerService {
     pub counters: Arc<Counters>,
     pub egress: Option<Arc<RateLimiter>>,
     pub on_announcement: OnAnnouncement,
+    pub seeding: Arc<SeedLedger>,
     /// Fault injection for tests: corrupt every chunk sent.
     pub corrupt_chunks: bool,
 }
@@ -127,7 +129,16 @@ impl PeerService {
         let response = match inbound.request {
             Request::Have { blob } => self.have(blob).await,
             Request::Index { blob } => self.index(blob).await,
-            Request::Chunk { blob, chunk } => self.chunk(blob, chunk).await,
+            Request::Chunk { blob, chunk } => match self.chunk(inbound.peer, blob, chunk).await {
+                Response::Chunk(bytes) => {
+                    let paced = self.pace(bytes).await;
+                    if matches!(paced, Response::Busy) {
+                        self.seeding.unrecord(blob, chunk);
+                    }
+                    paced
+                }
+                other => other,
+            },
             Request::Announcements { after } => {
                 let page = self.announcements.page(after.as_ref());
                 Response::Announcements {
@@ -135,10 +146,6 @@ impl PeerService {
                     next: page.next,
                 }
             }
-        };
-        let response = match response {
-            Response::Chunk(bytes) => self.pace(bytes).await,
-            other => other,
         };
         self.network.respond(inbound.id, response).await;
     }
@@ -221,16 +228,28 @@ impl PeerService {
         }
     }
 
-    async fn chunk(&self, blob: Digest, chunk: u32) -> Response {
+    async fn chunk(&self, peer: PeerId, blob: Digest, chunk: u32) -> Response {
+        let seeding = self.seeding.clone();
         let stored = self
             .blocking(move |store| {
                 let index = store.chunk_index(&blob).ok().flatten()?;
-                let (file, _) = store.open_blob(&blob).ok().flatten()?;
-                read_chunk(&file, &index, chunk)
+                if !seeding.admit(peer, blob, chunk, index.chunk_count()) {
+                    return Some(Stored::Refused);
+                }
+                let bytes = store
+                    .open_blob(&blob)
+                    .ok()
+                    .flatten()
+                    .and_then(|(file, _)| read_chunk(&file, &index, chunk));
+                if bytes.is_none() {
+                    seeding.unrecord(blob, chunk);
+                }
+                bytes.map(Stored::Bytes)
             })
             .await;
         let bytes = match stored {
-            Some(bytes) => Some(bytes),
+            Some(Stored::Refused) => return Response::Busy,
+            Some(Stored::Bytes(bytes)) => Some(bytes),
             None => match self.partial(blob).await {
                 Some(progress) if progress.have.get(chunk) => {
                     let (Some(index), Some(file)) = (progress.index, progress.file) else {
@@ -254,6 +273,12 @@ impl PeerService {
             None => Response::NotFound,
         }
     }
+}
+
+/// A chunk of a blob held whole: its bytes, or refused for now by super-seeding.
+enum Stored {
+    Refused,
+    Bytes(Vec<u8>),
 }
 
 fn read_chunk(

@@ -1,1 +1,29 @@
-//! Placeholder until the simulation issue: the simulator will drive the scheduler in `shoal-protocol`.
+//! Shoal's simulator: the node's own transfer scheduler (`shoal_protocol::Scheduler`) on
+//! thousands of simulated hosts, with simulated links, time and randomness.
+//!
+//! Deterministic discrete-event simulation: a virtual clock in microseconds, one event
+//! [`queue`], every random choice drawn from the scenario's seed ([`rng`]), no wall clock and
+//! no threads. A scenario (TOML, [`scenario`]) becomes a [`topology`] (hosts, sites, links,
+//! neighbours, churn), which [`sim`] runs — driving one scheduler per host exactly as the
+//! node's `fetch/transfer.rs` does — over in-order, work-conserving [`link`]s. [`report`] adds the Kumar–Ross [`bound`]
+//! and the naive [`baseline`]s, and renders JSON, Markdown and an [`svg`] CDF plot.
+//!
+//! Not for: predicting absolute times of a real fleet (see `README.md` for what the model
+//! leaves out), nor testing the node's networking (the end-to-end tests do that).
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod baseline;
+pub mod bound;
+pub mod link;
+pub mod queue;
+pub mod report;
+pub mod rng;
+pub mod scenario;
+pub mod sim;
+pub mod stats;
+pub mod svg;
+pub mod topology;
+
+pub use report::{Report, run};
+pub use scenario::Scenario;

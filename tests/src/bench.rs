@@ -1,54 +1,13 @@
-//! Small pieces that benchmark programs under `src/bin/` share: running with the `shoal` binary
-//! of their own build profile, and reading a process's memory and CPU figures from `/proc`.
+//! Small pieces that benchmark programs under `src/bin/` share: a process's memory and CPU
+//! figures from `/proc`, and medians.
 //!
 //! What it is not: a timing framework. Benchmarks print figures and ratios against references
 //! measured in the same run (see STYLE.md, "Benchmarks").
 
-use std::process::{Command, ExitCode};
-
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 
 /// `/proc/<pid>/stat` counts CPU time in USER_HZ ticks, 100 per second on Linux.
 const PROC_TICKS_PER_SECOND: f64 = 100.0;
-
-/// [`crate::node`] finds the `shoal` binary from a test executable's location
-/// (`target/<profile>/deps/`); a benchmark binary lives one level up, in `target/<profile>/`.
-/// Unless `$SHOAL_BIN` is set, this builds `shoal` with the running binary's profile and runs
-/// the running program again with `$SHOAL_BIN` pointing at it. Returns the re-run's exit code,
-/// or `None` when this process is the one to do the work.
-pub fn reexec_with_shoal_binary() -> Result<Option<ExitCode>> {
-    if std::env::var_os("SHOAL_BIN").is_some() {
-        return Ok(None);
-    }
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .context("cannot locate the target directory from the executable")?;
-    let target_dir = profile_dir
-        .parent()
-        .context("cannot locate the target directory from the executable")?;
-    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
-        Some("debug") => "dev",
-        Some(name) => name,
-        None => bail!("unexpected executable location {}", exe.display()),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("building shoal (profile {profile}) ...");
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "shoal-node", "--bin", "shoal"])
-        .args(["--profile", profile])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .status()
-        .context("cannot run cargo to build the shoal binary")?;
-    ensure!(status.success(), "building the shoal binary failed");
-    let status = Command::new(&exe)
-        .args(std::env::args_os().skip(1))
-        .env("SHOAL_BIN", profile_dir.join("shoal"))
-        .status()
-        .with_context(|| format!("cannot run {}", exe.display()))?;
-    let code = status.code().and_then(|code| u8::try_from(code).ok());
-    Ok(Some(code.map_or(ExitCode::FAILURE, ExitCode::from)))
-}
 
 /// Peak resident set size of process `pid` so far (`VmHWM`), in bytes. Read it before the
 /// process is stopped.
@@ -165,8 +124,10 @@ mod tests {
     #[test]
     fn this_process_has_memory_and_cpu_figures() -> Result<()> {
         let pid = std::process::id();
-        assert!(peak_rss_bytes(pid)? >= rss_bytes(pid)?);
-        assert!(rss_bytes(pid)? > 0);
+        // The current size first: the peak read afterwards includes it.
+        let rss = rss_bytes(pid)?;
+        assert!(rss > 0);
+        assert!(peak_rss_bytes(pid)? >= rss);
         assert!(cpu_seconds(pid)? >= 0.0);
         Ok(())
     }

@@ -389,21 +389,19 @@ impl Run<'_> {
         }
     }
 
+    /// Sends a chunk request. The ingress limit is paid for bytes that arrived, not for
+    /// requests sent: a `Busy` answer costs nothing, and the request's slot stays taken until
+    /// the bytes are paid for, which is what holds the average to the limit.
     fn request_chunk(&mut self, peer: PeerId, chunk: u32) {
-        let Some(partial) = &self.partial else { return };
-        let Ok(bytes) = partial.index().chunk_len(chunk) else {
-            return;
-        };
         let network = self.context.network.clone();
         let ingress = self.context.ingress.clone();
         let blob = self.blob;
         self.tasks.spawn(async move {
-            crate::rate::acquire(ingress.as_deref(), u64::from(bytes)).await;
-            Outcome::Chunk(
-                peer,
-                chunk,
-                network.request(peer, Request::Chunk { blob, chunk }).await,
-            )
+            let result = network.request(peer, Request::Chunk { blob, chunk }).await;
+            if let Ok(Response::Chunk(bytes)) = &result {
+                crate::rate::acquire(ingress.as_deref(), bytes.len() as u64).await;
+            }
+            Outcome::Chunk(peer, chunk, result)
         });
     }
 

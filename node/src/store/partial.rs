@@ -52,12 +52,21 @@ impl PartialBlob {
             .truncate(false)
             .open(&path)
             .map_err(io_error(&path))?;
+        let bytes_on_disk = file.metadata().map_err(io_error(&path))?.len();
         file.set_len(index.blob_size()).map_err(io_error(&path))?;
         let recorded = load_record(store, &index.blob())?.filter(|record| record.index == index);
+        // A file created just now holds nothing to find again; skipping the scan saves reading
+        // the whole (sparse) blob before the first request.
+        let fresh = recorded.is_none() && bytes_on_disk == 0;
         let mut have =
             recorded.map_or_else(|| Bitmap::new(index.chunk_count()), |record| record.have);
+        let unmarked: Vec<u32> = if fresh {
+            Vec::new()
+        } else {
+            have.iter_zeros().collect()
+        };
         let mut buffer = Vec::new();
-        for chunk in have.iter_zeros().collect::<Vec<_>>() {
+        for chunk in unmarked {
             let Ok(range) = index.chunk_range(chunk) else {
                 continue;
             };

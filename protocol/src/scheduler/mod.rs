@@ -77,7 +77,9 @@ pub struct SchedulerConfig {
     /// client at the default chunk size.
     pub stream_window_chunks: u32,
     /// How often to refresh the bitfield of a peer that is itself still downloading: such a
-    /// peer gains chunks continually, and every second is cheap (one request of at most 8 KiB).
+    /// peer gains chunks continually. 250 ms: at 10 Gbit/s a node gains a chunk every few
+    /// milliseconds, and the simulator's 10,000-node rollout went from 1.37 to 1.21 × T_min
+    /// when polls went from 1 s to 250 ms; each poll is one request of at most 8 KiB.
     pub have_poll_interval: Duration,
     /// Concurrent requests for one chunk in the endgame: 2 is the original plus one duplicate,
     /// enough to route around one slow peer at the cost of at most one extra copy per chunk.
@@ -85,6 +87,13 @@ pub struct SchedulerConfig {
     /// Pause after a peer's first failure, doubled per consecutive failure up to
     /// `request_timeout`. 250 ms keeps a peer that answers `Busy` from being asked in a loop.
     pub failure_backoff: Duration,
+    /// A chunk that took longer than this from request to arrival shrinks its peer's
+    /// in-flight limit by one instead of growing it: the path to that peer is queueing.
+    pub request_latency_target: Duration,
+    /// A new peer's in-flight limit, grown by one per chunk that arrives within
+    /// `request_latency_target` (slow start): a peer behind a thin or shared link is not sent
+    /// `requests_per_peer_max` requests that would outlive `request_timeout` in its queue.
+    pub requests_per_peer_initial: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -93,9 +102,11 @@ impl Default for SchedulerConfig {
             requests_per_peer_max: 8,
             request_timeout: Duration::from_secs(20),
             stream_window_chunks: 16,
-            have_poll_interval: Duration::from_secs(1),
+            have_poll_interval: Duration::from_millis(250),
             endgame_duplicates_max: 2,
             failure_backoff: Duration::from_millis(250),
+            request_latency_target: Duration::from_secs(5),
+            requests_per_peer_initial: 1,
         }
     }
 }
@@ -559,7 +570,10 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                         useful: 0,
                         have,
                         in_flight: BTreeMap::new(),
-                        limit: self.config.requests_per_peer_max,
+                        limit: self
+                            .config
+                            .requests_per_peer_initial
+                            .clamp(1, self.config.requests_per_peer_max),
                         paused_until: Duration::ZERO,
                         consecutive_failures: 0,
                         next_poll,
@@ -595,7 +609,14 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 state.stats.duplicates_received += 1;
             }
             state.consecutive_failures = 0;
-            state.limit = (state.limit + 1).min(self.config.requests_per_peer_max);
+            let slow = state.in_flight.get(&chunk).is_some_and(|&sent| {
+                self.now.saturating_sub(sent) > self.config.request_latency_target
+            });
+            state.limit = if slow {
+                state.limit.saturating_sub(1).max(1)
+            } else {
+                (state.limit + 1).min(self.config.requests_per_peer_max)
+            };
             self.end_request(&peer, chunk);
         }
         if !needed {

@@ -330,6 +330,8 @@ fn sim_config() -> SchedulerConfig {
         have_poll_interval: Duration::from_millis(200),
         endgame_duplicates_max: 2,
         failure_backoff: Duration::from_millis(50),
+        request_latency_target: Duration::from_secs(5),
+        requests_per_peer_initial: 4,
     }
 }
 

@@ -17,6 +17,8 @@ fn config() -> SchedulerConfig {
         have_poll_interval: ms(100),
         endgame_duplicates_max: 2,
         failure_backoff: ms(50),
+        request_latency_target: ms(5000),
+        requests_per_peer_initial: 8,
     }
 }
 

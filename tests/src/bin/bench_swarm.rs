@@ -40,12 +40,18 @@
 //!   the last of the image's blob files exists in its store (polled every 20 ms; a blob file
 //!   appears only after its sha256 check), confirmed afterwards by `store.blobs` in `shoal
 //!   status`; all blobs are then read back through every node's gateway and checked. A sampler
-//!   reads every node's counters every couple of seconds for the timeline.
+//!   reads every node's counters every couple of seconds for the timeline; every node's CPU
+//!   time from t0 to the end shows how much of the machine the swarm took.
 //!
 //!   With F the image bytes, N nodes, u = d = the rate, the lower bound is
 //!   `T_min = max(F/u_seed, N·F/(u_seed + Σu_i), F/d_min)`; a plain registry needs
 //!   `N·F/u_seed`. The summary gives the last node's time against T_min (goal ≤ 1.3) and the
-//!   seed's upload against F (goal ≤ 1.2).
+//!   seed's upload against F (goal ≤ 1.2). `--ingress-mib` sets another download limit (0: none,
+//!   and the F/d_min term drops), to tell upload-bound from download-bound behaviour.
+//!
+//!   Reading the fan-out table: "received/F" counts only chunks a node kept, "sent/F" every
+//!   chunk it sent, so the timeline's "sent-kept" is bytes that crossed an uplink for nothing
+//!   (duplicates, endgame copies) plus bytes in flight.
 //!
 //! - `cpu` — only the CPU ceiling above.
 //!
@@ -54,7 +60,8 @@
 //! read the ratios, which compare runs made in the same minutes on the same machine. The load
 //! average is printed at the start and the end to show how busy the machine was.
 //!
-//! Run it with `--release`, so that the release `shoal` binary is measured:
+//! Run it with `--release`, so that the release `shoal` binary is measured (the test kit builds
+//! it with the program's own profile before the first node starts; `$SHOAL_BIN` overrides it):
 //!   cargo run --release -p shoal-tests --bin bench_swarm -- transfer --rounds 3
 //!   cargo run --release -p shoal-tests --bin bench_swarm -- fanout
 //! `RUST_LOG` is passed to the nodes; `--keep` keeps their data directories and logs.
@@ -74,19 +81,18 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use shoal_tests::bench::{
     child_pid_named, children_cpu_seconds, cpu_seconds, median, peak_rss_bytes,
-    reexec_with_shoal_binary,
 };
 use shoal_tests::clients::{find_tool, wait_until};
 use shoal_tests::http;
 use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
-use shoal_tests::node::{ShoalNode, shoal};
+use shoal_tests::node::{ShoalNode, shoal, shoal_binary};
 use shoal_tests::registry::{DockerRegistry, push_oci_layout};
 use shoal_tests::sendfile_server::SendfileServer;
 use tempfile::TempDir;
 
 const USAGE: &str = "\
 usage: bench_swarm MODE [--size-mib N] [--rounds N] [--nodes N] [--rate-mib N]
-                        [--extra-peers N] [--seed N] [--keep]
+                        [--ingress-mib N] [--extra-peers N] [--seed N] [--keep]
 
 MODE is one of:
   transfer   one big blob from 1 and from 3 Shoal peers, against docker-registry -> curl
@@ -97,6 +103,7 @@ MODE is one of:
   --rounds N        transfer rounds, each timing every source once (default 3)
   --nodes N         fanout nodes besides the seed (default 15)
   --rate-mib N      fanout per-node --max-egress and --max-ingress in MiB/s (default 10)
+  --ingress-mib N   fanout per-node --max-ingress instead, in MiB/s; 0: no ingress limit
   --extra-peers N   fanout: other nodes each node bootstraps to, besides the seed (default 2)
   --seed N          seed of the generated image and of the peer choice (default 11)
   --keep            keep the temp dir with the nodes' data and logs, and print its path
@@ -128,6 +135,8 @@ struct Options {
     rounds: usize,
     nodes: usize,
     rate_mib: u64,
+    /// `--max-ingress` of the fan-out nodes when it differs from `rate_mib`; 0 means none.
+    ingress_mib: Option<u64>,
     extra_peers: usize,
     seed: u64,
     keep: bool,
@@ -151,6 +160,7 @@ fn parse_options() -> Result<Option<Options>> {
         rounds: 3,
         nodes: 15,
         rate_mib: 10,
+        ingress_mib: None,
         extra_peers: 2,
         seed: 11,
         keep: false,
@@ -178,6 +188,7 @@ fn parse_options() -> Result<Option<Options>> {
             "--rounds" => options.rounds = usize::try_from(number)?,
             "--nodes" => options.nodes = usize::try_from(number)?,
             "--rate-mib" => options.rate_mib = number,
+            "--ingress-mib" => options.ingress_mib = Some(number),
             "--extra-peers" => options.extra_peers = usize::try_from(number)?,
             "--seed" => options.seed = number,
             _ => bail!("unknown argument {flag}\n{USAGE}"),
@@ -204,12 +215,7 @@ fn run() -> Result<ExitCode> {
     let Some(options) = parse_options()? else {
         return Ok(ExitCode::SUCCESS);
     };
-    if options.mode != Mode::Cpu
-        && let Some(code) = reexec_with_shoal_binary()?
-    {
-        return Ok(code);
-    }
-    print_machine()?;
+    print_machine(options.mode != Mode::Cpu)?;
     let all_good = match options.mode {
         Mode::Cpu => {
             CpuCeiling::measure()?.print();
@@ -226,13 +232,39 @@ fn run() -> Result<ExitCode> {
     })
 }
 
-fn print_machine() -> Result<()> {
+/// Prints the machine, the source tree and, when `with_shoal`, the `shoal` binary under test
+/// (built first if needed, so that no build runs during a measurement).
+fn print_machine(with_shoal: bool) -> Result<()> {
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     println!("machine: {cpus} CPUs, load average {}", load_average());
-    if let Some(binary) = std::env::var_os("SHOAL_BIN") {
-        println!("shoal binary: {}", PathBuf::from(binary).display());
+    println!("source: {}", source_revision());
+    if with_shoal {
+        println!("shoal binary: {}", shoal_binary()?.display());
     }
     Ok(())
+}
+
+/// The workspace's git commit, with `+changes` when the tree differs from it.
+fn source_revision() -> String {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(&workspace)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    match (
+        git(&["rev-parse", "--short", "HEAD"]),
+        git(&["status", "--porcelain"]),
+    ) {
+        (Some(commit), Some(changes)) if changes.is_empty() => commit,
+        (Some(commit), Some(_)) => format!("{commit}+changes"),
+        _ => "unknown".into(),
+    }
 }
 
 fn load_average() -> String {
@@ -923,7 +955,18 @@ struct FanoutBench {
     image: GeneratedImage,
     seed: ShoalNode,
     members: Vec<Member>,
+    /// Every node's upload limit, bytes per second.
     rate: f64,
+    /// Every node's download limit, bytes per second; `None` when unlimited.
+    ingress: Option<f64>,
+}
+
+/// CPU seconds used by every node (the seed first) and by this program's children (the
+/// `shoal status` runs of the sampler) between t0 and the end of the fan-out.
+#[derive(Debug, Clone)]
+struct CpuUse {
+    nodes: Vec<f64>,
+    status_commands: f64,
 }
 
 impl FanoutBench {
@@ -933,8 +976,14 @@ impl FanoutBench {
         let image = ImageSpec::sized(options.seed, size)
             .gzip(GzipLevel::Store)
             .write_oci_layout(&dir.join("layout"), None)?;
+        let ingress = match options.ingress_mib {
+            Some(0) => "unlimited".to_owned(),
+            Some(mib) => format!("{mib} MiB/s"),
+            None => format!("{} MiB/s", options.rate_mib),
+        };
         println!(
-            "image: {} blobs, {} bytes ({:.1} MiB), {} nodes + seed, {} MiB/s up and down each",
+            "image: {} blobs, {} bytes ({:.1} MiB); {} nodes + seed, each {} MiB/s up, {ingress} \
+             down",
             image.blobs.len(),
             image.total_bytes,
             image.total_bytes as f64 / MIB,
@@ -948,22 +997,34 @@ impl FanoutBench {
             Some(&format!("{FANOUT_REPOSITORY}:{FANOUT_TAG}")),
         )?;
         let t0 = Instant::now();
+        let cpu_at_t0 = bench.cpu_now()?;
         let done = bench.wait_completions(t0);
+        let cpu_at_end = bench.cpu_now()?;
         let samples = sampler.stop();
-        let all_good = bench.report(t0, &done?, &samples)?;
+        let cpu = CpuUse {
+            nodes: cpu_at_end
+                .nodes
+                .iter()
+                .zip(&cpu_at_t0.nodes)
+                .map(|(end, start)| end - start)
+                .collect(),
+            status_commands: cpu_at_end.status_commands - cpu_at_t0.status_commands,
+        };
+        let all_good = bench.report(t0, &done?, &samples, &cpu)?;
         drop(bench);
         finish_work_dir(tempdir, options.keep);
         Ok(all_good)
     }
 
     fn start_swarm(options: &Options, dir: &Path, image: GeneratedImage) -> Result<FanoutBench> {
-        let rate = format!("{}MiB/s", options.rate_mib);
-        let limits = [
+        let mut limits = vec![
             "--max-egress".to_owned(),
-            rate.clone(),
-            "--max-ingress".to_owned(),
-            rate,
+            format!("{}MiB/s", options.rate_mib),
         ];
+        let ingress_mib = options.ingress_mib.unwrap_or(options.rate_mib);
+        if ingress_mib > 0 {
+            limits.extend(["--max-ingress".to_owned(), format!("{ingress_mib}MiB/s")]);
+        }
         let seed = start_node(&dir.join("seed"), &limits)?;
         let mut rng = SplitMix64(options.seed);
         let mut members: Vec<Member> = Vec::new();
@@ -1001,18 +1062,33 @@ impl FanoutBench {
             seed,
             members,
             rate: options.rate_mib as f64 * MIB,
+            ingress: (ingress_mib > 0).then_some(ingress_mib as f64 * MIB),
         })
     }
 
-    /// T_min = max(F/u_seed, N·F/(u_seed + Σu_i), F/d_min), every u and d being `rate`.
+    fn cpu_now(&self) -> Result<CpuUse> {
+        let mut nodes = vec![cpu_seconds(node_pid(&self.seed)?)?];
+        for member in &self.members {
+            nodes.push(cpu_seconds(node_pid(&member.node)?)?);
+        }
+        Ok(CpuUse {
+            nodes,
+            status_commands: children_cpu_seconds()?,
+        })
+    }
+
+    /// T_min = max(F/u_seed, N·F/(u_seed + Σu_i), F/d_min), every u being `rate` and every d
+    /// `ingress` (no term when downloads are unlimited).
     fn lower_bound(&self) -> (f64, &'static str) {
         let f = self.image.total_bytes as f64;
         let n = self.members.len() as f64;
-        let terms = [
+        let mut terms = vec![
             (f / self.rate, "F/u_seed"),
             (n * f / (self.rate * (n + 1.0)), "N*F/(u_seed+sum u_i)"),
-            (f / self.rate, "F/d_min"),
         ];
+        if let Some(ingress) = self.ingress {
+            terms.push((f / ingress, "F/d_min"));
+        }
         terms.into_iter().fold(
             (0.0, ""),
             |best, term| if term.0 > best.0 { term } else { best },
@@ -1035,9 +1111,15 @@ impl FanoutBench {
         Ok(done)
     }
 
-    fn report(&self, t0: Instant, done: &[Option<f64>], samples: &[Sample]) -> Result<bool> {
+    fn report(
+        &self,
+        t0: Instant,
+        done: &[Option<f64>],
+        samples: &[Sample],
+        cpu: &CpuUse,
+    ) -> Result<bool> {
         let f = self.image.total_bytes;
-        let mut all_good = self.print_members(done)?;
+        let mut all_good = self.print_members(done, cpu)?;
         print_timeline(t0, samples, done);
         let (t_min, binding) = self.lower_bound();
         let n = self.members.len() as f64;
@@ -1049,6 +1131,7 @@ impl FanoutBench {
         println!(
             "  T_min = {t_min:.2} s ({binding}); client-server N*F/u_seed = {client_server:.1} s"
         );
+        print_cpu_use(cpu, last);
         if let (Some(first), Some(middle)) = (
             finished.iter().copied().reduce(f64::min),
             median(finished.iter().copied()),
@@ -1083,23 +1166,24 @@ impl FanoutBench {
     }
 
     /// Prints one line per member and checks its store and every blob it serves.
-    fn print_members(&self, done: &[Option<f64>]) -> Result<bool> {
+    fn print_members(&self, done: &[Option<f64>], cpu: &CpuUse) -> Result<bool> {
         let f = self.image.total_bytes as f64;
         let expected = self.image.blobs.len() as u64;
         let mut all_good = true;
         println!(
-            "\n  {:<8} {:>10} {:>12} {:>10} {:>10} {:>7}  bootstrapped to",
-            "node", "done (s)", "received/F", "sent/F", "peers now", "blobs"
+            "\n  {:<8} {:>10} {:>12} {:>10} {:>10} {:>7} {:>7}  bootstrapped to",
+            "node", "done (s)", "received/F", "sent/F", "peers now", "blobs", "CPU s"
         );
         let seed_status = self.seed.status()?;
         println!(
-            "  {:<8} {:>10} {:>12} {:>10.2} {:>10} {:>7}",
+            "  {:<8} {:>10} {:>12} {:>10.2} {:>10} {:>7} {:>7.1}",
             "seed",
             "-",
             "-",
             counter(&seed_status, "bytes_sent_to_peers")? as f64 / f,
             status_array(&seed_status, "connected_peers")?.len(),
             store_blobs(&seed_status)?,
+            cpu.nodes.first().copied().unwrap_or(0.0),
         );
         for (index, (member, done)) in self.members.iter().zip(done).enumerate() {
             let status = member.node.status()?;
@@ -1114,13 +1198,14 @@ impl FanoutBench {
                     .map(|other| format!("node-{:02}", other + 1)),
             );
             println!(
-                "  node-{:02} {:>10} {:>12.2} {:>10.2} {:>10} {:>7}  {}{}",
+                "  node-{:02} {:>10} {:>12.2} {:>10.2} {:>10} {:>7} {:>7.1}  {}{}",
                 index + 1,
                 done.map_or("-".to_owned(), |seconds| format!("{seconds:.2}")),
                 counter(&status, "bytes_received_from_peers")? as f64 / f,
                 counter(&status, "bytes_sent_to_peers")? as f64 / f,
                 status_array(&status, "connected_peers")?.len(),
                 blobs,
+                cpu.nodes.get(index + 1).copied().unwrap_or(0.0),
                 named.join(","),
                 if good { "" } else { "  WRONG OR MISSING BYTES" }
             );
@@ -1140,6 +1225,20 @@ impl FanoutBench {
         }
         Ok(good)
     }
+}
+
+/// How much of the machine the fan-out took: every node's CPU time from t0 to the last
+/// completion, against what the machine's cores offer in that time.
+fn print_cpu_use(cpu: &CpuUse, last: f64) {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let nodes: f64 = cpu.nodes.iter().sum();
+    println!(
+        "  CPU from t0 to the last completion: nodes {nodes:.1} s, `shoal status` sampling \
+         {:.1} s, of {:.1} s the {cores} cores offer ({:.0}% busy with the swarm)",
+        cpu.status_commands,
+        cores * last,
+        100.0 * (nodes + cpu.status_commands) / (cores * last)
+    );
 }
 
 /// Whether every blob of `image` is in the store at `data`: blob files are renamed into
@@ -1236,7 +1335,8 @@ fn print_timeline(t0: Instant, samples: &[Sample], done: &[Option<f64>]) {
          {:>7} {:>10} {:>10} {:>13} {:>11} {:>11} {:>6}",
         "t (s)", "seed sent", "seed rate", "all received", "swarm rate", "sent-kept", "done"
     );
-    let mut previous: Option<&Sample> = None;
+    // The last sample before t0 starts the first interval: nothing moved before the import.
+    let mut previous = samples.iter().rfind(|sample| sample.at < t0);
     for sample in samples.iter().filter(|sample| sample.at >= t0) {
         let t = sample.at.duration_since(t0).as_secs_f64();
         let (seed_rate, swarm_rate) = match previous {
