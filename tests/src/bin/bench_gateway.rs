@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest as _, Sha256};
+use shoal_tests::bench::{child_pid_named, children_cpu_seconds, cpu_seconds, median};
 use shoal_tests::clients::find_tool;
 use shoal_tests::http;
 use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
@@ -65,8 +66,6 @@ const TAG: &str = "v1";
 /// 1.5x it with curl.
 const GOAL_RATIO: f64 = 1.0;
 const CURL_AIM_RATIO: f64 = 1.5;
-/// /proc/<pid>/stat counts CPU time in USER_HZ ticks, 100 per second on Linux.
-const PROC_TICKS_PER_SECOND: f64 = 100.0;
 /// How long a compared shoal node may take to print its `ready` line.
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
 const MB: f64 = 1e6;
@@ -814,83 +813,8 @@ impl Median {
     }
 }
 
-fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
-    let mut values: Vec<f64> = values.collect();
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    Some(if values.len() % 2 == 1 {
-        values[middle]
-    } else {
-        (values[middle - 1] + values[middle]) / 2.0
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // Processes
-
-/// User plus system CPU time of process `pid` so far, threads that have exited included.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    // utime and stime are fields 14 and 15 of proc_pid_stat(5).
-    stat_seconds(pid, 14, 15)
-}
-
-/// User plus system CPU time of this process's children that have been waited for: the
-/// clients, as each is run to completion.
-fn children_cpu_seconds() -> Result<f64> {
-    // cutime and cstime are fields 16 and 17 of proc_pid_stat(5).
-    stat_seconds(std::process::id(), 16, 17)
-}
-
-/// The sum of two clock-tick fields of `/proc/<pid>/stat`, numbered as in proc_pid_stat(5).
-fn stat_seconds(pid: u32, first: usize, second: usize) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("process {pid} is gone"))?;
-    // Fields after the parenthesised command name, which may itself hold spaces.
-    let after_name = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("malformed /proc stat")?;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // `fields[0]` is field 3, the state.
-    let ticks = |field: usize| -> Result<f64> {
-        Ok(fields
-            .get(field - 3)
-            .context("short /proc stat")?
-            .parse::<u64>()? as f64)
-    };
-    Ok((ticks(first)? + ticks(second)?) / PROC_TICKS_PER_SECOND)
-}
-
-/// The PID of this process's child named `name` (the registry helper does not expose it).
-fn child_pid_named(name: &str) -> Result<u32> {
-    let me = std::process::id().to_string();
-    for entry in std::fs::read_dir("/proc")? {
-        let entry = entry?;
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let comm = head.split_once('(').map_or("", |(_, comm)| comm);
-        let ppid = rest.split_whitespace().nth(1).unwrap_or("");
-        // The kernel truncates comm to 15 bytes.
-        if ppid == me && !comm.is_empty() && name.starts_with(comm) {
-            return Ok(pid);
-        }
-    }
-    bail!("no child process named {name}")
-}
 
 fn first_line_of(command: &mut Command) -> Result<String> {
     let output = command
