@@ -217,6 +217,8 @@ struct PeerState {
     consecutive_failures: u32,
     next_poll: Duration,
     preference: i32,
+    /// Smoothed time from request to arrival of this peer's chunks, once one has arrived.
+    latency: Option<Duration>,
     stats: PeerStats,
 }
 
@@ -578,6 +580,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                         consecutive_failures: 0,
                         next_poll,
                         preference: 0,
+                        latency: None,
                         stats: PeerStats::default(),
                     },
                 );
@@ -609,9 +612,17 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 state.stats.duplicates_received += 1;
             }
             state.consecutive_failures = 0;
-            let slow = state.in_flight.get(&chunk).is_some_and(|&sent| {
-                self.now.saturating_sub(sent) > self.config.request_latency_target
-            });
+            let took = state
+                .in_flight
+                .get(&chunk)
+                .map(|&sent| self.now.saturating_sub(sent));
+            if let Some(took) = took {
+                state.latency = Some(match state.latency {
+                    Some(latency) => (latency * 7 + took) / 8,
+                    None => took,
+                });
+            }
+            let slow = took.is_some_and(|took| took > self.config.request_latency_target);
             state.limit = if slow {
                 state.limit.saturating_sub(1).max(1)
             } else {

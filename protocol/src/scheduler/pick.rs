@@ -7,6 +7,11 @@ use std::hash::Hash;
 
 use super::{Action, PeerState, RARITY_WALK_STEPS, SCAN_SAMPLE_CHUNKS, Scheduler};
 
+/// How many times its peer's usual delivery time a request may take before the endgame sends
+/// a duplicate: twice leaves room for ordinary jitter and still routes around a stalled peer
+/// long before `request_timeout`.
+const ENDGAME_OVERDUE_FACTOR: u32 = 2;
+
 impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     pub(super) fn fill(&mut self, actions: &mut Vec<Action<P>>) {
         if self.is_complete() {
@@ -119,7 +124,10 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
 
     /// In the endgame (no needed chunk is both un-requested and available from anyone),
     /// duplicates a chunk in flight elsewhere: fewest copies first, then the one in flight
-    /// the longest (the likeliest to be stuck).
+    /// the longest (the likeliest to be stuck). Only an *overdue* chunk is duplicated: one
+    /// whose every request has been out for more than twice its peer's usual delivery time
+    /// (at once for a peer that has delivered nothing yet). A healthy request on a slow link
+    /// is left alone, which is what keeps a site's shared uplink at one copy.
     fn pick_endgame(&self, peer: &PeerState) -> Option<u32> {
         let endgame = self
             .rarity
@@ -136,8 +144,22 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                     && peer.have.get(chunk)
                     && !peer.in_flight.contains_key(&chunk)
                     && !self.have.get(chunk)
+                    && self.overdue(chunk)
             })
             .min_by_key(|&(&chunk, &since)| (self.copies[chunk as usize], since, chunk))
             .map(|(&chunk, _)| chunk)
+    }
+
+    /// Whether every request in flight for `chunk` has taken more than
+    /// [`ENDGAME_OVERDUE_FACTOR`] times its peer's smoothed delivery time.
+    fn overdue(&self, chunk: u32) -> bool {
+        self.peers
+            .values()
+            .all(|state| match (state.in_flight.get(&chunk), state.latency) {
+                (Some(&sent), Some(latency)) => {
+                    self.now.saturating_sub(sent) > latency.saturating_mul(ENDGAME_OVERDUE_FACTOR)
+                }
+                _ => true,
+            })
     }
 }

@@ -282,6 +282,23 @@ fn a_busy_peer_rests_one_backoff_each_time_without_doubling() {
 }
 
 #[test]
+fn endgame_duplicates_only_overdue_requests() {
+    let mut cfg = config();
+    cfg.requests_per_peer_initial = cfg.requests_per_peer_max;
+    let mut s = S::new(2, cfg, 3);
+    let first = requests(&join(&mut s, "a", Bitmap::full(2), 0));
+    assert_eq!(first.len(), 2);
+    // "a" delivers in 10 ms: its usual delivery time.
+    arrive(&mut s, "a", first[0].1, 10);
+    let last = first[1].1;
+    // At 11 ms the other request is not overdue: no duplicate to a newcomer.
+    assert!(requests(&join(&mut s, "b", Bitmap::full(2), 11)).is_empty());
+    // Past twice the usual time it is: the newcomer takes a duplicate.
+    assert_eq!(requests(&s.handle(Event::Tick, ms(25))), vec![("b", last)]);
+    s.check_invariants();
+}
+
+#[test]
 fn invalid_data_bans_and_reassigns() {
     let mut cfg = config();
     cfg.endgame_duplicates_max = 1;
