@@ -15,6 +15,7 @@ pub mod digest;
 pub mod manifest;
 pub mod media_type;
 pub mod reference;
+pub mod rng;
 pub mod scheduler;
 pub mod wire;
 

@@ -4,33 +4,31 @@
 //! own seeds) is drawn from generators derived from the scenario seed, so a seed names one
 //! run exactly. Not for cryptography.
 
-/// splitmix64: tiny, fast, and statistically fine for simulation choices.
+use shoal_protocol::rng::SplitMix64;
+
+/// The protocol's splitmix64, with the draws a simulation needs.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(SplitMix64::new(seed))
     }
 
     /// A generator for one purpose (`stream`) derived from `seed`, independent of the others.
     pub fn derived(seed: u64, stream: u64) -> Self {
-        let mut rng = Rng(seed ^ stream.wrapping_mul(0xa076_1d64_78bd_642f));
+        let mut rng = Rng::new(seed ^ stream.wrapping_mul(0xa076_1d64_78bd_642f));
         rng.next_u64();
         rng
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// A number in `0..n` for `n > 0`.
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
+        self.0.below(n)
     }
 
     /// A number in `[0, 1)`.

@@ -38,6 +38,7 @@ use shoal_protocol::media_type::{
     DOCKER_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP,
     OCI_LAYER_TAR, OCI_MANIFEST,
 };
+use shoal_protocol::rng::{SplitMix64, mix64};
 use tar::{Builder, EntryType, Header};
 
 /// Docker schema 2 media type of a gzip-compressed layer.
@@ -183,7 +184,7 @@ impl ImageSpec {
 
     /// An image of about `total_bytes`, in layers of 20–60 MiB (the last one takes the rest).
     pub fn sized(seed: u64, total_bytes: u64) -> Self {
-        let mut rng = SplitMix64(mix(seed, u64::MAX, 0));
+        let mut rng = SplitMix64::new(mix(seed, u64::MAX, 0));
         let mut layers = Vec::new();
         let mut left = total_bytes;
         while left > 0 {
@@ -1326,28 +1327,10 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// SplitMix64: tiny, fast, and good enough to make bytes that do not compress.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        finalize64(self.0)
-    }
-}
-
-fn finalize64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// Derives an independent seed from a seed and two labels.
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
-    let mut rng = SplitMix64(
-        seed ^ finalize64(a.wrapping_add(0x51))
-            ^ finalize64(b.wrapping_add(0x5eed).rotate_left(17)),
+    let mut rng = SplitMix64::new(
+        seed ^ mix64(a.wrapping_add(0x51)) ^ mix64(b.wrapping_add(0x5eed).rotate_left(17)),
     );
     rng.next_u64()
 }
@@ -1371,7 +1354,7 @@ impl PrngReader {
     }
 
     fn word(&self, index: u64) -> [u8; 8] {
-        finalize64(self.seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes()
+        mix64(self.seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes()
     }
 }
 

@@ -42,6 +42,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use crate::bitmap::Bitmap;
+use crate::rng::SplitMix64;
 
 mod pick;
 #[cfg(test)]
@@ -183,25 +184,6 @@ pub enum SchedulerError {
     ResumeLength { expected: u32, actual: u32 },
 }
 
-/// splitmix64: tiny, fast, and good enough to break ties; seeded by the caller.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n`, for `n > 0` (slightly biased, which tie-breaking does not mind).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
-
 #[derive(Debug, Clone)]
 struct PeerState {
     have: Bitmap,
@@ -258,7 +240,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     pub fn new(chunk_count: u32, mut config: SchedulerConfig, seed: u64) -> Self {
         config.requests_per_peer_max = config.requests_per_peer_max.max(1);
         config.endgame_duplicates_max = config.endgame_duplicates_max.max(1);
-        let mut rng = SplitMix64(seed);
+        let mut rng = SplitMix64::new(seed);
         let tiebreak: Vec<u32> = (0..chunk_count).map(|_| rng.next_u64() as u32).collect();
         let rarity = (0..chunk_count)
             .map(|c| (0, tiebreak[c as usize], c))

@@ -79,6 +79,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
+use shoal_protocol::rng::SplitMix64;
 use shoal_tests::bench::{
     child_pid_named, children_cpu_seconds, cpu_seconds, median, peak_rss_bytes,
 };
@@ -1026,10 +1027,10 @@ impl FanoutBench {
             limits.extend(["--max-ingress".to_owned(), format!("{ingress_mib}MiB/s")]);
         }
         let seed = start_node(&dir.join("seed"), &limits)?;
-        let mut rng = SplitMix64(options.seed);
+        let mut rng = SplitMix64::new(options.seed);
         let mut members: Vec<Member> = Vec::new();
         for index in 0..options.nodes {
-            let bootstraps = rng.pick_distinct(index, options.extra_peers);
+            let bootstraps = pick_distinct(&mut rng, index, options.extra_peers);
             let mut peers = vec![&seed];
             peers.extend(bootstraps.iter().map(|&other| &members[other].node));
             let mut args = bootstrap_args(&peers)?;
@@ -1367,26 +1368,12 @@ fn print_timeline(t0: Instant, samples: &[Sample], done: &[Option<f64>]) {
     }
 }
 
-/// A small deterministic generator for the random peer choice (the same `--seed`, the same
-/// topology).
-#[derive(Debug)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+/// Up to `count` distinct numbers below `below`, in increasing order, drawn from `rng` (the
+/// same `--seed`, the same topology).
+fn pick_distinct(rng: &mut SplitMix64, below: usize, count: usize) -> Vec<usize> {
+    let mut picked = BTreeSet::new();
+    while picked.len() < count.min(below) {
+        picked.insert(rng.below(below));
     }
-
-    /// Up to `count` distinct numbers below `below`, in increasing order.
-    fn pick_distinct(&mut self, below: usize, count: usize) -> Vec<usize> {
-        let mut picked = BTreeSet::new();
-        while picked.len() < count.min(below) {
-            picked.insert((self.next_u64() % below as u64) as usize);
-        }
-        picked.into_iter().collect()
-    }
+    picked.into_iter().collect()
 }
