@@ -1019,6 +1019,22 @@ fn containerd_config_toml(dir: &Path) -> Result<String> {
     ))
 }
 
+/// Writes a podman `registries.conf` at `path` under which images named `<prefix>/...` live at
+/// `location` and are pulled first from the plain-HTTP `mirror` (`HOST:PORT`).
+pub fn write_registries_conf(
+    path: &Path,
+    prefix: &str,
+    location: &str,
+    mirror: &str,
+) -> Result<()> {
+    let conf = format!(
+        "unqualified-search-registries = []\n\n\
+         [[registry]]\nprefix = \"{prefix}\"\nlocation = \"{location}\"\n\n\
+         [[registry.mirror]]\nlocation = \"{mirror}\"\ninsecure = true\n"
+    );
+    fs::write(path, conf).with_context(|| format!("writing {}", path.display()))
+}
+
 /// Writes `hosts_dir/<registry>/hosts.toml` so that containerd resolves and pulls images named
 /// `<registry>/...` from `mirrors` in order (e.g. `http://127.0.0.1:5050`), then from `server`
 /// (e.g. `http://upstream.invalid`, unreachable on purpose to prove the mirror served it).

@@ -16,6 +16,7 @@ use shoal_tests::clients::{
     Containerd, ContainerdConfig, Credentials, CtrPullOptions, Dockerd, DockerdConfig, NetNs,
     Podman, PodmanConfig, Skopeo, oci_layout_digest, require_tools, sha256_digest,
     skopeo_copy_to_oci, skopeo_inspect_digest, umoci_busybox_layout, write_containerd_hosts_toml,
+    write_registries_conf,
 };
 use shoal_tests::registry::{DockerRegistry, RegistryConfig, push_oci_layout};
 use tempfile::TempDir;
@@ -412,14 +413,11 @@ fn podman_pulls_through_a_registries_conf_mirror() -> Result<()> {
     let pushed = push_busybox(RegistryConfig::default())?;
     let conf_dir = TempDir::new()?;
     let registries_conf = conf_dir.path().join("registries.conf");
-    fs::write(
+    write_registries_conf(
         &registries_conf,
-        format!(
-            "unqualified-search-registries = []\n\n\
-             [[registry]]\nprefix = \"upstream.invalid\"\nlocation = \"upstream.invalid\"\n\n\
-             [[registry.mirror]]\nlocation = \"{}\"\ninsecure = true\n",
-            pushed.registry.host()
-        ),
+        "upstream.invalid",
+        "upstream.invalid",
+        &pushed.registry.host(),
     )?;
     let config = PodmanConfig {
         registries_conf: Some(registries_conf),

@@ -33,6 +33,7 @@ use sha2::{Digest as _, Sha256};
 use shoal_tests::clients::{
     Containerd, ContainerdConfig, CtrPullOptions, Dockerd, DockerdConfig, NetNs, Podman,
     PodmanConfig, Skopeo, require_tools, run_command, sha256_digest, write_containerd_hosts_toml,
+    write_registries_conf,
 };
 use shoal_tests::image::{GeneratedImage, ImageSpec, MediaTypes};
 use shoal_tests::node::ShoalNode;
@@ -608,14 +609,11 @@ fn podman_uses_the_gateway_as_a_registry_mirror() -> Result<()> {
     let image = fixture.import(&app_spec(701), HUB_NAME)?;
     let conf_dir = TempDir::new()?;
     let registries_conf = conf_dir.path().join("registries.conf");
-    fs::write(
+    write_registries_conf(
         &registries_conf,
-        format!(
-            "unqualified-search-registries = []\n\n\
-             [[registry]]\nprefix = \"docker.io\"\nlocation = \"registry-1.docker.io\"\n\n\
-             [[registry.mirror]]\nlocation = \"{}\"\ninsecure = true\n",
-            fixture.node.gateway()
-        ),
+        "docker.io",
+        "registry-1.docker.io",
+        &fixture.node.gateway().to_string(),
     )?;
     let podman = Podman::with_config(PodmanConfig {
         netns: Some(netns.clone()),
