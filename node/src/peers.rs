@@ -220,7 +220,7 @@ impl PeerService {
             .blocking(move |store| store.chunk_index(&blob).ok().flatten())
             .await
         {
-            return Response::Index(index);
+            return Response::Index((*index).clone());
         }
         match self.partial(blob).await.and_then(|progress| progress.index) {
             Some(index) => Response::Index((*index).clone()),

@@ -21,7 +21,7 @@ mod metadata;
 mod partial;
 mod staging;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -84,6 +84,12 @@ struct Inner {
     commit_lock: Mutex<()>,
     /// Blobs whose file was hashed (or written) since this process started.
     verified: Mutex<HashSet<Digest>>,
+    /// Held while a blob is hashed before its first serve, so that concurrent first readers
+    /// (many peers asking for chunks at once) wait for one hash instead of each hashing.
+    verify_lock: Mutex<()>,
+    /// Decoded chunk indexes of stored blobs: peers ask for chunks of the same few blobs many
+    /// times a second, and each would otherwise decode the index from sled again.
+    indexes: Mutex<HashMap<Digest, Arc<ChunkIndex>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -116,6 +122,8 @@ impl Store {
                 db,
                 commit_lock: Mutex::new(()),
                 verified: Mutex::new(HashSet::new()),
+                verify_lock: Mutex::new(()),
+                indexes: Mutex::new(HashMap::new()),
             }),
         };
         let recovery = store.recover()?;
@@ -204,7 +212,27 @@ impl Store {
 
     /// The chunk index of a stored blob, computed from the verified file the first time and
     /// kept in the metadata after that.
-    pub fn chunk_index(&self, digest: &Digest) -> Result<Option<ChunkIndex>, StoreError> {
+    pub fn chunk_index(&self, digest: &Digest) -> Result<Option<Arc<ChunkIndex>>, StoreError> {
+        if let Some(index) = self.cached_indexes().get(digest) {
+            return Ok(Some(index.clone()));
+        }
+        let Some(index) = self.load_chunk_index(digest)? else {
+            return Ok(None);
+        };
+        let index = Arc::new(index);
+        let mut cache = self.cached_indexes();
+        if cache.len() >= INDEX_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(*digest, index.clone());
+        Ok(Some(index))
+    }
+
+    fn cached_indexes(&self) -> MutexGuard<'_, HashMap<Digest, Arc<ChunkIndex>>> {
+        self.inner.indexes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn load_chunk_index(&self, digest: &Digest) -> Result<Option<ChunkIndex>, StoreError> {
         let key = metadata::index_key(digest);
         if let Some(value) = self.inner.db.get(&key)? {
             match wire::decode::<ChunkIndex>(&value, INDEX_RECORD_BYTES_MAX) {
@@ -261,6 +289,12 @@ impl Store {
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(io_error(&path)(error)),
         };
+        let _verifying = (!self.is_verified(digest)).then(|| {
+            self.inner
+                .verify_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        });
         if !self.is_verified(digest) {
             let (actual, _) = hash_reader(&mut file).map_err(io_error(&path))?;
             if actual != *digest {
@@ -278,6 +312,7 @@ impl Store {
 
     fn remove_corrupt(&self, digest: &Digest) -> Result<(), StoreError> {
         let _guard = self.lock_commits();
+        self.cached_indexes().remove(digest);
         let path = self.inner.layout.blob(digest);
         metadata::forget_blob(&self.inner.db, digest)?;
         self.inner.db.flush()?;
@@ -411,6 +446,10 @@ impl Store {
 
 /// An announcement as kept: its id and its encoded signed form.
 pub type KeptAnnouncement = ([u8; 32], Vec<u8>);
+
+/// Decoded chunk indexes kept in memory: at most 64 KiB chunks × 32 bytes = 2 MiB each, and
+/// usually far less; peers fetch a handful of blobs at a time.
+const INDEX_CACHE_ENTRIES: usize = 64;
 
 /// Upper bound of a stored chunk index: the most chunks a blob may have, 32 bytes each.
 const INDEX_RECORD_BYTES_MAX: usize = 64 << 20;
