@@ -7,7 +7,7 @@
 //! reservations (the same FIFO links as [`crate::link`]) plus latency. They ignore churn and
 //! hostile nodes (a naive tree has no defence against either) and count only hosts that stay.
 
-use crate::link::{Link, Micros, micros, seconds};
+use crate::link::{Link, Micros, micros, seconds, site_links};
 use crate::rng::Rng;
 use crate::scenario::Scenario;
 use crate::topology::{ORIGIN, Role, Topology};
@@ -33,6 +33,7 @@ struct Links<'a> {
 
 impl<'a> Links<'a> {
     fn new(scenario: &Scenario, topology: &'a Topology) -> Self {
+        let (site_up, site_down) = site_links(&topology.sites);
         Links {
             topology,
             up: topology
@@ -45,16 +46,8 @@ impl<'a> Links<'a> {
                 .iter()
                 .map(|n| Link::new(n.down_mbps))
                 .collect(),
-            site_up: topology
-                .sites
-                .iter()
-                .map(|s| Link::new(s.up_mbps))
-                .collect(),
-            site_down: topology
-                .sites
-                .iter()
-                .map(|s| Link::new(s.down_mbps))
-                .collect(),
+            site_up,
+            site_down,
             local: micros(scenario.latency.local_ms / 1e3),
             remote: micros(scenario.latency.remote_ms / 1e3),
         }

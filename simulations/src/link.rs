@@ -23,6 +23,15 @@
 /// Virtual time in microseconds.
 use std::collections::VecDeque;
 
+use crate::topology::SiteLinks;
+
+/// Each site's shared uplink and downlink, in site order.
+pub fn site_links(sites: &[SiteLinks]) -> (Vec<Link>, Vec<Link>) {
+    let up = sites.iter().map(|s| Link::new(s.up_mbps)).collect();
+    let down = sites.iter().map(|s| Link::new(s.down_mbps)).collect();
+    (up, down)
+}
+
 pub type Micros = u64;
 
 pub const MICROS_PER_SECOND: f64 = 1e6;

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use shoal_protocol::{Action, Bitmap, Event, Scheduler, SchedulerConfig};
 
-use crate::link::{Link, Micros, micros};
+use crate::link::{Link, Micros, micros, site_links};
 use crate::queue::EventQueue;
 use crate::rng::Rng;
 use crate::scenario::Scenario;
@@ -210,22 +210,15 @@ impl<'a> Simulation<'a> {
                 }
             })
             .collect();
+        let (site_up, site_down) = site_links(&topology.sites);
         let mut simulation = Simulation {
             scenario,
             topology,
             config: scheduler_config(scenario),
             chunk_count,
             nodes,
-            site_up: topology
-                .sites
-                .iter()
-                .map(|s| Link::new(s.up_mbps))
-                .collect(),
-            site_down: topology
-                .sites
-                .iter()
-                .map(|s| Link::new(s.down_mbps))
-                .collect(),
+            site_up,
+            site_down,
             queue: EventQueue::default(),
             now: 0,
             local_latency: micros(scenario.latency.local_ms / 1e3),
