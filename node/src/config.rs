@@ -1,7 +1,10 @@
 //! The node's configuration: embedded defaults, overridden by a TOML file, overridden by flags.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::Context;
 use libp2p::pnet::PreSharedKey;
@@ -12,6 +15,8 @@ use crate::rate::ByteRate;
 pub const DEFAULT_DATA_DIR: &str = "./shoal-data";
 pub const DEFAULT_GATEWAY: &str = "127.0.0.1:5050";
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// How long a tag resolved from an upstream is trusted before asking again.
+pub const DEFAULT_TAG_FRESHNESS: Duration = Duration::from_secs(300);
 /// Peers listen on all interfaces, on a fixed port so firewalls can be opened for it.
 pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/4050", "/ip4/0.0.0.0/udp/4050/quic-v1"];
 
@@ -57,6 +62,15 @@ pub struct NodeArgs {
     /// Most bytes per second received from peers, such as 20MiB/s [default: unlimited]
     #[arg(long, value_name = "RATE")]
     pub max_ingress: Option<ByteRate>,
+    /// Registry to fetch from when no peer has the content, as NAMESPACE=URL (repeatable),
+    /// such as docker.io=https://registry-1.docker.io or ghcr.io=https://ghcr.io.
+    /// Credentials go in the config file's [credentials."NAMESPACE"] table.
+    #[arg(long, value_name = "NS=URL")]
+    pub upstream: Vec<UpstreamSpec>,
+    /// How long a tag resolved from an upstream is used before asking the upstream again,
+    /// such as 30s, 5m or 1h [default: 5m]
+    #[arg(long, value_name = "DURATION")]
+    pub tag_freshness: Option<Freshness>,
     /// Fetch images as soon as they are announced when `repository:tag` matches this glob
     /// (repeatable), such as `docker.io/library/*:*` or `team/app:1`.
     #[arg(long, value_name = "PATTERN")]
@@ -84,6 +98,10 @@ struct FileConfig {
     max_egress: Option<String>,
     max_ingress: Option<String>,
     prefetch: Option<Vec<String>>,
+    upstream: Option<Vec<UpstreamSpec>>,
+    tag_freshness: Option<Freshness>,
+    #[serde(default)]
+    credentials: BTreeMap<String, Credentials>,
 }
 
 /// The resolved configuration the daemon runs with.
@@ -101,6 +119,8 @@ pub struct NodeConfig {
     pub max_egress: Option<ByteRate>,
     pub max_ingress: Option<ByteRate>,
     pub prefetch: Vec<String>,
+    pub upstreams: Vec<Upstream>,
+    pub tag_freshness: Duration,
     pub hostile_corrupt_chunks: bool,
     pub hostile_forge_announcements: bool,
 }
@@ -181,9 +201,134 @@ impl NodeConfig {
             prefetch: non_empty(args.prefetch)
                 .or(file.prefetch)
                 .unwrap_or_default(),
+            upstreams: upstreams(
+                non_empty(args.upstream)
+                    .or(file.upstream)
+                    .unwrap_or_default(),
+                file.credentials,
+            )?,
+            tag_freshness: args
+                .tag_freshness
+                .or(file.tag_freshness)
+                .map_or(DEFAULT_TAG_FRESHNESS, |freshness| freshness.0),
             hostile_corrupt_chunks: args.hostile_corrupt_chunks,
             hostile_forge_announcements: args.hostile_forge_announcements,
         })
+    }
+}
+
+/// `--upstream NS=URL` as written.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct UpstreamSpec {
+    pub namespace: String,
+    pub url: String,
+}
+
+impl FromStr for UpstreamSpec {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> anyhow::Result<UpstreamSpec> {
+        let (namespace, url) = text.split_once('=').with_context(|| {
+            format!("invalid upstream {text:?}: use NAMESPACE=URL, such as docker.io=https://registry-1.docker.io")
+        })?;
+        let namespace = shoal_protocol::reference::normalize_namespace(namespace.trim())?;
+        let url = url.trim().trim_end_matches('/').to_owned();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            anyhow::bail!(
+                "invalid upstream URL {url:?} for {namespace}: it must start with http:// or https://"
+            );
+        }
+        Ok(UpstreamSpec { namespace, url })
+    }
+}
+
+impl TryFrom<String> for UpstreamSpec {
+    type Error = anyhow::Error;
+
+    fn try_from(text: String) -> anyhow::Result<UpstreamSpec> {
+        text.parse()
+    }
+}
+
+/// Registry credentials from the config file. Never printed: `Debug` hides the password.
+#[derive(Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
+
+/// One configured upstream registry.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub namespace: String,
+    pub url: String,
+    pub credentials: Option<Credentials>,
+}
+
+fn upstreams(
+    specs: Vec<UpstreamSpec>,
+    mut credentials: BTreeMap<String, Credentials>,
+) -> anyhow::Result<Vec<Upstream>> {
+    let mut upstreams: Vec<Upstream> = Vec::new();
+    for spec in specs {
+        if upstreams.iter().any(|u| u.namespace == spec.namespace) {
+            anyhow::bail!("two upstreams for {}", spec.namespace);
+        }
+        upstreams.push(Upstream {
+            credentials: credentials.remove(&spec.namespace),
+            namespace: spec.namespace,
+            url: spec.url,
+        });
+    }
+    if let Some(namespace) = credentials.keys().next() {
+        anyhow::bail!("credentials for {namespace}, which has no upstream");
+    }
+    Ok(upstreams)
+}
+
+/// A duration written as `30s`, `5m`, `1h` or plain seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct Freshness(pub Duration);
+
+impl FromStr for Freshness {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> anyhow::Result<Freshness> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number
+            .parse()
+            .with_context(|| format!("invalid duration {text:?}: use 30s, 5m or 1h"))?;
+        let seconds = match unit {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => anyhow::bail!("invalid duration {text:?}: use 30s, 5m or 1h"),
+        };
+        Ok(Freshness(Duration::from_secs(number * seconds)))
+    }
+}
+
+impl TryFrom<String> for Freshness {
+    type Error = anyhow::Error;
+
+    fn try_from(text: String) -> anyhow::Result<Freshness> {
+        text.parse()
     }
 }
 
@@ -233,5 +378,48 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{error:#}").contains("gatewy"), "{error:#}");
+    }
+
+    #[test]
+    fn upstreams_come_with_their_credentials_which_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shoal.toml");
+        std::fs::write(
+            &file,
+            "upstream = [\"ghcr.io=https://ghcr.io/\", \"index.docker.io=http://127.0.0.1:5000\"]\n\
+             tag-freshness = \"2m\"\n\
+             [credentials.\"ghcr.io\"]\nusername = \"ci\"\npassword = \"hunter2\"\n",
+        )
+        .unwrap();
+        let config = NodeConfig::resolve(NodeArgs {
+            config: Some(file.clone()),
+            ..NodeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(config.upstreams.len(), 2);
+        assert_eq!(config.upstreams[0].url, "https://ghcr.io");
+        assert_eq!(config.upstreams[1].namespace, "docker.io");
+        assert!(config.upstreams[1].credentials.is_none());
+        assert_eq!(config.tag_freshness, Duration::from_secs(120));
+        let printed = format!("{config:?}");
+        assert!(
+            printed.contains("ci") && !printed.contains("hunter2"),
+            "{printed}"
+        );
+
+        std::fs::write(
+            &file,
+            "[credentials.\"quay.io\"]\nusername = \"a\"\npassword = \"b\"\n",
+        )
+        .unwrap();
+        let error = NodeConfig::resolve(NodeArgs {
+            config: Some(file),
+            ..NodeArgs::default()
+        })
+        .unwrap_err();
+        assert!(format!("{error:#}").contains("quay.io"), "{error:#}");
+        assert!("docker.io=ftp://x".parse::<UpstreamSpec>().is_err());
+        assert!("docker.io".parse::<UpstreamSpec>().is_err());
+        assert!("5x".parse::<Freshness>().is_err());
     }
 }
