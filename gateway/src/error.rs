@@ -71,12 +71,13 @@ impl GatewayError {
         }
     }
 
-    /// The message the client sees: source failures are summarised, never detailed.
+    /// The message the client sees: internal failures are summarised, never detailed; an
+    /// unavailable source says why (an unreachable upstream, say), which the client can act on.
     fn public_message(&self) -> String {
         match self {
             GatewayError::Source(SourceError::Internal(_)) => "internal error".to_owned(),
-            GatewayError::Source(SourceError::Unavailable(_)) => {
-                "content is temporarily unavailable".to_owned()
+            GatewayError::Source(SourceError::Unavailable(reason)) => {
+                format!("content is temporarily unavailable: {reason}")
             }
             other => other.to_string(),
         }

@@ -200,12 +200,21 @@ impl Announcements {
         };
         announcement.normalize_roots();
         let signed = if self.forge_signatures {
-            let mut forged =
-                SignedAnnouncement::sign(&announcement, &Keypair::generate_ed25519()).ok()?;
-            forged.publisher = self.keypair.public().encode_protobuf();
-            forged
+            SignedAnnouncement::sign(&announcement, &Keypair::generate_ed25519()).map(
+                |mut forged| {
+                    forged.publisher = self.keypair.public().encode_protobuf();
+                    forged
+                },
+            )
         } else {
-            SignedAnnouncement::sign(&announcement, &self.keypair).ok()?
+            SignedAnnouncement::sign(&announcement, &self.keypair)
+        };
+        let signed = match signed {
+            Ok(signed) => signed,
+            Err(error) => {
+                tracing::warn!(%repo, %tag, %error, "cannot sign an announcement");
+                return None;
+            }
         };
         let encoded = signed.encode().ok()?;
         self.insert(signed, true);

@@ -29,6 +29,7 @@ use crate::pull::Puller;
 use crate::rate::RateLimiter;
 use crate::source::NodeSource;
 use crate::store::{Layout, Store};
+use crate::upstream::Upstreams;
 
 /// How long requests in flight may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -77,6 +78,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let (network, network_events, network_task) =
         network::start(identity, network_config, shutdown.clone()).await?;
     tasks.spawn(async move { network_task.await.context("network task failed") });
+    let upstreams = Upstreams::new(&config.upstreams)?;
     let (fetch, fetch_task) = fetch::start(
         FetchContext {
             store: store.clone(),
@@ -86,6 +88,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             ingress: config
                 .max_ingress
                 .map(|rate| Arc::new(RateLimiter::new(rate))),
+            upstreams: upstreams.clone(),
         },
         shutdown.clone(),
     );
@@ -94,6 +97,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         store: store.clone(),
         fetch: fetch.clone(),
         announcements: announcements.clone(),
+        network: network.clone(),
+        upstreams: upstreams.clone(),
+        tag_freshness: config.tag_freshness,
+        checked_tags: Arc::default(),
     };
 
     let (prefetch_queue, prefetch_receiver) =
@@ -121,6 +128,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             }
         }),
         seeding: Arc::default(),
+        upstreams,
         corrupt_chunks: config.hostile_corrupt_chunks,
     };
     let peers_shutdown = shutdown.clone();

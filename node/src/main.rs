@@ -10,6 +10,7 @@ mod admin;
 mod announce;
 mod commands;
 mod config;
+mod configure;
 mod counters;
 mod daemon;
 mod fetch;
@@ -23,6 +24,7 @@ mod rate;
 mod seeding;
 mod source;
 mod store;
+mod upstream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +79,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print (or --write) the config that makes containerd, Docker or podman pull through this node.
+    Configure(configure::ConfigureArgs),
 }
 
 fn main() -> ExitCode {
@@ -115,6 +119,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Import { data, path, tag } => commands::import(&data, &path, tag).await,
         Command::Pull { data, reference } => commands::pull(&data, &reference).await,
         Command::Status { data, json } => commands::status(&data, json).await,
+        Command::Configure(args) => configure::run(args),
     }
 }
 

@@ -18,11 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcements;
 use crate::counters::Counters;
-use crate::fetch::FetchHandle;
+use crate::fetch::{FetchHandle, Origin};
 use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
 use crate::rate::RateLimiter;
 use crate::seeding::SeedLedger;
 use crate::store::Store;
+use crate::upstream::Upstreams;
 
 /// Inbound requests worked on at once; more wait in the network's queue.
 const INBOUND_CONCURRENCY: usize = 64;
@@ -44,6 +45,7 @@ pub struct PeerService {
     pub egress: Option<Arc<RateLimiter>>,
     pub on_announcement: OnAnnouncement,
     pub seeding: Arc<SeedLedger>,
+    pub upstreams: Upstreams,
     /// Fault injection for tests: corrupt every chunk sent.
     pub corrupt_chunks: bool,
 }
@@ -139,6 +141,11 @@ impl PeerService {
                 }
                 other => other,
             },
+            Request::Fetch {
+                blob,
+                repository,
+                manifest,
+            } => self.fetch_for_peer(blob, &repository, manifest).await,
             Request::Announcements { after } => {
                 let page = self.announcements.page(after.as_ref());
                 Response::Announcements {
@@ -164,6 +171,22 @@ impl PeerService {
         Response::Chunk(bytes)
     }
 
+    /// Starts fetching `blob` from the upstream a peer chose this node to fetch it from; the
+    /// peer then takes it from here like any blob in progress.
+    async fn fetch_for_peer(&self, blob: Digest, repository: &str, manifest: bool) -> Response {
+        let Ok(repo) = shoal_protocol::RepoName::from_qualified(repository) else {
+            return Response::NotFound;
+        };
+        if self.upstreams.for_repo(&repo).is_none() {
+            return Response::NotFound;
+        }
+        let origin = Origin { repo, manifest };
+        match self.fetch.fetch(blob, Some(origin)).await {
+            Some(_) => Response::Fetching,
+            None => Response::NotFound,
+        }
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Store) -> Option<T> + Send + 'static,
@@ -183,7 +206,7 @@ impl PeerService {
             .into_iter()
             .find(|transfer| transfer.blob == blob)?;
         let progress = transfer.progress();
-        progress.index.is_some().then_some(progress)
+        progress.layout.is_some().then_some(progress)
     }
 
     async fn have(&self, blob: Digest) -> Response {
@@ -199,18 +222,17 @@ impl PeerService {
             };
         }
         match self.partial(blob).await {
-            Some(progress) => {
-                let index = progress.index.as_deref().cloned();
-                match index {
-                    Some(index) => Response::Have {
-                        blob_size: index.blob_size(),
-                        chunk_bytes: index.chunk_bytes(),
-                        chunks: progress.have,
-                        complete: false,
-                    },
-                    None => Response::NotFound,
-                }
-            }
+            // A blob coming from an upstream has no index until it is whole: its bitmap tells
+            // peers that it is coming, and they ask for the index again later.
+            Some(progress) => match progress.layout {
+                Some(layout) => Response::Have {
+                    blob_size: layout.blob_size(),
+                    chunk_bytes: layout.chunk_bytes(),
+                    chunks: progress.have,
+                    complete: false,
+                },
+                None => Response::NotFound,
+            },
             None => Response::NotFound,
         }
     }

@@ -1,18 +1,24 @@
-//! Getting whole images from the network: resolve a reference (store, then trusted
-//! announcements), fetch its manifest, then every child manifest and blob it needs, and record
-//! the manifests in the store under the repository. Used by `shoal pull`, by `--prefetch`, and
-//! by the gateway when a client asks for a manifest the node lacks.
+//! Getting whole images from the network: resolve a reference (the upstream while its answer
+//! is fresh, then trusted announcements, then the store), fetch its manifest, then every child
+//! manifest and blob it needs, and record the manifests in the store under the repository.
+//! Used by `shoal pull`, by `--prefetch`, and by the gateway for whatever the node lacks.
+//!
+//! A tag of a namespace with an upstream is asked of the upstream at most once per
+//! `--tag-freshness`; the answer is stored (so it outlives a restart and an upstream outage)
+//! and announced, so that peers trusting this node resolve it even while the upstream is down.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use shoal_protocol::{Digest, ImageRef, ParsedManifest, RepoName, TagOrDigest};
+use shoal_protocol::{Digest, ImageRef, ParsedManifest, RepoName, Tag, TagOrDigest};
 use tokio::task::JoinSet;
 
 use crate::announce::Announcements;
-use crate::fetch::FetchHandle;
+use crate::fetch::{FetchHandle, Origin};
+use crate::network::NetworkHandle;
 use crate::store::{Commit, ManifestRecord, Store};
+use crate::upstream::{UpstreamError, Upstreams};
 
 /// Blobs of one image fetched at once; each is itself fetched from many peers.
 const BLOBS_IN_PARALLEL: usize = 4;
@@ -31,6 +37,11 @@ pub enum PullError {
     Manifest { digest: Digest, reason: String },
     #[error("store failed: {0}")]
     Store(String),
+    #[error("{reference} is not known here and {error}")]
+    Upstream {
+        reference: String,
+        error: UpstreamError,
+    },
 }
 
 /// What pulling needs.
@@ -39,6 +50,11 @@ pub struct Puller {
     pub store: Store,
     pub fetch: FetchHandle,
     pub announcements: Arc<Announcements>,
+    pub network: NetworkHandle,
+    pub upstreams: Upstreams,
+    pub tag_freshness: Duration,
+    /// When each upstream tag was last confirmed by its upstream.
+    pub checked_tags: Arc<Mutex<HashMap<(RepoName, Tag), Instant>>>,
 }
 
 /// A pull's progress: blobs and bytes done of those known so far.
@@ -62,8 +78,8 @@ impl Puller {
             .map_err(|error| PullError::Store(error.to_string()))
     }
 
-    /// The manifest digest a tag or digest names: the store's tag first, then the newest
-    /// trusted announcement.
+    /// The manifest digest a tag or digest names: the upstream's answer (fresh or just asked
+    /// for), then the newest trusted announcement, then the store's tag.
     pub async fn resolve(
         &self,
         repo: &RepoName,
@@ -73,14 +89,94 @@ impl Puller {
             TagOrDigest::Digest(digest) => return Ok(Some(*digest)),
             TagOrDigest::Tag(tag) => tag.clone(),
         };
+        let stored = {
+            let (repo, reference) = (repo.clone(), reference.clone());
+            self.blocking(move |store| store.manifest(&repo, &reference))
+                .await?
+                .map(|(digest, _, _)| digest)
+        };
+        let mut upstream_error = None;
+        if self.upstreams.for_repo(repo).is_some() {
+            if let Some(digest) = stored
+                && self.is_fresh(repo, &tag)
+            {
+                return Ok(Some(digest));
+            }
+            match self.resolve_upstream(repo, &tag, stored).await {
+                Ok(Some(digest)) => return Ok(Some(digest)),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%repo, %tag, %error, "upstream unavailable; using what the network knows");
+                    upstream_error = Some(error);
+                }
+            }
+        }
         if let Some(manifest) = self.announcements.resolve(repo, &tag) {
             return Ok(Some(manifest));
         }
-        let (repo, reference) = (repo.clone(), reference.clone());
-        let stored = self
-            .blocking(move |store| store.manifest(&repo, &reference))
-            .await?;
-        Ok(stored.map(|(digest, _, _)| digest))
+        match (stored, upstream_error) {
+            (Some(digest), _) => Ok(Some(digest)),
+            (None, Some(PullError::Upstream { error, .. })) => Err(PullError::Upstream {
+                reference: format!("{repo}:{tag}"),
+                error,
+            }),
+            (None, Some(error)) => Err(error),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn is_fresh(&self, repo: &RepoName, tag: &Tag) -> bool {
+        let checked = self
+            .checked_tags
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        checked
+            .get(&(repo.clone(), tag.clone()))
+            .is_some_and(|at| at.elapsed() < self.tag_freshness)
+    }
+
+    /// Asks the upstream what `tag` points to, stores the manifest and the tag, and announces
+    /// a tag that moved. `None` if the upstream has no such tag.
+    async fn resolve_upstream(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        stored: Option<Digest>,
+    ) -> Result<Option<Digest>, PullError> {
+        let Some(client) = self.upstreams.for_repo(repo) else {
+            return Ok(None);
+        };
+        let upstream = |error| PullError::Upstream {
+            reference: format!("{repo}:{tag}"),
+            error,
+        };
+        let Some(digest) = client.tag_digest(repo, tag).await.map_err(upstream)? else {
+            return Ok(None);
+        };
+        let (bytes, parsed) = self.record_manifest(repo, digest, Some(tag)).await?;
+        self.checked_tags
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert((repo.clone(), tag.clone()), Instant::now());
+        if stored != Some(digest) {
+            tracing::info!(%repo, %tag, %digest, "tag resolved from the upstream");
+            let root = self
+                .blocking(move |store| store.chunk_index(&digest))
+                .await?
+                .map(|index| (digest, index.root()));
+            let announced = self.announcements.announce(
+                repo,
+                tag,
+                digest,
+                &parsed.media_type,
+                bytes.len() as u64,
+                root.into_iter().collect(),
+            );
+            if let Some(data) = announced {
+                self.network.publish(data).await;
+            }
+        }
+        Ok(Some(digest))
     }
 
     /// Makes manifest `digest` available in `repo`, fetching it from peers when needed, and
@@ -90,9 +186,24 @@ impl Puller {
         repo: &RepoName,
         digest: Digest,
     ) -> Result<(Vec<u8>, ParsedManifest), PullError> {
+        self.record_manifest(repo, digest, None).await
+    }
+
+    /// [`Puller::manifest`], also pointing `tag` at it when given.
+    async fn record_manifest(
+        &self,
+        repo: &RepoName,
+        digest: Digest,
+        tag: Option<&Tag>,
+    ) -> Result<(Vec<u8>, ParsedManifest), PullError> {
         let stored = self.blocking(move |store| store.has_blob(&digest)).await?;
         if !stored {
-            tokio::time::timeout(MANIFEST_FETCH_TIMEOUT, self.fetch.fetch_and_wait(digest))
+            let origin = Origin {
+                repo: repo.clone(),
+                manifest: true,
+            };
+            let fetched = self.fetch.fetch_and_wait(digest, Some(origin));
+            tokio::time::timeout(MANIFEST_FETCH_TIMEOUT, fetched)
                 .await
                 .map_err(|_| PullError::Fetch {
                     digest,
@@ -101,6 +212,7 @@ impl Puller {
                 .map_err(|reason| PullError::Fetch { digest, reason })?;
         }
         let repo = repo.clone();
+        let tag = tag.cloned();
         self.blocking(move |store| {
             let limit = shoal_protocol::manifest::MANIFEST_BYTES_MAX as u64;
             let staging = store.staging()?;
@@ -129,8 +241,8 @@ impl Puller {
             staging.commit(Commit {
                 blobs: [digest].into(),
                 manifests: vec![(digest, record)],
-                repo_manifests: vec![(repo, digest)],
-                tags: Vec::new(),
+                repo_manifests: vec![(repo.clone(), digest)],
+                tags: tag.map(|tag| (repo, tag, digest)).into_iter().collect(),
             })?;
             Ok(Ok((bytes, parsed)))
         })
@@ -170,11 +282,15 @@ impl Puller {
             {
                 let fetch = self.fetch.clone();
                 let store = self.store.clone();
+                let origin = Origin {
+                    repo: reference.repo.clone(),
+                    manifest: false,
+                };
                 running.spawn(async move {
                     let stored = tokio::task::spawn_blocking(move || store.has_blob(&digest)).await;
                     let result = match stored {
                         Ok(Ok(true)) => Ok(()),
-                        _ => fetch.fetch_and_wait(digest).await,
+                        _ => fetch.fetch_and_wait(digest, Some(origin)).await,
                     };
                     (digest, size, result)
                 });

@@ -1,7 +1,8 @@
 //! The gateway's view of the node: [`NodeSource`] implements the gateway's [`ContentSource`].
 //! It answers from the store first (reads on the blocking pool, blob files streamed); what the
-//! store lacks it gets from peers: tags resolve through trusted announcements, manifests are
-//! fetched and recorded, and blobs stream to the client chunk by chunk as they are verified.
+//! store lacks it gets from peers or else the namespace's upstream: tags resolve through the
+//! [`Puller`] (upstream, trusted announcements, store), manifests are fetched and recorded, and
+//! blobs stream to the client chunk by chunk as they arrive.
 
 use std::io::{Seek, SeekFrom};
 use std::ops::Range;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 
 use crate::counters::Counters;
-use crate::fetch::stream_transfer;
+use crate::fetch::{Origin, stream_transfer};
 use crate::pull::Puller;
 use crate::store::{Store, StoreError};
 
@@ -91,29 +92,22 @@ impl ContentSource for NodeSource {
         repo: &RepoName,
         reference: &TagOrDigest,
     ) -> Result<Option<Manifest>, SourceError> {
-        let (for_store, stored_reference) = (repo.clone(), reference.clone());
-        let stored = self
-            .blocking(move |store| absent_if_corrupt(store.manifest(&for_store, &stored_reference)))
-            .await?;
-        // A tag announced by a trusted publisher may have moved on from what the store holds.
-        let announced = match reference {
-            TagOrDigest::Tag(tag) => self.puller.announcements.resolve(repo, tag),
-            TagOrDigest::Digest(_) => None,
+        let digest = match self.puller.resolve(repo, reference).await {
+            Ok(Some(digest)) => digest,
+            Ok(None) => return Ok(None),
+            Err(error) => return Err(SourceError::Unavailable(error.to_string())),
         };
-        if let Some((digest, record, bytes)) = stored
-            && announced.is_none_or(|announced| announced == digest)
-        {
+        let (for_store, by_digest) = (repo.clone(), TagOrDigest::Digest(digest));
+        let stored = self
+            .blocking(move |store| absent_if_corrupt(store.manifest(&for_store, &by_digest)))
+            .await?;
+        if let Some((digest, record, bytes)) = stored {
             return Ok(Some(Manifest {
                 digest,
                 media_type: record.media_type,
                 bytes: bytes.into(),
             }));
         }
-        let digest = match (reference, announced) {
-            (TagOrDigest::Digest(digest), _) => *digest,
-            (TagOrDigest::Tag(_), Some(digest)) => digest,
-            (TagOrDigest::Tag(_), None) => return Ok(None),
-        };
         match self.puller.manifest(repo, digest).await {
             Ok((bytes, parsed)) => Ok(Some(Manifest {
                 digest,
@@ -129,7 +123,7 @@ impl ContentSource for NodeSource {
 
     async fn open_blob(
         &self,
-        _repo: &RepoName,
+        repo: &RepoName,
         digest: &Digest,
     ) -> Result<Option<OpenBlob>, SourceError> {
         let digest = *digest;
@@ -141,15 +135,19 @@ impl ContentSource for NodeSource {
             let read = Box::new(move |range| counted(stream_file(file, range), counters));
             return Ok(Some(OpenBlob { size, read }));
         }
-        let Some(mut transfer) = self.puller.fetch.fetch(digest).await else {
+        let origin = Origin {
+            repo: repo.clone(),
+            manifest: false,
+        };
+        let Some(mut transfer) = self.puller.fetch.fetch(digest, Some(origin)).await else {
             return Ok(None);
         };
         match transfer.ready().await {
-            Ok(index) => {
+            Ok(layout) => {
                 let read =
                     Box::new(move |range| counted(stream_transfer(transfer, range), counters));
                 Ok(Some(OpenBlob {
-                    size: index.blob_size(),
+                    size: layout.blob_size(),
                     read,
                 }))
             }

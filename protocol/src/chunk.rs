@@ -133,6 +133,68 @@ pub fn chunk_bytes_for(blob_size: u64) -> Result<u32, ChunkError> {
     Ok(chunk_bytes)
 }
 
+/// How a blob is cut into chunks, before (or without) knowing their hashes: what a reader
+/// streaming a blob that is still arriving needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLayout {
+    blob_size: u64,
+    chunk_bytes: u32,
+    chunk_count: u32,
+}
+
+impl ChunkLayout {
+    pub fn new(blob_size: u64, chunk_bytes: u32) -> Result<Self, ChunkError> {
+        Ok(ChunkLayout {
+            blob_size,
+            chunk_bytes,
+            chunk_count: chunk_count(blob_size, chunk_bytes)?,
+        })
+    }
+
+    /// The layout a node gives a blob it indexes itself: [`chunk_bytes_for`] its size.
+    pub fn for_size(blob_size: u64) -> Result<Self, ChunkError> {
+        ChunkLayout::new(blob_size, chunk_bytes_for(blob_size)?)
+    }
+
+    pub fn blob_size(&self) -> u64 {
+        self.blob_size
+    }
+
+    pub fn chunk_bytes(&self) -> u32 {
+        self.chunk_bytes
+    }
+
+    pub fn chunk_count(&self) -> u32 {
+        self.chunk_count
+    }
+
+    /// The byte range of chunk `chunk` within the blob.
+    pub fn chunk_range(&self, chunk: u32) -> Result<Range<u64>, ChunkError> {
+        if chunk >= self.chunk_count {
+            return Err(ChunkError::OutOfRange {
+                chunk,
+                count: self.chunk_count,
+            });
+        }
+        let start = u64::from(chunk) * u64::from(self.chunk_bytes);
+        let end = (start + u64::from(self.chunk_bytes)).min(self.blob_size);
+        Ok(start..end)
+    }
+
+    /// The length of chunk `chunk`: `chunk_bytes`, except for a shorter last chunk.
+    pub fn chunk_len(&self, chunk: u32) -> Result<u32, ChunkError> {
+        let range = self.chunk_range(chunk)?;
+        // A chunk is at most chunk_bytes long.
+        Ok((range.end - range.start) as u32)
+    }
+
+    /// The chunk holding byte `offset`, if the blob is that long; a streaming reader's position
+    /// becomes the scheduler's focus this way.
+    pub fn chunk_at(&self, offset: u64) -> Option<u32> {
+        (offset < self.blob_size).then(|| (offset / u64::from(self.chunk_bytes)) as u32)
+    }
+}
+
 impl ChunkIndex {
     /// Assembles an index from its parts, checking its shape (not its hashes: only the bytes
     /// or a signed root can vouch for those).
@@ -187,36 +249,28 @@ impl ChunkIndex {
         self.hashes.len() as u32
     }
 
-    fn check_chunk(&self, chunk: u32) -> Result<(), ChunkError> {
-        if chunk < self.chunk_count() {
-            Ok(())
-        } else {
-            Err(ChunkError::OutOfRange {
-                chunk,
-                count: self.chunk_count(),
-            })
+    /// How the blob is cut into chunks.
+    pub fn layout(&self) -> ChunkLayout {
+        ChunkLayout {
+            blob_size: self.blob_size,
+            chunk_bytes: self.chunk_bytes,
+            chunk_count: self.chunk_count(),
         }
     }
 
     /// The byte range of chunk `chunk` within the blob.
     pub fn chunk_range(&self, chunk: u32) -> Result<Range<u64>, ChunkError> {
-        self.check_chunk(chunk)?;
-        let start = u64::from(chunk) * u64::from(self.chunk_bytes);
-        let end = (start + u64::from(self.chunk_bytes)).min(self.blob_size);
-        Ok(start..end)
+        self.layout().chunk_range(chunk)
     }
 
     /// The length of chunk `chunk`: `chunk_bytes`, except for a shorter last chunk.
     pub fn chunk_len(&self, chunk: u32) -> Result<u32, ChunkError> {
-        let range = self.chunk_range(chunk)?;
-        // A chunk is at most chunk_bytes long.
-        Ok((range.end - range.start) as u32)
+        self.layout().chunk_len(chunk)
     }
 
-    /// The chunk holding byte `offset`, if the blob is that long; a streaming reader's position
-    /// becomes the scheduler's focus this way.
+    /// The chunk holding byte `offset`, if the blob is that long.
     pub fn chunk_at(&self, offset: u64) -> Option<u32> {
-        (offset < self.blob_size).then(|| (offset / u64::from(self.chunk_bytes)) as u32)
+        self.layout().chunk_at(offset)
     }
 
     /// Checks that `bytes` are chunk `chunk`: its exact length and its BLAKE3 hash.

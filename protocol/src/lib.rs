@@ -27,7 +27,7 @@ pub use announce::{
     SignedAnnouncement, VerifiedAnnouncement,
 };
 pub use bitmap::{Bitmap, BitmapError};
-pub use chunk::{CHUNK_BYTES_DEFAULT, ChunkError, ChunkIndex, ChunkIndexBuilder};
+pub use chunk::{CHUNK_BYTES_DEFAULT, ChunkError, ChunkIndex, ChunkIndexBuilder, ChunkLayout};
 pub use digest::{Digest, DigestError, Sha256Writer};
 pub use manifest::{Descriptor, ManifestError, ParsedManifest};
 pub use reference::{ImageRef, ReferenceError, RepoName, Tag, TagOrDigest};

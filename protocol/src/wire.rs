@@ -145,6 +145,15 @@ pub enum Request {
     /// Send the announcements you hold, in book order, starting after `after`: a late joiner
     /// pages through with the `next` cursor of each [`Response::Announcements`].
     Announcements { after: Option<AnnouncementCursor> },
+    /// Fetch `blob` from your upstream registry for `repository` (a qualified name, such as
+    /// `docker.io/library/alpine`; `manifest` says which endpoint holds it), so that a blob
+    /// missing from the whole network crosses the uplink once: the requester then takes it
+    /// from you. Answered with [`Response::Fetching`], or `NotFound` without an upstream.
+    Fetch {
+        blob: Digest,
+        repository: String,
+        manifest: bool,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -172,6 +181,8 @@ pub enum Response {
     NotFound,
     /// The responder is at its upload limit; ask again later or elsewhere.
     Busy,
+    /// The responder is getting the blob asked for by [`Request::Fetch`].
+    Fetching,
 }
 
 impl Request {

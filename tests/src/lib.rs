@@ -11,3 +11,4 @@ pub mod image;
 pub mod node;
 pub mod registry;
 pub mod sendfile_server;
+pub mod token_auth;

@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::clients::NetNs;
+use crate::clients::{NetNs, wait_until};
 
 /// How long a node may take to print its `ready` line.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on two nodes connecting after one is started with the other as its bootstrap peer.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The `shoal` binary: `$SHOAL_BIN` when set, otherwise built once per test process with the
 /// same profile as the running test, so the tests never run a stale binary.
@@ -96,6 +98,42 @@ impl ShoalNode {
     /// to the node over a Unix socket in `data`).
     pub fn start_in(netns: &NetNs, data: &Path, extra: &[&str]) -> anyhow::Result<ShoalNode> {
         Self::start_with(data, extra, Some(netns))
+    }
+
+    /// [`ShoalNode::start`] bootstrapped to `seeds` and trusting their announcements; returns
+    /// once it is connected to each of them.
+    pub fn start_joined(
+        data: &Path,
+        seeds: &[&ShoalNode],
+        extra: &[&str],
+    ) -> anyhow::Result<ShoalNode> {
+        let mut args: Vec<String> = Vec::new();
+        for seed in seeds {
+            args.extend([
+                "--bootstrap".into(),
+                seed.peer_address()?,
+                "--trust".into(),
+                seed.peer_id().into(),
+            ]);
+        }
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let node = ShoalNode::start(data, &args)?;
+        for seed in seeds {
+            wait_until("the nodes to connect", JOIN_TIMEOUT, || {
+                node.is_connected_to(seed)
+            })?;
+        }
+        Ok(node)
+    }
+
+    /// Whether `other` is among this node's connected peers.
+    pub fn is_connected_to(&self, other: &ShoalNode) -> anyhow::Result<bool> {
+        let status = self.status()?;
+        let peers = status["connected_peers"]
+            .as_array()
+            .with_context(|| format!("no connected_peers in {status}"))?;
+        Ok(peers.iter().any(|peer| peer == other.peer_id()))
     }
 
     fn start_with(data: &Path, extra: &[&str], netns: Option<&NetNs>) -> anyhow::Result<ShoalNode> {

@@ -25,33 +25,11 @@ fn start(dir: &Path, name: &str, extra: &[&str]) -> ShoalNode {
 
 /// A node bootstrapped to `seeds` and trusting their announcements.
 fn start_joined(dir: &Path, name: &str, seeds: &[&ShoalNode], extra: &[&str]) -> ShoalNode {
-    let mut args: Vec<String> = Vec::new();
-    for seed in seeds {
-        args.extend([
-            "--bootstrap".into(),
-            seed.peer_address().unwrap(),
-            "--trust".into(),
-            seed.peer_id().into(),
-        ]);
-    }
-    args.extend(extra.iter().map(|arg| arg.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let node = start(dir, name, &args);
-    for seed in seeds {
-        wait_until("the nodes to connect", EVENT_TIMEOUT, || {
-            Ok(connected(&node, seed))
-        })
-        .unwrap();
-    }
-    node
+    ShoalNode::start_joined(&dir.join(name), seeds, extra).unwrap()
 }
 
 fn connected(node: &ShoalNode, other: &ShoalNode) -> bool {
-    node.status().unwrap()["connected_peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|p| p == other.peer_id())
+    node.is_connected_to(other).unwrap()
 }
 
 fn knows_tag(node: &ShoalNode, repository: &str, tag: &str) -> bool {

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use shoal_protocol::chunk::ChunkIndex;
-use shoal_protocol::{Bitmap, Digest};
+use shoal_protocol::{Bitmap, ChunkLayout, Digest, RepoName};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,7 @@ use crate::counters::Counters;
 use crate::network::NetworkHandle;
 use crate::rate::RateLimiter;
 use crate::store::Store;
+use crate::upstream::Upstreams;
 
 pub use stream::stream_transfer;
 
@@ -38,13 +39,24 @@ pub struct FetchContext {
     pub counters: Arc<Counters>,
     pub announcements: Arc<Announcements>,
     pub ingress: Option<Arc<RateLimiter>>,
+    pub upstreams: Upstreams,
+}
+
+/// Where a blob was asked for, which says which upstream may have it when no peer does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub repo: RepoName,
+    /// The digest names a manifest, which the upstream serves from its manifests endpoint.
+    pub manifest: bool,
 }
 
 /// A transfer as readers see it.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
-    /// Known once a peer has sent a valid index.
+    /// Known once a peer has sent a valid index, or a download from the upstream has ended.
     pub index: Option<Arc<ChunkIndex>>,
+    /// Known as soon as the blob's size is: how its chunks lie in `file`.
+    pub layout: Option<ChunkLayout>,
     /// The file being filled; it stays readable after the blob enters the store.
     pub file: Option<Arc<File>>,
     pub have: Bitmap,
@@ -66,14 +78,13 @@ impl Transfer {
         self.progress.borrow().clone()
     }
 
-    /// Waits until the index is known (the size is then known too) or the transfer ends.
-    /// Cancel-safe.
-    pub async fn ready(&mut self) -> Result<Arc<ChunkIndex>, String> {
+    /// Waits until the blob's size and layout are known or the transfer ends. Cancel-safe.
+    pub async fn ready(&mut self) -> Result<ChunkLayout, String> {
         loop {
             {
                 let progress = self.progress.borrow_and_update();
-                if let Some(index) = &progress.index {
-                    return Ok(index.clone());
+                if let Some(layout) = progress.layout {
+                    return Ok(layout);
                 }
                 if let Some(Err(error)) = &progress.outcome {
                     return Err(error.clone());
@@ -124,6 +135,7 @@ pub struct TransferStatus {
 enum FetchCommand {
     Fetch {
         blob: Digest,
+        origin: Option<Origin>,
         reply: oneshot::Sender<Transfer>,
     },
     List {
@@ -144,19 +156,27 @@ impl std::fmt::Debug for FetchCommand {
 }
 
 impl FetchHandle {
-    /// The transfer of `blob`, started if none runs. Cancel-safe.
-    pub async fn fetch(&self, blob: Digest) -> Option<Transfer> {
+    /// The transfer of `blob`, started if none runs. With an `origin` whose namespace has an
+    /// upstream, the upstream is the fall-back when no peer has the blob. Cancel-safe.
+    pub async fn fetch(&self, blob: Digest, origin: Option<Origin>) -> Option<Transfer> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(FetchCommand::Fetch { blob, reply })
+            .send(FetchCommand::Fetch {
+                blob,
+                origin,
+                reply,
+            })
             .await
             .ok()?;
         answer.await.ok()
     }
 
     /// Fetches `blob` and waits until it is stored. Cancel-safe (the transfer goes on).
-    pub async fn fetch_and_wait(&self, blob: Digest) -> Result<(), String> {
-        let mut transfer = self.fetch(blob).await.ok_or("the node is shutting down")?;
+    pub async fn fetch_and_wait(&self, blob: Digest, origin: Option<Origin>) -> Result<(), String> {
+        let mut transfer = self
+            .fetch(blob, origin)
+            .await
+            .ok_or("the node is shutting down")?;
         transfer.finished().await
     }
 
@@ -182,7 +202,7 @@ impl FetchHandle {
                 let progress = transfer.progress();
                 TransferStatus {
                     blob: transfer.blob,
-                    size: progress.index.as_ref().map(|index| index.blob_size()),
+                    size: progress.layout.map(|layout| layout.blob_size()),
                     chunks_have: progress.have.count_ones() as u64,
                     chunks_total: progress.have.len() as u64,
                     peers: progress.peers,
@@ -233,10 +253,14 @@ impl FetchActor {
 
     fn on_command(&mut self, command: FetchCommand) {
         match command {
-            FetchCommand::Fetch { blob, reply } => {
+            FetchCommand::Fetch {
+                blob,
+                origin,
+                reply,
+            } => {
                 let transfer = match self.transfers.get(&blob) {
                     Some(transfer) => transfer.clone(),
-                    None => self.start(blob),
+                    None => self.start(blob, origin),
                 };
                 let _ = reply.send(transfer);
             }
@@ -246,7 +270,7 @@ impl FetchActor {
         }
     }
 
-    fn start(&mut self, blob: Digest) -> Transfer {
+    fn start(&mut self, blob: Digest, origin: Option<Origin>) -> Transfer {
         let (progress_sender, progress) = watch::channel(Progress::default());
         let (focus, focus_receiver) = mpsc::channel(FOCUS_QUEUE_LEN);
         let transfer = Transfer {
@@ -259,7 +283,8 @@ impl FetchActor {
         let span = tracing::info_span!("fetch", %blob);
         self.tasks.spawn(tracing::Instrument::instrument(
             async move {
-                let outcome = transfer::run(context, blob, &progress_sender, focus_receiver).await;
+                let outcome =
+                    transfer::run(context, blob, origin, &progress_sender, focus_receiver).await;
                 match &outcome {
                     Ok(()) => tracing::info!("blob fetched and verified"),
                     Err(error) => tracing::warn!(%error, "fetch failed"),

@@ -1,6 +1,9 @@
 //! Streaming a blob to a gateway client while its transfer is still running: each chunk is
-//! read from the transfer's file as soon as it is verified, in order, and the transfer is told
-//! which chunk the client waits for so that one is fetched first.
+//! read from the transfer's file as soon as it is there, in order, and the transfer is told
+//! which chunk the client waits for so that one is fetched first. A chunk from a peer is there
+//! once verified against the index; a chunk from an upstream once written (an upstream's bytes
+//! can only be checked whole, at the end, like any pull-through proxy's; a blob that fails that
+//! check never enters the store and the client's stream ends with an error).
 
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -43,11 +46,14 @@ pub fn stream_transfer(transfer: Transfer, range: Range<u64>) -> BlobStream {
 
 impl Reader {
     async fn next_piece(&mut self) -> std::io::Result<Bytes> {
-        let index = self.transfer.ready().await.map_err(std::io::Error::other)?;
-        let chunk = index
+        let layout = self.transfer.ready().await.map_err(std::io::Error::other)?;
+        let chunk = layout
             .chunk_at(self.position)
             .ok_or_else(|| std::io::Error::other("read past the end"))?;
-        let chunk_end = index.chunk_range(chunk).map_err(std::io::Error::other)?.end;
+        let chunk_end = layout
+            .chunk_range(chunk)
+            .map_err(std::io::Error::other)?
+            .end;
         let file = self.wait_for(chunk).await?;
         let length = (chunk_end.min(self.end) - self.position).min(PIECE_BYTES_MAX) as usize;
         let position = self.position;

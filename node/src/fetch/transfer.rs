@@ -4,6 +4,12 @@
 //!
 //! Memory is bounded by the chunks in flight (the scheduler's per-peer limit times the chunk
 //! size); progress is persisted about once a second and resumed after a restart.
+//!
+//! When no peer has the blob and its [`Origin`] names a namespace with an upstream, one node
+//! downloads it from the upstream for everyone: each node asking picks the same one among
+//! itself and its connected peers (rendezvous hashing of peer ids with the digest), asks it
+//! with [`Request::Fetch`], and takes the blob from it like from any peer. If that node
+//! disappears or stalls, the asker downloads it itself.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,10 +23,11 @@ use shoal_protocol::{Bitmap, Digest};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::{FetchContext, Progress};
+use super::{FetchContext, Origin, Progress};
 use crate::counters::Counters;
 use crate::network::RequestError;
 use crate::store::{PartialBlob, recorded_index};
+use crate::upstream::{self, Download};
 
 /// How often the scheduler sees time pass (timeouts, bitfield polls).
 const TICK: Duration = Duration::from_millis(100);
@@ -35,6 +42,12 @@ const PEER_REFRESH: Duration = Duration::from_millis(500);
 const LOCATE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A transfer that receives nothing for this long gives up.
 const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for peers' answers before a blob nobody has is taken from the upstream;
+/// usually every connected peer has answered long before.
+const UPSTREAM_AFTER: Duration = Duration::from_secs(1);
+/// A peer fetching from the upstream for this node that shows no progress for this long is
+/// given up on, and this node downloads the blob itself.
+const DELEGATE_STALL: Duration = Duration::from_secs(10);
 
 enum Outcome {
     /// Candidate peers; `true` when they come from a DHT lookup.
@@ -42,6 +55,22 @@ enum Outcome {
     Have(PeerId, Result<Response, RequestError>),
     Index(PeerId, Result<Response, RequestError>),
     Chunk(PeerId, u32, Result<Response, RequestError>),
+    Delegation(PeerId, Result<Response, RequestError>),
+}
+
+/// Where a blob that no peer has is coming from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fallback {
+    /// Still finding out whether peers have it.
+    Undecided,
+    /// Asked this peer to fetch it from the upstream.
+    Asking(PeerId),
+    /// That peer fetches it; it last showed progress at `progress_at`.
+    Delegated {
+        peer: PeerId,
+        chunks: u32,
+        progress_at: Instant,
+    },
 }
 
 struct Run<'a> {
@@ -67,11 +96,20 @@ struct Run<'a> {
     started: Instant,
     last_receipt: Instant,
     lookup_running: bool,
+    /// Have requests not answered yet.
+    haves_pending: usize,
+    /// The peers connected when last asked, candidates to fetch from the upstream.
+    connected: HashSet<PeerId>,
+    origin: Option<Origin>,
+    fallback: Fallback,
+    /// Peers that would not fetch from the upstream for this node.
+    declined: HashSet<PeerId>,
 }
 
 pub async fn run(
     context: FetchContext,
     blob: Digest,
+    origin: Option<Origin>,
     progress: &watch::Sender<Progress>,
     mut focus: mpsc::Receiver<u32>,
 ) -> Result<(), String> {
@@ -92,7 +130,21 @@ pub async fn run(
         started: Instant::now(),
         last_receipt: Instant::now(),
         lookup_running: false,
+        haves_pending: 0,
+        connected: HashSet::new(),
+        origin,
+        fallback: Fallback::Undecided,
+        declined: HashSet::new(),
     };
+    let store = run.context.store.clone();
+    // Asked for by a peer (or a reader racing a transfer that just ended): nothing to do.
+    if tokio::task::spawn_blocking(move || store.has_blob(&blob))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?
+    {
+        return Ok(());
+    }
     let store = run.context.store.clone();
     if let Some(index) = tokio::task::spawn_blocking(move || recorded_index(&store, &blob))
         .await
@@ -101,7 +153,14 @@ pub async fn run(
     {
         run.begin(index).await?;
     }
-    for peer in run.context.network.connected_peers().await {
+    run.connected = run
+        .context
+        .network
+        .connected_peers()
+        .await
+        .into_iter()
+        .collect();
+    for peer in run.connected.clone() {
         run.ask_have(peer);
     }
     run.lookup_providers();
@@ -119,6 +178,9 @@ pub async fn run(
             Some(Ok(outcome)) = run.tasks.join_next(), if !run.tasks.is_empty() => run.on_outcome(outcome).await?,
             Some(chunk) = focus.recv() => run.feed(Event::Focus { chunk }).await,
             _ = tick.tick() => {
+                if let Some(download) = run.upstream_download() {
+                    return run.download(download).await;
+                }
                 run.check_timeouts()?;
                 run.feed(Event::Tick).await;
             }
@@ -157,14 +219,118 @@ impl Run<'_> {
         }
         let network = self.context.network.clone();
         let blob = self.blob;
+        self.haves_pending += 1;
         self.tasks.spawn(async move {
             Outcome::Have(peer, network.request(peer, Request::Have { blob }).await)
         });
     }
 
+    /// Decides whether this node should download the blob from the upstream now, asking
+    /// another node to when that one is the chosen fetcher.
+    fn upstream_download(&mut self) -> Option<Download> {
+        let origin = self.origin.clone()?;
+        let client = self.context.upstreams.for_repo(&origin.repo)?;
+        let download = Download {
+            client,
+            repo: origin.repo,
+            blob: self.blob,
+            manifest: origin.manifest,
+        };
+        if self.scheduler.is_some() {
+            return None;
+        }
+        match self.fallback {
+            Fallback::Undecided => {
+                let settled = self.haves_pending == 0 && !self.lookup_running;
+                if !self.sources.is_empty() || !(settled || self.started.elapsed() > UPSTREAM_AFTER)
+                {
+                    return None;
+                }
+                let local = self.context.network.local_peer_id();
+                let chosen = self
+                    .connected
+                    .iter()
+                    .copied()
+                    .filter(|peer| !self.declined.contains(peer))
+                    .chain([local])
+                    .max_by_key(|peer| fetcher_rank(peer, &self.blob))
+                    .unwrap_or(local);
+                if chosen == local {
+                    return Some(download);
+                }
+                tracing::info!(peer = %chosen, "asking a peer to fetch from the upstream");
+                self.fallback = Fallback::Asking(chosen);
+                let network = self.context.network.clone();
+                let request = Request::Fetch {
+                    blob: self.blob,
+                    repository: download.repo.qualified(),
+                    manifest: download.manifest,
+                };
+                self.tasks.spawn(async move {
+                    Outcome::Delegation(chosen, network.request(chosen, request).await)
+                });
+                None
+            }
+            Fallback::Asking(_) => None,
+            Fallback::Delegated {
+                peer, progress_at, ..
+            } => {
+                let gone = !self.connected.contains(&peer);
+                if gone || progress_at.elapsed() > DELEGATE_STALL {
+                    tracing::info!(%peer, gone, "the peer fetching from the upstream stalled; fetching it here");
+                    return Some(download);
+                }
+                None
+            }
+        }
+    }
+
+    /// Downloads the blob from the upstream; the transfer ends with it.
+    async fn download(&mut self, download: Download) -> Result<(), String> {
+        tracing::info!(upstream = download.client.namespace(), repo = %download.repo, "fetching from the upstream");
+        self.tasks.abort_all();
+        upstream::download(
+            &download,
+            &self.context.store,
+            &self.context.counters,
+            self.progress,
+        )
+        .await?;
+        let store = self.context.store.clone();
+        let blob = self.blob;
+        if let Ok(Ok(Some(index))) =
+            tokio::task::spawn_blocking(move || store.chunk_index(&blob)).await
+        {
+            self.progress
+                .send_modify(|progress| progress.index = Some(index));
+        }
+        self.context.network.provide(self.blob).await;
+        Ok(())
+    }
+
+    /// Notes a delegate's progress, seen in its answers to `Have`.
+    fn delegate_progress(&mut self, from: PeerId, chunks_now: u32) {
+        if let Fallback::Delegated {
+            peer,
+            chunks,
+            progress_at,
+        } = &mut self.fallback
+            && *peer == from
+            && chunks_now > *chunks
+        {
+            *chunks = chunks_now;
+            *progress_at = Instant::now();
+        }
+    }
+
     fn check_timeouts(&self) -> Result<(), String> {
+        let waiting_on_upstream = matches!(
+            self.fallback,
+            Fallback::Asking(_) | Fallback::Delegated { .. }
+        );
         if self.scheduler.is_none()
-            && self.haves.is_empty()
+            && self.sources.is_empty()
+            && !waiting_on_upstream
             && self.started.elapsed() > LOCATE_TIMEOUT
         {
             return Err(format!(
@@ -185,6 +351,9 @@ impl Run<'_> {
         match outcome {
             Outcome::Providers(providers, from_lookup) => {
                 self.lookup_running &= !from_lookup;
+                if !from_lookup {
+                    self.connected = providers.clone();
+                }
                 for peer in providers {
                     self.ask_have(peer);
                 }
@@ -198,6 +367,8 @@ impl Run<'_> {
                     ..
                 }),
             ) => {
+                self.haves_pending = self.haves_pending.saturating_sub(1);
+                self.delegate_progress(peer, chunks.count_ones());
                 let shape = (blob_size, chunk_bytes);
                 if let Some(partial) = &self.partial {
                     let index = partial.index();
@@ -219,18 +390,36 @@ impl Run<'_> {
                 }
             }
             Outcome::Have(peer, _) => {
+                self.haves_pending = self.haves_pending.saturating_sub(1);
                 // Asked again on the next provider refresh: it may get the blob later.
                 self.asked.remove(&peer);
             }
             Outcome::Index(peer, Ok(Response::Index(index))) => self.on_index(peer, index).await?,
             Outcome::Index(peer, _) => {
+                // It may be downloading the blob from an upstream: it has an index only at
+                // the end. Asked again on the next refresh.
                 self.index_requested = false;
                 self.haves.remove(&peer);
+                self.asked.remove(&peer);
                 if let Some(next) = self.haves.keys().next().copied() {
                     self.request_index(next);
                 }
             }
             Outcome::Chunk(peer, chunk, result) => self.on_chunk(peer, chunk, result).await?,
+            Outcome::Delegation(peer, Ok(Response::Fetching)) => {
+                self.fallback = Fallback::Delegated {
+                    peer,
+                    chunks: 0,
+                    progress_at: Instant::now(),
+                };
+                self.asked.remove(&peer);
+                self.ask_have(peer);
+            }
+            Outcome::Delegation(peer, _) => {
+                tracing::info!(%peer, "the peer cannot fetch from the upstream");
+                self.declined.insert(peer);
+                self.fallback = Fallback::Undecided;
+            }
         }
         Ok(())
     }
@@ -277,6 +466,7 @@ impl Run<'_> {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         let file = Arc::new(partial.reader().map_err(|e| e.to_string())?);
+        let layout = index.layout();
         let index_shape = (index.blob_size(), index.chunk_bytes());
         // Distinct per node, so that nodes fetching the same blob break ties differently.
         let local = blake3::hash(&self.context.network.local_peer_id().to_bytes());
@@ -297,6 +487,7 @@ impl Run<'_> {
         let have = partial.have().clone();
         self.progress.send_modify(|progress| {
             progress.index = Some(Arc::new(index));
+            progress.layout = Some(layout);
             progress.file = Some(file);
             progress.have = have;
         });
@@ -443,4 +634,13 @@ impl Run<'_> {
             }
         }
     }
+}
+
+/// The rank of `peer` as the fetcher of `blob` from an upstream: every node computes the same
+/// ranks, so nodes asking at once choose the same fetcher.
+fn fetcher_rank(peer: &PeerId, blob: &Digest) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&peer.to_bytes());
+    hasher.update(blob.as_bytes());
+    *hasher.finalize().as_bytes()
 }

@@ -9,7 +9,7 @@
 mod behaviour;
 mod codec;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -37,6 +37,8 @@ const PENDING_INBOUND_MAX: usize = 4096;
 const PENDING_INBOUND_PER_PEER_MAX: usize = 64;
 /// How long a provider lookup may run before it returns what it found.
 const PROVIDER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Announcements kept for gossiping again once a peer subscribes.
+const UNSENT_ANNOUNCEMENTS_MAX: usize = 256;
 
 /// What the network needs to start.
 #[derive(Debug, Clone)]
@@ -242,6 +244,7 @@ pub async fn start(
         next_inbound: 0,
         provider_lookups: HashMap::new(),
         banned: HashSet::new(),
+        unsent: VecDeque::new(),
     };
     let task = tokio::spawn(async move { actor.run(command_receiver, shutdown).await });
     Ok((
@@ -269,6 +272,9 @@ struct SwarmActor {
     next_inbound: u64,
     provider_lookups: HashMap<kad::QueryId, ProviderLookup>,
     banned: HashSet<PeerId>,
+    /// Announcements published while no peer was known to subscribe (a peer that has just
+    /// connected has not said so yet); gossiped again when one subscribes.
+    unsent: VecDeque<Vec<u8>>,
 }
 
 impl SwarmActor {
@@ -313,12 +319,7 @@ impl SwarmActor {
                     let _ = behaviour.exchange.send_response(channel, response);
                 }
             }
-            Command::Publish { data } => {
-                let topic = gossipsub::IdentTopic::new(ANNOUNCEMENT_TOPIC);
-                if let Err(error) = behaviour.gossipsub.publish(topic, data) {
-                    tracing::debug!(%error, "announcement not gossiped (peers will sync it on connect)");
-                }
-            }
+            Command::Publish { data } => self.publish(data),
             Command::Provide { blob } => {
                 if let Err(error) = behaviour
                     .kad
@@ -425,8 +426,35 @@ impl SwarmActor {
         }
     }
 
+    fn publish(&mut self, data: Vec<u8>) {
+        let topic = gossipsub::IdentTopic::new(ANNOUNCEMENT_TOPIC);
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, data.clone())
+        {
+            Ok(_) => {}
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                tracing::debug!("no peer subscribes yet; the announcement waits for one");
+                if self.unsent.len() >= UNSENT_ANNOUNCEMENTS_MAX {
+                    self.unsent.pop_front();
+                }
+                self.unsent.push_back(data);
+            }
+            Err(error) => tracing::debug!(%error, "announcement not gossiped"),
+        }
+    }
+
     async fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. })
+                if topic == gossipsub::IdentTopic::new(ANNOUNCEMENT_TOPIC).hash() =>
+            {
+                for data in std::mem::take(&mut self.unsent) {
+                    self.publish(data);
+                }
+            }
             BehaviourEvent::Exchange(event) => self.on_exchange_event(event).await,
             BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
                 self.emit(NetworkEvent::Announcement { data: message.data })

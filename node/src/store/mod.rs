@@ -184,8 +184,9 @@ impl Store {
         Ok(removed)
     }
 
-    /// Moves a verified, assembled blob from `partial/` into the store.
-    fn adopt_partial(&self, path: &Path, index: &ChunkIndex) -> Result<(), StoreError> {
+    /// Moves a verified blob file (assembled in `partial/` or downloaded into `tmp/`) into the
+    /// store with its index.
+    pub(crate) fn adopt(&self, path: &Path, index: &ChunkIndex) -> Result<(), StoreError> {
         let _guard = self.lock_commits();
         let digest = index.blob();
         let mut batch = sled::Batch::default();
@@ -267,6 +268,17 @@ impl Store {
     /// removes everything written to it.
     pub fn staging(&self) -> Result<Staging, StoreError> {
         Staging::new(self.clone())
+    }
+
+    /// Stores a small blob held in memory (a manifest) after checking it against `digest`.
+    pub fn put_small(&self, digest: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut staging = self.staging()?;
+        staging.write_blob(bytes, Some((*digest, bytes.len() as u64)), "manifest")?;
+        staging.commit(Commit {
+            blobs: [*digest].into(),
+            ..Commit::default()
+        })?;
+        Ok(())
     }
 
     pub fn has_blob(&self, digest: &Digest) -> Result<bool, StoreError> {

@@ -159,7 +159,7 @@ impl PartialBlob {
                 actual_size: size,
             });
         }
-        self.store.adopt_partial(&self.path, &self.index)?;
+        self.store.adopt(&self.path, &self.index)?;
         Ok(())
     }
 
