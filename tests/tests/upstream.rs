@@ -6,11 +6,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shoal_tests::clients::{Skopeo, require_tools, wait_until};
+use shoal_tests::clients::{Credentials, Skopeo, require_tools, wait_until};
 use shoal_tests::http;
 use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
 use shoal_tests::node::ShoalNode;
-use shoal_tests::registry::{DockerRegistry, push_oci_layout};
+use shoal_tests::registry::{DockerRegistry, RegistryConfig, push_oci_layout};
+use shoal_tests::token_auth::{TokenAuthOptions, TokenAuthProxy, basic_authorization};
 
 /// Generous bound on events in a loaded 2-core machine; waits end as soon as the event happens.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -97,7 +98,13 @@ fn skopeo_pulls_through_the_node_and_the_upstream_serves_each_blob_once() {
             .unwrap(),
         generated.manifest_digest
     );
+    assert_eq!(
+        Skopeo::new().inspect_digest(&reference).unwrap(),
+        generated.manifest_digest
+    );
     each_blob_fetched_once(&registry, &generated);
+    // Within --tag-freshness the tag was asked of the upstream once, for three requests.
+    assert_eq!(tag_checks(&registry, "1"), 1);
     let status = node.status().unwrap();
     assert!(
         counter(&status, "bytes_from_upstream") >= blob_bytes(&generated),
@@ -287,4 +294,188 @@ fn with_the_upstream_down_cached_and_peer_held_images_still_pull_by_tag_and_dige
         "{status}"
     );
     assert_eq!(status["store"]["blobs"], generated.blobs.len(), "{status}");
+}
+
+/// A node whose docker.io upstream is `upstream`, with `credentials` in its config file.
+fn node_with_credentials(
+    dir: &Path,
+    name: &str,
+    upstream: &str,
+    credentials: Option<&Credentials>,
+) -> ShoalNode {
+    let mut config = format!("upstream = [\"docker.io={upstream}\"]\n");
+    if let Some(credentials) = credentials {
+        config.push_str(&format!(
+            "\n[credentials.\"docker.io\"]\nusername = \"{}\"\npassword = \"{}\"\n",
+            credentials.user, credentials.password
+        ));
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    ShoalNode::start(&dir.join(name), &["--config", path.to_str().unwrap()]).unwrap()
+}
+
+/// Asserts that neither the node's log nor its status shows the password, in clear or as
+/// the basic-auth header value.
+fn keeps_secret(node: &ShoalNode, credentials: &Credentials) {
+    let header = basic_authorization(credentials);
+    let encoded = header.trim_start_matches("Basic ");
+    let status = node.status().unwrap().to_string();
+    let logs = node.logs();
+    assert!(!logs.is_empty());
+    for (what, text) in [("log", &logs), ("status", &status)] {
+        assert!(
+            !text.contains(&credentials.password) && !text.contains(encoded),
+            "the node's {what} shows the credentials:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn a_basic_auth_upstream_is_pulled_with_credentials_that_never_reach_the_logs() {
+    if !require_tools(&["skopeo", "docker-registry"]).unwrap() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = Credentials::new("shoal-user", "basic-S3cret-pw");
+    let registry = DockerRegistry::start_with(RegistryConfig {
+        basic_auth: Some(credentials.clone()),
+        ..RegistryConfig::default()
+    })
+    .unwrap();
+    let generated = image(dir.path(), "image", 43, &[2 << 20, 4096]);
+    push_oci_layout(&generated.path, &registry, "library/private:1").unwrap();
+
+    let node = node_with_credentials(dir.path(), "node", &registry.url(), Some(&credentials));
+    let reference = format!("{}/library/private:1", node.gateway());
+    assert_eq!(
+        Skopeo::new()
+            .copy_to_oci(&reference, &dir.path().join("pulled"), false)
+            .unwrap(),
+        generated.manifest_digest
+    );
+    each_blob_fetched_once(&registry, &generated);
+    keeps_secret(&node, &credentials);
+
+    // Wrong credentials: a clear refusal, and the wrong password is not shown either.
+    let wrong = Credentials::new("shoal-user", "wrong-S3cret-pw");
+    let refused = node_with_credentials(dir.path(), "refused", &registry.url(), Some(&wrong));
+    let answer = http::get(
+        &format!(
+            "http://{}/v2/library/private/manifests/1",
+            refused.gateway()
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(answer.status, 503);
+    let message = String::from_utf8_lossy(&answer.body);
+    assert!(
+        message.contains("refused access") && message.contains("credentials"),
+        "{message}"
+    );
+    keeps_secret(&refused, &wrong);
+}
+
+#[test]
+fn a_bearer_token_upstream_is_pulled_with_one_cached_token() {
+    if !require_tools(&["skopeo", "docker-registry"]).unwrap() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = DockerRegistry::start().unwrap();
+    let generated = image(dir.path(), "image", 44, &[2 << 20, 1 << 20, 4096]);
+    push_oci_layout(&generated.path, &registry, "library/tokened:1").unwrap();
+    let credentials = Credentials::new("token-user", "bearer-S3cret-pw");
+
+    for (name, credentials) in [
+        ("anonymous", None),
+        ("with-credentials", Some(&credentials)),
+    ] {
+        let proxy = TokenAuthProxy::start(
+            &registry,
+            TokenAuthOptions {
+                credentials: credentials.cloned(),
+                ..TokenAuthOptions::default()
+            },
+        )
+        .unwrap();
+        let node = node_with_credentials(dir.path(), name, &proxy.url(), credentials);
+        let reference = format!("{}/library/tokened:1", node.gateway());
+        assert_eq!(
+            Skopeo::new()
+                .copy_to_oci(&reference, &dir.path().join(name), false)
+                .unwrap(),
+            generated.manifest_digest,
+            "{name}"
+        );
+        // One token serves the tag check, the manifest and every blob.
+        assert_eq!(proxy.tokens_issued(), 1, "{name}: {:?}", proxy.requests());
+        let authorized = proxy
+            .requests()
+            .iter()
+            .filter(|(_, path, valid)| *valid && path.contains("/blobs/"))
+            .count();
+        assert_eq!(
+            authorized,
+            layers_and_configs(&generated).count(),
+            "{name}: {:?}",
+            proxy.requests()
+        );
+        if let Some(credentials) = credentials {
+            keeps_secret(&node, credentials);
+        }
+    }
+}
+
+/// Reads of the manifest tagged `tag` the upstream served (pushes not counted).
+fn tag_checks(registry: &DockerRegistry, tag: &str) -> usize {
+    registry
+        .access_log()
+        .unwrap()
+        .iter()
+        .filter(|entry| {
+            matches!(entry.method.as_str(), "GET" | "HEAD")
+                && entry.manifest_reference() == Some(tag)
+        })
+        .count()
+}
+
+#[test]
+fn a_tag_moved_upstream_is_followed_once_its_freshness_lapses() {
+    if !require_tools(&["skopeo", "docker-registry"]).unwrap() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = DockerRegistry::start().unwrap();
+    let old = image(dir.path(), "old", 45, &[4096]);
+    let new = image(dir.path(), "new", 46, &[8192]);
+    push_oci_layout(&old.path, &registry, "library/moving:1").unwrap();
+    let node = upstream_node(
+        dir.path(),
+        "node",
+        &registry.url(),
+        &["--tag-freshness", "2s"],
+    );
+    let reference = format!("{}/library/moving:1", node.gateway());
+    assert_eq!(
+        Skopeo::new().inspect_digest(&reference).unwrap(),
+        old.manifest_digest
+    );
+    push_oci_layout(&new.path, &registry, "library/moving:1").unwrap();
+    let checks = tag_checks(&registry, "1");
+    // Still fresh: the node answers without asking.
+    assert_eq!(
+        Skopeo::new().inspect_digest(&reference).unwrap(),
+        old.manifest_digest
+    );
+    assert_eq!(tag_checks(&registry, "1"), checks);
+    wait_until("the node to follow the tag", EVENT_TIMEOUT, || {
+        Ok(Skopeo::new().inspect_digest(&reference)? == new.manifest_digest)
+    })
+    .unwrap();
+    assert_eq!(
+        pull_over_http(&node.gateway().to_string(), "library/moving", "1"),
+        new.manifest_digest
+    );
 }
