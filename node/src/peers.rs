@@ -262,7 +262,7 @@ impl PeerService {
                     .open_blob(&blob)
                     .ok()
                     .flatten()
-                    .and_then(|(file, _)| read_chunk(&file, &index, chunk));
+                    .and_then(|(file, _)| read_chunk(&file, &index.layout(), chunk));
                 if bytes.is_none() {
                     seeding.unrecord(blob, chunk);
                 }
@@ -273,11 +273,13 @@ impl PeerService {
             Some(Stored::Refused) => return Response::Busy,
             Some(Stored::Bytes(bytes)) => Some(bytes),
             None => match self.partial(blob).await {
+                // A chunk of a blob still coming from an upstream is served unchecked (there
+                // is no index yet): the peer relaying it checks the whole blob at the end.
                 Some(progress) if progress.have.get(chunk) => {
-                    let (Some(index), Some(file)) = (progress.index, progress.file) else {
+                    let (Some(layout), Some(file)) = (progress.layout, progress.file) else {
                         return Response::NotFound;
                     };
-                    tokio::task::spawn_blocking(move || read_chunk(&file, &index, chunk))
+                    tokio::task::spawn_blocking(move || read_chunk(&file, &layout, chunk))
                         .await
                         .ok()
                         .flatten()
@@ -305,10 +307,10 @@ enum Stored {
 
 fn read_chunk(
     file: &std::fs::File,
-    index: &shoal_protocol::chunk::ChunkIndex,
+    layout: &shoal_protocol::ChunkLayout,
     chunk: u32,
 ) -> Option<Vec<u8>> {
-    let range = index.chunk_range(chunk).ok()?;
+    let range = layout.chunk_range(chunk).ok()?;
     let mut bytes = vec![0u8; (range.end - range.start) as usize];
     file.read_exact_at(&mut bytes, range.start).ok()?;
     Some(bytes)

@@ -10,5 +10,6 @@ pub mod http;
 pub mod image;
 pub mod node;
 pub mod registry;
+pub mod run_check;
 pub mod sendfile_server;
 pub mod token_auth;

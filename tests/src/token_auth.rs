@@ -115,14 +115,18 @@ pub struct TokenAuthOptions {
     /// How long an issued token is accepted; returned as `expires_in` (whole seconds, at least
     /// 1) and enforced: a request with an expired token gets `401`.
     pub token_lifetime: Duration,
+    /// Relay response bodies at no more than this many bytes per second: a far, slow
+    /// registry, so a test can watch a download while it is still arriving.
+    pub body_bytes_per_second: Option<u64>,
 }
 
 impl Default for TokenAuthOptions {
-    /// Anonymous tokens valid for 300 s.
+    /// Anonymous tokens valid for 300 s, bodies at full speed.
     fn default() -> Self {
         Self {
             credentials: None,
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
+            body_bytes_per_second: None,
         }
     }
 }
@@ -649,7 +653,12 @@ fn forward(
         return Ok(keep_alive);
     }
     let mut body = response.body_mut().as_reader();
-    let relayed = relay_body(&mut body, writer, chunked)?;
+    let relayed = relay_body(
+        &mut body,
+        writer,
+        chunked,
+        shared.options.body_bytes_per_second,
+    )?;
     if let Some(expected) = content_length {
         ensure!(
             relayed == expected,
@@ -659,12 +668,22 @@ fn forward(
     Ok(keep_alive)
 }
 
-/// Copies `body` to `writer` through one fixed buffer, as HTTP chunks when `chunked`; returns
-/// the body bytes copied.
-fn relay_body(body: &mut impl Read, writer: &mut impl Write, chunked: bool) -> Result<u64> {
+/// Copies `body` to `writer` through one fixed buffer, as HTTP chunks when `chunked`, at most
+/// `bytes_per_second` when given; returns the body bytes copied.
+fn relay_body(
+    body: &mut impl Read,
+    writer: &mut impl Write,
+    chunked: bool,
+    bytes_per_second: Option<u64>,
+) -> Result<u64> {
     let mut buffer = vec![0u8; RELAY_BUFFER_BYTES];
     let mut total = 0u64;
+    let started = Instant::now();
     loop {
+        if let Some(rate) = bytes_per_second {
+            let due = Duration::from_secs_f64(total as f64 / rate.max(1) as f64);
+            std::thread::sleep(due.saturating_sub(started.elapsed()));
+        }
         let n = match body.read(&mut buffer) {
             Ok(0) => break,
             Ok(n) => n,
@@ -1173,7 +1192,7 @@ mod tests {
     #[test]
     fn chunked_relay_frames_every_read() -> Result<()> {
         let mut out = Vec::new();
-        let copied = relay_body(&mut &b"hello"[..], &mut out, true)?;
+        let copied = relay_body(&mut &b"hello"[..], &mut out, true, None)?;
         assert_eq!(copied, 5);
         assert_eq!(out, b"5\r\nhello\r\n0\r\n\r\n");
         Ok(())

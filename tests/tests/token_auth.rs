@@ -71,6 +71,7 @@ fn proxy_with(upstream: &Upstream, lifetime: Duration) -> Result<TokenAuthProxy>
         TokenAuthOptions {
             credentials: Some(alice()),
             token_lifetime: lifetime,
+            ..TokenAuthOptions::default()
         },
     )
 }

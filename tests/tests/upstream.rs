@@ -479,3 +479,71 @@ fn a_tag_moved_upstream_is_followed_once_its_freshness_lapses() {
         new.manifest_digest
     );
 }
+
+/// A node's transfer of `blob` in progress: (chunks had, chunks in all).
+fn transfer_progress(node: &ShoalNode, blob: &str) -> Option<(u64, u64)> {
+    let status = node.status().ok()?;
+    let transfer = status["transfers"]
+        .as_array()?
+        .iter()
+        .find(|transfer| transfer["blob"] == blob)?
+        .clone();
+    Some((
+        transfer["chunks_have"].as_u64()?,
+        transfer["chunks_total"].as_u64()?,
+    ))
+}
+
+#[test]
+fn a_second_node_streams_a_blob_from_the_node_downloading_it_while_it_arrives() {
+    if !require_tools(&["skopeo", "docker-registry"]).unwrap() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = DockerRegistry::start().unwrap();
+    let generated = image(dir.path(), "image", 47, &[40 << 20]);
+    push_oci_layout(&generated.path, &registry, "library/slow:1").unwrap();
+    // A far registry: 10 MiB/s, so the 40 MiB layer takes about 4 s to come down.
+    let slow = TokenAuthProxy::start(
+        &registry,
+        TokenAuthOptions {
+            body_bytes_per_second: Some(10 << 20),
+            ..TokenAuthOptions::default()
+        },
+    )
+    .unwrap();
+    let upstream = format!("docker.io={}", slow.url());
+    let first = upstream_node(dir.path(), "first", &slow.url(), &[]);
+    let second = ShoalNode::start_joined(
+        &dir.path().join("second"),
+        &[&first],
+        &["--upstream", &upstream],
+    )
+    .unwrap();
+    let layer = &generated.platforms[0].layers[0].blob.digest;
+
+    std::thread::scope(|scope| {
+        let pulls: Vec<_> = [&first, &second]
+            .map(|node| node.gateway().to_string())
+            .into_iter()
+            .map(|gateway| scope.spawn(move || pull_over_http(&gateway, "library/slow", "1")))
+            .collect();
+        // Both nodes hold part of the layer at once: one downloads it, the other relays it.
+        wait_until(
+            "both nodes to hold part of the layer",
+            EVENT_TIMEOUT,
+            || {
+                let partial = |node| {
+                    transfer_progress(node, layer)
+                        .is_some_and(|(have, total)| have > 0 && have < total)
+                };
+                Ok(partial(&first) && partial(&second))
+            },
+        )
+        .unwrap_or_else(|error| panic!("{error:#}\n{}\n{}", first.logs(), second.logs()));
+        for pull in pulls {
+            assert_eq!(pull.join().unwrap(), generated.manifest_digest);
+        }
+    });
+    each_blob_fetched_once(&registry, &generated);
+}

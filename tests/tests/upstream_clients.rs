@@ -14,16 +14,14 @@
 //!
 //! A missing tool skips a test locally and fails it under `CI=true`.
 
-use std::fs::{self, File};
-use std::io::Read;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
-use flate2::read::GzDecoder;
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
+
 use shoal_tests::clients::{
     Containerd, ContainerdConfig, CtrPullOptions, Dockerd, DockerdConfig, NetNs, Podman,
     PodmanConfig, require_tools, run_command,
@@ -31,6 +29,7 @@ use shoal_tests::clients::{
 use shoal_tests::image::{Blob, GeneratedImage, ImageSpec};
 use shoal_tests::node::{ShoalNode, shoal_binary};
 use shoal_tests::registry::{AccessLogEntry, DockerRegistry, RegistryConfig, push_oci_layout};
+use shoal_tests::run_check::RunCheck;
 use tempfile::TempDir;
 
 const CONTAINERD_TOOLS: &[&str] = &["containerd", "ctr", "runc"];
@@ -206,83 +205,6 @@ fn layers_and_configs(image: &GeneratedImage) -> impl Iterator<Item = &Blob> {
 
 fn blob_bytes(image: &GeneratedImage) -> u64 {
     layers_and_configs(image).map(|blob| blob.size).sum()
-}
-
-// ---------------------------------------------------------------------------------------------
-// What a container of the image prints (as in real_clients.rs)
-
-/// A command for a container of `image` and the exact output it must print: every layer's
-/// README, then the sha256 of every layer's first data file, read from the generated blobs.
-struct RunCheck {
-    args: Vec<String>,
-    expected: String,
-}
-
-impl RunCheck {
-    fn new(image: &GeneratedImage) -> Result<Self> {
-        let platform = image.platforms.first().context("image without platforms")?;
-        let mut readmes = String::new();
-        let mut sums = String::new();
-        let mut readme_paths = Vec::new();
-        let mut data_paths = Vec::new();
-        for (index, layer) in platform.layers.iter().enumerate() {
-            let blob = image
-                .layout_blob_path(&layer.blob.digest)
-                .context("not an OCI layout")?;
-            let readme = format!("shoal/layer-{index}/README");
-            let data = format!("shoal/layer-{index}/data-000.bin");
-            let (readme_bytes, data_digest) = read_layer_files(&blob, &readme, &data)?;
-            readmes.push_str(std::str::from_utf8(&readme_bytes)?);
-            sums.push_str(&format!("{data_digest}  /{data}\n"));
-            readme_paths.push(format!("/{readme}"));
-            data_paths.push(format!("/{data}"));
-        }
-        let script = format!(
-            "/bin/busybox cat {} && /bin/busybox sha256sum {}",
-            readme_paths.join(" "),
-            data_paths.join(" ")
-        );
-        Ok(Self {
-            args: vec!["/bin/sh".to_owned(), "-c".to_owned(), script],
-            expected: readmes + &sums,
-        })
-    }
-
-    fn args(&self) -> Vec<&str> {
-        self.args.iter().map(String::as_str).collect()
-    }
-
-    fn check(&self, client: &str, output: &str) -> Result<()> {
-        ensure!(
-            output == self.expected,
-            "{client}: the container printed\n{output}\nexpected\n{}",
-            self.expected
-        );
-        Ok(())
-    }
-}
-
-/// The bytes of `readme` and the hex sha256 of `data` inside the gzipped layer tar at `blob`.
-fn read_layer_files(blob: &Path, readme: &str, data: &str) -> Result<(Vec<u8>, String)> {
-    let mut archive = tar::Archive::new(GzDecoder::new(File::open(blob)?));
-    let (mut readme_bytes, mut data_digest) = (None, None);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.to_string_lossy().into_owned();
-        if path == readme {
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes)?;
-            readme_bytes = Some(bytes);
-        } else if path == data {
-            let mut hasher = Sha256::new();
-            std::io::copy(&mut entry, &mut hasher)?;
-            data_digest = Some(hex::encode(hasher.finalize()));
-        }
-    }
-    Ok((
-        readme_bytes.with_context(|| format!("{readme} missing from {}", blob.display()))?,
-        data_digest.with_context(|| format!("{data} missing from {}", blob.display()))?,
-    ))
 }
 
 // ---------------------------------------------------------------------------------------------

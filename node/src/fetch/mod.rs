@@ -4,6 +4,7 @@
 //! chunks) watch a transfer's progress and read verified chunks from its file while it is
 //! still arriving.
 
+mod sequential;
 mod stream;
 mod transfer;
 
@@ -24,6 +25,7 @@ use crate::rate::RateLimiter;
 use crate::store::Store;
 use crate::upstream::Upstreams;
 
+pub use sequential::SequentialBlob;
 pub use stream::stream_transfer;
 
 /// Commands queued for the fetch actor.

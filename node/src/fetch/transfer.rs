@@ -9,7 +9,9 @@
 //! downloads it from the upstream for everyone: each node asking picks the same one among
 //! itself and its connected peers (rendezvous hashing of peer ids with the digest), asks it
 //! with [`Request::Fetch`], and takes the blob from it like from any peer. If that node
-//! disappears or stalls, the asker downloads it itself.
+//! disappears or stalls, the asker downloads it itself. A peer still downloading from its
+//! upstream has no index yet, so the blob is relayed from it front to back while it arrives
+//! ([`SequentialBlob`]), checked whole at the end like the upstream's own bytes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use shoal_protocol::{Bitmap, Digest};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::{FetchContext, Origin, Progress};
+use super::{FetchContext, Origin, Progress, SequentialBlob};
 use crate::counters::Counters;
 use crate::network::RequestError;
 use crate::store::{PartialBlob, recorded_index};
@@ -48,6 +50,10 @@ const UPSTREAM_AFTER: Duration = Duration::from_secs(1);
 /// A peer fetching from the upstream for this node that shows no progress for this long is
 /// given up on, and this node downloads the blob itself.
 const DELEGATE_STALL: Duration = Duration::from_secs(10);
+/// Chunk requests in flight to a peer relaying a blob it is downloading from its upstream.
+const RELAY_WINDOW: usize = 4;
+/// How often a relaying peer is asked again for a chunk it does not have yet.
+const RELAY_RETRY: Duration = Duration::from_millis(50);
 
 enum Outcome {
     /// Candidate peers; `true` when they come from a DHT lookup.
@@ -104,6 +110,9 @@ struct Run<'a> {
     fallback: Fallback,
     /// Peers that would not fetch from the upstream for this node.
     declined: HashSet<PeerId>,
+    /// A peer that has part of the blob but no index: it is downloading it from an upstream,
+    /// and the blob is relayed from it. Its blob size and chunk size.
+    relay: Option<(PeerId, (u64, u32))>,
 }
 
 pub async fn run(
@@ -135,6 +144,7 @@ pub async fn run(
         origin,
         fallback: Fallback::Undecided,
         declined: HashSet::new(),
+        relay: None,
     };
     let store = run.context.store.clone();
     // Asked for by a peer (or a reader racing a transfer that just ended): nothing to do.
@@ -173,6 +183,9 @@ pub async fn run(
     loop {
         if run.scheduler.as_ref().is_some_and(Scheduler::is_complete) {
             return run.complete().await;
+        }
+        if let Some((peer, shape)) = run.relay.take() {
+            return run.relay_from(peer, shape).await;
         }
         tokio::select! {
             Some(Ok(outcome)) = run.tasks.join_next(), if !run.tasks.is_empty() => run.on_outcome(outcome).await?,
@@ -228,14 +241,7 @@ impl Run<'_> {
     /// Decides whether this node should download the blob from the upstream now, asking
     /// another node to when that one is the chosen fetcher.
     fn upstream_download(&mut self) -> Option<Download> {
-        let origin = self.origin.clone()?;
-        let client = self.context.upstreams.for_repo(&origin.repo)?;
-        let download = Download {
-            client,
-            repo: origin.repo,
-            blob: self.blob,
-            manifest: origin.manifest,
-        };
+        let download = self.own_download()?;
         if self.scheduler.is_some() {
             return None;
         }
@@ -285,6 +291,17 @@ impl Run<'_> {
         }
     }
 
+    /// The download of the blob from this node's upstream, if its origin has one.
+    fn own_download(&self) -> Option<Download> {
+        let origin = self.origin.clone()?;
+        Some(Download {
+            client: self.context.upstreams.for_repo(&origin.repo)?,
+            repo: origin.repo,
+            blob: self.blob,
+            manifest: origin.manifest,
+        })
+    }
+
     /// Downloads the blob from the upstream; the transfer ends with it.
     async fn download(&mut self, download: Download) -> Result<(), String> {
         tracing::info!(upstream = download.client.namespace(), repo = %download.repo, "fetching from the upstream");
@@ -306,6 +323,77 @@ impl Run<'_> {
         }
         self.context.network.provide(self.blob).await;
         Ok(())
+    }
+
+    /// Takes the blob front to back from `peer`, which is downloading it from its upstream,
+    /// while it arrives there. If the relay fails, the blob comes from this node's own upstream
+    /// when there is one.
+    async fn relay_from(&mut self, peer: PeerId, shape: (u64, u32)) -> Result<(), String> {
+        tracing::info!(%peer, "relaying the blob from a peer that is fetching it from its upstream");
+        self.tasks.abort_all();
+        let relayed = self.relay_chunks(peer, shape).await;
+        match relayed {
+            Ok(()) => {
+                self.context.network.provide(self.blob).await;
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(%peer, %error, "relay failed");
+                if error.starts_with(WRONG_CONTENT) {
+                    self.ban(peer).await;
+                }
+                self.progress.send_modify(|progress| {
+                    progress.layout = None;
+                    progress.file = None;
+                });
+                match self.own_download() {
+                    Some(download) => self.download(download).await,
+                    None => Err(error),
+                }
+            }
+        }
+    }
+
+    async fn relay_chunks(
+        &mut self,
+        peer: PeerId,
+        (size, chunk_bytes): (u64, u32),
+    ) -> Result<(), String> {
+        let mut file = SequentialBlob::create(&self.context.store, self.blob, size, self.progress)?;
+        let layout = file.layout();
+        if layout.chunk_bytes() != chunk_bytes {
+            return Err(format!(
+                "{WRONG_CONTENT}: the peer cuts the blob into {chunk_bytes}-byte chunks, not {}",
+                layout.chunk_bytes()
+            ));
+        }
+        let mut pending = futures_util::stream::FuturesOrdered::new();
+        let mut next = 0;
+        while next < layout.chunk_count() || !pending.is_empty() {
+            while pending.len() < RELAY_WINDOW && next < layout.chunk_count() {
+                pending.push_back(relayed_chunk(self.context.clone(), peer, self.blob, next));
+                next += 1;
+            }
+            let Some(arrived) = futures_util::StreamExt::next(&mut pending).await else {
+                break;
+            };
+            let (chunk, bytes) = arrived?;
+            let expected = layout.chunk_len(chunk).map_err(|error| error.to_string())?;
+            if bytes.len() != expected as usize {
+                return Err(format!(
+                    "{WRONG_CONTENT}: chunk {chunk} has {} bytes, not {expected}",
+                    bytes.len()
+                ));
+            }
+            Counters::add(
+                &self.context.counters.bytes_received_from_peers,
+                bytes.len() as u64,
+            );
+            file.append(&bytes)?;
+        }
+        file.finish(&self.context.store)
+            .await
+            .map_err(|error| format!("{WRONG_CONTENT}: {error}"))
     }
 
     /// Notes a delegate's progress, seen in its answers to `Have`.
@@ -395,12 +483,15 @@ impl Run<'_> {
                 self.asked.remove(&peer);
             }
             Outcome::Index(peer, Ok(Response::Index(index))) => self.on_index(peer, index).await?,
-            Outcome::Index(peer, _) => {
-                // It may be downloading the blob from an upstream: it has an index only at
-                // the end. Asked again on the next refresh.
+            Outcome::Index(peer, result) => {
                 self.index_requested = false;
-                self.haves.remove(&peer);
                 self.asked.remove(&peer);
+                let described = self.haves.remove(&peer).map(|(shape, _)| shape);
+                // Part of the blob and no index: the peer is downloading it from an upstream.
+                if let (Ok(Response::NotFound), Some(shape)) = (&result, described) {
+                    self.relay = Some((peer, shape));
+                    return Ok(());
+                }
                 if let Some(next) = self.haves.keys().next().copied() {
                     self.request_index(next);
                 }
@@ -643,4 +734,34 @@ fn fetcher_rank(peer: &PeerId, blob: &Digest) -> [u8; 32] {
     hasher.update(&peer.to_bytes());
     hasher.update(blob.as_bytes());
     *hasher.finalize().as_bytes()
+}
+
+/// How a relay failure that is the peer's fault begins: the peer is banned.
+const WRONG_CONTENT: &str = "the peer sent wrong content";
+
+/// Chunk `chunk` from a peer relaying a blob, asked for again until the peer has it.
+async fn relayed_chunk(
+    context: FetchContext,
+    peer: PeerId,
+    blob: Digest,
+    chunk: u32,
+) -> Result<(u32, Vec<u8>), String> {
+    let started = Instant::now();
+    loop {
+        match context
+            .network
+            .request(peer, Request::Chunk { blob, chunk })
+            .await
+        {
+            Ok(Response::Chunk(bytes)) => {
+                crate::rate::acquire(context.ingress.as_deref(), bytes.len() as u64).await;
+                return Ok((chunk, bytes));
+            }
+            Ok(Response::NotFound | Response::Busy) if started.elapsed() < DELEGATE_STALL => {
+                tokio::time::sleep(RELAY_RETRY).await;
+            }
+            Ok(_) => return Err(format!("the peer stopped serving chunk {chunk}")),
+            Err(error) => return Err(error.to_string()),
+        }
+    }
 }
