@@ -101,6 +101,12 @@ pub struct SiteSpec {
     /// [`Scheduler::set_preference`]: shoal_protocol::Scheduler::set_preference
     #[serde(default)]
     pub prefer_same_site: bool,
+    /// Run the node's one-copy-per-site logic ([`Scheduler::set_site`]): each chunk is
+    /// fetched from outside the site only by its owner among the site's hosts.
+    ///
+    /// [`Scheduler::set_site`]: shoal_protocol::Scheduler::set_site
+    #[serde(default)]
+    pub one_copy_per_site: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

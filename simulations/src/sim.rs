@@ -342,6 +342,9 @@ impl<'a> Simulation<'a> {
         let chunk_count = self.chunk_count;
         let seed = Rng::derived(self.scenario.seed, 1 << 32 | u64::from(node)).next_u64();
         let config = self.config.clone();
+        let site_key = (self.one_copy_per_site()
+            && self.topology.nodes[node as usize].site.is_some())
+        .then(|| site_rank_key(node));
         let state = &mut self.nodes[node as usize];
         state.online = true;
         state.started = true;
@@ -354,11 +357,21 @@ impl<'a> Simulation<'a> {
         for chunk in state.have.iter_ones() {
             scheduler.mark_have(chunk);
         }
+        if let Some(key) = site_key {
+            scheduler.set_site(key);
+        }
         state.scheduler = Some(scheduler);
         for i in 0..self.topology.nodes[node as usize].neighbours.len() {
             let peer = self.topology.nodes[node as usize].neighbours[i];
             self.have_ask(node, peer);
         }
+    }
+
+    fn one_copy_per_site(&self) -> bool {
+        self.scenario
+            .sites
+            .as_ref()
+            .is_some_and(|sites| sites.one_copy_per_site)
     }
 
     /// A `Have` request, answered with the peer's state when it is sent (a host only gains
@@ -410,6 +423,12 @@ impl<'a> Simulation<'a> {
             .is_some_and(|s| s.prefer_same_site);
         let same_site = self.nodes[node as usize].site.is_some()
             && self.nodes[node as usize].site == self.nodes[peer as usize].site;
+        if same_site
+            && self.one_copy_per_site()
+            && let Some(scheduler) = &mut self.nodes[node as usize].scheduler
+        {
+            scheduler.add_site_member(&peer, site_rank_key(peer));
+        }
         let preference = if peer == ORIGIN {
             self.scenario.scheduler.origin_preference.unwrap_or(0)
         } else {
@@ -653,4 +672,10 @@ impl<'a> Simulation<'a> {
             end_s: crate::link::seconds(self.now),
         }
     }
+}
+
+/// A host's rank key for choosing chunk owners within its site: the same on every host, as a
+/// hash of the peer id and the blob is in the node.
+fn site_rank_key(node: u32) -> u64 {
+    shoal_protocol::rng::mix64(u64::from(node))
 }

@@ -47,6 +47,7 @@ use crate::rng::SplitMix64;
 mod pick;
 #[cfg(test)]
 mod sim_tests;
+mod site;
 #[cfg(test)]
 mod tests;
 
@@ -95,6 +96,14 @@ pub struct SchedulerConfig {
     /// `request_latency_target` (slow start): a peer behind a thin or shared link is not sent
     /// `requests_per_peer_max` requests that would outlive `request_timeout` in its queue.
     pub requests_per_peer_initial: usize,
+    /// With a site ([`Scheduler::set_site`]): how long the site may go without gaining a chunk
+    /// before every node fetches any chunk from outside, not only those it owns. 5 s is many
+    /// chunk times even on a 10 Mbit/s site link shared by its owners, and bounds the stall
+    /// when an owner hangs without disconnecting.
+    pub site_patience: Duration,
+    /// With a site: how many of the site's hosts fetch from outside it (see the `site`
+    /// module). 2: one more than the minimum, so one slow host does not set the pace alone.
+    pub site_fetchers_max: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -108,6 +117,8 @@ impl Default for SchedulerConfig {
             failure_backoff: Duration::from_millis(250),
             request_latency_target: Duration::from_secs(5),
             requests_per_peer_initial: 1,
+            site_patience: Duration::from_secs(5),
+            site_fetchers_max: 2,
         }
     }
 }
@@ -232,6 +243,7 @@ pub struct Scheduler<P> {
     rng: SplitMix64,
     now: Duration,
     completed_reported: bool,
+    site: Option<site::Site<P>>,
 }
 
 impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
@@ -263,6 +275,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             rng,
             now: Duration::ZERO,
             completed_reported: false,
+            site: None,
         }
     }
 
@@ -298,6 +311,48 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         if let Some(state) = self.peers.get_mut(peer) {
             state.preference = preference;
             state.stats.preference = preference;
+        }
+    }
+
+    /// Turns on one copy per site (see the `site` module): this node's rank key for this
+    /// blob (the same on every node, such as a hash of its peer id and the blob). Peers then
+    /// count as outside the site unless added with [`Scheduler::add_site_member`].
+    pub fn set_site(&mut self, own_key: u64) {
+        self.site = Some(site::Site::new(
+            own_key,
+            self.config.site_fetchers_max,
+            self.config.site_patience,
+            self.now,
+        ));
+    }
+
+    /// Marks `peer` as a site-mate with its rank key for this blob. Ignored without a site.
+    pub fn add_site_member(&mut self, peer: &P, key: u64) {
+        if let Some(site) = &mut self.site {
+            site.add_member(peer.clone(), key);
+        }
+    }
+
+    /// Whether a request to `peer` may only be for chunks this node owns for its site: the
+    /// peer is outside the site and the site is not stalled.
+    fn owners_only(&self, peer: &P) -> bool {
+        self.site
+            .as_ref()
+            .is_some_and(|site| !site.is_member(peer) && !site.stalled(self.now))
+    }
+
+    /// This node's site fetchers (see the `site` module), when it has a site.
+    fn site_fetchers(&self) -> Option<Vec<u64>> {
+        let site = self.site.as_ref()?;
+        Some(site.fetchers(|peer| self.peers.contains_key(peer)))
+    }
+
+    /// Whether this node owns `chunk` for its site (always without a site), given
+    /// [`Scheduler::site_fetchers`].
+    fn owned_here(&self, chunk: u32, fetchers: Option<&[u64]>) -> bool {
+        match (&self.site, fetchers) {
+            (Some(site), Some(fetchers)) => site.owns(chunk, fetchers),
+            _ => true,
         }
     }
 
@@ -351,6 +406,13 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     /// Whether `chunk` is still wanted: the node writes an arriving valid chunk only if so.
     pub fn needs(&self, chunk: u32) -> bool {
         chunk < self.chunk_count && !self.have.get(chunk)
+    }
+
+    /// Every request in flight, as (peer, chunk).
+    pub fn requests_in_flight(&self) -> impl Iterator<Item = (&P, u32)> {
+        self.requests_by_age
+            .iter()
+            .map(|(_, peer, chunk)| (peer, *chunk))
     }
 
     pub fn is_complete(&self) -> bool {
@@ -570,6 +632,12 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             }
         };
         self.apply_availability(&gained, &lost);
+        if let Some(site) = &mut self.site
+            && !gained.is_empty()
+            && site.is_member(&peer)
+        {
+            site.progressed(self.now);
+        }
         if let Some(state) = self.peers.get(&peer) {
             let useful = self.count_useful(&state.have);
             if let Some(state) = self.peers.get_mut(&peer) {
@@ -616,6 +684,11 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             return;
         }
         self.acquire(chunk);
+        if let Some(site) = &mut self.site
+            && site.is_member(&peer)
+        {
+            site.progressed(self.now);
+        }
         // The other copies of an endgame duplicate are no longer wanted.
         if self.copies[chunk as usize] > 0 {
             let holders: Vec<P> = self

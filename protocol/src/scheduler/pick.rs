@@ -32,13 +32,15 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         let start = self.rng.below(order.len());
         order.rotate_left(start);
         order.sort_by_key(|(_, preference)| Reverse(*preference));
+        let fetchers = self.site_fetchers();
         for (peer, _) in order {
+            let owners_only = self.owners_only(&peer).then_some(fetchers.as_deref());
             while let Some(state) = self.peers.get(&peer) {
                 if state.in_flight.len() >= state.limit {
                     break;
                 }
                 let random = self.rng.next_u64();
-                let Some(chunk) = self.pick(state, random) else {
+                let Some(chunk) = self.pick(state, random, owners_only) else {
                     break;
                 };
                 self.start_request(&peer, chunk);
@@ -50,10 +52,19 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         }
     }
 
-    fn pick(&self, peer: &PeerState, random: u64) -> Option<u32> {
-        self.pick_focus(peer)
-            .or_else(|| self.pick_rarest(peer, random))
-            .or_else(|| self.pick_endgame(peer))
+    /// A chunk to ask `peer` for; with `owners_only` (a peer outside this node's site: the
+    /// site's fetchers), only one this node owns for its site.
+    fn pick(
+        &self,
+        peer: &PeerState,
+        random: u64,
+        owners_only: Option<Option<&[u64]>>,
+    ) -> Option<u32> {
+        let allowed =
+            |chunk: u32| owners_only.is_none_or(|fetchers| self.owned_here(chunk, fetchers));
+        self.pick_focus(peer, &allowed)
+            .or_else(|| self.pick_rarest(peer, random, &allowed))
+            .or_else(|| self.pick_endgame(peer, &allowed))
     }
 
     fn focus_window(&self) -> std::ops::Range<u32> {
@@ -68,23 +79,28 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         }
     }
 
-    fn pick_focus(&self, peer: &PeerState) -> Option<u32> {
+    fn pick_focus(&self, peer: &PeerState, allowed: &impl Fn(u32) -> bool) -> Option<u32> {
         self.focus_window()
-            .find(|&c| self.unrequested(c) && peer.have.get(c))
+            .find(|&c| self.unrequested(c) && peer.have.get(c) && allowed(c))
     }
 
-    fn pick_rarest(&self, peer: &PeerState, random: u64) -> Option<u32> {
+    fn pick_rarest(
+        &self,
+        peer: &PeerState,
+        random: u64,
+        allowed: &impl Fn(u32) -> bool,
+    ) -> Option<u32> {
         if peer.useful == 0 {
             return None;
         }
         let mut walked = 0;
         for &(_, _, chunk) in &self.rarity {
-            if peer.have.get(chunk) {
+            if peer.have.get(chunk) && allowed(chunk) {
                 return Some(chunk);
             }
             walked += 1;
             if walked == RARITY_WALK_STEPS {
-                return self.scan_rarest(peer, random);
+                return self.scan_rarest(peer, random, allowed);
             }
         }
         None
@@ -93,7 +109,12 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     /// The rarest of a sample of the peer's useful chunks, scanning its bitfield from a
     /// random word: at least [`SCAN_SAMPLE_CHUNKS`] candidates (or all there are), so the
     /// cost stays bounded for peers with many useful chunks that are not globally rarest.
-    fn scan_rarest(&self, peer: &PeerState, random: u64) -> Option<u32> {
+    fn scan_rarest(
+        &self,
+        peer: &PeerState,
+        random: u64,
+        allowed: &impl Fn(u32) -> bool,
+    ) -> Option<u32> {
         let theirs = peer.have.words();
         let words = theirs.len();
         if words == 0 {
@@ -109,6 +130,9 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             while candidates != 0 {
                 let chunk = i as u32 * 64 + candidates.trailing_zeros();
                 candidates &= candidates - 1;
+                if !allowed(chunk) {
+                    continue;
+                }
                 sampled += 1;
                 let key = self.rarity_key(chunk);
                 if best.is_none_or(|b| key < b) {
@@ -128,7 +152,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     /// whose every request has been out for more than twice its peer's usual delivery time
     /// (at once for a peer that has delivered nothing yet). A healthy request on a slow link
     /// is left alone, which is what keeps a site's shared uplink at one copy.
-    fn pick_endgame(&self, peer: &PeerState) -> Option<u32> {
+    fn pick_endgame(&self, peer: &PeerState, allowed: &impl Fn(u32) -> bool) -> Option<u32> {
         let endgame = self
             .rarity
             .last()
@@ -144,6 +168,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                     && peer.have.get(chunk)
                     && !peer.in_flight.contains_key(&chunk)
                     && !self.have.get(chunk)
+                    && allowed(chunk)
                     && self.overdue(chunk)
             })
             .min_by_key(|&(&chunk, &since)| (self.copies[chunk as usize], since, chunk))

@@ -332,6 +332,8 @@ fn sim_config() -> SchedulerConfig {
         failure_backoff: Duration::from_millis(50),
         request_latency_target: Duration::from_secs(5),
         requests_per_peer_initial: 4,
+        site_patience: Duration::from_secs(2),
+        site_fetchers_max: 2,
     }
 }
 

@@ -19,6 +19,8 @@ fn config() -> SchedulerConfig {
         failure_backoff: ms(50),
         request_latency_target: ms(5000),
         requests_per_peer_initial: 8,
+        site_patience: ms(2000),
+        site_fetchers_max: 2,
     }
 }
 
@@ -514,4 +516,83 @@ fn completion_cancels_requests_made_moot_by_resumed_chunks() {
     assert_eq!(actions.last(), Some(&Action::Completed));
     assert_eq!(s.in_flight(), 0);
     assert_eq!(s.next_wakeup(), None);
+}
+
+#[test]
+fn with_a_site_only_owned_chunks_are_asked_from_outside_until_a_mate_leaves_or_stalls() {
+    let chunks = 64;
+    let mut s = S::new(chunks, config(), 3);
+    s.set_site(1);
+    s.add_site_member(&"mate", 2);
+    join(&mut s, "mate", Bitmap::new(chunks), 0);
+    let asked = requests(&join(&mut s, "far", Bitmap::full(chunks), 0));
+    assert!(!asked.is_empty());
+    assert!(asked.iter().all(|(peer, _)| *peer == "far"));
+    // Each chunk asked of the outside is one this node owns, never one of the mate's.
+    let fetchers = s.site_fetchers();
+    let owned: Vec<u32> = (0..chunks)
+        .filter(|&c| s.owned_here(c, fetchers.as_deref()))
+        .collect();
+    assert!(owned.len() > 16 && owned.len() < 48, "{owned:?}");
+    assert!(asked.iter().all(|(_, chunk)| owned.contains(chunk)));
+    for (_, chunk) in &asked {
+        arrive(&mut s, "far", *chunk, 10);
+    }
+    // The mate gets one of its own chunks: it is taken from the mate, not from outside.
+    let mates = (0..chunks).find(|c| !owned.contains(c)).unwrap();
+    let from_mate = requests(&s.handle(
+        Event::PeerHave {
+            peer: "mate",
+            have: bits(chunks, [mates]),
+        },
+        ms(20),
+    ));
+    assert!(from_mate.contains(&("mate", mates)), "{from_mate:?}");
+    assert!(
+        s.requests_in_flight()
+            .all(|(peer, chunk)| *peer == "mate" || owned.contains(&chunk))
+    );
+    // The mate leaves: its chunks pass to this node at once.
+    s.handle(Event::PeerLeft { peer: "mate" }, ms(30));
+    let fetchers = s.site_fetchers();
+    assert!((0..chunks).all(|c| s.owned_here(c, fetchers.as_deref())));
+    let in_flight: Vec<u32> = s.requests_in_flight().map(|(_, chunk)| chunk).collect();
+    let mut taken_over = Vec::new();
+    for chunk in in_flight {
+        taken_over.extend(requests(&arrive(&mut s, "far", chunk, 40)));
+    }
+    assert!(
+        taken_over
+            .iter()
+            .any(|(peer, chunk)| *peer == "far" && !owned.contains(chunk)),
+        "{taken_over:?}"
+    );
+}
+
+#[test]
+fn a_stalled_site_lets_every_node_fetch_any_chunk_from_outside() {
+    let chunks = 64;
+    let mut s = S::new(chunks, config(), 4);
+    s.set_site(1);
+    s.add_site_member(&"mate", 2);
+    join(&mut s, "mate", Bitmap::new(chunks), 0);
+    let fetchers = s.site_fetchers();
+    let owned: Vec<u32> = (0..chunks)
+        .filter(|&c| s.owned_here(c, fetchers.as_deref()))
+        .collect();
+    join(&mut s, "far", Bitmap::full(chunks), 0);
+    let mut asked: Vec<u32> = Vec::new();
+    let mut now = 0;
+    // The far peer answers everything asked; the mate never gains anything.
+    while now < 5_000 {
+        now += 100;
+        let in_flight: Vec<u32> = s.requests_in_flight().map(|(_, chunk)| chunk).collect();
+        asked.extend(&in_flight);
+        for chunk in in_flight {
+            arrive(&mut s, "far", chunk, now);
+        }
+        s.handle(Event::Tick, ms(now));
+    }
+    assert!(s.is_complete(), "the transfer stalled");
+    assert!(asked.iter().any(|chunk| !owned.contains(chunk)));
 }
