@@ -8,6 +8,8 @@
 //! Request flow: [`router`] sends every request to one handler, [`path::Route::parse`] decodes
 //! the `/v2/<name>/...` path (names contain slashes, so the router's own patterns cannot), the
 //! handler asks the source, and [`error::GatewayError`] renders every failure as OCI error JSON.
+//! [`serve()`] runs the router on a listener within [`ServeLimits`], so no client can hold a
+//! connection or a task for ever.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod accept;
@@ -15,8 +17,10 @@ pub mod error;
 mod handlers;
 pub mod path;
 pub mod range;
+pub mod serve;
 mod source;
 
 pub use error::GatewayError;
 pub use handlers::router;
+pub use serve::{ServeLimits, serve};
 pub use source::{BlobStream, ContentSource, Manifest, OpenBlob, SourceError};

@@ -14,10 +14,11 @@ use tokio::net::{UnixListener, UnixStream};
 
 use shoal_protocol::Digest;
 
+use crate::budget::CacheStatus;
 use crate::counters::CountersSnapshot;
 use crate::fetch::TransferStatus;
 use crate::import::ImportReport;
-use crate::store::{ImageSummary, StoreSummary};
+use crate::store::{EvictionReport, ImageSummary, StoreSummary, VerifyReport};
 
 /// Longest request line accepted from a client.
 pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
@@ -25,19 +26,57 @@ pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AdminRequest {
-    Import { path: PathBuf, tag: Option<String> },
-    Pull { reference: String },
+    Import {
+        path: PathBuf,
+        tag: Option<String>,
+    },
+    Pull {
+        reference: String,
+    },
     Status,
+    /// Keep an image whatever the budget (pulling what is missing).
+    Pin {
+        reference: String,
+    },
+    Unpin {
+        reference: String,
+    },
+    /// Evict down to the low watermark now.
+    Gc,
+    /// Re-hash every stored blob, removing what is corrupt.
+    Verify,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AdminEvent {
-    Progress { done: u64, total: u64 },
+    Progress {
+        done: u64,
+        total: u64,
+    },
     Imported(ImportReport),
-    Pulled { reference: String, digest: Digest },
+    Pulled {
+        reference: String,
+        digest: Digest,
+    },
     Status(Box<StatusReport>),
-    Failed { message: String },
+    Pinned {
+        reference: String,
+        digest: Digest,
+    },
+    Unpinned {
+        reference: String,
+        digest: Digest,
+    },
+    /// `max_bytes` is `--cache-max`; without one, gc has nothing to aim at.
+    Collected {
+        max_bytes: Option<u64>,
+        report: EvictionReport,
+    },
+    Verified(VerifyReport),
+    Failed {
+        message: String,
+    },
 }
 
 impl AdminEvent {
@@ -54,6 +93,12 @@ pub struct StatusReport {
     pub gateway: String,
     pub listen_addresses: Vec<String>,
     pub connected_peers: Vec<String>,
+    /// This node's site label, if any.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// What is known of each connected peer: site, round trip, throughput, bytes each way.
+    #[serde(default)]
+    pub peers: Vec<crate::locality::PeerStatus>,
     pub store: StoreSummary,
     /// Images tagged in the store.
     pub images: Vec<ImageSummary>,
@@ -61,6 +106,9 @@ pub struct StatusReport {
     pub known_images: Vec<KnownImage>,
     pub transfers: Vec<TransferStatus>,
     pub counters: CountersSnapshot,
+    /// The disk budget, pinned images, blobs in use.
+    #[serde(default)]
+    pub cache: CacheStatus,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -81,6 +81,122 @@ pub async fn status(data: &Path, json: bool) -> anyhow::Result<()> {
     }
 }
 
+/// `shoal pin`: pulls the image first (with progress), then pins it.
+pub async fn pin(data: &Path, reference: &str) -> anyhow::Result<()> {
+    let pull = AdminRequest::Pull {
+        reference: reference.to_owned(),
+    };
+    match call_with_progress(data, &pull, &format!("pulling {reference}")).await? {
+        AdminEvent::Pulled { .. } => {}
+        other => return Err(failure(other)),
+    }
+    let request = AdminRequest::Pin {
+        reference: reference.to_owned(),
+    };
+    match ask(data, &request).await? {
+        AdminEvent::Pinned { reference, digest } => {
+            println!("pinned {reference} {digest}");
+            Ok(())
+        }
+        other => Err(failure(other)),
+    }
+}
+
+pub async fn unpin(data: &Path, reference: &str) -> anyhow::Result<()> {
+    let request = AdminRequest::Unpin {
+        reference: reference.to_owned(),
+    };
+    match ask(data, &request).await? {
+        AdminEvent::Unpinned { reference, digest } => {
+            println!("unpinned {reference} {digest}");
+            Ok(())
+        }
+        other => Err(failure(other)),
+    }
+}
+
+pub async fn gc(data: &Path) -> anyhow::Result<()> {
+    let (max_bytes, report) = match ask(data, &AdminRequest::Gc).await? {
+        AdminEvent::Collected { max_bytes, report } => (max_bytes, report),
+        other => return Err(failure(other)),
+    };
+    let Some(max_bytes) = max_bytes else {
+        println!(
+            "no --cache-max is set, so nothing is evicted; the store holds {}",
+            human_bytes(report.stored_bytes)
+        );
+        return Ok(());
+    };
+    for digest in &report.evicted {
+        println!("evicted {digest}");
+    }
+    println!(
+        "freed {} in {} blobs; the store holds {} (budget {}, low watermark {})",
+        human_bytes(report.bytes_freed),
+        report.evicted.len(),
+        human_bytes(report.stored_bytes),
+        human_bytes(max_bytes),
+        human_bytes(report.target_bytes)
+    );
+    if report.stored_bytes > report.target_bytes {
+        println!("the rest is pinned or in use");
+    }
+    Ok(())
+}
+
+pub async fn verify(data: &Path) -> anyhow::Result<()> {
+    let report = match ask(data, &AdminRequest::Verify).await? {
+        AdminEvent::Verified(report) => report,
+        other => return Err(failure(other)),
+    };
+    for digest in &report.corrupt {
+        println!("corrupt {digest}: removed");
+    }
+    for digest in &report.missing {
+        println!("missing {digest}: forgotten");
+    }
+    for digest in &report.dependents_removed {
+        println!("removed {digest}: a manifest that referenced removed content");
+    }
+    let damaged = report.corrupt.len() + report.missing.len();
+    println!(
+        "checked {} blobs ({}): {}",
+        report.blobs_checked,
+        human_bytes(report.bytes_checked),
+        if damaged == 0 {
+            "all intact".to_owned()
+        } else {
+            format!("{damaged} damaged, removed; a later pull fetches them again")
+        }
+    );
+    Ok(())
+}
+
+/// Sends a request that has no progress to show.
+async fn ask(data: &Path, request: &AdminRequest) -> anyhow::Result<AdminEvent> {
+    admin::call(&Layout::new(data).socket(), request, |_| {}).await
+}
+
+fn print_cache(cache: &crate::budget::CacheStatus) {
+    let budget = match (cache.max_bytes, cache.low_watermark_bytes) {
+        (Some(max), Some(low)) => format!(
+            "{} of {} (evicting down to {})",
+            human_bytes(cache.stored_bytes),
+            human_bytes(max),
+            human_bytes(low)
+        ),
+        _ => format!("{}, no --cache-max", human_bytes(cache.stored_bytes)),
+    };
+    println!(
+        "cache     {budget}, {} blobs in use, {} pinned",
+        cache.blobs_in_use,
+        cache.pinned.len()
+    );
+    for pin in &cache.pinned {
+        println!("  pinned {} {}", pin.reference, pin.digest);
+    }
+}
+
 fn failure(event: AdminEvent) -> anyhow::Error {
     match event {
         AdminEvent::Failed { message } => anyhow::anyhow!(message),
@@ -93,9 +209,28 @@ fn print_status(report: &StatusReport) {
     println!("data      {}", report.data_dir.display());
     println!("gateway   http://{}", report.gateway);
     println!("listening {}", report.listen_addresses.join(" "));
-    println!("peers     {} connected", report.connected_peers.len());
-    for peer in &report.connected_peers {
-        println!("  {peer}");
+    if let Some(site) = &report.site {
+        println!("site      {site}");
+    }
+    println!("peers     {} connected", report.peers.len());
+    for peer in &report.peers {
+        let record = &peer.record;
+        println!(
+            "  {}  site {}{}  rtt {}  {}  sent {}  received {}",
+            peer.peer_id,
+            record.site.as_deref().unwrap_or("-"),
+            if peer.same_site { " (same)" } else { "" },
+            record
+                .rtt_ms
+                .map_or("-".to_owned(), |rtt| format!("{rtt:.1} ms")),
+            record
+                .throughput_bytes_per_s
+                .map_or("-".to_owned(), |rate| {
+                    format!("{}/s", human_bytes(rate as u64))
+                }),
+            human_bytes(record.bytes_sent),
+            human_bytes(record.bytes_received),
+        );
     }
     let counters = &report.counters;
     println!(
@@ -128,6 +263,7 @@ fn print_status(report: &StatusReport) {
         store.manifests,
         store.repositories
     );
+    print_cache(&report.cache);
     let stored: Vec<(String, String)> = report
         .images
         .iter()

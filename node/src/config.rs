@@ -10,6 +10,7 @@ use anyhow::Context;
 use libp2p::pnet::PreSharedKey;
 use libp2p::{Multiaddr, PeerId};
 
+use crate::budget::{Budget, ByteSize};
 use crate::rate::ByteRate;
 
 pub const DEFAULT_DATA_DIR: &str = "./shoal-data";
@@ -62,6 +63,17 @@ pub struct NodeArgs {
     /// Most bytes per second received from peers, such as 20MiB/s [default: unlimited]
     #[arg(long, value_name = "RATE")]
     pub max_ingress: Option<ByteRate>,
+    /// This node's site (a LAN behind one link), such as `shop-12`: peers of the same site are
+    /// preferred, and each chunk crosses the site's link about once.
+    #[arg(long, value_name = "NAME")]
+    pub site: Option<String>,
+    /// Most bytes per second sent to peers outside this node's site [default: unlimited]
+    #[arg(long, value_name = "RATE")]
+    pub max_site_egress: Option<ByteRate>,
+    /// Most bytes per second received from outside this node's site, peers and upstream
+    /// registries alike [default: unlimited]
+    #[arg(long, value_name = "RATE")]
+    pub max_site_ingress: Option<ByteRate>,
     /// Registry to fetch from when no peer has the content, as NAMESPACE=URL (repeatable),
     /// such as docker.io=https://registry-1.docker.io or ghcr.io=https://ghcr.io.
     /// Credentials go in the config file's [credentials."NAMESPACE"] table.
@@ -75,6 +87,21 @@ pub struct NodeArgs {
     /// (repeatable), such as `docker.io/library/*:*` or `team/app:1`.
     #[arg(long, value_name = "PATTERN")]
     pub prefetch: Vec<String>,
+    /// Serve Prometheus metrics at /metrics, a status page at / and /status.json on this
+    /// address, such as 127.0.0.1:9050 [default: off]. Loopback only, unless --metrics-public.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<SocketAddr>,
+    /// Allow --metrics on a non-loopback address: whoever reaches it sees this node's peers,
+    /// addresses and images.
+    #[arg(long)]
+    pub metrics_public: bool,
+    /// Most bytes of blobs the store keeps, such as 10GiB; past it the least recently used
+    /// are evicted (never a pinned image's, nor one in use) [default: unlimited]
+    #[arg(long, value_name = "SIZE")]
+    pub cache_max: Option<ByteSize>,
+    /// Eviction brings the store down to this percentage of --cache-max [default: 90]
+    #[arg(long, value_name = "PERCENT")]
+    pub cache_low_watermark: Option<u8>,
     /// Fault injection for tests: corrupt every chunk sent to peers.
     #[arg(long, hide = true)]
     pub hostile_corrupt_chunks: bool,
@@ -97,9 +124,16 @@ struct FileConfig {
     psk: Option<PathBuf>,
     max_egress: Option<String>,
     max_ingress: Option<String>,
+    site: Option<String>,
+    max_site_egress: Option<String>,
+    max_site_ingress: Option<String>,
     prefetch: Option<Vec<String>>,
     upstream: Option<Vec<UpstreamSpec>>,
     tag_freshness: Option<Freshness>,
+    metrics: Option<SocketAddr>,
+    metrics_public: Option<bool>,
+    cache_max: Option<ByteSize>,
+    cache_low_watermark: Option<u8>,
     #[serde(default)]
     credentials: BTreeMap<String, Credentials>,
 }
@@ -118,9 +152,15 @@ pub struct NodeConfig {
     pub psk: Option<PreSharedKey>,
     pub max_egress: Option<ByteRate>,
     pub max_ingress: Option<ByteRate>,
+    pub site: Option<String>,
+    pub max_site_egress: Option<ByteRate>,
+    pub max_site_ingress: Option<ByteRate>,
     pub prefetch: Vec<String>,
     pub upstreams: Vec<Upstream>,
     pub tag_freshness: Duration,
+    pub metrics: Option<SocketAddr>,
+    pub metrics_public: bool,
+    pub budget: Option<Budget>,
     pub hostile_corrupt_chunks: bool,
     pub hostile_forge_announcements: bool,
 }
@@ -198,6 +238,9 @@ impl NodeConfig {
                 .transpose()?,
             max_egress: rate(args.max_egress, file.max_egress)?,
             max_ingress: rate(args.max_ingress, file.max_ingress)?,
+            site: site(args.site.or(file.site))?,
+            max_site_egress: rate(args.max_site_egress, file.max_site_egress)?,
+            max_site_ingress: rate(args.max_site_ingress, file.max_site_ingress)?,
             prefetch: non_empty(args.prefetch)
                 .or(file.prefetch)
                 .unwrap_or_default(),
@@ -211,6 +254,12 @@ impl NodeConfig {
                 .tag_freshness
                 .or(file.tag_freshness)
                 .map_or(DEFAULT_TAG_FRESHNESS, |freshness| freshness.0),
+            metrics: args.metrics.or(file.metrics),
+            metrics_public: args.metrics_public || file.metrics_public.unwrap_or(false),
+            budget: Budget::configured(
+                args.cache_max.or(file.cache_max),
+                args.cache_low_watermark.or(file.cache_low_watermark),
+            )?,
             hostile_corrupt_chunks: args.hostile_corrupt_chunks,
             hostile_forge_announcements: args.hostile_forge_announcements,
         })
@@ -274,6 +323,16 @@ pub struct Upstream {
     pub namespace: String,
     pub url: String,
     pub credentials: Option<Credentials>,
+}
+
+fn site(site: Option<String>) -> anyhow::Result<Option<String>> {
+    match site {
+        Some(site) if !crate::locality::valid_site(&site) => anyhow::bail!(
+            "invalid site {site:?}: use letters, digits, '.', '_' and '-', at most {} bytes",
+            crate::locality::SITE_BYTES_MAX
+        ),
+        site => Ok(site),
+    }
 }
 
 fn upstreams(

@@ -13,10 +13,28 @@ pub struct Counters {
     pub peers_banned: AtomicU64,
     pub announcements_accepted: AtomicU64,
     pub announcements_dropped: AtomicU64,
+    /// Of `bytes_served_by_gateway`, those read from blob files already stored.
+    pub bytes_served_from_store: AtomicU64,
+    /// Gateway requests (GET and HEAD) answered from the store, and the others.
+    pub gateway_blob_hits: AtomicU64,
+    pub gateway_blob_misses: AtomicU64,
+    pub gateway_manifest_hits: AtomicU64,
+    pub gateway_manifest_misses: AtomicU64,
+    /// Transfers that stored their blob, and transfers that failed.
+    pub transfers_completed: AtomicU64,
+    pub transfers_failed: AtomicU64,
+    /// Blobs evicted to keep the store within its budget.
+    pub evictions: AtomicU64,
+    /// Of the peer traffic, what crossed this node's site boundary (`--site`).
+    pub bytes_sent_to_other_sites: AtomicU64,
+    pub bytes_received_from_other_sites: AtomicU64,
+    /// Latency and throughput histograms for `/metrics` (not in the snapshot).
+    pub timings: crate::observe::Timings,
 }
 
 /// A copy of the counters at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct CountersSnapshot {
     pub bytes_sent_to_peers: u64,
     pub bytes_received_from_peers: u64,
@@ -26,6 +44,16 @@ pub struct CountersSnapshot {
     pub peers_banned: u64,
     pub announcements_accepted: u64,
     pub announcements_dropped: u64,
+    pub bytes_served_from_store: u64,
+    pub gateway_blob_hits: u64,
+    pub gateway_blob_misses: u64,
+    pub gateway_manifest_hits: u64,
+    pub gateway_manifest_misses: u64,
+    pub transfers_completed: u64,
+    pub transfers_failed: u64,
+    pub evictions: u64,
+    pub bytes_sent_to_other_sites: u64,
+    pub bytes_received_from_other_sites: u64,
 }
 
 impl Counters {
@@ -44,6 +72,16 @@ impl Counters {
             peers_banned: get(&self.peers_banned),
             announcements_accepted: get(&self.announcements_accepted),
             announcements_dropped: get(&self.announcements_dropped),
+            bytes_served_from_store: get(&self.bytes_served_from_store),
+            gateway_blob_hits: get(&self.gateway_blob_hits),
+            gateway_blob_misses: get(&self.gateway_blob_misses),
+            gateway_manifest_hits: get(&self.gateway_manifest_hits),
+            gateway_manifest_misses: get(&self.gateway_manifest_misses),
+            transfers_completed: get(&self.transfers_completed),
+            transfers_failed: get(&self.transfers_failed),
+            evictions: get(&self.evictions),
+            bytes_sent_to_other_sites: get(&self.bytes_sent_to_other_sites),
+            bytes_received_from_other_sites: get(&self.bytes_received_from_other_sites),
         }
     }
 }

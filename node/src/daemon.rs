@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
@@ -18,11 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminEvent, AdminRequest, KnownImage, StatusReport};
 use crate::announce::Announcements;
+use crate::budget::Evictor;
 use crate::config::NodeConfig;
 use crate::counters::Counters;
 use crate::fetch::{self, FetchContext, FetchHandle};
 use crate::import;
+use crate::locality::Locality;
 use crate::network::{self, NetworkConfig, NetworkHandle};
+use crate::observe;
 use crate::peers::PeerService;
 use crate::prefetch;
 use crate::pull::Puller;
@@ -57,6 +61,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on gateway address {}", config.gateway))?;
     let gateway_addr = gateway_listener.local_addr()?;
+    let metrics_listener = match config.metrics {
+        Some(address) => Some(observe::bind(address, config.metrics_public).await?),
+        None => None,
+    };
     let admin_listener = admin::bind(&layout.socket())?;
 
     let shutdown = CancellationToken::new();
@@ -69,15 +77,30 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         counters.clone(),
         config.hostile_forge_announcements,
     )?);
+    let locality = Arc::new(Locality::new(config.site.clone()));
+    let limiter =
+        |rate: Option<crate::rate::ByteRate>| rate.map(|rate| Arc::new(RateLimiter::new(rate)));
     let network_config = NetworkConfig {
         listen: config.listen.clone(),
         bootstrap: config.bootstrap.clone(),
         mdns: config.mdns,
         psk: config.psk,
+        locality: locality.clone(),
     };
     let (network, network_events, network_task) =
         network::start(identity, network_config, shutdown.clone()).await?;
     tasks.spawn(async move { network_task.await.context("network task failed") });
+    let evictor = Evictor {
+        store: store.clone(),
+        network: network.clone(),
+        counters: counters.clone(),
+        budget: config.budget,
+    };
+    let budget_task = evictor.clone().run(shutdown.clone());
+    tasks.spawn(async move {
+        budget_task.await;
+        Ok(())
+    });
     let upstreams = Upstreams::new(&config.upstreams)?;
     let (fetch, fetch_task) = fetch::start(
         FetchContext {
@@ -85,9 +108,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             network: network.clone(),
             counters: counters.clone(),
             announcements: announcements.clone(),
-            ingress: config
-                .max_ingress
-                .map(|rate| Arc::new(RateLimiter::new(rate))),
+            ingress: limiter(config.max_ingress),
+            site_ingress: limiter(config.max_site_ingress),
+            locality: locality.clone(),
             upstreams: upstreams.clone(),
         },
         shutdown.clone(),
@@ -119,9 +142,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         fetch: fetch.clone(),
         announcements: announcements.clone(),
         counters: counters.clone(),
-        egress: config
-            .max_egress
-            .map(|rate| Arc::new(RateLimiter::new(rate))),
+        egress: limiter(config.max_egress),
+        site_egress: limiter(config.max_site_egress),
+        locality: locality.clone(),
         on_announcement: Arc::new(move |announcement| {
             if prefetch_queue.try_send(announcement).is_err() {
                 tracing::debug!("prefetch queue full or off; announcement not prefetched");
@@ -141,7 +164,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let router = shoal_gateway::router(source, Some(config.default_namespace.clone()));
     let gateway_shutdown = shutdown.clone();
     tasks.spawn(async move {
-        axum::serve(gateway_listener, router)
+        // Small responses (a config blob after its headers) must not wait for the client's
+        // delayed ACK: 40 ms per blob otherwise (docs/benchmarks.md).
+        let listener = gateway_listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY on a gateway connection");
+            }
+        });
+        axum::serve(listener, router)
             .with_graceful_shutdown(gateway_shutdown.cancelled_owned())
             .await
             .context("gateway failed")
@@ -154,17 +184,26 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         puller,
         announcements,
         counters,
+        evictor,
+        locality,
         status: Arc::new(StatusBase {
             peer_id: peer_id.clone(),
             data_dir: std::path::absolute(&config.data)?,
             gateway: gateway_addr.to_string(),
+            site: config.site.clone(),
         }),
     };
+    let mut metrics_field = String::new();
+    if let Some(listener) = metrics_listener {
+        metrics_field = format!(" metrics={}", listener.local_addr()?);
+        let (source, counters) = (context.clone(), context.counters.clone());
+        tasks.spawn(observe::serve(listener, source, counters, shutdown.clone()));
+    }
     tasks.spawn(serve_admin(admin_listener, context));
 
     tracing::info!(%gateway_addr, %peer_id, data = %config.data.display(), "node started");
     println!(
-        "ready gateway={gateway_addr} admin={} peer_id={peer_id}",
+        "ready gateway={gateway_addr} admin={} peer_id={peer_id}{metrics_field}",
         layout.socket().display()
     );
 
@@ -232,6 +271,7 @@ struct StatusBase {
     peer_id: String,
     data_dir: std::path::PathBuf,
     gateway: String,
+    site: Option<String>,
 }
 
 #[derive(Clone)]
@@ -243,6 +283,8 @@ struct AdminContext {
     puller: Puller,
     announcements: Arc<Announcements>,
     counters: Arc<Counters>,
+    evictor: Evictor,
+    locality: Arc<Locality>,
     status: Arc<StatusBase>,
 }
 
@@ -287,8 +329,24 @@ async fn serve_admin_connection(stream: UnixStream, context: AdminContext) -> an
             run_import(&mut stream, &context, path, tag).await?
         }
         Ok(AdminRequest::Pull { reference }) => run_pull(&mut stream, &context, &reference).await,
+        Ok(AdminRequest::Pin { reference }) => {
+            context.evictor.pin(&context.puller, &reference).await
+        }
+        Ok(AdminRequest::Unpin { reference }) => context.evictor.unpin(&reference).await,
+        Ok(AdminRequest::Gc) => context.evictor.gc().await,
+        Ok(AdminRequest::Verify) => context.evictor.verify().await,
     };
     admin::write_event(&mut stream, &event).await
+}
+
+impl observe::StatusSource for AdminContext {
+    async fn status(&self) -> anyhow::Result<StatusReport> {
+        match status(self).await {
+            AdminEvent::Status(report) => Ok(*report),
+            AdminEvent::Failed { message } => Err(anyhow::anyhow!(message)),
+            other => Err(anyhow::anyhow!("unexpected status answer {other:?}")),
+        }
+    }
 }
 
 async fn status(context: &AdminContext) -> AdminEvent {
@@ -307,6 +365,13 @@ async fn status(context: &AdminContext) -> AdminEvent {
             digest,
         })
         .collect();
+    let evictor = context.evictor.clone();
+    let connected: Vec<libp2p::PeerId> = network
+        .connected_peers
+        .iter()
+        .filter_map(|peer| peer.parse().ok())
+        .collect();
+    let peers = context.locality.status(&connected);
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<StatusReport> {
         Ok(StatusReport {
             peer_id: base.peer_id.clone(),
@@ -314,11 +379,14 @@ async fn status(context: &AdminContext) -> AdminEvent {
             gateway: base.gateway.clone(),
             listen_addresses: network.listen_addresses,
             connected_peers: network.connected_peers,
+            site: base.site.clone(),
+            peers,
             store: store.summary()?,
             images: store.images()?,
             known_images,
             transfers,
             counters,
+            cache: evictor.status()?,
         })
     })
     .await;

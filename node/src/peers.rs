@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::announce::Announcements;
 use crate::counters::Counters;
 use crate::fetch::{FetchHandle, Origin};
+use crate::locality::Locality;
 use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
 use crate::rate::RateLimiter;
 use crate::seeding::SeedLedger;
@@ -43,6 +44,9 @@ pub struct PeerService {
     pub announcements: Arc<Announcements>,
     pub counters: Arc<Counters>,
     pub egress: Option<Arc<RateLimiter>>,
+    /// `--max-site-egress`: chunks to peers outside this node's site.
+    pub site_egress: Option<Arc<RateLimiter>>,
+    pub locality: Arc<Locality>,
     pub on_announcement: OnAnnouncement,
     pub seeding: Arc<SeedLedger>,
     pub upstreams: Upstreams,
@@ -133,7 +137,7 @@ impl PeerService {
             Request::Index { blob } => self.index(blob).await,
             Request::Chunk { blob, chunk } => match self.chunk(inbound.peer, blob, chunk).await {
                 Response::Chunk(bytes) => {
-                    let paced = self.pace(bytes).await;
+                    let paced = self.pace(inbound.peer, bytes).await;
                     if matches!(paced, Response::Busy) {
                         self.seeding.unrecord(blob, chunk);
                     }
@@ -160,14 +164,21 @@ impl PeerService {
     /// Lets a chunk leave within the egress limit, or answers `Busy` when the link already has
     /// [`EGRESS_BACKLOG_MAX`] of work queued: the requester then asks another peer instead of
     /// waiting behind a saturated uplink.
-    async fn pace(&self, bytes: Vec<u8>) -> Response {
+    /// A peer outside this node's site also waits for `--max-site-egress`.
+    async fn pace(&self, peer: PeerId, bytes: Vec<u8>) -> Response {
         let length = bytes.len() as u64;
-        if let Some(egress) = &self.egress
-            && !egress.acquire_within(length, EGRESS_BACKLOG_MAX).await
-        {
-            return Response::Busy;
+        let outside = self.locality.outside(&peer);
+        let site_egress = self.site_egress.as_ref().filter(|_| outside);
+        for limiter in [&self.egress, &site_egress.cloned()].into_iter().flatten() {
+            if !limiter.acquire_within(length, EGRESS_BACKLOG_MAX).await {
+                return Response::Busy;
+            }
         }
         Counters::add(&self.counters.bytes_sent_to_peers, length);
+        if outside {
+            Counters::add(&self.counters.bytes_sent_to_other_sites, length);
+        }
+        self.locality.record_sent(peer, length);
         Response::Chunk(bytes)
     }
 
@@ -255,6 +266,7 @@ impl PeerService {
         let stored = self
             .blocking(move |store| {
                 let index = store.chunk_index(&blob).ok().flatten()?;
+                let _serving = store.lease(blob);
                 if !seeding.admit(peer, blob, chunk, index.chunk_count()) {
                     return Some(Stored::Refused);
                 }

@@ -263,11 +263,16 @@ impl Puller {
         let mut manifests = vec![top];
         let mut blobs = BTreeMap::new();
         let mut state = PullProgress::default();
+        // Everything the image needs stays until the pull ends, so that a tight budget cannot
+        // evict its first layers while the last ones arrive.
+        let mut leases = Vec::new();
         while let Some(digest) = manifests.pop() {
+            leases.push(self.store.lease(digest));
             let (_, parsed) = self.manifest(&reference.repo, digest).await?;
             manifests.extend(parsed.manifests.iter().map(|child| child.digest));
             for blob in parsed.blobs {
                 if blobs.insert(blob.digest, blob.size).is_none() {
+                    leases.push(self.store.lease(blob.digest));
                     state.blobs_total += 1;
                     state.bytes_total += blob.size;
                 }

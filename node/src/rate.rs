@@ -26,23 +26,12 @@ impl FromStr for ByteRate {
         let error = || RateParseError(s.to_owned());
         let text = s.trim();
         let text = text.strip_suffix("/s").unwrap_or(text);
-        let split = text
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let number: f64 = number.parse().map_err(|_| error())?;
-        let multiplier: f64 = match unit.trim() {
-            "" | "B" => 1.0,
-            "KB" | "kB" => 1e3,
-            "MB" => 1e6,
-            "GB" => 1e9,
-            "KiB" => 1024.0,
-            "MiB" => 1024.0 * 1024.0,
-            "GiB" => 1024.0 * 1024.0 * 1024.0,
+        let (number, unit) = split_quantity(text).ok_or_else(error)?;
+        let multiplier = match unit {
             "Kbit" | "kbit" => 1e3 / 8.0,
             "Mbit" | "mbit" => 1e6 / 8.0,
             "Gbit" | "gbit" => 1e9 / 8.0,
-            _ => return Err(error()),
+            _ => byte_unit(unit).ok_or_else(error)?,
         };
         let rate = number * multiplier;
         if !rate.is_finite() || rate < 1.0 {
@@ -50,6 +39,33 @@ impl FromStr for ByteRate {
         }
         Ok(ByteRate(rate as u64))
     }
+}
+
+/// Splits `1.5GiB` into `1.5` and `"GiB"`.
+pub fn split_quantity(text: &str) -> Option<(f64, &str)> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    Some((number.parse().ok()?, unit.trim()))
+}
+
+/// Bytes in one `unit`: `B` (or none), `KB` to `TB` in powers of 1000, `KiB` to `TiB` in
+/// powers of 1024.
+pub fn byte_unit(unit: &str) -> Option<f64> {
+    Some(match unit {
+        "" | "B" => 1.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    })
 }
 
 /// A token bucket shared by every task moving bytes in one direction.

@@ -6,6 +6,7 @@
 
 use std::io::{Seek, SeekFrom};
 use std::ops::Range;
+use std::time::Instant;
 
 use shoal_gateway::{BlobStream, ContentSource, Manifest, OpenBlob, SourceError};
 use shoal_protocol::{Descriptor, Digest, RepoName, Tag, TagOrDigest};
@@ -14,12 +15,11 @@ use tokio_util::io::ReaderStream;
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-
 use crate::counters::Counters;
 use crate::fetch::{Origin, stream_transfer};
+use crate::observe::{ServedFrom, measured};
 use crate::pull::Puller;
-use crate::store::{Store, StoreError};
+use crate::store::{BlobLease, Store, StoreError};
 
 /// Bytes per read when streaming a blob to a client; measured against smaller buffers in the
 /// gateway benchmark (see docs/benchmarks.md).
@@ -64,12 +64,10 @@ fn absent_if_corrupt<T>(result: Result<Option<T>, StoreError>) -> Result<Option<
     }
 }
 
-/// Counts the bytes a client receives.
-fn counted(stream: BlobStream, counters: Arc<Counters>) -> BlobStream {
-    Box::pin(stream.inspect(move |piece| {
-        if let Ok(bytes) = piece {
-            Counters::add(&counters.bytes_served_by_gateway, bytes.len() as u64);
-        }
+/// `stream`, holding `lease` until the client has it all or goes away.
+fn leased(stream: BlobStream, lease: BlobLease) -> BlobStream {
+    Box::pin(futures_util::StreamExt::inspect(stream, move |_| {
+        let _held = &lease;
     }))
 }
 
@@ -92,22 +90,34 @@ impl ContentSource for NodeSource {
         repo: &RepoName,
         reference: &TagOrDigest,
     ) -> Result<Option<Manifest>, SourceError> {
+        let (hits, misses) = (
+            &self.counters.gateway_manifest_hits,
+            &self.counters.gateway_manifest_misses,
+        );
         let digest = match self.puller.resolve(repo, reference).await {
             Ok(Some(digest)) => digest,
-            Ok(None) => return Ok(None),
-            Err(error) => return Err(SourceError::Unavailable(error.to_string())),
+            Ok(None) => {
+                Counters::add(misses, 1);
+                return Ok(None);
+            }
+            Err(error) => {
+                Counters::add(misses, 1);
+                return Err(SourceError::Unavailable(error.to_string()));
+            }
         };
         let (for_store, by_digest) = (repo.clone(), TagOrDigest::Digest(digest));
         let stored = self
             .blocking(move |store| absent_if_corrupt(store.manifest(&for_store, &by_digest)))
             .await?;
         if let Some((digest, record, bytes)) = stored {
+            Counters::add(hits, 1);
             return Ok(Some(Manifest {
                 digest,
                 media_type: record.media_type,
                 bytes: bytes.into(),
             }));
         }
+        Counters::add(misses, 1);
         match self.puller.manifest(repo, digest).await {
             Ok((bytes, parsed)) => Ok(Some(Manifest {
                 digest,
@@ -126,15 +136,23 @@ impl ContentSource for NodeSource {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Option<OpenBlob>, SourceError> {
-        let digest = *digest;
+        let (digest, started) = (*digest, Instant::now());
+        // Taken before the store is asked, so eviction cannot take the blob from under a reader.
+        let lease = self.store.lease(digest);
         let opened = self
             .blocking(move |store| absent_if_corrupt(store.open_blob(&digest)))
             .await?;
         let counters = self.counters.clone();
         if let Some((file, size)) = opened {
-            let read = Box::new(move |range| counted(stream_file(file, range), counters));
+            Counters::add(&counters.gateway_blob_hits, 1);
+            let read = Box::new(move |range: Range<u64>| {
+                let length = range.end - range.start;
+                let body = leased(stream_file(file, range), lease);
+                measured(body, length, counters, ServedFrom::Store, started)
+            });
             return Ok(Some(OpenBlob { size, read }));
         }
+        Counters::add(&counters.gateway_blob_misses, 1);
         let origin = Origin {
             repo: repo.clone(),
             manifest: false,
@@ -144,8 +162,11 @@ impl ContentSource for NodeSource {
         };
         match transfer.ready().await {
             Ok(layout) => {
-                let read =
-                    Box::new(move |range| counted(stream_transfer(transfer, range), counters));
+                let read = Box::new(move |range: Range<u64>| {
+                    let length = range.end - range.start;
+                    let body = leased(stream_transfer(transfer, range), lease);
+                    measured(body, length, counters, ServedFrom::Network, started)
+                });
                 Ok(Some(OpenBlob {
                     size: layout.blob_size(),
                     read,

@@ -5,6 +5,7 @@
 //! it started (by PID, on drop) and fails loudly under `CI=true` when a real tool is missing.
 
 pub mod bench;
+pub mod browser;
 pub mod clients;
 pub mod http;
 pub mod image;
@@ -12,4 +13,5 @@ pub mod node;
 pub mod registry;
 pub mod run_check;
 pub mod sendfile_server;
+pub mod sites;
 pub mod token_auth;

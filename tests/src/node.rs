@@ -77,6 +77,8 @@ pub struct ShoalNode {
     child: Option<Child>,
     data: PathBuf,
     gateway: SocketAddr,
+    /// The `--metrics` listener, when the node was started with one.
+    metrics: Option<SocketAddr>,
     log: PathBuf,
     /// The namespace the node runs in, held so it outlives the process.
     netns: Option<NetNs>,
@@ -136,6 +138,18 @@ impl ShoalNode {
         Ok(peers.iter().any(|peer| peer == other.peer_id()))
     }
 
+    /// Whether a trusted announcement of `repository:tag` (such as `docker.io/team/app`, `1`)
+    /// has reached this node.
+    pub fn knows_tag(&self, repository: &str, tag: &str) -> anyhow::Result<bool> {
+        let status = self.status()?;
+        let known = status["known_images"]
+            .as_array()
+            .with_context(|| format!("no known_images in {status}"))?;
+        Ok(known
+            .iter()
+            .any(|image| image["repository"] == repository && image["tag"] == tag))
+    }
+
     fn start_with(data: &Path, extra: &[&str], netns: Option<&NetNs>) -> anyhow::Result<ShoalNode> {
         std::fs::create_dir_all(data)?;
         let log = data.with_extension("log");
@@ -183,6 +197,7 @@ impl ShoalNode {
             child: Some(child),
             data: data.to_owned(),
             gateway: ([127, 0, 0, 1], 0).into(),
+            metrics: None,
             log,
             netns: netns.cloned(),
             peer_id: String::new(),
@@ -200,6 +215,7 @@ impl ShoalNode {
         };
         node.gateway = field("gateway=")?.parse()?;
         node.peer_id = field("peer_id=")?.to_owned();
+        node.metrics = field("metrics=").ok().map(str::parse).transpose()?;
         Ok(node)
     }
 
@@ -225,6 +241,11 @@ impl ShoalNode {
 
     pub fn gateway(&self) -> SocketAddr {
         self.gateway
+    }
+
+    /// The metrics and status page address (`--metrics`), if the node serves one.
+    pub fn metrics(&self) -> Option<SocketAddr> {
+        self.metrics
     }
 
     /// The namespace the node runs in, if any.

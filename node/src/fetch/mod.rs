@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcements;
 use crate::counters::Counters;
+use crate::locality::Locality;
 use crate::network::NetworkHandle;
 use crate::rate::RateLimiter;
 use crate::store::Store;
@@ -41,6 +42,9 @@ pub struct FetchContext {
     pub counters: Arc<Counters>,
     pub announcements: Arc<Announcements>,
     pub ingress: Option<Arc<RateLimiter>>,
+    /// `--max-site-ingress`: bytes from outside the site, peers and upstreams alike.
+    pub site_ingress: Option<Arc<RateLimiter>>,
+    pub locality: Arc<Locality>,
     pub upstreams: Upstreams,
 }
 
@@ -282,11 +286,18 @@ impl FetchActor {
         };
         self.transfers.insert(blob, transfer.clone());
         let context = self.context.clone();
+        let counters = context.counters.clone();
         let span = tracing::info_span!("fetch", %blob);
+        // Not evicted while it is fetched, nor the moment it lands.
+        let lease = context.store.lease(blob);
         self.tasks.spawn(tracing::Instrument::instrument(
             async move {
+                let _lease = lease;
+                let started = std::time::Instant::now();
                 let outcome =
                     transfer::run(context, blob, origin, &progress_sender, focus_receiver).await;
+                let size = progress_sender.borrow().layout.map(|l| l.blob_size());
+                crate::observe::record_transfer(&counters, &outcome, size, started.elapsed());
                 match &outcome {
                     Ok(()) => tracing::info!("blob fetched and verified"),
                     Err(error) => tracing::warn!(%error, "fetch failed"),

@@ -14,7 +14,7 @@ use shoal_protocol::{Bitmap, ChunkIndexBuilder, ChunkLayout, Digest};
 use tokio::sync::watch;
 
 use super::Progress;
-use crate::store::Store;
+use crate::store::{DiskSpace, Store};
 
 /// Bytes gathered before each write and progress update: one default chunk.
 const WRITE_BYTES: usize = 1 << 20;
@@ -42,6 +42,7 @@ pub struct SequentialBlob<'a> {
     buffer: Vec<u8>,
     written: u64,
     progress: &'a watch::Sender<Progress>,
+    space: DiskSpace,
 }
 
 impl<'a> SequentialBlob<'a> {
@@ -83,6 +84,7 @@ impl<'a> SequentialBlob<'a> {
             buffer: Vec::with_capacity(WRITE_BYTES),
             written: 0,
             progress,
+            space: store.space().clone(),
         })
     }
 
@@ -112,11 +114,13 @@ impl<'a> SequentialBlob<'a> {
             return Ok(());
         }
         let (builder, buffer, file) = (&mut self.builder, &self.buffer, &self.temp.file);
+        let space = &self.space;
         tokio::task::block_in_place(|| {
             builder.update(buffer);
+            space.check(buffer.len() as u64)?;
             (&**file).write_all(buffer)
         })
-        .map_err(|error| format!("writing {}: {error}", self.temp.path.display()))?;
+        .map_err(|error| crate::store::io_error(&self.temp.path)(error).to_string())?;
         self.written += self.buffer.len() as u64;
         self.buffer.clear();
         let have = chunks_within(&self.layout, self.written);

@@ -187,17 +187,23 @@ pub async fn run(
         if let Some((peer, shape)) = run.relay.take() {
             return run.relay_from(peer, shape).await;
         }
+        // After every event, not only on ticks: a client waits on this decision.
+        if let Some(download) = run.upstream_download() {
+            return run.download(download).await;
+        }
         tokio::select! {
             Some(Ok(outcome)) = run.tasks.join_next(), if !run.tasks.is_empty() => run.on_outcome(outcome).await?,
             Some(chunk) = focus.recv() => run.feed(Event::Focus { chunk }).await,
             _ = tick.tick() => {
-                if let Some(download) = run.upstream_download() {
-                    return run.download(download).await;
-                }
                 run.check_timeouts()?;
                 run.feed(Event::Tick).await;
             }
-            _ = persist.tick() => run.persist()?,
+            _ = persist.tick() => {
+                run.persist()?;
+                for peer in run.joined.clone() {
+                    run.place(peer);
+                }
+            }
             _ = refresh.tick() => run.lookup_providers(),
             _ = reask.tick() => run.ask_connected(),
         }
@@ -247,7 +253,9 @@ impl Run<'_> {
         }
         match self.fallback {
             Fallback::Undecided => {
-                let settled = self.haves_pending == 0 && !self.lookup_running;
+                // With no peer connected the DHT cannot name one: no need to wait for it.
+                let settled =
+                    self.haves_pending == 0 && (!self.lookup_running || self.connected.is_empty());
                 if !self.sources.is_empty() || !(settled || self.started.elapsed() > UPSTREAM_AFTER)
                 {
                     return None;
@@ -306,13 +314,7 @@ impl Run<'_> {
     async fn download(&mut self, download: Download) -> Result<(), String> {
         tracing::info!(upstream = download.client.namespace(), repo = %download.repo, "fetching from the upstream");
         self.tasks.abort_all();
-        upstream::download(
-            &download,
-            &self.context.store,
-            &self.context.counters,
-            self.progress,
-        )
-        .await?;
+        upstream::download(&download, &self.context, self.progress).await?;
         let store = self.context.store.clone();
         let blob = self.blob;
         if let Ok(Ok(Some(index))) =
@@ -441,6 +443,7 @@ impl Run<'_> {
                 self.lookup_running &= !from_lookup;
                 if !from_lookup {
                     self.connected = providers.clone();
+                    self.forget_disconnected().await;
                 }
                 for peer in providers {
                     self.ask_have(peer);
@@ -564,6 +567,10 @@ impl Run<'_> {
         let seed = u64::from_le_bytes(self.blob.as_bytes()[..8].try_into().unwrap_or_default())
             ^ u64::from_le_bytes(local.as_bytes()[..8].try_into().unwrap_or_default());
         let mut scheduler = Scheduler::new(index.chunk_count(), SchedulerConfig::default(), seed);
+        if self.context.locality.own_site().is_some() {
+            let local = self.context.network.local_peer_id();
+            scheduler.set_site(site_rank_key(&local, &self.blob));
+        }
         let resumed: Vec<u32> = partial.have().iter_ones().collect();
         for chunk in &resumed {
             scheduler.mark_have(*chunk);
@@ -666,8 +673,39 @@ impl Run<'_> {
     async fn join(&mut self, peer: PeerId, have: Bitmap) {
         if self.joined.insert(peer) {
             self.feed(Event::PeerJoined { peer, have }).await;
+            self.place(peer);
         } else {
             self.feed(Event::PeerHave { peer, have }).await;
+        }
+    }
+
+    /// Tells the scheduler how near `peer` is: a site-mate (for one copy per site) and its
+    /// preference. Measurements change, so this runs again for every peer once a second.
+    fn place(&mut self, peer: PeerId) {
+        let Some(scheduler) = &mut self.scheduler else {
+            return;
+        };
+        let locality = &self.context.locality;
+        if locality.same_site(&peer) {
+            scheduler.add_site_member(&peer, site_rank_key(&peer, &self.blob));
+        }
+        scheduler.set_preference(&peer, locality.preference(&peer));
+    }
+
+    /// Peers that disconnected leave the scheduler, so that their share of a site's chunks
+    /// passes to the next site-mate at once.
+    async fn forget_disconnected(&mut self) {
+        let gone: Vec<PeerId> = self
+            .joined
+            .iter()
+            .filter(|peer| !self.connected.contains(peer))
+            .copied()
+            .collect();
+        for peer in gone {
+            self.joined.remove(&peer);
+            self.asked.remove(&peer);
+            self.sources.remove(&peer);
+            self.feed(Event::PeerLeft { peer }).await;
         }
     }
 
@@ -675,13 +713,16 @@ impl Run<'_> {
     /// requests sent: a `Busy` answer costs nothing, and the request's slot stays taken until
     /// the bytes are paid for, which is what holds the average to the limit.
     fn request_chunk(&mut self, peer: PeerId, chunk: u32) {
-        let network = self.context.network.clone();
-        let ingress = self.context.ingress.clone();
+        let context = self.context.clone();
         let blob = self.blob;
         self.tasks.spawn(async move {
-            let result = network.request(peer, Request::Chunk { blob, chunk }).await;
+            let asked = Instant::now();
+            let result = context
+                .network
+                .request(peer, Request::Chunk { blob, chunk })
+                .await;
             if let Ok(Response::Chunk(bytes)) = &result {
-                crate::rate::acquire(ingress.as_deref(), bytes.len() as u64).await;
+                received(&context, peer, bytes.len() as u64, asked.elapsed()).await;
             }
             Outcome::Chunk(peer, chunk, result)
         });
@@ -736,6 +777,23 @@ fn fetcher_rank(peer: &PeerId, blob: &Digest) -> [u8; 32] {
     *hasher.finalize().as_bytes()
 }
 
+/// A peer's rank for one copy per site: the same on every node, different per blob.
+fn site_rank_key(peer: &PeerId, blob: &Digest) -> u64 {
+    let rank = fetcher_rank(peer, blob);
+    u64::from_le_bytes(rank[..8].try_into().unwrap_or_default())
+}
+
+/// Accounts for `bytes` of a chunk that arrived from `peer`, `took` after it was asked for,
+/// and waits for the ingress limits: the node's, and the site's when the peer is outside it.
+async fn received(context: &FetchContext, peer: PeerId, bytes: u64, took: Duration) {
+    context.locality.record_received(peer, bytes, took);
+    crate::rate::acquire(context.ingress.as_deref(), bytes).await;
+    if context.locality.outside(&peer) {
+        Counters::add(&context.counters.bytes_received_from_other_sites, bytes);
+        crate::rate::acquire(context.site_ingress.as_deref(), bytes).await;
+    }
+}
+
 /// How a relay failure that is the peer's fault begins: the peer is banned.
 const WRONG_CONTENT: &str = "the peer sent wrong content";
 
@@ -748,13 +806,14 @@ async fn relayed_chunk(
 ) -> Result<(u32, Vec<u8>), String> {
     let started = Instant::now();
     loop {
+        let asked = Instant::now();
         match context
             .network
             .request(peer, Request::Chunk { blob, chunk })
             .await
         {
             Ok(Response::Chunk(bytes)) => {
-                crate::rate::acquire(context.ingress.as_deref(), bytes.len() as u64).await;
+                received(&context, peer, bytes.len() as u64, asked.elapsed()).await;
                 return Ok((chunk, bytes));
             }
             Ok(Response::NotFound | Response::Busy) if started.elapsed() < DELEGATE_STALL => {

@@ -53,7 +53,12 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    pub fn new(keypair: &Keypair, mdns_enabled: bool) -> anyhow::Result<Behaviour> {
+    /// `agent_version` is what identify tells peers (the node's version and site).
+    pub fn new(
+        keypair: &Keypair,
+        mdns_enabled: bool,
+        agent_version: String,
+    ) -> anyhow::Result<Behaviour> {
         let peer_id = keypair.public().to_peer_id();
         let limits = connection_limits::ConnectionLimits::default()
             .with_max_established_per_peer(Some(CONNECTIONS_PER_PEER_MAX))
@@ -100,7 +105,7 @@ impl Behaviour {
             limits: connection_limits::Behaviour::new(limits),
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), keypair.public())
-                    .with_agent_version(format!("shoal/{}", env!("CARGO_PKG_VERSION"))),
+                    .with_agent_version(agent_version),
             ),
             ping: ping::Behaviour::default(),
             mdns: mdns.into(),

@@ -10,6 +10,7 @@ mod behaviour;
 mod codec;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,13 +19,15 @@ use libp2p::identity::Keypair;
 use libp2p::pnet::PreSharedKey;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns, ping};
 use shoal_protocol::Digest;
 use shoal_protocol::wire::{Request, Response};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use behaviour::{ANNOUNCEMENT_TOPIC, Behaviour, BehaviourEvent};
+
+use crate::locality::{self, Locality};
 
 /// Commands queued for the swarm task before senders wait.
 const COMMAND_QUEUE_LEN: usize = 1024;
@@ -47,6 +50,8 @@ pub struct NetworkConfig {
     pub bootstrap: Vec<Multiaddr>,
     pub mdns: bool,
     pub psk: Option<PreSharedKey>,
+    /// Where peers' sites and round trips are recorded; its own site is announced.
+    pub locality: Arc<Locality>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +101,9 @@ enum Command {
         data: Vec<u8>,
     },
     Provide {
+        blob: Digest,
+    },
+    Unprovide {
         blob: Digest,
     },
     FindProviders {
@@ -166,6 +174,12 @@ impl NetworkHandle {
         let _ = self.send(Command::Provide { blob }).await;
     }
 
+    /// Stops telling the DHT this node provides `blob` (it was evicted or removed). Records
+    /// other nodes hold expire on their own; until then a peer asking gets `NotFound`.
+    pub async fn unprovide(&self, blob: Digest) {
+        let _ = self.send(Command::Unprovide { blob }).await;
+    }
+
     /// Peers the DHT knows to provide `blob`, after a bounded lookup.
     pub async fn find_providers(&self, blob: Digest) -> HashSet<PeerId> {
         let (reply, answer) = oneshot::channel();
@@ -212,7 +226,11 @@ pub async fn start(
 )> {
     let local_peer_id = keypair.public().to_peer_id();
     let transport = behaviour::transport(&keypair, config.psk)?;
-    let behaviour = Behaviour::new(&keypair, config.mdns)?;
+    let behaviour = Behaviour::new(
+        &keypair,
+        config.mdns,
+        locality::agent_version(config.locality.own_site()),
+    )?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(|_| transport)
@@ -245,6 +263,7 @@ pub async fn start(
         provider_lookups: HashMap::new(),
         banned: HashSet::new(),
         unsent: VecDeque::new(),
+        locality: config.locality.clone(),
     };
     let task = tokio::spawn(async move { actor.run(command_receiver, shutdown).await });
     Ok((
@@ -275,6 +294,7 @@ struct SwarmActor {
     /// Announcements published while no peer was known to subscribe (a peer that has just
     /// connected has not said so yet); gossiped again when one subscribes.
     unsent: VecDeque<Vec<u8>>,
+    locality: Arc<Locality>,
 }
 
 impl SwarmActor {
@@ -327,6 +347,11 @@ impl SwarmActor {
                 {
                     tracing::warn!(%blob, %error, "cannot record provider");
                 }
+            }
+            Command::Unprovide { blob } => {
+                behaviour
+                    .kad
+                    .stop_providing(&kad::RecordKey::new(blob.as_bytes()));
             }
             Command::FindProviders { blob, reply } => {
                 let id = behaviour
@@ -461,6 +486,8 @@ impl SwarmActor {
                     .await;
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.locality
+                    .set_site(peer_id, locality::site_of_agent(&info.agent_version));
                 for address in info.listen_addrs {
                     self.swarm
                         .behaviour_mut()
@@ -468,6 +495,11 @@ impl SwarmActor {
                         .add_address(&peer_id, address);
                 }
             }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => self.locality.record_rtt(peer, rtt),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, address) in found {
                     if !self.banned.contains(&peer) && !self.swarm.is_connected(&peer) {

@@ -10,7 +10,13 @@
 //! i/<digest:32>               -> wire-encoded ChunkIndex           (chunk hashes of a stored blob)
 //! p/<digest:32>               -> wire-encoded index + bitmap       (a blob being fetched)
 //! a/<blake3 of payload:32>    -> wire-encoded SignedAnnouncement   (gossip received or sent)
+//! u/<digest:32>               -> last use, u64 big-endian ms since the Unix epoch (eviction)
+//! k/<image reference>         -> <digest:32>                       (pinned: kept whatever the budget)
 //! ```
+//!
+//! `u/` records are written in batches (see `usage.rs`), not on every read, and a blob without
+//! one counts as never used. `k/` keys are the normalised reference the operator pinned
+//! (`docker.io/team/app:1`); the value is the manifest it resolved to when pinned.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +32,8 @@ const TAG: &[u8] = b"t/";
 const INDEX: &[u8] = b"i/";
 const PARTIAL: &[u8] = b"p/";
 pub const ANNOUNCEMENT: &[u8] = b"a/";
+pub const LAST_USE: &[u8] = b"u/";
+pub const PIN: &[u8] = b"k/";
 
 /// What the store remembers about a manifest besides its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -84,6 +92,14 @@ pub fn announcement_key(id: &[u8; 32]) -> Vec<u8> {
     key(ANNOUNCEMENT, &[id])
 }
 
+pub fn last_use_key(digest: &Digest) -> Vec<u8> {
+    key(LAST_USE, &[digest.as_bytes()])
+}
+
+pub fn pin_key(reference: &str) -> Vec<u8> {
+    key(PIN, &[reference.as_bytes()])
+}
+
 pub fn partial_digests(db: &sled::Db) -> impl Iterator<Item = Result<Digest, StoreError>> + '_ {
     db.scan_prefix(PARTIAL).map(|entry| {
         let (key, _) = entry?;
@@ -135,39 +151,116 @@ pub fn blob_digests(db: &sled::Db) -> impl Iterator<Item = Result<Digest, StoreE
     })
 }
 
-pub fn blob_size(db: &sled::Db, digest: &Digest) -> Result<Option<u64>, StoreError> {
-    let key = blob_key(digest);
-    let Some(value) = db.get(&key)? else {
-        return Ok(None);
-    };
-    let bytes: [u8; 8] = value
-        .as_ref()
-        .try_into()
-        .map_err(|_| corrupt(&key, "size is not 8 bytes"))?;
-    Ok(Some(u64::from_be_bytes(bytes)))
+/// Every stored blob with its size.
+pub fn blob_records(db: &sled::Db) -> impl Iterator<Item = Result<(Digest, u64), StoreError>> + '_ {
+    db.scan_prefix(BLOB).map(|entry| {
+        let (key, value) = entry?;
+        Ok((
+            digest_from(&key, &key[BLOB.len()..])?,
+            decode_u64(&key, &value)?,
+        ))
+    })
 }
 
-/// Removes a blob's record and, if it was a manifest, the manifest's records and every tag
-/// and repository entry pointing at it, so nothing names content that is gone.
+fn decode_u64(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = value
+        .try_into()
+        .map_err(|_| corrupt(key, "value is not 8 bytes"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+pub fn blob_size(db: &sled::Db, digest: &Digest) -> Result<Option<u64>, StoreError> {
+    let key = blob_key(digest);
+    db.get(&key)?
+        .map(|value| decode_u64(&key, &value))
+        .transpose()
+}
+
+/// Every manifest record.
+pub fn manifests(
+    db: &sled::Db,
+) -> impl Iterator<Item = Result<(Digest, ManifestRecord), StoreError>> + '_ {
+    db.scan_prefix(MANIFEST).map(|entry| {
+        let (key, value) = entry?;
+        let digest = digest_from(&key, &key[MANIFEST.len()..])?;
+        let record = serde_json::from_slice(&value).map_err(|error| corrupt(&key, error))?;
+        Ok((digest, record))
+    })
+}
+
+/// Last-use times recorded for eviction.
+pub fn last_uses(db: &sled::Db) -> impl Iterator<Item = Result<(Digest, u64), StoreError>> + '_ {
+    db.scan_prefix(LAST_USE).map(|entry| {
+        let (key, value) = entry?;
+        Ok((
+            digest_from(&key, &key[LAST_USE.len()..])?,
+            decode_u64(&key, &value)?,
+        ))
+    })
+}
+
+/// Pinned references and the manifests they resolved to.
+pub fn pins(db: &sled::Db) -> impl Iterator<Item = Result<(String, Digest), StoreError>> + '_ {
+    db.scan_prefix(PIN).map(|entry| {
+        let (key, value) = entry?;
+        let reference =
+            String::from_utf8(key[PIN.len()..].to_vec()).map_err(|e| corrupt(&key, e))?;
+        Ok((reference, digest_from(&key, &value)?))
+    })
+}
+
+/// Removes a blob's records; see [`forget_blobs`].
 pub fn forget_blob(db: &sled::Db, digest: &Digest) -> Result<(), StoreError> {
+    forget_blobs(db, &[*digest])
+}
+
+/// Removes the records of `digests` in one batch: blob, index and last use, and for a manifest
+/// its record and every tag and repository entry pointing at it, so nothing names content that
+/// is gone. A repository left without manifests or tags is forgotten too.
+pub fn forget_blobs(db: &sled::Db, digests: &[Digest]) -> Result<(), StoreError> {
     let mut batch = sled::Batch::default();
-    batch.remove(blob_key(digest));
-    batch.remove(index_key(digest));
-    batch.remove(manifest_key(digest));
-    for prefix in [REPO_MANIFEST, TAG] {
-        for entry in db.scan_prefix(prefix) {
-            let (key, value) = entry?;
-            let points_here = if prefix == TAG {
-                value.as_ref() == digest.as_bytes()
-            } else {
-                key.ends_with(digest.as_bytes())
-            };
-            if points_here {
-                batch.remove(key);
+    let mut manifests = std::collections::HashSet::new();
+    for digest in digests {
+        batch.remove(blob_key(digest));
+        batch.remove(index_key(digest));
+        batch.remove(last_use_key(digest));
+        if db.contains_key(manifest_key(digest))? {
+            batch.remove(manifest_key(digest));
+            manifests.insert(*digest);
+        }
+    }
+    let mut touched_repos = std::collections::BTreeSet::new();
+    if !manifests.is_empty() {
+        for prefix in [REPO_MANIFEST, TAG] {
+            for entry in db.scan_prefix(prefix) {
+                let (key, value) = entry?;
+                let target = if prefix == TAG {
+                    &value[..]
+                } else {
+                    &key[key.len().saturating_sub(32)..]
+                };
+                let points_here = <[u8; 32]>::try_from(target)
+                    .is_ok_and(|bytes| manifests.contains(&Digest::from_sha256_bytes(bytes)));
+                if points_here {
+                    let rest = &key[prefix.len()..];
+                    let repo = &rest[..rest.iter().position(|b| *b == 0).unwrap_or(rest.len())];
+                    touched_repos.insert(repo.to_vec());
+                    batch.remove(key);
+                }
             }
         }
     }
     db.apply_batch(batch)?;
+    for repo in touched_repos {
+        let mut prefix = repo.clone();
+        prefix.push(0);
+        let left = [REPO_MANIFEST, TAG]
+            .iter()
+            .any(|kind| db.scan_prefix(key(kind, &[&prefix])).next().is_some());
+        if !left {
+            db.remove(key(REPO, &[&repo]))?;
+        }
+    }
     Ok(())
 }
 
@@ -262,14 +355,10 @@ fn count(db: &sled::Db, prefix: &[u8]) -> u64 {
 pub fn summary(db: &sled::Db) -> Result<StoreSummary, StoreError> {
     let mut blobs = 0;
     let mut bytes = 0;
-    for entry in db.scan_prefix(BLOB) {
-        let (key, value) = entry?;
-        let size: [u8; 8] = value
-            .as_ref()
-            .try_into()
-            .map_err(|_| corrupt(&key, "size is not 8 bytes"))?;
+    for record in blob_records(db) {
+        let (_, size) = record?;
         blobs += 1;
-        bytes += u64::from_be_bytes(size);
+        bytes += size;
     }
     Ok(StoreSummary {
         blobs,

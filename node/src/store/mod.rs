@@ -15,11 +15,18 @@
 //! The store is a cheap clone around shared state: sled synchronises its own trees and blob
 //! files never change once in place, so the only lock is the one that serialises commits.
 //! Its methods block on disk I/O; async callers run them with `spawn_blocking`.
+//!
+//! Room is managed here too: [`usage`] tracks when blobs were last used and which are in use,
+//! [`evict`] removes the least recently used (never a pinned image's, never one in use) and
+//! re-hashes the store on demand, and [`space`] refuses blob writes before the disk is full.
 
+mod evict;
 mod layout;
 mod metadata;
 mod partial;
+mod space;
 mod staging;
+mod usage;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -30,10 +37,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use shoal_protocol::chunk::{ChunkIndex, ChunkIndexBuilder, chunk_bytes_for};
 use shoal_protocol::{Descriptor, Digest, RepoName, Sha256Writer, Tag, TagOrDigest, wire};
 
+pub use evict::{EvictionReport, Pin, VerifyReport};
 pub use layout::Layout;
 pub use metadata::{ImageSummary, ManifestRecord, StoreSummary};
 pub use partial::{PartialBlob, recorded_index};
+pub use space::DiskSpace;
 pub use staging::{Commit, CommitReport, Staging};
+pub use usage::BlobLease;
 
 /// Bytes read per call while hashing a blob file; large enough that syscalls do not dominate.
 const HASH_BUFFER_BYTES: usize = 1 << 20;
@@ -42,6 +52,12 @@ const HASH_BUFFER_BYTES: usize = 1 << 20;
 pub enum StoreError {
     #[error("store I/O failed on {path}: {source}")]
     Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("disk full: cannot write {path}: {source}; free space there or lower --cache-max")]
+    DiskFull {
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -66,10 +82,18 @@ pub enum StoreError {
     },
 }
 
+/// Wraps an I/O error with the path it concerns; a full disk (or quota) is its own error, so the
+/// request that hit it says so plainly.
 pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_owned(),
-        source,
+    move |source| match source.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => StoreError::DiskFull {
+            path: path.to_owned(),
+            source,
+        },
+        _ => StoreError::Io {
+            path: path.to_owned(),
+            source,
+        },
     }
 }
 
@@ -90,6 +114,8 @@ struct Inner {
     /// Decoded chunk indexes of stored blobs: peers ask for chunks of the same few blobs many
     /// times a second, and each would otherwise decode the index from sled again.
     indexes: Mutex<HashMap<Digest, Arc<ChunkIndex>>>,
+    usage: usage::Usage,
+    space: DiskSpace,
 }
 
 impl std::fmt::Debug for Store {
@@ -124,10 +150,18 @@ impl Store {
                 verified: Mutex::new(HashSet::new()),
                 verify_lock: Mutex::new(()),
                 indexes: Mutex::new(HashMap::new()),
+                usage: usage::Usage::default(),
+                space: DiskSpace::new(root),
             }),
         };
         let recovery = store.recover()?;
+        store.inner.usage.load(&store.inner.db)?;
         Ok((store, recovery))
+    }
+
+    /// The free-space check every blob write makes.
+    pub(crate) fn space(&self) -> &DiskSpace {
+        &self.inner.space
     }
 
     pub fn layout(&self) -> &Layout {
@@ -189,6 +223,7 @@ impl Store {
     pub(crate) fn adopt(&self, path: &Path, index: &ChunkIndex) -> Result<(), StoreError> {
         let _guard = self.lock_commits();
         let digest = index.blob();
+        let mut grown = 0;
         let mut batch = sled::Batch::default();
         batch.remove(metadata::partial_key(&digest));
         if self.has_blob(&digest)? {
@@ -205,9 +240,14 @@ impl Store {
             );
             batch.insert(metadata::index_key(&digest), encode_index(index)?);
             self.mark_verified(digest);
+            grown = index.blob_size();
         }
         self.inner.db.apply_batch(batch)?;
         self.inner.db.flush()?;
+        self.touch(&digest);
+        if grown > 0 {
+            self.inner.usage.grew(grown);
+        }
         Ok(())
     }
 
@@ -319,19 +359,33 @@ impl Store {
             self.mark_verified(*digest);
             file = File::open(&path).map_err(io_error(&path))?;
         }
+        self.touch(digest);
         Ok(Some((file, size)))
     }
 
     fn remove_corrupt(&self, digest: &Digest) -> Result<(), StoreError> {
         let _guard = self.lock_commits();
-        self.cached_indexes().remove(digest);
+        self.forget_cached(digest);
         let path = self.inner.layout.blob(digest);
+        let size = metadata::blob_size(&self.inner.db, digest)?.unwrap_or(0);
         metadata::forget_blob(&self.inner.db, digest)?;
         self.inner.db.flush()?;
+        self.inner.usage.shrank(size);
         match std::fs::remove_file(&path) {
             Err(error) if error.kind() != io::ErrorKind::NotFound => Err(io_error(&path)(error)),
             _ => Ok(()),
         }
+    }
+
+    /// Drops what memory holds about a blob that is leaving the store.
+    fn forget_cached(&self, digest: &Digest) {
+        self.cached_indexes().remove(digest);
+        self.inner
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(digest);
+        self.inner.usage.forget(digest);
     }
 
     fn is_verified(&self, digest: &Digest) -> bool {
@@ -389,6 +443,7 @@ impl Store {
             self.remove_corrupt(&digest)?;
             return Err(StoreError::CorruptContent { digest, actual });
         }
+        self.touch(&digest);
         Ok(Some((digest, record, bytes)))
     }
 
@@ -445,8 +500,9 @@ impl Store {
         Ok(())
     }
 
-    /// Makes every metadata write so far durable.
+    /// Makes every metadata write so far durable, last uses included.
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.persist_usage()?;
         self.inner.db.flush()?;
         Ok(())
     }

@@ -112,9 +112,16 @@ impl PartialBlob {
                 key: self.index.blob().to_string(),
                 reason: error.to_string(),
             })?;
-        self.file
-            .write_all_at(bytes, offset.start)
-            .map_err(io_error(&self.path))?;
+        let written = (self.store.space().check(bytes.len() as u64))
+            .and_then(|()| self.file.write_all_at(bytes, offset.start))
+            .map_err(io_error(&self.path));
+        if let Err(error) = written {
+            // On a full disk a half-fetched blob only holds space others need: let it go.
+            if matches!(error, StoreError::DiskFull { .. }) {
+                let _ = self.discard();
+            }
+            return Err(error);
+        }
         self.have.set(chunk);
         self.unsynced = true;
         Ok(())

@@ -15,7 +15,7 @@ use shoal_protocol::{Digest, RepoName, Sha256Writer, Tag};
 
 use super::layout::fsync_dir;
 use super::metadata::{self, ManifestRecord};
-use super::{Store, StoreError, io_error};
+use super::{DiskSpace, Store, StoreError, io_error};
 
 /// Write buffer per staged blob: big enough to keep syscalls rare, small enough to keep memory
 /// per transfer bounded.
@@ -95,7 +95,7 @@ impl Staging {
         self.files_written += 1;
         let path = self.dir.join(self.files_written.to_string());
         let limit = expected.map_or(u64::MAX, |(_, size)| size.saturating_add(1));
-        let result = write_hashed(reader.take(limit), &path);
+        let result = write_hashed(reader.take(limit), &path, self.store.space());
         let (digest, size) = match result {
             Ok(written) => written,
             Err(error) => {
@@ -231,6 +231,18 @@ impl Staging {
         }
         store.db().apply_batch(batch)?;
         store.db().flush()?;
+        // Content named again (an import sharing layers, a pull re-recording a manifest) counts
+        // as used, and is not evicted by a pass that chose it a moment ago.
+        for digest in commit
+            .blobs
+            .iter()
+            .chain(commit.manifests.iter().map(|(d, _)| d))
+        {
+            store.touch(digest);
+        }
+        if report.bytes_added > 0 {
+            store.inner.usage.grew(report.bytes_added);
+        }
         Ok(report)
     }
 }
@@ -250,7 +262,11 @@ enum CopyError {
     Write(io::Error),
 }
 
-fn write_hashed(mut reader: impl Read, path: &PathBuf) -> Result<(Digest, u64), CopyError> {
+fn write_hashed(
+    mut reader: impl Read,
+    path: &PathBuf,
+    space: &DiskSpace,
+) -> Result<(Digest, u64), CopyError> {
     let file = File::create_new(path).map_err(CopyError::Write)?;
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
     let mut hasher = Sha256Writer::default();
@@ -263,6 +279,7 @@ fn write_hashed(mut reader: impl Read, path: &PathBuf) -> Result<(Digest, u64), 
             Err(error) => return Err(CopyError::Read(error)),
         };
         hasher.update(&buffer[..n]);
+        space.check(n as u64).map_err(CopyError::Write)?;
         writer.write_all(&buffer[..n]).map_err(CopyError::Write)?;
     }
     let file = writer

@@ -8,8 +8,7 @@ use tokio::sync::watch;
 
 use super::UpstreamClient;
 use crate::counters::Counters;
-use crate::fetch::{Progress, SequentialBlob};
-use crate::store::Store;
+use crate::fetch::{FetchContext, Progress, SequentialBlob};
 
 /// What to download, and from where.
 #[derive(Debug, Clone)]
@@ -22,12 +21,13 @@ pub struct Download {
 }
 
 /// Runs `download`, publishing progress; `Ok` once the blob is verified and stored.
+/// What comes from the upstream crosses the site's link: it pays `--max-site-ingress`.
 pub async fn download(
     download: &Download,
-    store: &Store,
-    counters: &Counters,
+    context: &FetchContext,
     progress: &watch::Sender<Progress>,
 ) -> Result<(), String> {
+    let (store, counters) = (&context.store, &context.counters);
     let Download {
         client,
         repo,
@@ -66,6 +66,7 @@ pub async fn download(
         .map_err(|error| format!("reading {blob} from upstream: {error}"))?
     {
         Counters::add(&counters.bytes_from_upstream, piece.len() as u64);
+        crate::rate::acquire(context.site_ingress.as_deref(), piece.len() as u64).await;
         file.append(&piece)?;
     }
     file.finish(store)

@@ -1,0 +1,205 @@
+//! Histograms for `/metrics`: fixed buckets of atomic counts, recorded by whoever measures (the
+//! gateway's blob streams, the fetch actor's transfers) and read by the exposition. Lock-free,
+//! so recording on a hot path costs a few relaxed atomic adds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds: from a page-cache hit (1 ms) to a
+/// multi-gigabyte layer over a slow uplink (10 min).
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    600.0,
+];
+
+/// Upper bounds of the throughput buckets, in bytes per second: from a throttled WAN link
+/// (100 kB/s) to loopback (10 GB/s).
+pub const BYTES_PER_SECOND_BUCKETS: &[f64] =
+    &[1e5, 3e5, 1e6, 3e6, 1e7, 3e7, 1e8, 3e8, 1e9, 3e9, 1e10];
+
+/// Responses and transfers smaller than this are left out of the throughput histograms: their
+/// time is latency, and their "throughput" would only say how small they are.
+pub const THROUGHPUT_BYTES_MIN: u64 = 1 << 20;
+
+/// A Prometheus histogram: a count per bucket (not cumulative; the exposition adds them up),
+/// an overflow count, and the sum of every observation.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One count per bound, then the overflow (`+Inf`) count.
+    counts: Box<[AtomicU64]>,
+    /// The sum of observations, as `f64` bits.
+    sum: AtomicU64,
+}
+
+/// What a histogram holds at one moment, ready to print.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// `(upper bound, observations ≤ bound)`, cumulative, ending with `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+
+    pub fn seconds() -> Histogram {
+        Histogram::new(SECONDS_BUCKETS)
+    }
+
+    pub fn bytes_per_second() -> Histogram {
+        Histogram::new(BYTES_PER_SECOND_BUCKETS)
+    }
+
+    pub fn observe(&self, value: f64) {
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|bound| value <= *bound)
+            .unwrap_or(self.bounds.len());
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        // Relaxed is enough: a scrape may see a count without its sum, never a torn value.
+        let _ = self
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + value).to_bits())
+            });
+    }
+
+    pub fn observe_duration(&self, duration: Duration) {
+        self.observe(duration.as_secs_f64());
+    }
+
+    /// Records `bytes` moved in `duration`, if there were enough bytes to say anything.
+    pub fn observe_throughput(&self, bytes: u64, duration: Duration) {
+        if bytes >= THROUGHPUT_BYTES_MIN {
+            self.observe(bytes as f64 / duration.as_secs_f64().max(1e-6));
+        }
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut buckets = Vec::with_capacity(self.counts.len());
+        let mut cumulative = 0;
+        let bounds = self.bounds.iter().copied().chain([f64::INFINITY]);
+        for (bound, count) in bounds.zip(self.counts.iter()) {
+            cumulative += count.load(Ordering::Relaxed);
+            buckets.push((bound, cumulative));
+        }
+        HistogramSnapshot {
+            buckets,
+            sum: f64::from_bits(self.sum.load(Ordering::Relaxed)),
+            count: cumulative,
+        }
+    }
+}
+
+/// Where a gateway blob response's bytes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServedFrom {
+    /// A blob file already in the store: a cache hit.
+    Store,
+    /// A transfer from peers or the upstream, streamed while it arrives: a cache miss.
+    Network,
+}
+
+impl ServedFrom {
+    pub const ALL: [ServedFrom; 2] = [ServedFrom::Store, ServedFrom::Network];
+}
+
+/// The latency and throughput of one kind of gateway blob response.
+#[derive(Debug)]
+pub struct ResponseTimings {
+    /// From the request reaching the node to the first body byte leaving it.
+    pub first_byte: Histogram,
+    /// From the request to the last body byte.
+    pub duration: Histogram,
+    pub throughput: Histogram,
+}
+
+impl Default for ResponseTimings {
+    fn default() -> ResponseTimings {
+        ResponseTimings {
+            first_byte: Histogram::seconds(),
+            duration: Histogram::seconds(),
+            throughput: Histogram::bytes_per_second(),
+        }
+    }
+}
+
+/// Every histogram the node keeps; one instance lives in [`crate::counters::Counters`].
+#[derive(Debug)]
+pub struct Timings {
+    gateway_store: ResponseTimings,
+    gateway_network: ResponseTimings,
+    /// Transfers that stored a blob: from start to the blob verified and stored.
+    pub transfer_duration: Histogram,
+    /// Transfers that stored a blob: its size over the transfer's duration.
+    pub transfer_throughput: Histogram,
+}
+
+impl Default for Timings {
+    fn default() -> Timings {
+        Timings {
+            gateway_store: ResponseTimings::default(),
+            gateway_network: ResponseTimings::default(),
+            transfer_duration: Histogram::seconds(),
+            transfer_throughput: Histogram::bytes_per_second(),
+        }
+    }
+}
+
+impl Timings {
+    pub fn gateway(&self, from: ServedFrom) -> &ResponseTimings {
+        match from {
+            ServedFrom::Store => &self.gateway_store,
+            ServedFrom::Network => &self.gateway_network,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_cumulative_and_end_with_every_observation() {
+        let histogram = Histogram::new(&[1.0, 2.0]);
+        for value in [0.5, 1.0, 1.5, 7.0] {
+            histogram.observe(value);
+        }
+        let snapshot = histogram.snapshot();
+        assert_eq!(
+            snapshot.buckets,
+            vec![(1.0, 2), (2.0, 3), (f64::INFINITY, 4)]
+        );
+        assert_eq!(snapshot.count, 4);
+        assert!((snapshot.sum - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn small_transfers_stay_out_of_the_throughput_histogram() {
+        let histogram = Histogram::bytes_per_second();
+        histogram.observe_throughput(THROUGHPUT_BYTES_MIN - 1, Duration::from_secs(1));
+        assert_eq!(histogram.snapshot().count, 0);
+        histogram.observe_throughput(4 << 20, Duration::from_secs(2));
+        let snapshot = histogram.snapshot();
+        assert_eq!(snapshot.count, 1);
+        assert!((snapshot.sum - f64::from(2 << 20)).abs() < 1.0);
+        histogram.observe_throughput(4 << 20, Duration::ZERO);
+        assert_eq!(histogram.snapshot().count, 2, "no division by zero");
+    }
+
+    #[test]
+    fn bounds_are_increasing() {
+        for bounds in [SECONDS_BUCKETS, BYTES_PER_SECOND_BUCKETS] {
+            assert!(bounds.windows(2).all(|pair| pair[0] < pair[1]));
+        }
+    }
+}

@@ -1,0 +1,750 @@
+//! bench-upstream: pulling an image through Shoal from an upstream registry, cold (the node has
+//! nothing yet) and warm (the node has it), against pulling it straight from that registry
+//! with the same client.
+//!
+//! Method: one ~200 MB multi-layer image (incompressible, `--size-mb`) is pushed with skopeo
+//! into a `docker-registry` as `library/bench:1`. Before any timing, curl and skopeo each pull
+//! it once straight from the registry (checking every digest, and filling the page cache, so
+//! that the registry reads cached files in every measured pull, through Shoal or not). Each
+//! round then runs, for each client, three pulls in an order that rotates from round to round:
+//!
+//! - direct: the client pulls from the registry;
+//! - cold: the client pulls from the gateway of a fresh `shoal node` (empty data directory,
+//!   `--upstream docker.io=<registry>`, no peers), which fetches everything from the registry
+//!   while it streams it to the client; afterwards the benchmark waits (untimed) until the node
+//!   has stored the whole image;
+//! - warm: the client pulls again from that node, which serves it from its store.
+//!
+//! The node is then stopped and its data removed; the next client gets a fresh one.
+//!
+//! Clients: curl, one process fetching the manifest by tag and then every blob (config and
+//! layers) in order over one keep-alive connection, into files; and `skopeo copy
+//! docker://... dir:...`. Wall time of the client process; for curl also the sum over its
+//! requests of the time to the first byte, where a node's wait before it goes to the upstream
+//! shows. Every pull's manifest and blobs are hashed afterwards (untimed) and must match the
+//! image's digests; a cold pull must have taken the image from the upstream, a warm one
+//! nothing. CPU seconds of the client, the registry and the node come from `/proc`, and the
+//! node's peak RSS (`VmHWM`) is read after its warm pull.
+//!
+//! Benchmarks print, they do not assert timings; the program fails only on wrong bytes.
+//!
+//! Run it with `--release` so that the release `shoal` binary is measured:
+//!   cargo run --release -p shoal-tests --bin bench_upstream -- --rounds 3
+//! See docs/benchmarks.md for recorded results and how to read them.
+
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use sha2::{Digest as _, Sha256};
+use shoal_tests::bench::{
+    child_pid_named, children_cpu_seconds, cpu_seconds, median, peak_rss_bytes,
+};
+use shoal_tests::clients::{find_tool, wait_until};
+use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
+use shoal_tests::node::{ShoalNode, shoal_binary};
+use shoal_tests::registry::{DockerRegistry, push_oci_layout};
+
+const USAGE: &str = "\
+usage: bench_upstream [--rounds N] [--size-mb N] [--seed N] [--keep]
+
+Pushes an image into docker-registry and pulls it with curl and skopeo straight from the
+registry (direct), through a fresh Shoal node whose upstream is that registry (cold), and again
+from that node (warm), alternating in every round, all on 127.0.0.1; prints medians and ratios.
+
+  --rounds N    measured rounds, each with a direct, a cold and a warm pull per client
+                (default 5)
+  --size-mb N   approximate image size in MB (10^6 bytes), in layers of 20-60 MiB (default 200)
+  --seed N      seed of the generated image (default 7)
+  --keep        keep the scratch directory (node data and logs) and print its path
+
+Run with --release: the shoal binary measured is built with the benchmark's own profile
+($SHOAL_BIN overrides it). RUST_LOG is passed to the nodes (default info).";
+
+const REPO: &str = "library/bench";
+const TAG: &str = "1";
+/// Goals from the issue: a cold pull through Shoal takes at most 10 % longer than a direct
+/// pull, and a warm pull is faster than a direct one.
+const COLD_GOAL: f64 = 1.10;
+const WARM_GOAL: f64 = 1.0;
+/// Bound on the wait for a node to store the whole image after a cold pull (it syncs each
+/// blob to disk after the client has read it).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+const MB: f64 = 1e6;
+const MIB: f64 = 1024.0 * 1024.0;
+
+#[derive(Debug, Clone)]
+struct Options {
+    rounds: usize,
+    size_mb: u64,
+    seed: u64,
+    keep: bool,
+}
+
+fn parse_options() -> Result<Option<Options>> {
+    let mut options = Options {
+        rounds: 5,
+        size_mb: 200,
+        seed: 7,
+        keep: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_owned(), Some(value.to_owned()))
+            }
+            _ => (arg.clone(), None),
+        };
+        match flag.as_str() {
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            "--keep" => {
+                options.keep = true;
+                continue;
+            }
+            _ => {}
+        }
+        let value = match inline {
+            Some(value) => value,
+            None => args
+                .next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))?,
+        };
+        let number: u64 = value
+            .parse()
+            .with_context(|| format!("{flag} {value}: not a number"))?;
+        match flag.as_str() {
+            "--rounds" => options.rounds = usize::try_from(number)?,
+            "--size-mb" => options.size_mb = number,
+            "--seed" => options.seed = number,
+            _ => bail!("unknown argument {arg}\n{USAGE}"),
+        }
+    }
+    ensure!(options.rounds > 0, "--rounds must be at least 1");
+    ensure!(options.size_mb > 0, "--size-mb must be at least 1");
+    Ok(Some(options))
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench_upstream: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let Some(options) = parse_options()? else {
+        return Ok(());
+    };
+    for tool in ["curl", "skopeo", "docker-registry"] {
+        ensure!(
+            find_tool(tool).is_some(),
+            "{tool} is not installed (see docs/real-clients.md)"
+        );
+    }
+    let mut bench = Bench::set_up(options)?;
+    bench.print_facts()?;
+    bench.warm_up()?;
+    let runs = bench.measure()?;
+    bench.print_summary(&runs);
+    if bench.options.keep {
+        println!("kept {}", bench.scratch.keep().display());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients and modes
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    Curl,
+    Skopeo,
+}
+
+impl Client {
+    const ALL: [Client; 2] = [Self::Curl, Self::Skopeo];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Curl => "curl",
+            Self::Skopeo => "skopeo",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// From the registry itself.
+    Direct,
+    /// From a fresh node that fetches everything from the registry.
+    Cold,
+    /// From the node of the cold pull, which has the image.
+    Warm,
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [Self::Direct, Self::Cold, Self::Warm];
+    /// Orders of one round's pulls, used in turn so that each mode runs first, second and last
+    /// (warm always after its cold pull).
+    const ORDERS: [[Mode; 3]; 3] = [
+        [Self::Direct, Self::Cold, Self::Warm],
+        [Self::Cold, Self::Warm, Self::Direct],
+        [Self::Cold, Self::Direct, Self::Warm],
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Cold => "cold",
+            Self::Warm => "warm",
+        }
+    }
+}
+
+/// One timed pull.
+#[derive(Debug, Clone)]
+struct Run {
+    round: usize,
+    client: Client,
+    mode: Mode,
+    bytes: u64,
+    seconds: f64,
+    /// curl only: the sum over its requests of the wait from request to first byte, which
+    /// is where a node's delay before it goes to the upstream shows.
+    first_bytes: Option<f64>,
+    client_cpu: f64,
+    registry_cpu: f64,
+    /// CPU of the node (cold and warm): from the start of the pull until the node had stored
+    /// the image, so a cold pull's syncing and indexing after the client is done count too.
+    node_cpu: Option<f64>,
+    /// After a cold pull: how long the node took, once the client was done, to store the image.
+    settle_seconds: Option<f64>,
+    /// The node's peak RSS (`VmHWM`) after its warm pull, which covers its cold one too.
+    node_peak_rss: Option<u64>,
+}
+
+impl Run {
+    fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / MB / self.seconds
+    }
+
+    fn line(&self) -> String {
+        let mut line = format!(
+            "round {:<2} {:<6} {:<6} {:>6.1} MB in {:>6.3} s {:>5.0} MB/s",
+            self.round,
+            self.client.name(),
+            self.mode.name(),
+            self.bytes as f64 / MB,
+            self.seconds,
+            self.mb_per_s(),
+        );
+        if let Some(first_bytes) = self.first_bytes {
+            let _ = write!(line, "  first bytes {first_bytes:.3} s");
+        }
+        let _ = write!(
+            line,
+            "  CPU s: client {:>4.2} registry {:>4.2}",
+            self.client_cpu, self.registry_cpu
+        );
+        if let Some(node_cpu) = self.node_cpu {
+            let _ = write!(line, " node {node_cpu:>4.2}");
+        }
+        if let Some(settle) = self.settle_seconds {
+            let _ = write!(line, "  stored {settle:.3} s after");
+        }
+        if let Some(rss) = self.node_peak_rss {
+            let _ = write!(line, "  node peak RSS {:.0} MiB", rss as f64 / MIB);
+        }
+        line
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Set-up
+
+#[derive(Debug)]
+struct Bench {
+    options: Options,
+    // Declared before the temp dir holding its data, so it stops first.
+    registry: DockerRegistry,
+    registry_pid: u32,
+    image: GeneratedImage,
+    /// The config and every layer: what a pull fetches besides the manifest.
+    blobs: Vec<Blob>,
+    scratch: tempfile::TempDir,
+    /// Numbers the nodes' data directories.
+    nodes_started: usize,
+}
+
+impl Bench {
+    fn set_up(options: Options) -> Result<Bench> {
+        let scratch = tempfile::TempDir::with_prefix("shoal-bench-upstream-")?;
+        let started = Instant::now();
+        let image = ImageSpec::sized(options.seed, options.size_mb * 1_000_000)
+            .gzip(GzipLevel::Store)
+            .write_oci_layout(&scratch.path().join("layout"), Some(TAG))?;
+        let platform = image.platforms.first().context("image without platform")?;
+        let mut blobs = vec![platform.config.clone()];
+        blobs.extend(platform.layers.iter().map(|layer| layer.blob.clone()));
+        eprintln!(
+            "generated a {:.1} MB image in {:.1} s",
+            image.total_bytes as f64 / MB,
+            started.elapsed().as_secs_f64()
+        );
+
+        let started = Instant::now();
+        let registry = DockerRegistry::start()?;
+        let pushed = push_oci_layout(&image.path, &registry, &format!("{REPO}:{TAG}"))?;
+        ensure!(
+            pushed == image.manifest_digest,
+            "docker-registry stored manifest {pushed}, expected {}",
+            image.manifest_digest
+        );
+        let registry_pid = child_pid_named("docker-registry")?;
+        eprintln!(
+            "pushed to docker-registry in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        // Builds the shoal binary now (a no-op when it is current), not inside a round.
+        let started = Instant::now();
+        let binary = shoal_binary()?;
+        eprintln!(
+            "shoal binary {} ready in {:.1} s",
+            binary.display(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(Bench {
+            options,
+            registry,
+            registry_pid,
+            image,
+            blobs,
+            scratch,
+            nodes_started: 0,
+        })
+    }
+
+    /// Config and layers: the bytes a pull moves besides the manifest.
+    fn blob_bytes(&self) -> u64 {
+        self.blobs.iter().map(|blob| blob.size).sum()
+    }
+
+    /// What every pull moves: the manifest and every blob.
+    fn pull_bytes(&self) -> u64 {
+        self.blob_bytes() + self.image.manifest_size
+    }
+
+    fn print_facts(&self) -> Result<()> {
+        let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+        let model = std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix("model name"))
+            .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+            .unwrap_or_default();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let curl = first_line_of(Command::new("curl").arg("--version"))?;
+        let curl = curl.split(" (").next().unwrap_or_default();
+        println!("bench_upstream: pulls through Shoal from an upstream, against direct pulls");
+        println!("machine: {cpus} CPUs ({model}), Linux {}", kernel.trim());
+        println!(
+            "clients: {curl}; {}",
+            first_line_of(Command::new("skopeo").arg("--version"))?
+        );
+        println!(
+            "upstream: {} at {}; shoal {}",
+            first_line_of(Command::new("docker-registry").arg("--version"))?,
+            self.registry.url(),
+            shoal_binary()?.display()
+        );
+        let layers: Vec<String> = self.blobs[1..]
+            .iter()
+            .map(|blob| format!("{:.1}", blob.size as f64 / MB))
+            .collect();
+        println!(
+            "image: {REPO}:{TAG}, {:.1} MB in a manifest and {} blobs (config + layers of {} MB)",
+            self.pull_bytes() as f64 / MB,
+            self.blobs.len(),
+            layers.join(", "),
+        );
+        println!(
+            "{} rounds; per round and client: direct, cold (fresh node), warm (same node), in \
+             rotating order; curl fetches the manifest and every blob over one connection into \
+             files, skopeo copies to dir:",
+            self.options.rounds
+        );
+        println!(
+            "MB = 10^6 bytes; CPU = user+system seconds of the client, the registry and the \
+             node processes"
+        );
+        Ok(())
+    }
+
+    /// One direct pull with each client, untimed: checks what the registry serves and fills
+    /// the page cache with its files.
+    fn warm_up(&self) -> Result<()> {
+        let started = Instant::now();
+        for client in Client::ALL {
+            self.pull(client, &self.registry.host(), "docker-registry")?;
+        }
+        eprintln!(
+            "warm-up: one checked pull from docker-registry with each client in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Measured rounds
+
+    fn measure(&mut self) -> Result<Vec<Run>> {
+        let mut runs = Vec::new();
+        for round in 1..=self.options.rounds {
+            for client in Client::ALL {
+                let order = Mode::ORDERS[(round - 1) % Mode::ORDERS.len()];
+                runs.extend(self.round(round, client, order)?);
+            }
+        }
+        Ok(runs)
+    }
+
+    /// One client's direct, cold and warm pulls in `order`, with a node of its own.
+    fn round(&mut self, round: usize, client: Client, order: [Mode; 3]) -> Result<Vec<Run>> {
+        self.nodes_started += 1;
+        let data = self
+            .scratch
+            .path()
+            .join(format!("node-{}", self.nodes_started));
+        let upstream = format!("docker.io={}", self.registry.url());
+        let mut node = ShoalNode::start(&data, &["--upstream", &upstream])?;
+        let node_pid = node.pid().context("shoal node not running")?;
+        let mut runs = Vec::new();
+        for mode in order {
+            let host = match mode {
+                Mode::Direct => self.registry.host(),
+                Mode::Cold | Mode::Warm => node.gateway().to_string(),
+            };
+            let upstream_before = upstream_bytes(&node)?;
+            let node_before = cpu_seconds(node_pid)?;
+            let registry_before = cpu_seconds(self.registry_pid)?;
+            let client_before = children_cpu_seconds()?;
+            let started = Instant::now();
+            let (dest, first_bytes) = self.pull_timed(client, &host)?;
+            let seconds = started.elapsed().as_secs_f64();
+            let client_cpu = children_cpu_seconds()? - client_before;
+            let registry_cpu = cpu_seconds(self.registry_pid)? - registry_before;
+            let settle_seconds = match mode {
+                Mode::Cold => {
+                    let settling = Instant::now();
+                    self.wait_stored(&node)?;
+                    Some(settling.elapsed().as_secs_f64())
+                }
+                Mode::Direct | Mode::Warm => None,
+            };
+            let node_cpu = cpu_seconds(node_pid)? - node_before;
+            self.check_pulled(
+                client,
+                dest.path(),
+                &format!("{} {}", client.name(), mode.name()),
+            )?;
+            drop(dest);
+            let from_upstream = upstream_bytes(&node)? - upstream_before;
+            match mode {
+                Mode::Direct => {}
+                Mode::Cold => ensure!(
+                    from_upstream >= self.pull_bytes(),
+                    "the cold pull took only {from_upstream} bytes from the upstream"
+                ),
+                Mode::Warm => ensure!(
+                    from_upstream == 0,
+                    "the warm pull took {from_upstream} bytes from the upstream"
+                ),
+            }
+            let run = Run {
+                round,
+                client,
+                mode,
+                bytes: self.pull_bytes(),
+                seconds,
+                first_bytes,
+                client_cpu,
+                registry_cpu,
+                node_cpu: (mode != Mode::Direct).then_some(node_cpu),
+                settle_seconds,
+                node_peak_rss: (mode == Mode::Warm)
+                    .then(|| peak_rss_bytes(node_pid))
+                    .transpose()?,
+            };
+            println!("{}", run.line());
+            runs.push(run);
+        }
+        node.stop()?;
+        if !self.options.keep {
+            std::fs::remove_dir_all(&data)?;
+        }
+        Ok(runs)
+    }
+
+    /// Waits until the node has stored the manifest and every blob and runs no transfer.
+    fn wait_stored(&self, node: &ShoalNode) -> Result<()> {
+        let blobs = self.image.blobs.len() as u64;
+        wait_until("the node to store the image", SETTLE_TIMEOUT, || {
+            let status = node.status()?;
+            let stored = status["store"]["blobs"].as_u64().unwrap_or(0);
+            let transfers = status["transfers"].as_array().map_or(0, Vec::len);
+            Ok(stored >= blobs && transfers == 0)
+        })
+    }
+
+    /// An untimed, checked pull (for the warm-up).
+    fn pull(&self, client: Client, host: &str, server: &str) -> Result<()> {
+        let (dest, _) = self.pull_timed(client, host)?;
+        self.check_pulled(client, dest.path(), server)
+    }
+
+    /// Pulls the image from `host` with `client` into a fresh directory, which it returns
+    /// with curl's total wait for first bytes.
+    fn pull_timed(&self, client: Client, host: &str) -> Result<(tempfile::TempDir, Option<f64>)> {
+        let dest = tempfile::TempDir::with_prefix_in("pulled-", self.scratch.path())?;
+        let first_bytes = match client {
+            Client::Curl => Some(self.curl_pull(host, dest.path())?),
+            Client::Skopeo => {
+                skopeo_copy(host, dest.path())?;
+                None
+            }
+        };
+        Ok((dest, first_bytes))
+    }
+
+    /// One curl process GETs the manifest by tag and then every blob, over one keep-alive
+    /// connection, into files named like skopeo's `dir:` output. Checks statuses and sizes;
+    /// returns the sum over the requests of the time from sending each to its first byte.
+    fn curl_pull(&self, host: &str, dest: &Path) -> Result<f64> {
+        let mut command = Command::new("curl");
+        command.args(["--silent", "--show-error", "--noproxy", "*"]);
+        command.args([
+            "--write-out",
+            "%{http_code} %{size_download} %{time_starttransfer}\\n",
+        ]);
+        command.args([
+            "--header",
+            &format!("Accept: {}", self.image.manifest_media_type),
+        ]);
+        command.arg("--output").arg(dest.join("manifest.json"));
+        command.arg(format!("http://{host}/v2/{REPO}/manifests/{TAG}"));
+        for blob in &self.blobs {
+            command.arg("--output").arg(dest.join(blob.hex()));
+            command.arg(format!("http://{host}/v2/{REPO}/blobs/{}", blob.digest));
+        }
+        let output = command
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run curl")?;
+        ensure!(
+            output.status.success(),
+            "curl from {host} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let expected: Vec<String> = std::iter::once(self.image.manifest_size)
+            .chain(self.blobs.iter().map(|blob| blob.size))
+            .map(|size| format!("200 {size}"))
+            .collect();
+        let mut got = Vec::new();
+        let mut first_bytes = 0.0;
+        for line in stdout.lines() {
+            let (transfer, seconds) = line.rsplit_once(' ').context("short curl report")?;
+            got.push(transfer);
+            first_bytes += seconds.parse::<f64>()?;
+        }
+        ensure!(
+            got == expected,
+            "curl from {host} reported {got:?}, expected {expected:?}"
+        );
+        Ok(first_bytes)
+    }
+
+    /// Checks that `dir` holds the image's manifest and every blob, byte for byte.
+    fn check_pulled(&self, client: Client, dir: &Path, what: &str) -> Result<()> {
+        let manifest = std::fs::read(dir.join("manifest.json"))
+            .with_context(|| format!("{} wrote no manifest ({what})", client.name()))?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest)));
+        ensure!(
+            digest == self.image.manifest_digest,
+            "{what}: got manifest {digest}, expected {}",
+            self.image.manifest_digest
+        );
+        for blob in &self.blobs {
+            let path = dir.join(blob.hex());
+            let (digest, size) = file_digest(&path)?;
+            ensure!(
+                (digest.as_str(), size) == (blob.digest.as_str(), blob.size),
+                "{what}: got {size} bytes hashing to {digest} for {}, expected {} bytes",
+                blob.digest,
+                blob.size
+            );
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Summary
+
+    fn print_summary(&self, runs: &[Run]) {
+        println!();
+        println!(
+            "summary: medians of {} rounds, {:.1} MB per pull",
+            self.options.rounds,
+            self.pull_bytes() as f64 / MB
+        );
+        println!(
+            "{:<7} {:<7} {:>8} {:>6} {:>14} {:>13} {:>15} {:>11} {:>17}",
+            "client",
+            "pull",
+            "seconds",
+            "MB/s",
+            "first bytes s",
+            "client CPU s",
+            "registry CPU s",
+            "node CPU s",
+            "stored after (s)"
+        );
+        for client in Client::ALL {
+            for mode in Mode::ALL {
+                let selected = select(runs, client, mode);
+                let figure = |value: fn(&Run) -> Option<f64>, width: usize, precision: usize| {
+                    median(selected.iter().filter_map(|run| value(run))).map_or_else(
+                        || format!("{:>width$}", "-"),
+                        |value| format!("{value:>width$.precision$}"),
+                    )
+                };
+                println!(
+                    "{:<7} {:<7} {} {} {} {} {} {} {}",
+                    client.name(),
+                    mode.name(),
+                    figure(|run| Some(run.seconds), 8, 3),
+                    figure(|run| Some(run.mb_per_s()), 6, 0),
+                    figure(|run| run.first_bytes, 14, 3),
+                    figure(|run| Some(run.client_cpu), 13, 2),
+                    figure(|run| Some(run.registry_cpu), 15, 2),
+                    figure(|run| run.node_cpu, 11, 2),
+                    figure(|run| run.settle_seconds, 17, 3),
+                );
+            }
+        }
+        let peaks: Vec<u64> = runs.iter().filter_map(|run| run.node_peak_rss).collect();
+        if let (Some(low), Some(high)) = (peaks.iter().min(), peaks.iter().max()) {
+            println!(
+                "node peak RSS (VmHWM after cold + warm): {:.0}-{:.0} MiB over {} nodes",
+                *low as f64 / MIB,
+                *high as f64 / MIB,
+                peaks.len()
+            );
+        }
+
+        println!();
+        println!("ratios of median seconds (lower is faster):");
+        for client in Client::ALL {
+            let seconds = |mode| median(select(runs, client, mode).iter().map(|run| run.seconds));
+            let (Some(direct), Some(cold), Some(warm)) = (
+                seconds(Mode::Direct),
+                seconds(Mode::Cold),
+                seconds(Mode::Warm),
+            ) else {
+                continue;
+            };
+            let cold = cold / direct;
+            let warm = warm / direct;
+            println!(
+                "{:<6} cold / direct  {cold:>5.2}x  goal <= {COLD_GOAL:.2}x {}",
+                client.name(),
+                verdict(hundredths(cold) <= hundredths(COLD_GOAL))
+            );
+            println!(
+                "{:<6} warm / direct  {warm:>5.2}x  goal <  {WARM_GOAL:.2}x {}",
+                client.name(),
+                verdict(hundredths(warm) < hundredths(WARM_GOAL))
+            );
+        }
+    }
+}
+
+fn select(runs: &[Run], client: Client, mode: Mode) -> Vec<&Run> {
+    runs.iter()
+        .filter(|run| run.client == client && run.mode == mode)
+        .collect()
+}
+
+/// A ratio in hundredths, as printed: verdicts judge the printed figure, since one that
+/// contradicted it would only report noise below the benchmark's resolution.
+fn hundredths(ratio: f64) -> i64 {
+    (ratio * 100.0).round() as i64
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}
+
+/// `skopeo copy` of the image into `dest` (a `dir:` destination); skopeo checks every digest
+/// as it copies.
+fn skopeo_copy(host: &str, dest: &Path) -> Result<()> {
+    let output = Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{host}/{REPO}:{TAG}"))
+        .arg(format!("dir:{}", dest.display()))
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run skopeo")?;
+    ensure!(
+        output.status.success(),
+        "skopeo copy from {host} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// The `sha256:` digest and length of a file, streamed.
+fn file_digest(path: &Path) -> Result<(String, u64)> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("no file {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        size += n as u64;
+    }
+    Ok((format!("sha256:{}", hex::encode(hasher.finalize())), size))
+}
+
+/// The node's `bytes_from_upstream` counter.
+fn upstream_bytes(node: &ShoalNode) -> Result<u64> {
+    let status = node.status()?;
+    status["counters"]["bytes_from_upstream"]
+        .as_u64()
+        .with_context(|| format!("no bytes_from_upstream in {status}"))
+}
+
+fn first_line_of(command: &mut Command) -> Result<String> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(text.lines().next().unwrap_or("").trim().to_owned())
+}
