@@ -53,6 +53,9 @@ pub struct RegistryConfig {
     pub basic_auth: Option<Credentials>,
     /// Serve inside this network namespace instead of on the host's loopback.
     pub netns: Option<NetNs>,
+    /// Listen on this address instead of 127.0.0.1: with `netns`, an address of one of the
+    /// namespace's links, so that other namespaces can reach it (a registry in one site).
+    pub listen_ip: Option<Ipv4Addr>,
 }
 
 /// A running `docker-registry` on `127.0.0.1:<port>` with its storage in a temp dir.
@@ -104,9 +107,11 @@ impl DockerRegistry {
         bail!("docker-registry found no free port in {START_ATTEMPTS} attempts")
     }
 
-    /// `127.0.0.1:<port>` (inside the namespace, if the registry runs in one).
+    /// `127.0.0.1:<port>` (inside the namespace, if the registry runs in one), or the
+    /// configured `listen_ip`.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        let ip = self.config.listen_ip.unwrap_or(Ipv4Addr::LOCALHOST);
+        SocketAddr::from((ip, self.port))
     }
 
     /// The TCP port.
@@ -194,7 +199,8 @@ fn start_on_port(
         fs::write(log, b"").map_err(|e| fatal(e.into()))?;
     }
     let config_path = dir.join("config.yml");
-    let yaml = registry_config_yaml(dir, port, config.basic_auth.is_some()).map_err(fatal)?;
+    let ip = config.listen_ip.unwrap_or(Ipv4Addr::LOCALHOST);
+    let yaml = registry_config_yaml(dir, ip, port, config.basic_auth.is_some()).map_err(fatal)?;
     fs::write(&config_path, yaml).map_err(|e| fatal(e.into()))?;
     let mut cmd = command_in(config.netns.as_ref(), "docker-registry");
     cmd.arg("serve").arg(&config_path);
@@ -207,7 +213,7 @@ fn start_on_port(
         Duration::ZERO,
     )
     .map_err(fatal)?;
-    wait_listening(&mut child, &registry_log, port)?;
+    wait_listening(&mut child, &registry_log, ip, port)?;
     if config.netns.is_none() {
         probe_v2(port, config.basic_auth.is_some()).map_err(|error| {
             let log = fs::read_to_string(&registry_log).unwrap_or_default();
@@ -217,14 +223,15 @@ fn start_on_port(
     Ok(child)
 }
 
-/// Waits for "listening on 127.0.0.1:PORT" in the registry's log: it is written after the
-/// socket is bound, so it proves that this process (and not a parallel test) owns the port.
+/// Waits for "listening on IP:PORT" in the registry's log: it is written after the socket is
+/// bound, so it proves that this process (and not a parallel test) owns the port.
 fn wait_listening(
     child: &mut ChildGuard,
     registry_log: &Path,
+    ip: Ipv4Addr,
     port: u16,
 ) -> Result<(), StartFailure> {
-    let listening = format!("listening on 127.0.0.1:{port}");
+    let listening = format!("listening on {ip}:{port}");
     let mut port_taken = false;
     let waited = wait_until("docker-registry to listen", REGISTRY_START_TIMEOUT, || {
         let log = fs::read_to_string(registry_log)?;
@@ -282,14 +289,14 @@ fn http_get_status(addr: SocketAddr, path: &str) -> Result<u16> {
         .ok_or_else(|| anyhow!("not an HTTP response: {status_line:?}"))
 }
 
-fn registry_config_yaml(dir: &Path, port: u16, basic_auth: bool) -> Result<String> {
+fn registry_config_yaml(dir: &Path, ip: Ipv4Addr, port: u16, basic_auth: bool) -> Result<String> {
     let storage = quoted(path_str(&dir.join("storage"))?);
     let mut yaml = format!(
         "version: 0.1\n\
          log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
          storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
          \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
-         http:\n  addr: 127.0.0.1:{port}\n  secret: shoal-test-secret\n",
+         http:\n  addr: {ip}:{port}\n  secret: shoal-test-secret\n",
     );
     if basic_auth {
         let htpasswd = quoted(path_str(&dir.join("htpasswd"))?);
@@ -451,8 +458,9 @@ mod tests {
     #[test]
     fn config_enables_htpasswd_only_when_asked() -> Result<()> {
         let dir = Path::new("/tmp/x");
-        assert!(!registry_config_yaml(dir, 5000, false)?.contains("htpasswd"));
-        let yaml = registry_config_yaml(dir, 5000, true)?;
+        let localhost = Ipv4Addr::LOCALHOST;
+        assert!(!registry_config_yaml(dir, localhost, 5000, false)?.contains("htpasswd"));
+        let yaml = registry_config_yaml(dir, localhost, 5000, true)?;
         assert!(yaml.contains("path: \"/tmp/x/htpasswd\""), "{yaml}");
         assert!(yaml.contains("addr: 127.0.0.1:5000"), "{yaml}");
         Ok(())

@@ -6,11 +6,24 @@
 //! link from the interface counters. What it is not for: delay or loss (`netem` is not in this
 //! kernel). Everything is removed with the namespaces when the value is dropped.
 
+use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::clients::{NetNs, run_command};
+use crate::clients::{NetNs, run_command, wait_until};
+use crate::node::ShoalNode;
+
+/// Bound on a started node connecting to its bootstrap peers across the link.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One of the two sites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    A,
+    B,
+}
 
 /// Site A's address on the link.
 pub const SITE_A_IP: &str = "10.77.0.1";
@@ -58,6 +71,51 @@ impl TwoSites {
             ]))?;
         }
         Ok(sites)
+    }
+
+    pub fn netns(&self, site: Site) -> &NetNs {
+        match site {
+            Site::A => &self.a,
+            Site::B => &self.b,
+        }
+    }
+
+    /// The site's address on the link.
+    pub fn ip(site: Site) -> &'static str {
+        match site {
+            Site::A => SITE_A_IP,
+            Site::B => SITE_B_IP,
+        }
+    }
+
+    /// A `shoal node` in `site` listening on the site's address, bootstrapped to `seeds`
+    /// (and trusting them); returns once it is connected to each.
+    pub fn start_node(
+        &self,
+        site: Site,
+        data: &Path,
+        seeds: &[&ShoalNode],
+        extra: &[&str],
+    ) -> Result<ShoalNode> {
+        let mut args: Vec<String> =
+            vec!["--listen".into(), format!("/ip4/{}/tcp/0", Self::ip(site))];
+        for seed in seeds {
+            args.extend([
+                "--bootstrap".into(),
+                seed.peer_address()?,
+                "--trust".into(),
+                seed.peer_id().into(),
+            ]);
+        }
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let node = ShoalNode::start_in(self.netns(site), data, &args)?;
+        for seed in seeds {
+            wait_until("the nodes to connect", JOIN_TIMEOUT, || {
+                node.is_connected_to(seed)
+            })?;
+        }
+        Ok(node)
     }
 
     /// Bytes site B's end of the link has received so far (headers included).

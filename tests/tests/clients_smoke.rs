@@ -207,7 +207,7 @@ fn basic_auth_registry_rejects_anonymous_pulls() -> Result<()> {
     let credentials = Credentials::new("shoal", "correct horse");
     let config = RegistryConfig {
         basic_auth: Some(credentials.clone()),
-        netns: None,
+        ..RegistryConfig::default()
     };
     let pushed = push_busybox(config)?;
     let authorized = Skopeo::new().with_credentials(credentials);
@@ -357,8 +357,8 @@ fn dockerd_in_a_netns_reaches_only_registries_inside_it() -> Result<()> {
     let started = Instant::now();
     let netns = NetNs::create()?;
     let inside = push_busybox(RegistryConfig {
-        basic_auth: None,
         netns: Some(netns.clone()),
+        ..RegistryConfig::default()
     })?;
     let outside = push_busybox(RegistryConfig::default())?;
     let dockerd = Dockerd::start_in(&netns)?;
@@ -495,8 +495,8 @@ fn containerd_and_podman_in_a_netns_pull_from_a_registry_inside_it() -> Result<(
     let started = Instant::now();
     let netns = NetNs::create()?;
     let inside = push_busybox(RegistryConfig {
-        basic_auth: None,
         netns: Some(netns.clone()),
+        ..RegistryConfig::default()
     })?;
     let containerd = Containerd::start_with(ContainerdConfig {
         netns: Some(netns.clone()),
@@ -536,8 +536,8 @@ fn dockerd_pulls_docker_hub_names_through_a_registry_mirror() -> Result<()> {
     // In a namespace: a mirror miss would make dockerd fall back to the real Docker Hub.
     let netns = NetNs::create()?;
     let mirror = DockerRegistry::start_with(RegistryConfig {
-        basic_auth: None,
         netns: Some(netns.clone()),
+        ..RegistryConfig::default()
     })?;
     let layout = TempDir::new()?;
     let digest = umoci_busybox_layout(layout.path(), "v1")?;

@@ -9,7 +9,7 @@ use serde_json::Value;
 use shoal_tests::clients::{require_tools, wait_until};
 use shoal_tests::image::{GeneratedImage, GzipLevel, ImageSpec};
 use shoal_tests::node::ShoalNode;
-use shoal_tests::sites::{SITE_A_IP, SITE_B_IP, TwoSites};
+use shoal_tests::sites::{Site, TwoSites};
 
 const LINK_MBIT: u32 = 50;
 /// Generous bound on events in a loaded 2-core machine; waits end as soon as the event happens.
@@ -30,34 +30,18 @@ fn image(dir: &Path, seed: u64, layers: &[u64]) -> GeneratedImage {
     spec.write_oci_layout(&dir.join("image"), None).unwrap()
 }
 
-/// A node in `netns` listening on the site's address, bootstrapped to `seeds` (trusting them).
+/// A node of `site` named `name`, bootstrapped to `seeds` (trusting them).
 fn site_node(
     dir: &Path,
     name: &str,
-    netns: &shoal_tests::clients::NetNs,
-    ip: &str,
+    sites: &TwoSites,
+    site: Site,
     seeds: &[&ShoalNode],
     extra: &[&str],
 ) -> ShoalNode {
-    let mut args: Vec<String> = vec!["--listen".into(), format!("/ip4/{ip}/tcp/0")];
-    for seed in seeds {
-        args.extend([
-            "--bootstrap".into(),
-            seed.peer_address().unwrap(),
-            "--trust".into(),
-            seed.peer_id().into(),
-        ]);
-    }
-    args.extend(extra.iter().map(|arg| arg.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let node = ShoalNode::start_in(netns, &dir.join(name), &args).unwrap();
-    for seed in seeds {
-        wait_until("the nodes to connect", EVENT_TIMEOUT, || {
-            node.is_connected_to(seed)
-        })
-        .unwrap();
-    }
-    node
+    sites
+        .start_node(site, &dir.join(name), seeds, extra)
+        .unwrap()
 }
 
 fn holds_image(node: &ShoalNode, generated: &GeneratedImage) -> bool {
@@ -68,14 +52,14 @@ fn holds_image(node: &ShoalNode, generated: &GeneratedImage) -> bool {
 /// Site A: three nodes labelled `a`; site B: three labelled `b`, prefetching what A1
 /// announces. Returns (A nodes, B nodes).
 fn two_sites(dir: &Path, sites: &TwoSites, b_extra: &[&str]) -> (Vec<ShoalNode>, Vec<ShoalNode>) {
-    let a1 = site_node(dir, "a1", &sites.a, SITE_A_IP, &[], &["--site", "a"]);
-    let a2 = site_node(dir, "a2", &sites.a, SITE_A_IP, &[&a1], &["--site", "a"]);
-    let a3 = site_node(dir, "a3", &sites.a, SITE_A_IP, &[&a1], &["--site", "a"]);
+    let a1 = site_node(dir, "a1", sites, Site::A, &[], &["--site", "a"]);
+    let a2 = site_node(dir, "a2", sites, Site::A, &[&a1], &["--site", "a"]);
+    let a3 = site_node(dir, "a3", sites, Site::A, &[&a1], &["--site", "a"]);
     let mut b_args = vec!["--site", "b", "--prefetch", "docker.io/fleet/*:*"];
     b_args.extend(b_extra);
-    let b1 = site_node(dir, "b1", &sites.b, SITE_B_IP, &[&a1], &b_args);
-    let b2 = site_node(dir, "b2", &sites.b, SITE_B_IP, &[&a1, &b1], &b_args);
-    let b3 = site_node(dir, "b3", &sites.b, SITE_B_IP, &[&a1, &b1, &b2], &b_args);
+    let b1 = site_node(dir, "b1", sites, Site::B, &[&a1], &b_args);
+    let b2 = site_node(dir, "b2", sites, Site::B, &[&a1, &b1], &b_args);
+    let b3 = site_node(dir, "b3", sites, Site::B, &[&a1, &b1, &b2], &b_args);
     // Every B node must know its site-mates' labels before the pull starts.
     for node in [&b1, &b2, &b3] {
         wait_until("the site-mates to be known", EVENT_TIMEOUT, || {
@@ -190,19 +174,12 @@ fn without_site_labels_nodes_in_one_namespace_prefer_each_other_over_a_far_one()
     let dir = tempfile::tempdir().unwrap();
     let sites = TwoSites::create(LINK_MBIT).unwrap();
     let generated = image(dir.path(), 62, &[16 << 20]);
-    let near = site_node(dir.path(), "near", &sites.a, SITE_A_IP, &[], &[]);
-    let far = site_node(dir.path(), "far", &sites.b, SITE_B_IP, &[&near], &[]);
+    let near = site_node(dir.path(), "near", &sites, Site::A, &[], &[]);
+    let far = site_node(dir.path(), "far", &sites, Site::B, &[&near], &[]);
     near.import_ok(&generated.path, Some("fleet/app:1"))
         .unwrap();
     far.import_ok(&generated.path, Some("fleet/app:1")).unwrap();
-    let fetcher = site_node(
-        dir.path(),
-        "fetcher",
-        &sites.a,
-        SITE_A_IP,
-        &[&near, &far],
-        &[],
-    );
+    let fetcher = site_node(dir.path(), "fetcher", &sites, Site::A, &[&near, &far], &[]);
     let pulled = shoal_tests::node::shoal(fetcher.data(), "pull")
         .unwrap()
         .arg("fleet/app:1")

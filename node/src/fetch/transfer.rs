@@ -786,12 +786,14 @@ fn site_rank_key(peer: &PeerId, blob: &Digest) -> u64 {
 /// Accounts for `bytes` of a chunk that arrived from `peer`, `took` after it was asked for,
 /// and waits for the ingress limits: the node's, and the site's when the peer is outside it.
 async fn received(context: &FetchContext, peer: PeerId, bytes: u64, took: Duration) {
-    context.locality.record_received(peer, bytes, took);
     crate::rate::acquire(context.ingress.as_deref(), bytes).await;
     if context.locality.outside(&peer) {
-        Counters::add(&context.counters.bytes_received_from_other_sites, bytes);
         crate::rate::acquire(context.site_ingress.as_deref(), bytes).await;
+        Counters::add(&context.counters.bytes_received_from_other_sites, bytes);
     }
+    // Counted once paid for, as the node's own counters are; the throughput is the network's,
+    // measured before the wait.
+    context.locality.record_received(peer, bytes, took);
 }
 
 /// How a relay failure that is the peer's fault begins: the peer is banned.
