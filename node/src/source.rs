@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::counters::Counters;
 use crate::fetch::{Origin, stream_transfer};
 use crate::observe::{ServedFrom, measured};
-use crate::pull::Puller;
+use crate::pull::{PullError, Puller};
 use crate::store::{BlobLease, Store, StoreError};
 
 /// Bytes per read when streaming a blob to a client; measured against smaller buffers in the
@@ -102,7 +102,11 @@ impl ContentSource for NodeSource {
             }
             Err(error) => {
                 Counters::add(misses, 1);
-                return Err(SourceError::Unavailable(error.to_string()));
+                // An unreachable upstream is news for the client; a store failure is not.
+                return Err(match error {
+                    PullError::Upstream { .. } => SourceError::Unavailable(error.to_string()),
+                    other => SourceError::Internal(Box::new(other)),
+                });
             }
         };
         let (for_store, by_digest) = (repo.clone(), TagOrDigest::Digest(digest));
