@@ -31,7 +31,9 @@ fuzz_target!(|frame: &[u8]| {
     }
     assert!(index.chunk_range(count).is_err());
     assert_eq!(index.chunk_at(index.blob_size()), None);
-    index.verify_root(&index.root()).expect("an index matches its own root");
+    index
+        .verify_root(&index.root())
+        .expect("an index matches its own root");
     let encoded = wire::encode(&index).expect("encodes");
     assert_eq!(
         wire::decode::<ChunkIndex>(&encoded, INDEX_BYTES_MAX + 1).expect("re-decodes"),

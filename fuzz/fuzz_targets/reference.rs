@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(reference) = text.parse::<ImageRef>() {
         let printed = reference.to_string();
-        assert_eq!(printed.parse::<ImageRef>().as_ref(), Ok(&reference), "{printed}");
+        assert_eq!(
+            printed.parse::<ImageRef>().as_ref(),
+            Ok(&reference),
+            "{printed}"
+        );
         let _ = reference.target();
     }
     if let Ok(repo) = RepoName::from_qualified(text) {
@@ -23,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(tag.as_str(), text);
     }
     if let Ok(target) = text.parse::<TagOrDigest>() {
-        assert_eq!(target.to_string().parse::<TagOrDigest>().as_ref(), Ok(&target));
+        assert_eq!(
+            target.to_string().parse::<TagOrDigest>().as_ref(),
+            Ok(&target)
+        );
     }
     if let Ok(digest) = text.parse::<Digest>() {
         assert_eq!(digest.to_string().parse::<Digest>().as_ref(), Ok(&digest));

@@ -481,4 +481,33 @@ mod tests {
         assert!("docker.io".parse::<UpstreamSpec>().is_err());
         assert!("5x".parse::<Freshness>().is_err());
     }
+
+    #[test]
+    fn the_disk_budget_comes_from_the_file_or_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shoal.toml");
+        std::fs::write(&file, "cache-max = \"10GiB\"\ncache-low-watermark = 80\n").unwrap();
+        let from_file = NodeConfig::resolve(NodeArgs {
+            config: Some(file.clone()),
+            ..NodeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.budget, Some(Budget::new(10 << 30, 80).unwrap()));
+        let flags = NodeConfig::resolve(NodeArgs {
+            config: Some(file),
+            cache_max: Some("1GiB".parse().unwrap()),
+            ..NodeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(flags.budget, Some(Budget::new(1 << 30, 80).unwrap()));
+        assert_eq!(
+            NodeConfig::resolve(NodeArgs::default()).unwrap().budget,
+            None
+        );
+        let no_max = NodeConfig::resolve(NodeArgs {
+            cache_low_watermark: Some(50),
+            ..NodeArgs::default()
+        });
+        assert!(no_max.is_err());
+    }
 }

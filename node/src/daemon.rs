@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
@@ -164,17 +163,15 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let router = shoal_gateway::router(source, Some(config.default_namespace.clone()));
     let gateway_shutdown = shutdown.clone();
     tasks.spawn(async move {
-        // Small responses (a config blob after its headers) must not wait for the client's
-        // delayed ACK: 40 ms per blob otherwise (docs/benchmarks.md).
-        let listener = gateway_listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY on a gateway connection");
-            }
-        });
-        axum::serve(listener, router)
-            .with_graceful_shutdown(gateway_shutdown.cancelled_owned())
-            .await
-            .context("gateway failed")
+        // Connection, header and stall limits: gateway/src/serve.rs.
+        shoal_gateway::serve(
+            gateway_listener,
+            router,
+            shoal_gateway::ServeLimits::default(),
+            gateway_shutdown.cancelled_owned(),
+        )
+        .await
+        .context("gateway failed")
     });
     let context = AdminContext {
         store: store.clone(),

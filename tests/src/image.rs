@@ -182,6 +182,16 @@ impl ImageSpec {
         }
     }
 
+    /// An image with layers of about these sizes, gzip-framed but stored uncompressed
+    /// ([`GzipLevel::Store`]): quick to write, and the blobs are as large as asked.
+    pub fn with_layers(seed: u64, layers: &[u64]) -> Self {
+        Self {
+            layers: layers.to_vec(),
+            gzip: GzipLevel::Store,
+            ..Self::new(seed)
+        }
+    }
+
     /// An image of about `total_bytes`, in layers of 20–60 MiB (the last one takes the rest).
     pub fn sized(seed: u64, total_bytes: u64) -> Self {
         let mut rng = SplitMix64::new(mix(seed, u64::MAX, 0));

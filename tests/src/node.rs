@@ -322,6 +322,13 @@ impl Drop for ShoalNode {
     }
 }
 
+/// Counter `name` of a `shoal status --json` report; panics if it has none.
+pub fn counter(status: &serde_json::Value, name: &str) -> u64 {
+    status["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in {status}"))
+}
+
 fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
     let status = Command::new("kill")
         .arg(format!("-{name}"))

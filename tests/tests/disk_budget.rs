@@ -10,37 +10,20 @@ use std::time::Duration;
 use serde_json::Value;
 use shoal_tests::clients::{is_ci, wait_until};
 use shoal_tests::http;
-use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec, corrupt_file};
-use shoal_tests::node::{ShoalNode, shoal};
+use shoal_tests::image::{Blob, GeneratedImage, ImageSpec, corrupt_file};
+use shoal_tests::node::{ShoalNode, counter, shoal};
 
 /// Generous bound on events in a loaded 2-core machine; waits end as soon as the event happens.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 const MIB: u64 = 1 << 20;
 
 fn image(dir: &Path, name: &str, seed: u64, layers: &[u64]) -> GeneratedImage {
-    let mut spec = ImageSpec::new(seed).gzip(GzipLevel::Store);
-    for layer in layers {
-        spec = spec.layer(*layer);
-    }
+    let spec = ImageSpec::with_layers(seed, layers);
     spec.write_oci_layout(&dir.join(name), None).unwrap()
-}
-
-fn counter(status: &Value, name: &str) -> u64 {
-    status["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {status}"))
 }
 
 fn stored_bytes(node: &ShoalNode) -> u64 {
     node.status().unwrap()["store"]["bytes"].as_u64().unwrap()
-}
-
-fn knows_tag(node: &ShoalNode, repository: &str, tag: &str) -> bool {
-    node.status().unwrap()["known_images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|image| image["repository"] == repository && image["tag"] == tag)
 }
 
 /// Runs `shoal SUBCOMMAND --data DATA ARGS...`.
@@ -105,12 +88,13 @@ fn eviction_keeps_the_budget_spares_pinned_and_served_images_and_refetches_from_
         &["--cache-max", "54MiB"],
     )
     .unwrap();
-    wait_until("the tags to reach the edge", EVENT_TIMEOUT, || {
-        Ok(["a", "b", "c"]
-            .iter()
-            .all(|name| knows_tag(&edge, &format!("docker.io/budget/{name}"), "1")))
-    })
-    .unwrap();
+    for name in ["a", "b", "c"] {
+        let repository = format!("docker.io/budget/{name}");
+        wait_until("the tags to reach the edge", EVENT_TIMEOUT, || {
+            edge.knows_tag(&repository, "1")
+        })
+        .unwrap();
+    }
 
     let pinned = run_ok(&edge, "pin", &["budget/a:1"]);
     assert!(pinned.contains("pinned docker.io/budget/a:1"), "{pinned}");
@@ -259,7 +243,7 @@ fn a_full_disk_fails_the_request_that_hit_it_and_the_node_keeps_serving() {
     assert_eq!(node.status().unwrap()["store"], before);
 
     wait_until("the big image's tag to arrive", EVENT_TIMEOUT, || {
-        Ok(knows_tag(&node, "docker.io/full/big", "1"))
+        node.knows_tag("docker.io/full/big", "1")
     })
     .unwrap();
     let pulled = run(&node, "pull", &["full/big:1"]);

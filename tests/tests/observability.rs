@@ -488,7 +488,7 @@ fn the_status_page_in_chromium_shows_peers_and_a_transfer_in_progress() {
     assert!(dom.contains("class=\"bar\""), "with a progress bar");
     assert!(dom.contains("team/app:1") || dom.contains("docker.io/team/app"));
     assert!(std::fs::metadata(&page.screenshot).unwrap().len() > 10_000);
-    // To refresh the README's picture: SHOAL_STATUS_SCREENSHOT=docs/status-page.png.
+    // To refresh the README's picture: SHOAL_STATUS_SCREENSHOT=$PWD/docs/status-page.png.
     if let Some(keep) = std::env::var_os("SHOAL_STATUS_SCREENSHOT") {
         std::fs::copy(&page.screenshot, keep).unwrap();
     }

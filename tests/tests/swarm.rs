@@ -4,20 +4,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
 use shoal_tests::clients::{Containerd, Skopeo, require_tools, wait_until};
 use shoal_tests::http;
-use shoal_tests::image::{GeneratedImage, GzipLevel, ImageSpec};
-use shoal_tests::node::{ShoalNode, shoal};
+use shoal_tests::image::{GeneratedImage, ImageSpec};
+use shoal_tests::node::{ShoalNode, counter, shoal};
 
 /// Generous bound on events in a loaded 2-core machine; waits end as soon as the event happens.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn counter(status: &Value, name: &str) -> u64 {
-    status["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {status}"))
-}
 
 fn start(dir: &Path, name: &str, extra: &[&str]) -> ShoalNode {
     ShoalNode::start(&dir.join(name), extra).unwrap()
@@ -33,18 +26,11 @@ fn connected(node: &ShoalNode, other: &ShoalNode) -> bool {
 }
 
 fn knows_tag(node: &ShoalNode, repository: &str, tag: &str) -> bool {
-    node.status().unwrap()["known_images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|image| image["repository"] == repository && image["tag"] == tag)
+    node.knows_tag(repository, tag).unwrap()
 }
 
 fn image(dir: &Path, name: &str, seed: u64, layers: &[u64]) -> GeneratedImage {
-    let mut spec = ImageSpec::new(seed).gzip(GzipLevel::Store);
-    for layer in layers {
-        spec = spec.layer(*layer);
-    }
+    let spec = ImageSpec::with_layers(seed, layers);
     spec.write_oci_layout(&dir.join(name), None).unwrap()
 }
 

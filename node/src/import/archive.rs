@@ -4,10 +4,12 @@
 //! within fixed limits; symlinks and hard links are remembered so later lookups can follow
 //! them, but never outside the archive.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek};
 use std::path::Path;
+use std::rc::Rc;
 
 use shoal_protocol::Digest;
 
@@ -18,11 +20,21 @@ use crate::store::{Staging, StoreError};
 const SMALL_FILE_BYTES_MAX: u64 = shoal_protocol::manifest::MANIFEST_BYTES_MAX as u64;
 /// Most metadata files one archive may carry.
 const SMALL_FILES_MAX: usize = 10_000;
+/// Most bytes of metadata files one archive may carry, all held in memory until the import
+/// ends. A `docker save` of a hundred layers holds a few hundred KiB (a small `json` per layer,
+/// the config, `manifest.json`); an OCI layout only `index.json` and `oci-layout`.
+pub(super) const SMALL_FILES_BYTES_MAX: u64 = 64 << 20;
 /// How many links a lookup follows before giving up on a loop.
 const LINK_HOPS_MAX: usize = 8;
 /// How deep a directory import descends.
 const DIRECTORY_DEPTH_MAX: usize = 16;
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// The most bytes the tar reader may consume between two entries: padding, headers, and the
+/// extension entries (GNU long names and link names, pax headers) that it reads whole into
+/// memory before it yields the entry they describe. Real archives need a few KiB; unbounded,
+/// a gzipped archive of a few MiB could declare a long name of gigabytes of zeros and make the
+/// node hold all of it.
+const TAR_HEADERS_BYTES_MAX: u64 = 1 << 20;
 
 #[derive(Debug)]
 struct Cancelled;
@@ -34,6 +46,41 @@ impl std::fmt::Display for Cancelled {
 }
 
 impl std::error::Error for Cancelled {}
+
+#[derive(Debug)]
+struct HeadersTooLarge;
+
+impl std::fmt::Display for HeadersTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "more than {TAR_HEADERS_BYTES_MAX} bytes of headers")
+    }
+}
+
+impl std::error::Error for HeadersTooLarge {}
+
+/// The tar reader's input, with a byte budget that [`ArchiveContents::read_tar`] sets while the
+/// reader looks for the next entry and lifts while the entry's own data streams to the
+/// staging area: whatever the tar reader buffers in between is bounded by it.
+struct HeaderBudget<R> {
+    inner: R,
+    /// Bytes left, or `None` while an entry's data is read.
+    left: Rc<Cell<Option<u64>>>,
+}
+
+impl<R: Read> Read for HeaderBudget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(left) = self.left.get() else {
+            return self.inner.read(buf);
+        };
+        if left == 0 && !buf.is_empty() {
+            return Err(io::Error::other(HeadersTooLarge));
+        }
+        let allowed = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..allowed])?;
+        self.left.set(Some(left - n as u64));
+        Ok(n)
+    }
+}
 
 /// Counts bytes read from the input and reports them; a `false` from the callback cancels.
 struct Counting<'a, R> {
@@ -76,6 +123,11 @@ fn damaged(source: io::Error) -> ImportError {
         .is_some_and(|inner| inner.is::<Cancelled>())
     {
         ImportError::Cancelled
+    } else if source
+        .get_ref()
+        .is_some_and(|inner| inner.is::<HeadersTooLarge>())
+    {
+        ImportError::HeadersTooLarge(TAR_HEADERS_BYTES_MAX)
     } else {
         ImportError::Damaged(source)
     }
@@ -94,6 +146,7 @@ pub struct ArchiveContents {
     small: HashMap<String, Vec<u8>>,
     staged: HashMap<String, (Digest, u64)>,
     links: HashMap<String, String>,
+    small_bytes: u64,
 }
 
 enum EntryKind {
@@ -137,8 +190,18 @@ impl ArchiveContents {
     }
 
     fn read_tar(&mut self, reader: impl Read, staging: &mut Staging) -> Result<(), ImportError> {
-        let mut archive = tar::Archive::new(reader);
-        for entry in archive.entries().map_err(damaged)? {
+        let budget = Rc::new(Cell::new(None));
+        let mut archive = tar::Archive::new(HeaderBudget {
+            inner: reader,
+            left: budget.clone(),
+        });
+        let mut entries = archive.entries().map_err(damaged)?;
+        loop {
+            budget.set(Some(TAR_HEADERS_BYTES_MAX));
+            let Some(entry) = entries.next() else {
+                return Ok(());
+            };
+            budget.set(None);
             let mut entry = entry.map_err(damaged)?;
             let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             let header = entry.header();
@@ -150,8 +213,9 @@ impl ArchiveContents {
             };
             let size = entry.size();
             self.take(&name, kind, size, &mut entry, staging)?;
+            // Data the import did not need is skipped here, outside the budget.
+            io::copy(&mut entry, &mut io::sink()).map_err(damaged)?;
         }
-        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -267,11 +331,15 @@ impl ArchiveContents {
             if self.small.len() >= SMALL_FILES_MAX {
                 return Err(ImportError::TooManyEntries(SMALL_FILES_MAX));
             }
+            if self.small_bytes + size > SMALL_FILES_BYTES_MAX {
+                return Err(ImportError::MetadataTooLarge(SMALL_FILES_BYTES_MAX));
+            }
             let mut bytes = Vec::with_capacity(size as usize);
             reader
                 .take(SMALL_FILE_BYTES_MAX + 1)
                 .read_to_end(&mut bytes)
                 .map_err(damaged)?;
+            self.small_bytes += bytes.len() as u64;
             self.small.insert(name, bytes);
         }
         Ok(())
@@ -407,6 +475,24 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn long_names_within_the_budget_still_read() {
+        let name = format!("{}/index.json", "d".repeat(300));
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, &name, &b"{}"[..]).unwrap();
+        let archive = builder.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = crate::store::Store::open(&dir.path().join("store")).unwrap();
+        let path = dir.path().join("archive.tar");
+        std::fs::write(&path, &archive).unwrap();
+        let mut staging = store.staging().unwrap();
+        let contents = ArchiveContents::read(&path, &mut staging, &mut |_, _| true).unwrap();
+        assert_eq!(contents.small(&name), Some(&b"{}"[..]));
     }
 
     #[test]

@@ -26,6 +26,12 @@ const INDEX_DEPTH_MAX: usize = 8;
 /// Most manifests one import may hold, so a hostile index cannot make the walk unbounded.
 const MANIFESTS_PER_IMPORT_MAX: usize = 10_000;
 
+/// Most bytes of annotations (and artifact types) the manifests of one import may carry: the
+/// metadata records keep them, in memory until the commit and then in sled. Real images carry
+/// a few KiB; without a bound, manifests of 4 MiB of annotations each, thousands of them, would
+/// compress to a small archive.
+const ANNOTATION_BYTES_MAX: u64 = 16 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("cannot read {path}: {source}")]
@@ -50,6 +56,14 @@ pub enum ImportError {
     },
     #[error("the archive has too many metadata files (more than {0})")]
     TooManyEntries(usize),
+    #[error(
+        "the archive has more than {0} bytes of headers (long names, pax records) before an entry"
+    )]
+    HeadersTooLarge(u64),
+    #[error("the archive's metadata files add up to more than {0} bytes")]
+    MetadataTooLarge(u64),
+    #[error("the image's manifests carry more than {0} bytes of annotations")]
+    AnnotationsTooLarge(u64),
     #[error(
         "not an image: the archive has neither index.json (OCI layout) nor manifest.json (docker save)"
     )]
@@ -214,6 +228,7 @@ struct ManifestGraph {
     digests: Vec<Digest>,
     /// Every blob and manifest checked present: exactly what the import keeps.
     referenced: BTreeSet<Digest>,
+    annotation_bytes: u64,
 }
 
 impl ManifestGraph {
@@ -246,6 +261,15 @@ impl ManifestGraph {
                 })?;
         let parsed = ParsedManifest::parse(&bytes, Some(media_type))
             .map_err(|source| ImportError::Manifest { digest, source })?;
+        self.annotation_bytes += parsed
+            .annotations
+            .iter()
+            .map(|(key, value)| key.len() + value.len())
+            .chain(parsed.artifact_type.as_ref().map(String::len))
+            .sum::<usize>() as u64;
+        if self.annotation_bytes > ANNOTATION_BYTES_MAX {
+            return Err(ImportError::AnnotationsTooLarge(ANNOTATION_BYTES_MAX));
+        }
         self.digests.push(digest);
         self.manifests.push((
             digest,
@@ -297,5 +321,60 @@ impl ManifestGraph {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Imports `archive` into a fresh store, as `shoal import` does a file.
+    fn import_bytes(archive: &[u8]) -> Result<ImportReport, ImportError> {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("store")).unwrap();
+        let path = dir.path().join("archive");
+        std::fs::write(&path, archive).unwrap();
+        import(&store, &path, None, &mut |_, _| true)
+    }
+
+    // Inputs that made an import hold far more memory than the archive's size, found by
+    // review and replayed by every fuzz run (fuzz/regressions/import_archive/). Each is a
+    // gzipped tar of a few KiB.
+
+    /// A GNU long name of 8 MiB of zeros: the tar reader reads such entries whole, so without
+    /// the header budget gigabytes would be as easy.
+    #[test]
+    fn a_huge_gnu_long_name_is_refused_before_it_is_held() {
+        let archive =
+            include_bytes!("../../../fuzz/regressions/import_archive/regression-gnu-longname-8mib");
+        assert!(matches!(
+            import_bytes(archive),
+            Err(ImportError::HeadersTooLarge(_))
+        ));
+    }
+
+    /// Seventeen `.json` files of 4 MiB of zeros each: every one within the per-file limit,
+    /// together more than an import may hold.
+    #[test]
+    fn metadata_files_beyond_the_total_are_refused() {
+        let archive =
+            include_bytes!("../../../fuzz/regressions/import_archive/regression-metadata-68mib");
+        assert!(matches!(
+            import_bytes(archive),
+            Err(ImportError::MetadataTooLarge(
+                archive::SMALL_FILES_BYTES_MAX
+            ))
+        ));
+    }
+
+    /// An OCI layout whose index lists five manifests with a 4 MiB annotation each.
+    #[test]
+    fn annotations_beyond_the_total_are_refused() {
+        let archive =
+            include_bytes!("../../../fuzz/regressions/import_archive/regression-annotations-20mib");
+        assert!(matches!(
+            import_bytes(archive),
+            Err(ImportError::AnnotationsTooLarge(ANNOTATION_BYTES_MAX))
+        ));
     }
 }

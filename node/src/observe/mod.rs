@@ -28,6 +28,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::StatusReport;
@@ -88,10 +89,22 @@ pub async fn bind(address: SocketAddr, public: bool) -> anyhow::Result<TcpListen
         .with_context(|| format!("cannot listen on metrics address {address}"))
 }
 
+/// Status reports built at once; more requests wait. Each one scans the store's blob records,
+/// and a page polls once a second, so a few are plenty.
+const REPORTS_CONCURRENT_MAX: usize = 4;
+
 #[derive(Clone)]
 struct Observer<S> {
     source: S,
     counters: Arc<Counters>,
+    reports: Arc<Semaphore>,
+}
+
+impl<S: StatusSource> Observer<S> {
+    async fn report(&self) -> anyhow::Result<StatusReport> {
+        let _permit = self.reports.acquire().await?;
+        self.source.status().await
+    }
 }
 
 pub fn router<S: StatusSource>(source: S, counters: Arc<Counters>) -> Router {
@@ -99,7 +112,11 @@ pub fn router<S: StatusSource>(source: S, counters: Arc<Counters>) -> Router {
         .route("/", get(page))
         .route("/status.json", get(status_json::<S>))
         .route("/metrics", get(metrics::<S>))
-        .with_state(Observer { source, counters })
+        .with_state(Observer {
+            source,
+            counters,
+            reports: Arc::new(Semaphore::new(REPORTS_CONCURRENT_MAX)),
+        })
 }
 
 /// Serves [`router`] on `listener` until `shutdown`.
@@ -129,7 +146,7 @@ fn unavailable(error: &anyhow::Error) -> Response {
 }
 
 async fn status_json<S: StatusSource>(State(observer): State<Observer<S>>) -> Response {
-    match observer.source.status().await {
+    match observer.report().await {
         // The page polls this every second: never let a browser cache it.
         Ok(report) => ([(header::CACHE_CONTROL, "no-store")], axum::Json(report)).into_response(),
         Err(error) => unavailable(&error),
@@ -137,7 +154,7 @@ async fn status_json<S: StatusSource>(State(observer): State<Observer<S>>) -> Re
 }
 
 async fn metrics<S: StatusSource>(State(observer): State<Observer<S>>) -> Response {
-    match observer.source.status().await {
+    match observer.report().await {
         Ok(report) => (
             [(header::CONTENT_TYPE, exposition::CONTENT_TYPE)],
             exposition::render(&report, &observer.counters.timings),

@@ -14,6 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
+use std::sync::MutexGuard;
 
 use shoal_protocol::manifest::MANIFEST_BYTES_MAX;
 use shoal_protocol::{Digest, ParsedManifest};
@@ -173,14 +174,8 @@ impl Store {
     /// store holds `target_bytes` or less; pinned images and leased blobs stay. Blocks on disk
     /// I/O; one pass (or verification) runs at a time.
     pub fn evict(&self, target_bytes: u64) -> Result<EvictionReport, StoreError> {
-        let _pass = self
-            .inner
-            .usage
-            .passes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
         let started = now_ms();
-        let blobs = metadata::blob_records(self.db()).collect::<Result<Vec<_>, _>>()?;
+        let (_pass, blobs) = self.begin_pass()?;
         let stored: u64 = blobs.iter().map(|(_, size)| size).sum();
         self.inner.usage.recount(stored);
         let mut report = EvictionReport {
@@ -219,14 +214,8 @@ impl Store {
     /// Re-hashes every stored blob. Corrupt or vanished content is removed, with the manifests
     /// that reference it; content found intact is not hashed again before it is served.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
-        let _pass = self
-            .inner
-            .usage
-            .passes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let (_pass, blobs) = self.begin_pass()?;
         let mut report = VerifyReport::default();
-        let blobs = metadata::blob_records(self.db()).collect::<Result<Vec<_>, _>>()?;
         for (digest, size) in blobs {
             let path = self.layout().blob(&digest);
             let hashed = File::open(&path).and_then(|mut file| hash_reader(&mut file));
@@ -269,6 +258,15 @@ impl Store {
         self.remove_blobs(&doomed, |_| true)?;
         report.dependents_removed = doomed.into_iter().filter(|d| !bad.contains(d)).collect();
         Ok(report)
+    }
+
+    /// Starts an eviction or verification pass (one runs at a time): the guard, and every
+    /// stored blob with its size.
+    #[allow(clippy::type_complexity)]
+    fn begin_pass(&self) -> Result<(MutexGuard<'_, ()>, Vec<(Digest, u64)>), StoreError> {
+        let pass = (self.inner.usage.passes.lock()).unwrap_or_else(|e| e.into_inner());
+        let blobs = metadata::blob_records(self.db()).collect::<Result<_, _>>()?;
+        Ok((pass, blobs))
     }
 
     /// Reads every stored manifest to learn what it references. A manifest that cannot be read
