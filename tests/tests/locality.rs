@@ -210,3 +210,67 @@ fn without_site_labels_nodes_in_one_namespace_prefer_each_other_over_a_far_one()
     assert!(peer(&near)["rtt_ms"].as_f64().is_some(), "{status}");
     assert!(peer(&far)["rtt_ms"].as_f64().is_some(), "{status}");
 }
+
+/// `shoal pull fleet/app:1` on `node` once it knows the tag; must succeed. Returns how long
+/// the pull took.
+fn pull_timed(node: &ShoalNode) -> Duration {
+    wait_until("the tag to be known", EVENT_TIMEOUT, || {
+        node.knows_tag("docker.io/fleet/app", "1")
+    })
+    .unwrap();
+    let started = Instant::now();
+    let output = shoal_tests::node::shoal(node.data(), "pull")
+        .unwrap()
+        .arg("fleet/app:1")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        node.logs()
+    );
+    started.elapsed()
+}
+
+#[test]
+fn site_limits_pace_only_the_traffic_that_crosses_the_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let join = |name: &str, seeds: &[&ShoalNode], extra: &[&str]| {
+        ShoalNode::start_joined(&dir.path().join(name), seeds, extra).unwrap()
+    };
+    let seed = join("seed", &[], &["--site", "a", "--max-site-egress", "4MiB/s"]);
+    let generated = image(dir.path(), 63, &[8 << 20]);
+    seed.import_ok(&generated.path, Some("fleet/app:1"))
+        .unwrap();
+    // A lower bound only: a slow machine can take longer, never shorter, when a limit holds.
+    let floor = Duration::from_secs_f64(8.0 / 4.0 * 0.8);
+
+    // Another site: the seed's site egress paces it.
+    let outside = join("outside", &[&seed], &["--site", "b"]);
+    let took = pull_timed(&outside);
+    assert!(took >= floor, "8 MiB across sites at 4 MiB/s took {took:?}");
+    let crossed = counter(&seed.status().unwrap(), "bytes_sent_to_other_sites");
+    assert!(crossed >= 8 << 20, "{crossed}");
+
+    // A site-mate of the seed: nothing it takes from the seed counts as leaving the site.
+    let mate = join("mate", &[&seed], &["--site", "a"]);
+    pull_timed(&mate);
+    assert_eq!(
+        counter(&seed.status().unwrap(), "bytes_sent_to_other_sites"),
+        crossed
+    );
+
+    // The receiving side's own cap on what enters its site.
+    let capped = join(
+        "capped",
+        &[&seed],
+        &["--site", "c", "--max-site-ingress", "4MiB/s"],
+    );
+    let took = pull_timed(&capped);
+    assert!(
+        took >= floor,
+        "8 MiB into a site capped at 4 MiB/s took {took:?}"
+    );
+    assert!(counter(&capped.status().unwrap(), "bytes_received_from_other_sites") >= 8 << 20);
+}
