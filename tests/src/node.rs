@@ -109,6 +109,16 @@ impl ShoalNode {
         seeds: &[&ShoalNode],
         extra: &[&str],
     ) -> anyhow::Result<ShoalNode> {
+        Self::start_joined_in(None, data, seeds, extra)
+    }
+
+    /// [`ShoalNode::start_joined`], inside `netns` when one is given.
+    pub fn start_joined_in(
+        netns: Option<&NetNs>,
+        data: &Path,
+        seeds: &[&ShoalNode],
+        extra: &[&str],
+    ) -> anyhow::Result<ShoalNode> {
         let mut args: Vec<String> = Vec::new();
         for seed in seeds {
             args.extend([
@@ -120,7 +130,7 @@ impl ShoalNode {
         }
         args.extend(extra.iter().map(|arg| arg.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let node = ShoalNode::start(data, &args)?;
+        let node = Self::start_with(data, &args, netns)?;
         for seed in seeds {
             wait_until("the nodes to connect", JOIN_TIMEOUT, || {
                 node.is_connected_to(seed)

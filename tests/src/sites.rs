@@ -8,15 +8,11 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::clients::{NetNs, run_command, wait_until};
+use crate::clients::{NetNs, run_command};
 use crate::node::ShoalNode;
-
-/// Bound on a started node connecting to its bootstrap peers across the link.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One of the two sites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,25 +93,12 @@ impl TwoSites {
         seeds: &[&ShoalNode],
         extra: &[&str],
     ) -> Result<ShoalNode> {
-        let mut args: Vec<String> =
-            vec!["--listen".into(), format!("/ip4/{}/tcp/0", Self::ip(site))];
-        for seed in seeds {
-            args.extend([
-                "--bootstrap".into(),
-                seed.peer_address()?,
-                "--trust".into(),
-                seed.peer_id().into(),
-            ]);
-        }
-        args.extend(extra.iter().map(|arg| arg.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let node = ShoalNode::start_in(self.netns(site), data, &args)?;
-        for seed in seeds {
-            wait_until("the nodes to connect", JOIN_TIMEOUT, || {
-                node.is_connected_to(seed)
-            })?;
-        }
-        Ok(node)
+        let listen = format!("/ip4/{}/tcp/0", Self::ip(site));
+        let args: Vec<&str> = ["--listen", listen.as_str()]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        ShoalNode::start_joined_in(Some(self.netns(site)), data, seeds, &args)
     }
 
     /// Bytes site B's end of the link has received so far (headers included).

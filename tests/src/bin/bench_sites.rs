@@ -95,30 +95,14 @@ fn shoal_round(dir: &Path, sites: &TwoSites, image: &GeneratedImage) -> Result<O
         )?;
     }
     let before = sites.bytes_into_b()?;
-    let started = Instant::now();
-    let last_done = std::thread::scope(|scope| -> Result<Duration> {
-        let pulls: Vec<_> = b
-            .iter()
-            .map(|node| {
-                scope.spawn(move || -> Result<Duration> {
-                    let output = shoal(node.data(), "pull")?.arg(REFERENCE).output()?;
-                    ensure!(
-                        output.status.success(),
-                        "shoal pull failed: {}",
-                        String::from_utf8_lossy(&output.stderr)
-                    );
-                    Ok(started.elapsed())
-                })
-            })
-            .collect();
-        let mut last = Duration::ZERO;
-        for pull in pulls {
-            last = last.max(
-                pull.join()
-                    .map_err(|_| anyhow::anyhow!("a pull panicked"))??,
-            );
-        }
-        Ok(last)
+    let last_done = last_of(&b, |node| {
+        let output = shoal(node.data(), "pull")?.arg(REFERENCE).output()?;
+        ensure!(
+            output.status.success(),
+            "shoal pull failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
     })?;
     for node in &b {
         ensure!(
@@ -141,32 +125,41 @@ fn registry_round(dir: &Path, sites: &TwoSites, image: &GeneratedImage) -> Resul
     let pushed = push_oci_layout(&image.path, &registry, REFERENCE)?;
     ensure!(pushed == image.manifest_digest, "pushed {pushed}");
     let before = sites.bytes_into_b()?;
-    let started = Instant::now();
     let source = registry.reference(REFERENCE);
-    let last_done = std::thread::scope(|scope| -> Result<Duration> {
-        let pulls: Vec<_> = (0..HOSTS_IN_B)
-            .map(|i| {
-                let (source, dest) = (&source, dir.join(format!("copy{i}")));
-                let skopeo = Skopeo::new().in_netns(&sites.b);
-                scope.spawn(move || -> Result<Duration> {
-                    let digest = skopeo.copy_to_oci(source, &dest, false)?;
-                    ensure!(digest == image.manifest_digest, "skopeo got {digest}");
-                    Ok(started.elapsed())
-                })
-            })
-            .collect();
-        let mut last = Duration::ZERO;
-        for pull in pulls {
-            last = last.max(
-                pull.join()
-                    .map_err(|_| anyhow::anyhow!("a copy panicked"))??,
-            );
-        }
-        Ok(last)
+    let hosts: Vec<usize> = (0..HOSTS_IN_B).collect();
+    let last_done = last_of(&hosts, |i| {
+        let dest = dir.join(format!("copy{i}"));
+        let digest = Skopeo::new()
+            .in_netns(&sites.b)
+            .copy_to_oci(&source, &dest, false)?;
+        ensure!(digest == image.manifest_digest, "skopeo got {digest}");
+        Ok(())
     })?;
     Ok(Outcome {
         link_bytes: sites.bytes_into_b()? - before,
         last_done,
+    })
+}
+
+/// Runs `pull` for every host at once; returns when the last one is done.
+fn last_of<T: Sync>(hosts: &[T], pull: impl Fn(&T) -> Result<()> + Sync) -> Result<Duration> {
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let pulls: Vec<_> = hosts
+            .iter()
+            .map(|host| {
+                let pull = &pull;
+                scope.spawn(move || pull(host).map(|()| started.elapsed()))
+            })
+            .collect();
+        let mut last = Duration::ZERO;
+        for done in pulls {
+            last = last.max(
+                done.join()
+                    .map_err(|_| anyhow::anyhow!("a pull panicked"))??,
+            );
+        }
+        Ok(last)
     })
 }
 
