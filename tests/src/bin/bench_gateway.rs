@@ -34,7 +34,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest as _, Sha256};
-use shoal_tests::bench::{child_pid_named, children_cpu_seconds, cpu_seconds, median};
+use shoal_tests::bench::{
+    child_pid_named, children_cpu_seconds, cpu_seconds, first_line_of, machine_description, median,
+};
 use shoal_tests::clients::find_tool;
 use shoal_tests::http;
 use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
@@ -411,18 +413,10 @@ impl Bench {
     }
 
     fn print_facts(&self) -> Result<()> {
-        let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-        let model = std::fs::read_to_string("/proc/cpuinfo")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|line| line.strip_prefix("model name"))
-            .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
-            .unwrap_or_default();
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let curl = first_line_of(Command::new("curl").arg("--version"))?;
         let curl = curl.split(" (").next().unwrap_or_default();
         println!("bench_gateway: the Shoal gateway against docker-registry and minimal servers");
-        println!("machine: {cpus} CPUs ({model}), Linux {}", kernel.trim());
+        println!("machine: {}", machine_description());
         println!(
             "clients: {curl}; {}",
             first_line_of(Command::new("skopeo").arg("--version"))?
@@ -815,12 +809,3 @@ impl Median {
 
 // ---------------------------------------------------------------------------------------------
 // Processes
-
-fn first_line_of(command: &mut Command) -> Result<String> {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {command:?}"))?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    Ok(text.lines().next().unwrap_or("").trim().to_owned())
-}
