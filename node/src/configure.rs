@@ -210,6 +210,16 @@ fn toml_string(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
 }
 
+/// The namespaces of `registries` other than `namespace`, for notes about what a runtime's
+/// mirror cannot carry.
+fn namespaces_other_than<'a>(registries: &'a [Registry], namespace: &str) -> Vec<&'a str> {
+    registries
+        .iter()
+        .map(|r| r.namespace.as_str())
+        .filter(|ns| *ns != namespace)
+        .collect()
+}
+
 fn containerd(dir: &Path, gateway: SocketAddr, registries: &[Registry]) -> Rendered {
     let mirror = format!("http://{gateway}");
     let files = registries
@@ -281,11 +291,7 @@ fn docker(
             )
         })?;
     let mut notes = Vec::new();
-    let others: Vec<&str> = registries
-        .iter()
-        .map(|r| r.namespace.as_str())
-        .filter(|ns| *ns != DEFAULT_NAMESPACE)
-        .collect();
+    let others = namespaces_other_than(registries, DEFAULT_NAMESPACE);
     if !others.is_empty() {
         notes.push(format!(
             "Docker sends only Docker Hub (docker.io) pulls to registry mirrors: pulls from {} \
@@ -440,11 +446,7 @@ fn podman(
         ));
     }
     let mut notes = Vec::new();
-    let others: Vec<&str> = registries
-        .iter()
-        .map(|r| r.namespace.as_str())
-        .filter(|ns| *ns != default_namespace)
-        .collect();
+    let others = namespaces_other_than(registries, default_namespace);
     if !others.is_empty() {
         notes.push(format!(
             "podman and CRI-O send no ?ns= to mirrors, so the node serves only its default \
