@@ -169,7 +169,7 @@ impl PeerService {
         let length = bytes.len() as u64;
         let outside = self.locality.outside(&peer);
         let site_egress = self.site_egress.as_ref().filter(|_| outside);
-        for limiter in [&self.egress, &site_egress.cloned()].into_iter().flatten() {
+        for limiter in [self.egress.as_ref(), site_egress].into_iter().flatten() {
             if !limiter.acquire_within(length, EGRESS_BACKLOG_MAX).await {
                 return Response::Busy;
             }

@@ -69,9 +69,9 @@ enum Outcome {
 enum Fallback {
     /// Still finding out whether peers have it.
     Undecided,
-    /// Asked this peer to fetch it from the upstream.
-    Asking(PeerId),
-    /// That peer fetches it; it last showed progress at `progress_at`.
+    /// Asked the chosen peer to fetch it from the upstream; waiting for its answer.
+    Asking,
+    /// A peer fetches it; it last showed progress at `progress_at`.
     Delegated {
         peer: PeerId,
         chunks: u32,
@@ -273,7 +273,7 @@ impl Run<'_> {
                     return Some(download);
                 }
                 tracing::info!(peer = %chosen, "asking a peer to fetch from the upstream");
-                self.fallback = Fallback::Asking(chosen);
+                self.fallback = Fallback::Asking;
                 let network = self.context.network.clone();
                 let request = Request::Fetch {
                     blob: self.blob,
@@ -285,7 +285,7 @@ impl Run<'_> {
                 });
                 None
             }
-            Fallback::Asking(_) => None,
+            Fallback::Asking => None,
             Fallback::Delegated {
                 peer, progress_at, ..
             } => {
@@ -414,10 +414,8 @@ impl Run<'_> {
     }
 
     fn check_timeouts(&self) -> Result<(), String> {
-        let waiting_on_upstream = matches!(
-            self.fallback,
-            Fallback::Asking(_) | Fallback::Delegated { .. }
-        );
+        let waiting_on_upstream =
+            matches!(self.fallback, Fallback::Asking | Fallback::Delegated { .. });
         if self.scheduler.is_none()
             && self.sources.is_empty()
             && !waiting_on_upstream
