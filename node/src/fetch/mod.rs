@@ -4,6 +4,7 @@
 //! chunks) watch a transfer's progress and read verified chunks from its file while it is
 //! still arriving.
 
+mod arriving;
 mod sequential;
 mod stream;
 mod transfer;
@@ -26,6 +27,7 @@ use crate::rate::RateLimiter;
 use crate::store::Store;
 use crate::upstream::Upstreams;
 
+pub use arriving::ArrivingBytes;
 pub use sequential::SequentialBlob;
 pub use stream::stream_transfer;
 
@@ -65,6 +67,8 @@ pub struct Progress {
     pub layout: Option<ChunkLayout>,
     /// The file being filled; it stays readable after the blob enters the store.
     pub file: Option<Arc<File>>,
+    /// The newest bytes of a blob filled front to back, until it is all on disk.
+    pub arriving: Option<Arc<ArrivingBytes>>,
     pub have: Bitmap,
     pub peers: usize,
     /// Set when the transfer ends: `Ok` once the blob is verified and stored.

@@ -1,8 +1,9 @@
 //! A blob written front to back as its bytes arrive from a source that cannot vouch for each
-//! chunk: an upstream registry, or a peer still downloading the blob from one. Each chunk is
-//! marked had as soon as it is on disk, so readers stream it at once; the bytes are hashed on
-//! the way (sha256 for the digest, BLAKE3 per chunk for the index this node will serve), and the
-//! file enters the store only once the whole blob matches its digest.
+//! chunk: an upstream registry, or a peer still downloading the blob from one. Each piece goes
+//! to readers from memory at once ([`ArrivingBytes`]) and to a writer thread that hashes it
+//! (sha256 for the digest, BLAKE3 per chunk for the index this node will serve) and writes it,
+//! so clients never wait for the hashing or the page cache. A chunk is marked had once it is on
+//! disk, for peers; the file enters the store only once the whole blob matches its digest.
 
 use std::fs::File;
 use std::io::Write;
@@ -10,14 +11,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use shoal_protocol::{Bitmap, ChunkIndexBuilder, ChunkLayout, Digest};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::Progress;
+use super::arriving::ArrivingBytes;
 use crate::store::{DiskSpace, Store};
 
-/// Bytes gathered before each write and progress update: one default chunk.
-const WRITE_BYTES: usize = 1 << 20;
+/// Bytes handed to the writer and not yet written: bounds memory when the disk is slower than
+/// the source.
+const UNWRITTEN_BYTES_MAX: usize = 16 << 20;
+/// Free space is checked before each this many bytes are written.
+const SPACE_CHECK_BYTES: u64 = 1 << 20;
 
 static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
 
@@ -37,16 +43,26 @@ impl Drop for TempFile {
 pub struct SequentialBlob<'a> {
     blob: Digest,
     layout: ChunkLayout,
-    builder: ChunkIndexBuilder,
-    temp: TempFile,
-    buffer: Vec<u8>,
-    written: u64,
+    arrived: u64,
+    arriving: Arc<ArrivingBytes>,
+    /// Chunks wholly on disk, as last told to readers.
+    chunks_had: u32,
+    pieces: mpsc::UnboundedSender<Bytes>,
+    unwritten: Arc<Semaphore>,
+    writer: tokio::task::JoinHandle<Result<Written, String>>,
     progress: &'a watch::Sender<Progress>,
-    space: DiskSpace,
+}
+
+/// What the writer thread hands back once every piece is on disk.
+struct Written {
+    temp: TempFile,
+    builder: ChunkIndexBuilder,
+    bytes: u64,
 }
 
 impl<'a> SequentialBlob<'a> {
-    /// Creates the file for `blob` of `size` bytes and tells readers its layout.
+    /// Creates the file for `blob` of `size` bytes, starts its writer and tells readers its
+    /// layout.
     pub fn create(
         store: &Store,
         blob: Digest,
@@ -71,20 +87,36 @@ impl<'a> SequentialBlob<'a> {
             path,
             file: Arc::new(file),
         };
+        let arriving = Arc::new(ArrivingBytes::default());
         progress.send_modify(|progress| {
             progress.layout = Some(layout);
             progress.file = Some(temp.file.clone());
+            progress.arriving = Some(arriving.clone());
             progress.have = Bitmap::new(layout.chunk_count());
         });
+        let (pieces, receiver) = mpsc::unbounded_channel();
+        let unwritten = Arc::new(Semaphore::new(UNWRITTEN_BYTES_MAX));
+        let writer = Writer {
+            written: Written {
+                temp,
+                builder,
+                bytes: 0,
+            },
+            space: store.space().clone(),
+            space_checked_to: 0,
+            arriving: arriving.clone(),
+            unwritten: unwritten.clone(),
+        };
         Ok(SequentialBlob {
             blob,
             layout,
-            builder,
-            temp,
-            buffer: Vec::with_capacity(WRITE_BYTES),
-            written: 0,
+            arrived: 0,
+            arriving,
+            chunks_had: 0,
+            pieces,
+            unwritten,
+            writer: tokio::task::spawn_blocking(move || writer.run(receiver)),
             progress,
-            space: store.space().clone(),
         })
     }
 
@@ -92,59 +124,82 @@ impl<'a> SequentialBlob<'a> {
         self.layout
     }
 
-    /// Adds the next bytes of the blob.
-    pub fn append(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let total = self.written + (self.buffer.len() + bytes.len()) as u64;
-        if total > self.layout.blob_size() {
+    /// Adds the next bytes of the blob: readers see them at once; they are written behind.
+    pub async fn append(&mut self, piece: Bytes) -> Result<(), String> {
+        if self.arrived + piece.len() as u64 > self.layout.blob_size() {
             return Err(format!(
                 "more than the {} bytes of {} arrived",
                 self.layout.blob_size(),
                 self.blob
             ));
         }
-        self.buffer.extend_from_slice(bytes);
-        if self.buffer.len() >= WRITE_BYTES {
-            self.flush()?;
+        let permits = piece.len().min(UNWRITTEN_BYTES_MAX) as u32;
+        let booked = self.unwritten.clone().acquire_many_owned(permits).await;
+        match booked {
+            Ok(booked) => booked.forget(),
+            Err(_) => return Err(self.writer_failure().await),
         }
+        self.arrived += piece.len() as u64;
+        self.arriving.push(piece.clone());
+        if self.pieces.send(piece).is_err() {
+            return Err(self.writer_failure().await);
+        }
+        let had = self.chunks_on_disk();
+        let newly_had = self.chunks_had..had;
+        self.chunks_had = had;
+        self.progress.send_modify(|progress| {
+            for chunk in newly_had {
+                progress.have.set(chunk);
+            }
+        });
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), String> {
-        if self.buffer.is_empty() {
-            return Ok(());
+    /// The chunks wholly written so far.
+    fn chunks_on_disk(&self) -> u32 {
+        let written = self.arriving.written();
+        if written >= self.layout.blob_size() {
+            return self.layout.chunk_count();
         }
-        let (builder, buffer, file) = (&mut self.builder, &self.buffer, &self.temp.file);
-        let space = &self.space;
-        tokio::task::block_in_place(|| {
-            builder.update(buffer);
-            space.check(buffer.len() as u64)?;
-            (&**file).write_all(buffer)
-        })
-        .map_err(|error| crate::store::io_error(&self.temp.path)(error).to_string())?;
-        self.written += self.buffer.len() as u64;
-        self.buffer.clear();
-        let have = chunks_within(&self.layout, self.written);
-        self.progress.send_modify(|progress| progress.have = have);
-        Ok(())
+        self.layout.chunk_at(written).unwrap_or(0)
     }
 
-    /// Checks the whole blob against its digest and moves it into the store with its index.
-    pub async fn finish(mut self, store: &Store) -> Result<(), String> {
-        self.flush()?;
-        if self.written != self.layout.blob_size() {
+    /// The writer's error, once it has stopped.
+    async fn writer_failure(&mut self) -> String {
+        match (&mut self.writer).await {
+            Ok(Err(error)) => error,
+            Ok(Ok(_)) => "the blob's writer stopped early".to_owned(),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    /// Waits for the writer, checks the whole blob against its digest and moves it into the
+    /// store with its index.
+    pub async fn finish(self, store: &Store) -> Result<(), String> {
+        let SequentialBlob {
+            blob,
+            layout,
+            arriving,
+            pieces,
+            writer,
+            progress,
+            ..
+        } = self;
+        drop(pieces);
+        let written = writer.await.map_err(|error| error.to_string())??;
+        if written.bytes != layout.blob_size() {
             return Err(format!(
-                "{} ended after {} of {} bytes",
-                self.blob,
-                self.written,
-                self.layout.blob_size()
+                "{blob} ended after {} of {} bytes",
+                written.bytes,
+                layout.blob_size()
             ));
         }
-        let index = self
+        let index = written
             .builder
             .finish()
             .map_err(|error| format!("wrong content: {error}"))?;
         let store = store.clone();
-        let temp = self.temp;
+        let temp = written.temp;
         tokio::task::spawn_blocking(move || {
             temp.file
                 .sync_all()
@@ -154,34 +209,110 @@ impl<'a> SequentialBlob<'a> {
                 .map_err(|error| error.to_string())
         })
         .await
-        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())??;
+        progress.send_modify(|progress| progress.have = Bitmap::full(layout.chunk_count()));
+        arriving.release();
+        Ok(())
     }
 }
 
-/// The chunks wholly within the first `written` bytes.
-fn chunks_within(layout: &ChunkLayout, written: u64) -> Bitmap {
-    let mut have = Bitmap::new(layout.chunk_count());
-    for chunk in 0..layout.chunk_count() {
-        match layout.chunk_range(chunk) {
-            Ok(range) if range.end <= written => {
-                have.set(chunk);
+/// Hashes and writes the pieces on a blocking thread, in order.
+struct Writer {
+    written: Written,
+    space: DiskSpace,
+    space_checked_to: u64,
+    arriving: Arc<ArrivingBytes>,
+    unwritten: Arc<Semaphore>,
+}
+
+impl Writer {
+    /// Writes pieces until the sender is dropped; on failure, the appender is woken by the
+    /// closed semaphore and asks for the error.
+    fn run(mut self, mut pieces: mpsc::UnboundedReceiver<Bytes>) -> Result<Written, String> {
+        while let Some(piece) = pieces.blocking_recv() {
+            if let Err(error) = self.write(&piece) {
+                self.unwritten.close();
+                return Err(crate::store::io_error(&self.written.temp.path)(error).to_string());
             }
-            _ => break,
+            self.unwritten
+                .add_permits(piece.len().min(UNWRITTEN_BYTES_MAX));
         }
+        Ok(self.written)
     }
-    have
+
+    fn write(&mut self, piece: &[u8]) -> std::io::Result<()> {
+        let written = &mut self.written;
+        let end = written.bytes + piece.len() as u64;
+        if end > self.space_checked_to {
+            self.space.check(piece.len() as u64 + SPACE_CHECK_BYTES)?;
+            self.space_checked_to = end + SPACE_CHECK_BYTES;
+        }
+        written.builder.update(piece);
+        (&*written.temp.file).write_all(piece)?;
+        written.bytes = end;
+        self.arriving.mark_written(end);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_whole_chunks_count_as_had() {
-        let layout = ChunkLayout::new(10 << 20, 4 << 20).unwrap();
-        assert_eq!(chunks_within(&layout, 0).count_ones(), 0);
-        assert_eq!(chunks_within(&layout, (4 << 20) - 1).count_ones(), 0);
-        assert_eq!(chunks_within(&layout, 4 << 20).count_ones(), 1);
-        assert_eq!(chunks_within(&layout, 10 << 20).count_ones(), 3);
+    /// A blob of three and a half 1 MiB chunks.
+    fn blob() -> Vec<u8> {
+        (0..(7u32 << 19)).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn readers_see_pieces_at_once_and_the_checked_blob_enters_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let bytes = blob();
+        let digest = Digest::of(&bytes);
+        let (progress, watcher) = watch::channel(Progress::default());
+        let mut file =
+            SequentialBlob::create(&store, digest, bytes.len() as u64, &progress).unwrap();
+        let arriving = watcher.borrow().arriving.clone().unwrap();
+        for (number, piece) in bytes.chunks(100_000).enumerate() {
+            file.append(Bytes::copy_from_slice(piece)).await.unwrap();
+            let position = (number * 100_000) as u64;
+            let seen = arriving.at(position, piece.len()).expect("just arrived");
+            assert_eq!(seen.as_ref(), piece);
+        }
+        file.finish(&store).await.unwrap();
+        assert!(store.has_blob(&digest).unwrap());
+        let progress = watcher.borrow();
+        assert_eq!(progress.have.count_ones(), 4, "every chunk is had");
+        assert!(arriving.at(0, 1).is_none(), "memory let go once stored");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_blob_that_does_not_match_its_digest_never_enters_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let mut bytes = blob();
+        let digest = Digest::of(&bytes);
+        bytes[12_345] ^= 1;
+        let (progress, _watcher) = watch::channel(Progress::default());
+        let mut file =
+            SequentialBlob::create(&store, digest, bytes.len() as u64, &progress).unwrap();
+        file.append(Bytes::from(bytes)).await.unwrap();
+        let error = file.finish(&store).await.unwrap_err();
+        assert!(error.contains("wrong content"), "{error}");
+        assert!(!store.has_blob(&digest).unwrap());
+        let leftovers = std::fs::read_dir(store.layout().tmp()).unwrap().count();
+        assert_eq!(leftovers, 0, "the temporary file is removed");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bytes_beyond_the_announced_size_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let bytes = blob();
+        let (progress, _watcher) = watch::channel(Progress::default());
+        let mut file = SequentialBlob::create(&store, Digest::of(&bytes), 1000, &progress).unwrap();
+        let error = file.append(Bytes::from(bytes)).await.unwrap_err();
+        assert!(error.contains("more than the 1000 bytes"), "{error}");
     }
 }

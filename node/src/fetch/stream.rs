@@ -1,10 +1,13 @@
 //! Streaming a blob to a gateway client while its transfer is still running: each chunk is
 //! read from the transfer's file as soon as it is there, in order, and the transfer is told
 //! which chunk the client waits for so that one is fetched first. A chunk from a peer is there
-//! once verified against the index; a chunk from an upstream once written (an upstream's bytes
-//! can only be checked whole, at the end, like any pull-through proxy's; a blob that fails that
-//! check never enters the store and the client's stream ends with an error).
+//! once verified against the index. Bytes from an upstream (or a peer relaying one) go to the
+//! client from memory the moment they arrive, and from the file once they are written and out
+//! of memory: an upstream's bytes can only be checked whole, at the end, like any pull-through
+//! proxy's; a blob that fails that check never enters the store and the client's stream ends
+//! with an error.
 
+use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -54,31 +57,34 @@ impl Reader {
             .chunk_range(chunk)
             .map_err(std::io::Error::other)?
             .end;
-        let file = self.wait_for(chunk).await?;
-        let length = (chunk_end.min(self.end) - self.position).min(PIECE_BYTES_MAX) as usize;
         let position = self.position;
-        tokio::task::spawn_blocking(move || {
-            let mut buffer = vec![0u8; length];
-            file.read_exact_at(&mut buffer, position)?;
-            Ok(Bytes::from(buffer))
-        })
-        .await
-        .map_err(std::io::Error::other)?
-    }
-
-    /// Waits until `chunk` is verified on disk (or the whole blob is), returning the file.
-    async fn wait_for(&mut self, chunk: u32) -> std::io::Result<Arc<std::fs::File>> {
+        let longest = (self.end - position).min(PIECE_BYTES_MAX);
         let mut announced = false;
         loop {
             let progress = self.transfer.progress();
             if let Some(Err(error)) = &progress.outcome {
                 return Err(std::io::Error::other(error.clone()));
             }
-            let done = matches!(progress.outcome, Some(Ok(())));
-            if let Some(file) = progress.file
-                && (done || progress.have.get(chunk))
+            if let Some(arriving) = &progress.arriving
+                && let Some(piece) = arriving.at(position, longest as usize)
             {
-                return Ok(file);
+                return Ok(piece);
+            }
+            let on_disk_to = if matches!(progress.outcome, Some(Ok(()))) {
+                layout.blob_size()
+            } else if progress.have.get(chunk) {
+                chunk_end
+            } else {
+                progress
+                    .arriving
+                    .as_ref()
+                    .map_or(0, |arriving| arriving.written())
+            };
+            if let Some(file) = progress.file
+                && on_disk_to > position
+            {
+                let length = (on_disk_to - position).min(longest) as usize;
+                return read_at(file, position, length).await;
             }
             if !announced {
                 self.transfer.focus(chunk);
@@ -90,4 +96,14 @@ impl Reader {
                 .map_err(std::io::Error::other)?;
         }
     }
+}
+
+async fn read_at(file: Arc<File>, position: u64, length: usize) -> std::io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        let mut buffer = vec![0u8; length];
+        file.read_exact_at(&mut buffer, position)?;
+        Ok(Bytes::from(buffer))
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }

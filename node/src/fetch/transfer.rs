@@ -347,6 +347,7 @@ impl Run<'_> {
                 self.progress.send_modify(|progress| {
                     progress.layout = None;
                     progress.file = None;
+                    progress.arriving = None;
                 });
                 match self.own_download() {
                     Some(download) => self.download(download).await,
@@ -391,7 +392,7 @@ impl Run<'_> {
                 &self.context.counters.bytes_received_from_peers,
                 bytes.len() as u64,
             );
-            file.append(&bytes)?;
+            file.append(bytes.into()).await?;
         }
         file.finish(&self.context.store)
             .await

@@ -67,7 +67,7 @@ pub async fn download(
     {
         Counters::add(&counters.bytes_from_upstream, piece.len() as u64);
         crate::rate::acquire(context.site_ingress.as_deref(), piece.len() as u64).await;
-        file.append(&piece)?;
+        file.append(piece).await?;
     }
     file.finish(store)
         .await
