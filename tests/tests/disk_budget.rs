@@ -1,6 +1,6 @@
 //! The disk budget end to end: `--cache-max` eviction (pinned images and blobs being served
-//! stay, evicted images come back from peers), a full disk during an import and a pull, and
-//! `shoal verify` finding corruption made behind the node's back.
+//! stay, evicted images come back from peers), a full disk during an import, a pull and an
+//! upstream download, and `shoal verify` finding corruption made behind the node's back.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -8,10 +8,11 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
-use shoal_tests::clients::{is_ci, wait_until};
+use shoal_tests::clients::{is_ci, require_tools, wait_until};
 use shoal_tests::http;
 use shoal_tests::image::{Blob, GeneratedImage, ImageSpec, corrupt_file};
 use shoal_tests::node::{ShoalNode, counter, shoal};
+use shoal_tests::registry::{DockerRegistry, push_oci_layout};
 
 /// Generous bound on events in a loaded 2-core machine; waits end as soon as the event happens.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -204,6 +205,26 @@ impl Tmpfs {
     }
 }
 
+/// A 24 MiB tmpfs at `dir`; `None` (the test skips) when mounting is not allowed outside CI.
+fn small_disk(dir: &Path) -> Option<Tmpfs> {
+    match Tmpfs::mount(dir, "24m") {
+        Ok(tmpfs) => Some(tmpfs),
+        Err(error) if !is_ci() => {
+            eprintln!("SKIPPED: cannot mount a tmpfs (run as root): {error:#}");
+            None
+        }
+        Err(error) => panic!("CI=true needs a tmpfs for this test: {error:#}"),
+    }
+}
+
+/// Asserts nothing half-written was left in the data directory at `disk`.
+fn no_leftovers(disk: &Path) {
+    for leftovers in ["tmp", "partial"] {
+        let entries = std::fs::read_dir(disk.join(leftovers)).unwrap().count();
+        assert_eq!(entries, 0, "{leftovers}/ holds {entries} entries");
+    }
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let unmounted = Command::new("umount").arg(&self.dir).status();
@@ -217,14 +238,8 @@ impl Drop for Tmpfs {
 fn a_full_disk_fails_the_request_that_hit_it_and_the_node_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk");
-    let mounted = Tmpfs::mount(&disk, "24m");
-    let _tmpfs = match mounted {
-        Ok(tmpfs) => tmpfs,
-        Err(error) if !is_ci() => {
-            eprintln!("SKIPPED: cannot mount a tmpfs (run as root): {error:#}");
-            return;
-        }
-        Err(error) => panic!("CI=true needs a tmpfs for this test: {error:#}"),
+    let Some(_tmpfs) = small_disk(&disk) else {
+        return;
     };
     let seed = ShoalNode::start(&dir.path().join("seed"), &[]).unwrap();
     let big = image(dir.path(), "big", 31, &[32 * MIB]);
@@ -262,10 +277,7 @@ fn a_full_disk_fails_the_request_that_hit_it_and_the_node_keeps_serving() {
         kept < 64 * 1024,
         "{kept} bytes of the big image stayed: {status}"
     );
-    for leftovers in ["tmp", "partial"] {
-        let entries = std::fs::read_dir(disk.join(leftovers)).unwrap().count();
-        assert_eq!(entries, 0, "{leftovers}/ holds {entries} entries");
-    }
+    no_leftovers(&disk);
     for blob in &small.blobs {
         assert!(is_stored(&node, blob));
     }
@@ -325,4 +337,44 @@ fn verify_removes_a_blob_corrupted_behind_the_nodes_back_and_it_is_never_served(
     assert_eq!((code, digest), (200, intact.digest));
     let again = run_ok(&node, "verify", &[]);
     assert!(again.contains("all intact"), "{again}");
+}
+
+#[test]
+fn an_upstream_download_that_meets_a_full_disk_fails_its_client_and_stores_nothing() {
+    if !require_tools(&["docker-registry", "skopeo"]).unwrap() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let Some(_tmpfs) = small_disk(&disk) else {
+        return;
+    };
+    let registry = DockerRegistry::start().unwrap();
+    let big = image(dir.path(), "big", 34, &[32 * MIB]);
+    push_oci_layout(&big.path, &registry, "library/big:1").unwrap();
+    let upstream = format!("docker.io={}", registry.url());
+    let node = ShoalNode::start(&disk, &["--upstream", &upstream]).unwrap();
+    let small = image(dir.path(), "small", 35, &[2 * MIB]);
+    node.import_ok(&small.path, Some("full/small:1")).unwrap();
+    let before = node.status().unwrap()["store"].clone();
+
+    // The client gets the layer's first bytes as they arrive, then an error instead of the
+    // rest: never a whole body that is not the blob.
+    let fetched = http::get_digest(&blob_url(&node, "library/big", &layer(&big)));
+    if let Ok((code, digest, length)) = &fetched {
+        assert!(
+            *code != 200 || (*digest != layer(&big).digest && *length < layer(&big).size),
+            "a full disk still gave the client {fetched:?}"
+        );
+    }
+    wait_until("the download to fail", EVENT_TIMEOUT, || {
+        Ok(node.logs().contains("disk full"))
+    })
+    .unwrap();
+    assert!(!is_stored(&node, &layer(&big)));
+    assert_eq!(node.status().unwrap()["store"], before);
+    no_leftovers(&disk);
+    let (code, digest, _) =
+        http::get_digest(&blob_url(&node, "full/small", &layer(&small))).unwrap();
+    assert_eq!((code, digest), (200, layer(&small).digest));
 }
