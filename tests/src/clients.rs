@@ -896,6 +896,18 @@ impl Containerd {
         self.dir.path()
     }
 
+    /// The daemon's process id (for its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Where the content store keeps the blob with sha256 `hex`.
+    pub fn content_blob(&self, hex: &str) -> PathBuf {
+        self.dir()
+            .join("root/io.containerd.content.v1.content/blobs/sha256")
+            .join(hex)
+    }
+
     /// The gRPC socket (`ctr -a`).
     pub fn socket(&self) -> &Path {
         &self.socket

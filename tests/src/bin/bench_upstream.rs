@@ -18,12 +18,15 @@
 //! The node is then stopped and its data removed; the next client gets a fresh one.
 //!
 //! Clients: curl, one process fetching the manifest by tag and then every blob (config and
-//! layers) in order over one keep-alive connection, into files; and `skopeo copy
-//! docker://... dir:...`. Wall time of the client process; for curl also the sum over its
+//! layers) in order over one keep-alive connection, into files; `skopeo copy
+//! docker://... dir:...`; and containerd, `ctr content fetch` into a fresh containerd's content
+//! store (what a runtime's pull downloads, before unpacking; three layers at a time). Wall
+//! time of the client process; for curl also the sum over its
 //! requests of the time to the first byte, where a node's wait before it goes to the upstream
 //! shows. Every pull's manifest and blobs are hashed afterwards (untimed) and must match the
 //! image's digests; a cold pull must have taken the image from the upstream, a warm one
-//! nothing. CPU seconds of the client, the registry and the node come from `/proc`, and the
+//! nothing. CPU seconds of the client (with containerd's daemon), the registry and the node
+//! come from `/proc`, and the
 //! node's peak RSS (`VmHWM`) is read after its warm pull.
 //!
 //! Benchmarks print, they do not assert timings; the program fails only on wrong bytes.
@@ -34,7 +37,7 @@
 
 use std::fmt::Write as _;
 use std::io::Read as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,15 +47,16 @@ use shoal_tests::bench::{
     child_pid_named, children_cpu_seconds, cpu_seconds, first_line_of, machine_description, median,
     peak_rss_bytes,
 };
-use shoal_tests::clients::{find_tool, wait_until};
+use shoal_tests::clients::{Containerd, find_tool, wait_until};
 use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
 use shoal_tests::node::{ShoalNode, shoal_binary};
 use shoal_tests::registry::{DockerRegistry, push_oci_layout};
 
 const USAGE: &str = "\
-usage: bench_upstream [--rounds N] [--size-mb N] [--seed N] [--keep]
+usage: bench_upstream [--rounds N] [--size-mb N] [--seed N] [--clients LIST] [--keep]
 
-Pushes an image into docker-registry and pulls it with curl and skopeo straight from the
+Pushes an image into docker-registry and pulls it with curl, skopeo and containerd's ctr
+straight from the
 registry (direct), through a fresh Shoal node whose upstream is that registry (cold), and again
 from that node (warm), alternating in every round, all on 127.0.0.1; prints medians and ratios.
 
@@ -60,6 +64,7 @@ from that node (warm), alternating in every round, all on 127.0.0.1; prints medi
                 (default 5)
   --size-mb N   approximate image size in MB (10^6 bytes), in layers of 20-60 MiB (default 200)
   --seed N      seed of the generated image (default 7)
+  --clients L   comma-separated clients to run: curl, skopeo, ctr (default all three)
   --keep        keep the scratch directory (node data and logs) and print its path
 
 Run with --release: the shoal binary measured is built with the benchmark's own profile
@@ -82,6 +87,7 @@ struct Options {
     rounds: usize,
     size_mb: u64,
     seed: u64,
+    clients: Vec<Client>,
     keep: bool,
 }
 
@@ -90,6 +96,7 @@ fn parse_options() -> Result<Option<Options>> {
         rounds: 5,
         size_mb: 200,
         seed: 7,
+        clients: Client::ALL.to_vec(),
         keep: false,
     };
     let mut args = std::env::args().skip(1);
@@ -117,6 +124,18 @@ fn parse_options() -> Result<Option<Options>> {
                 .next()
                 .with_context(|| format!("{flag} needs a value\n{USAGE}"))?,
         };
+        if flag == "--clients" {
+            options.clients = value
+                .split(',')
+                .map(|name| {
+                    Client::ALL
+                        .into_iter()
+                        .find(|client| client.name() == name)
+                        .with_context(|| format!("unknown client {name}\n{USAGE}"))
+                })
+                .collect::<Result<_>>()?;
+            continue;
+        }
         let number: u64 = value
             .parse()
             .with_context(|| format!("{flag} {value}: not a number"))?;
@@ -128,6 +147,10 @@ fn parse_options() -> Result<Option<Options>> {
         }
     }
     ensure!(options.rounds > 0, "--rounds must be at least 1");
+    ensure!(
+        !options.clients.is_empty(),
+        "--clients needs at least one client"
+    );
     ensure!(options.size_mb > 0, "--size-mb must be at least 1");
     Ok(Some(options))
 }
@@ -146,7 +169,7 @@ fn run() -> Result<()> {
     let Some(options) = parse_options()? else {
         return Ok(());
     };
-    for tool in ["curl", "skopeo", "docker-registry"] {
+    for tool in ["curl", "skopeo", "containerd", "ctr", "docker-registry"] {
         ensure!(
             find_tool(tool).is_some(),
             "{tool} is not installed (see docs/real-clients.md)"
@@ -170,15 +193,43 @@ fn run() -> Result<()> {
 enum Client {
     Curl,
     Skopeo,
+    Ctr,
 }
 
 impl Client {
-    const ALL: [Client; 2] = [Self::Curl, Self::Skopeo];
+    const ALL: [Client; 3] = [Self::Curl, Self::Skopeo, Self::Ctr];
 
     fn name(self) -> &'static str {
         match self {
             Self::Curl => "curl",
             Self::Skopeo => "skopeo",
+            Self::Ctr => "ctr",
+        }
+    }
+}
+
+/// Where a pull left the image.
+enum Pulled {
+    /// Files named as skopeo's `dir:` names them: `manifest.json` and each blob's hex digest.
+    Dir(tempfile::TempDir),
+    /// A containerd's content store.
+    Containerd(Containerd),
+}
+
+impl Pulled {
+    fn manifest(&self, digest: &str) -> PathBuf {
+        match self {
+            Self::Dir(dir) => dir.path().join("manifest.json"),
+            Self::Containerd(containerd) => {
+                containerd.content_blob(digest.trim_start_matches("sha256:"))
+            }
+        }
+    }
+
+    fn blob(&self, blob: &Blob) -> PathBuf {
+        match self {
+            Self::Dir(dir) => dir.path().join(blob.hex()),
+            Self::Containerd(containerd) => containerd.content_blob(blob.hex()),
         }
     }
 }
@@ -351,8 +402,9 @@ impl Bench {
         println!("bench_upstream: pulls through Shoal from an upstream, against direct pulls");
         println!("machine: {}", machine_description());
         println!(
-            "clients: {curl}; {}",
-            first_line_of(Command::new("skopeo").arg("--version"))?
+            "clients: {curl}; {}; {}",
+            first_line_of(Command::new("skopeo").arg("--version"))?,
+            first_line_of(Command::new("ctr").arg("--version"))?
         );
         println!(
             "upstream: {} at {}; shoal {}",
@@ -373,12 +425,12 @@ impl Bench {
         println!(
             "{} rounds; per round and client: direct, cold (fresh node), warm (same node), in \
              rotating order; curl fetches the manifest and every blob over one connection into \
-             files, skopeo copies to dir:",
+             files, skopeo copies to dir:, ctr content fetch into a fresh containerd",
             self.options.rounds
         );
         println!(
-            "MB = 10^6 bytes; CPU = user+system seconds of the client, the registry and the \
-             node processes"
+            "MB = 10^6 bytes; CPU = user+system seconds of the client (ctr: with its \
+             containerd), the registry and the node processes"
         );
         Ok(())
     }
@@ -387,7 +439,7 @@ impl Bench {
     /// the page cache with its files.
     fn warm_up(&self) -> Result<()> {
         let started = Instant::now();
-        for client in Client::ALL {
+        for &client in &self.options.clients {
             self.pull(client, &self.registry.host(), "docker-registry")?;
         }
         eprintln!(
@@ -403,7 +455,7 @@ impl Bench {
     fn measure(&mut self) -> Result<Vec<Run>> {
         let mut runs = Vec::new();
         for round in 1..=self.options.rounds {
-            for client in Client::ALL {
+            for client in self.options.clients.clone() {
                 let order = Mode::ORDERS[(round - 1) % Mode::ORDERS.len()];
                 runs.extend(self.round(round, client, order)?);
             }
@@ -427,14 +479,16 @@ impl Bench {
                 Mode::Direct => self.registry.host(),
                 Mode::Cold | Mode::Warm => node.gateway().to_string(),
             };
+            let daemon = self.start_daemon(client)?;
+            let daemon_cpu = || daemon.as_ref().map_or(Ok(0.0), |d| cpu_seconds(d.pid()));
             let upstream_before = upstream_bytes(&node)?;
             let node_before = cpu_seconds(node_pid)?;
             let registry_before = cpu_seconds(self.registry_pid)?;
-            let client_before = children_cpu_seconds()?;
+            let client_before = children_cpu_seconds()? + daemon_cpu()?;
             let started = Instant::now();
-            let (dest, first_bytes) = self.pull_timed(client, &host)?;
+            let (first_bytes, dest) = self.pull_timed(client, &host, daemon.as_ref())?;
             let seconds = started.elapsed().as_secs_f64();
-            let client_cpu = children_cpu_seconds()? - client_before;
+            let client_cpu = children_cpu_seconds()? + daemon_cpu()? - client_before;
             let registry_cpu = cpu_seconds(self.registry_pid)? - registry_before;
             let settle_seconds = match mode {
                 Mode::Cold => {
@@ -446,11 +500,9 @@ impl Bench {
             };
             let node_cpu = cpu_seconds(node_pid)? - node_before;
             self.check_pulled(
-                client,
-                dest.path(),
+                &self.pulled(dest, daemon)?,
                 &format!("{} {}", client.name(), mode.name()),
             )?;
-            drop(dest);
             let from_upstream = upstream_bytes(&node)? - upstream_before;
             match mode {
                 Mode::Direct => {}
@@ -501,22 +553,54 @@ impl Bench {
 
     /// An untimed, checked pull (for the warm-up).
     fn pull(&self, client: Client, host: &str, server: &str) -> Result<()> {
-        let (dest, _) = self.pull_timed(client, host)?;
-        self.check_pulled(client, dest.path(), server)
+        let daemon = self.start_daemon(client)?;
+        let (_, dest) = self.pull_timed(client, host, daemon.as_ref())?;
+        self.check_pulled(&self.pulled(dest, daemon)?, server)
     }
 
-    /// Pulls the image from `host` with `client` into a fresh directory, which it returns
-    /// with curl's total wait for first bytes.
-    fn pull_timed(&self, client: Client, host: &str) -> Result<(tempfile::TempDir, Option<f64>)> {
+    /// A fresh containerd for a ctr pull (started before the clock does); nothing for the
+    /// other clients.
+    fn start_daemon(&self, client: Client) -> Result<Option<Containerd>> {
+        match client {
+            Client::Ctr => Containerd::start().map(Some),
+            Client::Curl | Client::Skopeo => Ok(None),
+        }
+    }
+
+    /// Pulls the image from `host` with `client`: into a fresh directory, which it returns
+    /// with curl's total wait for first bytes, or into `daemon`'s content store.
+    fn pull_timed(
+        &self,
+        client: Client,
+        host: &str,
+        daemon: Option<&Containerd>,
+    ) -> Result<(Option<f64>, Option<tempfile::TempDir>)> {
         let dest = tempfile::TempDir::with_prefix_in("pulled-", self.scratch.path())?;
-        let first_bytes = match client {
-            Client::Curl => Some(self.curl_pull(host, dest.path())?),
-            Client::Skopeo => {
+        Ok(match (client, daemon) {
+            (Client::Curl, _) => (Some(self.curl_pull(host, dest.path())?), Some(dest)),
+            (Client::Skopeo, _) => {
                 skopeo_copy(host, dest.path())?;
-                None
+                (None, Some(dest))
             }
-        };
-        Ok((dest, first_bytes))
+            (Client::Ctr, Some(containerd)) => {
+                ctr_fetch(containerd, host)?;
+                (None, None)
+            }
+            (Client::Ctr, None) => bail!("ctr needs a containerd"),
+        })
+    }
+
+    /// Where the pull that wrote `dest` (or into `daemon`) left the image.
+    fn pulled(
+        &self,
+        dest: Option<tempfile::TempDir>,
+        daemon: Option<Containerd>,
+    ) -> Result<Pulled> {
+        match (dest, daemon) {
+            (Some(dest), _) => Ok(Pulled::Dir(dest)),
+            (None, Some(containerd)) => Ok(Pulled::Containerd(containerd)),
+            (None, None) => bail!("a pull left the image nowhere"),
+        }
     }
 
     /// One curl process GETs the manifest by tag and then every blob, over one keep-alive
@@ -568,10 +652,10 @@ impl Bench {
         Ok(first_bytes)
     }
 
-    /// Checks that `dir` holds the image's manifest and every blob, byte for byte.
-    fn check_pulled(&self, client: Client, dir: &Path, what: &str) -> Result<()> {
-        let manifest = std::fs::read(dir.join("manifest.json"))
-            .with_context(|| format!("{} wrote no manifest ({what})", client.name()))?;
+    /// Checks that the pull left the image's manifest and every blob, byte for byte.
+    fn check_pulled(&self, pulled: &Pulled, what: &str) -> Result<()> {
+        let manifest = std::fs::read(pulled.manifest(&self.image.manifest_digest))
+            .with_context(|| format!("{what}: no manifest was written"))?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest)));
         ensure!(
             digest == self.image.manifest_digest,
@@ -579,8 +663,7 @@ impl Bench {
             self.image.manifest_digest
         );
         for blob in &self.blobs {
-            let path = dir.join(blob.hex());
-            let (digest, size) = file_digest(&path)?;
+            let (digest, size) = file_digest(&pulled.blob(blob))?;
             ensure!(
                 (digest.as_str(), size) == (blob.digest.as_str(), blob.size),
                 "{what}: got {size} bytes hashing to {digest} for {}, expected {} bytes",
@@ -613,7 +696,7 @@ impl Bench {
             "node CPU s",
             "stored after (s)"
         );
-        for client in Client::ALL {
+        for &client in &self.options.clients {
             for mode in Mode::ALL {
                 let selected = select(runs, client, mode);
                 let figure = |value: fn(&Run) -> Option<f64>, width: usize, precision: usize| {
@@ -648,7 +731,7 @@ impl Bench {
 
         println!();
         println!("ratios of median seconds (lower is faster):");
-        for client in Client::ALL {
+        for &client in &self.options.clients {
             let seconds = |mode| median(select(runs, client, mode).iter().map(|run| run.seconds));
             let (Some(direct), Some(cold), Some(warm)) = (
                 seconds(Mode::Direct),
@@ -692,16 +775,37 @@ fn verdict(met: bool) -> &'static str {
 /// `skopeo copy` of the image into `dest` (a `dir:` destination); skopeo checks every digest
 /// as it copies.
 fn skopeo_copy(host: &str, dest: &Path) -> Result<()> {
-    let output = Command::new("skopeo")
-        .args(["copy", "--quiet", "--src-tls-verify=false"])
-        .arg(format!("docker://{host}/{REPO}:{TAG}"))
-        .arg(format!("dir:{}", dest.display()))
+    run_client(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--src-tls-verify=false"])
+            .arg(format!("docker://{host}/{REPO}:{TAG}"))
+            .arg(format!("dir:{}", dest.display())),
+        &format!("skopeo copy from {host}"),
+    )
+}
+
+/// `ctr content fetch` of the image into `containerd`'s content store; containerd checks every
+/// digest as it writes.
+fn ctr_fetch(containerd: &Containerd, host: &str) -> Result<()> {
+    run_client(
+        containerd
+            .ctr()
+            .args(["content", "fetch", "--plain-http"])
+            .arg(format!("{host}/{REPO}:{TAG}")),
+        &format!("ctr content fetch from {host}"),
+    )
+}
+
+/// Runs a timed client to its end (waiting on it directly, not polling, so that its wall time
+/// is exact); an error quotes its stderr.
+fn run_client(command: &mut Command, what: &str) -> Result<()> {
+    let output = command
         .stdin(Stdio::null())
         .output()
-        .context("cannot run skopeo")?;
+        .with_context(|| format!("cannot run {what}"))?;
     ensure!(
         output.status.success(),
-        "skopeo copy from {host} failed: {}",
+        "{what} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(())
