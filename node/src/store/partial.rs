@@ -421,6 +421,26 @@ mod tests {
         assert!(store.has_blob(&digest).unwrap());
     }
 
+    /// Without direct I/O (tmpfs, or a file system that refuses it), the same works through
+    /// the page cache, read-backs for the running hash included.
+    #[test]
+    fn chunks_complete_through_the_page_cache_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..CHUNK_BYTES_MIN * 5).map(|i| (i % 13) as u8).collect();
+        let digest = Digest::of(&bytes);
+        let index = index_of(&bytes, digest);
+        let mut partial = PartialBlob::open(&store, index.clone()).unwrap();
+        partial.direct = None;
+        for chunk in [4, 2, 0, 1, 3] {
+            partial
+                .write_chunk(chunk, &chunk_of(&bytes, &index, chunk))
+                .unwrap();
+        }
+        partial.complete().unwrap();
+        assert!(store.has_blob(&digest).unwrap());
+    }
+
     /// An index that lies about the blob (its chunks hash right, the whole does not) is
     /// caught when the blob completes, and the partial blob is removed.
     #[test]
