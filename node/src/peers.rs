@@ -135,16 +135,7 @@ impl PeerService {
         let response = match inbound.request {
             Request::Have { blob } => self.have(blob).await,
             Request::Index { blob } => self.index(blob).await,
-            Request::Chunk { blob, chunk } => match self.chunk(inbound.peer, blob, chunk).await {
-                Response::Chunk(bytes) => {
-                    let paced = self.pace(inbound.peer, bytes).await;
-                    if matches!(paced, Response::Busy) {
-                        self.seeding.unrecord(blob, chunk);
-                    }
-                    paced
-                }
-                other => other,
-            },
+            Request::Chunk { blob, chunk } => self.chunk(inbound.peer, blob, chunk).await,
             Request::Fetch {
                 blob,
                 repository,
@@ -161,25 +152,29 @@ impl PeerService {
         self.network.respond(inbound.id, response).await;
     }
 
-    /// Lets a chunk leave within the egress limit, or answers `Busy` when the link already has
-    /// [`EGRESS_BACKLOG_MAX`] of work queued: the requester then asks another peer instead of
-    /// waiting behind a saturated uplink.
+    /// Waits until `length` bytes may leave within the egress limit, or returns `false` at
+    /// once when the link already has [`EGRESS_BACKLOG_MAX`] of work queued: the requester
+    /// then asks another peer instead of waiting behind a saturated uplink. Decided before
+    /// the chunk is read, so a refusal costs no read and no buffer.
     /// A peer outside this node's site also waits for `--max-site-egress`.
-    async fn pace(&self, peer: PeerId, bytes: Vec<u8>) -> Response {
-        let length = bytes.len() as u64;
+    async fn pace(&self, peer: PeerId, length: u64) -> bool {
         let outside = self.locality.outside(&peer);
         let site_egress = self.site_egress.as_ref().filter(|_| outside);
         for limiter in [self.egress.as_ref(), site_egress].into_iter().flatten() {
             if !limiter.acquire_within(length, EGRESS_BACKLOG_MAX).await {
-                return Response::Busy;
+                return false;
             }
         }
+        true
+    }
+
+    /// Counts a chunk of `length` bytes sent to `peer`.
+    fn sent(&self, peer: PeerId, length: u64) {
         Counters::add(&self.counters.bytes_sent_to_peers, length);
-        if outside {
+        if self.locality.outside(&peer) {
             Counters::add(&self.counters.bytes_sent_to_other_sites, length);
         }
         self.locality.record_sent(peer, length);
-        Response::Chunk(bytes)
     }
 
     /// Starts fetching `blob` from the upstream a peer chose this node to fetch it from; the
@@ -261,29 +256,42 @@ impl PeerService {
         }
     }
 
+    /// A chunk from the store (within super-seeding's rule) or from a transfer in progress,
+    /// once the egress limit lets it leave.
     async fn chunk(&self, peer: PeerId, blob: Digest, chunk: u32) -> Response {
         let seeding = self.seeding.clone();
         let stored = self
             .blocking(move |store| {
                 let index = store.chunk_index(&blob).ok().flatten()?;
-                let _serving = store.lease(blob);
                 if !seeding.admit(peer, blob, chunk, index.chunk_count()) {
-                    return Some(Stored::Refused);
+                    return Some(None);
                 }
-                let bytes = store
-                    .open_blob(&blob)
-                    .ok()
-                    .flatten()
-                    .and_then(|(file, _)| read_chunk(&file, &index.layout(), chunk));
-                if bytes.is_none() {
-                    seeding.unrecord(blob, chunk);
-                }
-                bytes.map(Stored::Bytes)
+                Some(Some(index.layout()))
             })
             .await;
         let bytes = match stored {
-            Some(Stored::Refused) => return Response::Busy,
-            Some(Stored::Bytes(bytes)) => Some(bytes),
+            Some(None) => return Response::Busy,
+            Some(Some(layout)) => {
+                let Ok(length) = layout.chunk_len(chunk) else {
+                    self.seeding.unrecord(blob, chunk);
+                    return Response::NotFound;
+                };
+                if !self.pace(peer, length.into()).await {
+                    self.seeding.unrecord(blob, chunk);
+                    return Response::Busy;
+                }
+                let read = self
+                    .blocking(move |store| {
+                        let _serving = store.lease(blob);
+                        let (file, _) = store.open_blob(&blob).ok().flatten()?;
+                        read_chunk(&file, &layout, chunk)
+                    })
+                    .await;
+                if read.is_none() {
+                    self.seeding.unrecord(blob, chunk);
+                }
+                read
+            }
             None => match self.partial(blob).await {
                 // A chunk of a blob still coming from an upstream is served unchecked (there
                 // is no index yet): the peer relaying it checks the whole blob at the end.
@@ -291,6 +299,12 @@ impl PeerService {
                     let (Some(layout), Some(file)) = (progress.layout, progress.file) else {
                         return Response::NotFound;
                     };
+                    let Ok(length) = layout.chunk_len(chunk) else {
+                        return Response::NotFound;
+                    };
+                    if !self.pace(peer, length.into()).await {
+                        return Response::Busy;
+                    }
                     tokio::task::spawn_blocking(move || read_chunk(&file, &layout, chunk))
                         .await
                         .ok()
@@ -304,17 +318,12 @@ impl PeerService {
                 if self.corrupt_chunks && !bytes.is_empty() {
                     bytes[0] ^= 0xff;
                 }
+                self.sent(peer, bytes.len() as u64);
                 Response::Chunk(bytes)
             }
             None => Response::NotFound,
         }
     }
-}
-
-/// A chunk of a blob held whole: its bytes, or refused for now by super-seeding.
-enum Stored {
-    Refused,
-    Bytes(Vec<u8>),
 }
 
 fn read_chunk(

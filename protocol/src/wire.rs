@@ -133,6 +133,46 @@ fn decode_payload<T: DeserializeOwned, C: Config>(
     bincode::serde::decode_from_slice(payload, config).map_err(WireError::Decode)
 }
 
+/// The bytes at the start of a frame that [`chunk_response_offset`] reads: the version, the
+/// variant and the longest varint length (a marker byte and a u64).
+pub const FRAME_HEAD_BYTES: usize = 1 + 1 + 9;
+
+/// The variant index of [`Response::Chunk`] as bincode writes it (one varint byte).
+const CHUNK_VARIANT: u8 = 2;
+
+/// Where the bytes of a [`Response::Chunk`] begin in a frame of `frame_len` bytes (at most
+/// [`RESPONSE_BYTES_MAX`]) whose first bytes are `head` (the first `FRAME_HEAD_BYTES`, or the
+/// whole frame if shorter); `None` for any other frame. The chunk's bytes run to the end of the
+/// frame, so a transport can read them straight into their own buffer instead of reading the
+/// frame and decoding a copy of it. Agrees with [`decode`]: whenever this says `Some(offset)`,
+/// the frame decodes to `Response::Chunk(frame[offset..])`.
+pub fn chunk_response_offset(head: &[u8], frame_len: usize) -> Option<usize> {
+    if frame_len > RESPONSE_BYTES_MAX
+        || head.len() != frame_len.min(FRAME_HEAD_BYTES)
+        || head.get(..2)? != [WIRE_VERSION, CHUNK_VARIANT]
+    {
+        return None;
+    }
+    let (length, used): (u64, usize) =
+        bincode::decode_from_slice(&head[2..], config::<{ 2 * FRAME_BYTES_MAX }>()).ok()?;
+    let offset = 2 + used;
+    (offset as u64 + length == frame_len as u64).then_some(offset)
+}
+
+/// The first bytes of the frame of a [`Response::Chunk`] of `length` bytes: with the chunk's
+/// bytes after them, exactly [`encode`] of that response. Lets a transport send a chunk from
+/// its own buffer instead of copying it into a frame first.
+pub fn chunk_response_head(length: usize) -> Result<Vec<u8>, WireError> {
+    let mut head = vec![WIRE_VERSION, CHUNK_VARIANT];
+    bincode::encode_into_std_write(
+        length as u64,
+        &mut head,
+        bincode::config::standard().with_no_limit(),
+    )
+    .map_err(WireError::Encode)?;
+    Ok(head)
+}
+
 /// What one node asks another about a blob (or the announcement book).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Request {
@@ -344,6 +384,34 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn chunk_frames_are_found_by_their_head() {
+        assert_eq!(
+            Response::Chunk(Vec::new()).encode().unwrap()[1],
+            CHUNK_VARIANT
+        );
+        for len in [
+            0,
+            1,
+            250,
+            251,
+            65_535,
+            65_536,
+            1 << 20,
+            CHUNK_BYTES_MAX as usize,
+        ] {
+            let frame = Response::Chunk(vec![7; len]).encode().unwrap();
+            let head = &frame[..frame.len().min(FRAME_HEAD_BYTES)];
+            let offset = chunk_response_offset(head, frame.len()).unwrap();
+            assert_eq!(frame.len() - offset, len, "{len}");
+            assert_eq!(chunk_response_head(len).unwrap(), frame[..offset]);
+            // A frame cut short, or longer than its chunk, is not a chunk frame.
+            assert_eq!(chunk_response_offset(head, frame.len() + 1), None);
+        }
+        let frame = Response::Busy.encode().unwrap();
+        assert_eq!(chunk_response_offset(&frame, frame.len()), None);
+    }
+
     proptest! {
         #[test]
         fn requests_round_trip(request in arbitrary_request()) {
@@ -355,7 +423,12 @@ mod tests {
         #[test]
         fn responses_round_trip(response in arbitrary_response()) {
             let frame = response.encode().unwrap();
-            prop_assert_eq!(Response::decode(&frame).unwrap(), response);
+            prop_assert_eq!(Response::decode(&frame).unwrap(), response.clone());
+            let head = &frame[..frame.len().min(FRAME_HEAD_BYTES)];
+            match (&response, chunk_response_offset(head, frame.len())) {
+                (Response::Chunk(bytes), Some(offset)) => prop_assert_eq!(&frame[offset..], &bytes[..]),
+                (_, offset) => prop_assert_eq!(offset, None),
+            }
         }
 
         #[test]
@@ -370,6 +443,10 @@ mod tests {
             }
             if let Ok(response) = Response::decode(&bytes) {
                 prop_assert_eq!(Response::decode(&response.encode().unwrap()).unwrap(), response);
+            }
+            let head = &bytes[..bytes.len().min(FRAME_HEAD_BYTES)];
+            if let Some(offset) = chunk_response_offset(head, bytes.len()) {
+                prop_assert_eq!(Response::decode(&bytes).unwrap(), Response::Chunk(bytes[offset..].to_vec()));
             }
         }
 

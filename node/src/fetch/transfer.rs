@@ -50,6 +50,11 @@ const UPSTREAM_AFTER: Duration = Duration::from_secs(1);
 /// A peer fetching from the upstream for this node that shows no progress for this long is
 /// given up on, and this node downloads the blob itself.
 const DELEGATE_STALL: Duration = Duration::from_secs(10);
+/// How long a transfer must have seen only peers holding the whole blob before it asks for
+/// chunks front to back (so that its sha256 runs while they arrive): two rounds of
+/// [`PEER_REFRESH`], time for the other fetchers of a fleet that starts together to show up.
+/// With them, chunks are picked in a random order, so that fetchers spread and trade.
+const IN_ORDER_AFTER: Duration = Duration::from_secs(1);
 /// Chunk requests in flight to a peer relaying a blob it is downloading from its upstream.
 const RELAY_WINDOW: usize = 4;
 /// How often a relaying peer is asked again for a chunk it does not have yet.
@@ -104,6 +109,9 @@ struct Run<'a> {
     lookup_running: bool,
     /// Have requests not answered yet.
     haves_pending: usize,
+    /// Whether a peer that was still fetching the blob itself has answered a `Have`: then
+    /// this is a swarm, and chunks are never asked for in order.
+    swarm_seen: bool,
     /// The peers connected when last asked, candidates to fetch from the upstream.
     connected: HashSet<PeerId>,
     origin: Option<Origin>,
@@ -140,6 +148,7 @@ pub async fn run(
         last_receipt: Instant::now(),
         lookup_running: false,
         haves_pending: 0,
+        swarm_seen: false,
         connected: HashSet::new(),
         origin,
         fallback: Fallback::Undecided,
@@ -196,6 +205,7 @@ pub async fn run(
             Some(chunk) = focus.recv() => run.feed(Event::Focus { chunk }).await,
             _ = tick.tick() => {
                 run.check_timeouts()?;
+                run.choose_order();
                 run.feed(Event::Tick).await;
             }
             _ = persist.tick() => {
@@ -414,6 +424,15 @@ impl Run<'_> {
         }
     }
 
+    /// Chunks front to back while only whole copies of the blob are around (see
+    /// [`IN_ORDER_AFTER`]), in a random order once a swarm shows.
+    fn choose_order(&mut self) {
+        let in_order = !self.swarm_seen && self.started.elapsed() >= IN_ORDER_AFTER;
+        if let Some(scheduler) = &mut self.scheduler {
+            scheduler.set_in_order(in_order);
+        }
+    }
+
     fn check_timeouts(&self) -> Result<(), String> {
         let waiting_on_upstream =
             matches!(self.fallback, Fallback::Asking | Fallback::Delegated { .. });
@@ -454,10 +473,14 @@ impl Run<'_> {
                     blob_size,
                     chunk_bytes,
                     chunks,
-                    ..
+                    complete,
                 }),
             ) => {
                 self.haves_pending = self.haves_pending.saturating_sub(1);
+                if !complete && !self.swarm_seen {
+                    self.swarm_seen = true;
+                    self.choose_order();
+                }
                 self.delegate_progress(peer, chunks.count_ones());
                 let shape = (blob_size, chunk_bytes);
                 if let Some(partial) = &self.partial {

@@ -5,7 +5,12 @@
 //! batches (fdatasync, then the bitmap) rather than per chunk; on reopen, chunks not marked yet
 //! are re-checked against the index, so a chunk that reached the disk before a crash is found
 //! again and never fetched twice. [`PartialBlob::complete`] checks the whole file's sha256
-//! before the blob enters the store.
+//! before the blob enters the store; the hash runs while chunks arrive, over the prefix of
+//! chunks had so far, so that only what is left is hashed after the last chunk.
+//!
+//! Chunks are written around the page cache (`O_DIRECT`) where the file system allows it; see
+//! [`DirectFile`]. Readers (peers, streaming clients) read through the page cache as usual,
+//! which the kernel keeps coherent with direct writes.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -13,13 +18,23 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use shoal_protocol::chunk::ChunkIndex;
-use shoal_protocol::{Bitmap, Digest, wire};
+use shoal_protocol::{Bitmap, Digest, Sha256Writer, wire};
 
 use super::metadata::{self, partial_key};
 use super::{Store, StoreError, io_error};
 
 /// Upper bound of an encoded partial record: the largest chunk index plus its bitmap.
 const PARTIAL_RECORD_BYTES_MAX: usize = 64 << 20;
+
+/// Chunks read back from the file for the running sha256 per chunk written: the hash catches
+/// up over chunks that arrived out of order at a few times the arrival rate, while one arrival
+/// never holds the transfer up for more than a few milliseconds.
+const HASH_CATCH_UP_CHUNKS_MAX: usize = 4;
+
+/// Alignment of direct I/O buffers, offsets and lengths: the page size, a multiple of every
+/// common logical block size. Chunk offsets and lengths are multiples of the chunk size
+/// (at least 16 KiB), except a blob's last chunk, which goes through the page cache.
+const DIRECT_ALIGN_BYTES: usize = 4096;
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct PartialRecord {
@@ -37,6 +52,100 @@ pub struct PartialBlob {
     file: File,
     path: PathBuf,
     unsynced: bool,
+    /// The sha256 of chunks `0..hashed_chunks`, all of them had.
+    hasher: Sha256Writer,
+    hashed_chunks: u32,
+    /// The same file opened for direct I/O, when the file system supports it.
+    direct: Option<DirectFile>,
+}
+
+/// A second handle on a partial file, opened with `O_DIRECT`, and one aligned buffer.
+///
+/// Why: on the machines measured here (virtual machines), putting new data into the page
+/// cache is the most expensive thing a receiving node does — `dd` of 1 GiB into a new file
+/// takes 2.3 CPU-seconds buffered, 0.08 direct (2.7 GB/s), and a profile of a 1 GiB pull
+/// showed a third of the receiver's CPU in the kernel's copy into fresh page-cache pages.
+/// Each chunk is copied into the aligned buffer (one memory copy, into memory reused for
+/// every chunk) and written from there.
+#[derive(Debug)]
+struct DirectFile {
+    file: File,
+    /// One chunk plus alignment slack; the aligned part starts at `align_offset`.
+    buffer: Vec<u8>,
+}
+
+impl DirectFile {
+    /// `None` where direct I/O is not available (tmpfs, other systems): writes then go
+    /// through the page cache.
+    fn open(path: &std::path::Path) -> Option<DirectFile> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+                .open(path)
+                .ok()?;
+            Some(DirectFile {
+                file,
+                buffer: Vec::new(),
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = path;
+            None
+        }
+    }
+
+    /// Where an aligned run of `length` bytes starts in the buffer, grown if need be.
+    fn aligned_start(&mut self, length: usize) -> usize {
+        if self.buffer.len() < length + DIRECT_ALIGN_BYTES {
+            self.buffer = vec![0; length + DIRECT_ALIGN_BYTES];
+        }
+        self.buffer.as_ptr().align_offset(DIRECT_ALIGN_BYTES)
+    }
+
+    fn can_do(offset: u64, length: usize) -> bool {
+        offset.is_multiple_of(DIRECT_ALIGN_BYTES as u64)
+            && length.is_multiple_of(DIRECT_ALIGN_BYTES)
+    }
+
+    /// Writes `bytes` at `offset`; `Ok(false)` when this write has to go through the page
+    /// cache instead (unaligned, or refused by the file system).
+    fn write_at(&mut self, bytes: &[u8], offset: u64) -> io::Result<bool> {
+        if !Self::can_do(offset, bytes.len()) {
+            return Ok(false);
+        }
+        let start = self.aligned_start(bytes.len());
+        let aligned = &mut self.buffer[start..start + bytes.len()];
+        aligned.copy_from_slice(bytes);
+        match self.file.write_all_at(aligned, offset) {
+            Ok(()) => Ok(true),
+            Err(error) if is_invalid_argument(&error) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Reads `length` bytes at `offset`; `None` when this read has to go through the page
+    /// cache instead.
+    fn read_at(&mut self, length: usize, offset: u64) -> io::Result<Option<&[u8]>> {
+        if !Self::can_do(offset, length) {
+            return Ok(None);
+        }
+        let start = self.aligned_start(length);
+        match (self.file).read_exact_at(&mut self.buffer[start..start + length], offset) {
+            Ok(()) => {}
+            Err(error) if is_invalid_argument(&error) => return Ok(None),
+            Err(error) => return Err(error),
+        }
+        Ok(Some(&self.buffer[start..start + length]))
+    }
+}
+
+fn is_invalid_argument(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
 }
 
 impl PartialBlob {
@@ -53,6 +162,7 @@ impl PartialBlob {
             .open(&path)
             .map_err(io_error(&path))?;
         let bytes_on_disk = file.metadata().map_err(io_error(&path))?.len();
+        let path_for_direct = path.clone();
         file.set_len(index.blob_size()).map_err(io_error(&path))?;
         let recorded = load_record(store, &index.blob())?.filter(|record| record.index == index);
         // A file created just now holds nothing to find again; skipping the scan saves reading
@@ -84,6 +194,9 @@ impl PartialBlob {
             file,
             path,
             unsynced: true,
+            hasher: Sha256Writer::default(),
+            hashed_chunks: 0,
+            direct: DirectFile::open(&path_for_direct),
         };
         partial.persist()?;
         Ok(partial)
@@ -113,7 +226,7 @@ impl PartialBlob {
                 reason: error.to_string(),
             })?;
         let written = (self.store.space().check(bytes.len() as u64))
-            .and_then(|()| self.file.write_all_at(bytes, offset.start))
+            .and_then(|()| self.write_at(bytes, offset.start))
             .map_err(io_error(&self.path));
         if let Err(error) = written {
             // On a full disk a half-fetched blob only holds space others need: let it go.
@@ -124,6 +237,60 @@ impl PartialBlob {
         }
         self.have.set(chunk);
         self.unsynced = true;
+        self.hash_ahead(chunk, bytes).map_err(io_error(&self.path))
+    }
+
+    /// Writes directly where it can, through the page cache where it cannot; a file system
+    /// that refuses a direct write gets no more of them.
+    fn write_at(&mut self, bytes: &[u8], offset: u64) -> io::Result<()> {
+        if let Some(direct) = &mut self.direct {
+            if direct.write_at(bytes, offset)? {
+                return Ok(());
+            }
+            if DirectFile::can_do(offset, bytes.len()) {
+                self.direct = None;
+            }
+        }
+        self.file.write_all_at(bytes, offset)
+    }
+
+    /// Feeds chunk `chunk` to the running hash from the file.
+    fn hash_from_file(&mut self, chunk: u32) -> io::Result<()> {
+        let range = self
+            .index
+            .chunk_range(chunk)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
+        let length = (range.end - range.start) as usize;
+        if let Some(direct) = &mut self.direct
+            && let Some(bytes) = direct.read_at(length, range.start)?
+        {
+            self.hasher.update(bytes);
+            return Ok(());
+        }
+        let mut buffer = vec![0u8; length];
+        self.file.read_exact_at(&mut buffer, range.start)?;
+        self.hasher.update(&buffer);
+        Ok(())
+    }
+
+    /// Extends the running sha256 over the chunks had from its cursor on: `bytes` when they
+    /// are chunk `written` the cursor is at, other chunks read back from the file (the page
+    /// cache), at most [`HASH_CATCH_UP_CHUNKS_MAX`] of them per call.
+    fn hash_ahead(&mut self, written: u32, bytes: &[u8]) -> io::Result<()> {
+        let mut reads = 0;
+        while self.have.get(self.hashed_chunks) {
+            let chunk = self.hashed_chunks;
+            if chunk == written {
+                self.hasher.update(bytes);
+            } else {
+                if reads == HASH_CATCH_UP_CHUNKS_MAX {
+                    break;
+                }
+                reads += 1;
+                self.hash_from_file(chunk)?;
+            }
+            self.hashed_chunks += 1;
+        }
         Ok(())
     }
 
@@ -152,9 +319,12 @@ impl PartialBlob {
     /// mismatch the partial blob is deleted: its index was wrong.
     pub fn complete(mut self) -> Result<(), StoreError> {
         self.file.sync_all().map_err(io_error(&self.path))?;
-        let mut reader = self.reader()?;
-        let (actual, size) =
-            super::hash_reader(&mut ReadFrom::new(&mut reader)).map_err(io_error(&self.path))?;
+        while self.hashed_chunks < self.index.chunk_count() {
+            self.hash_from_file(self.hashed_chunks)
+                .map_err(io_error(&self.path))?;
+            self.hashed_chunks += 1;
+        }
+        let (actual, size) = std::mem::take(&mut self.hasher).finish();
         let blob = self.index.blob();
         if actual != blob || size != self.index.blob_size() {
             self.discard()?;
@@ -182,26 +352,6 @@ impl PartialBlob {
     }
 }
 
-/// Reads a file from offset 0 with positional reads, leaving the shared cursor alone.
-struct ReadFrom<'a> {
-    file: &'a mut File,
-    offset: u64,
-}
-
-impl<'a> ReadFrom<'a> {
-    fn new(file: &'a mut File) -> Self {
-        ReadFrom { file, offset: 0 }
-    }
-}
-
-impl io::Read for ReadFrom<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read_at(buf, self.offset)?;
-        self.offset += n as u64;
-        Ok(n)
-    }
-}
-
 fn load_record(store: &Store, blob: &Digest) -> Result<Option<PartialRecord>, StoreError> {
     let key = partial_key(blob);
     let Some(value) = store.db().get(&key)? else {
@@ -226,4 +376,98 @@ pub fn recorded_index(store: &Store, blob: &Digest) -> Result<Option<ChunkIndex>
 /// Partial digests recorded in the metadata, for recovery.
 pub fn recorded(store: &Store) -> impl Iterator<Item = Result<Digest, StoreError>> + '_ {
     metadata::partial_digests(store.db())
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_protocol::chunk::{CHUNK_BYTES_MIN, ChunkIndexBuilder};
+
+    use super::*;
+
+    fn index_of(bytes: &[u8], digest: Digest) -> ChunkIndex {
+        let mut builder = ChunkIndexBuilder::new(digest, CHUNK_BYTES_MIN).unwrap();
+        builder.update(bytes);
+        builder.finish().unwrap()
+    }
+
+    fn chunk_of(bytes: &[u8], index: &ChunkIndex, chunk: u32) -> Vec<u8> {
+        let range = index.chunk_range(chunk).unwrap();
+        bytes[range.start as usize..range.end as usize].to_vec()
+    }
+
+    /// Chunks in any order (here: last first, then every other, then the rest) make the blob;
+    /// the running hash and the rest hashed at the end give its digest.
+    #[test]
+    fn chunks_in_any_order_complete_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..CHUNK_BYTES_MIN * 11 + 5)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let digest = Digest::of(&bytes);
+        let index = index_of(&bytes, digest);
+        let count = index.chunk_count();
+        let mut partial = PartialBlob::open(&store, index.clone()).unwrap();
+        let order = [count - 1]
+            .into_iter()
+            .chain((0..count - 1).step_by(2))
+            .chain((1..count - 1).step_by(2));
+        for chunk in order {
+            partial
+                .write_chunk(chunk, &chunk_of(&bytes, &index, chunk))
+                .unwrap();
+        }
+        partial.complete().unwrap();
+        assert!(store.has_blob(&digest).unwrap());
+    }
+
+    /// Without direct I/O (tmpfs, or a file system that refuses it), the same works through
+    /// the page cache, read-backs for the running hash included.
+    #[test]
+    fn chunks_complete_through_the_page_cache_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..CHUNK_BYTES_MIN * 5).map(|i| (i % 13) as u8).collect();
+        let digest = Digest::of(&bytes);
+        let index = index_of(&bytes, digest);
+        let mut partial = PartialBlob::open(&store, index.clone()).unwrap();
+        partial.direct = None;
+        for chunk in [4, 2, 0, 1, 3] {
+            partial
+                .write_chunk(chunk, &chunk_of(&bytes, &index, chunk))
+                .unwrap();
+        }
+        partial.complete().unwrap();
+        assert!(store.has_blob(&digest).unwrap());
+    }
+
+    /// An index that lies about the blob (its chunks hash right, the whole does not) is
+    /// caught when the blob completes, and the partial blob is removed.
+    #[test]
+    fn a_lying_index_fails_at_completion() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let bytes = vec![9u8; CHUNK_BYTES_MIN as usize * 3];
+        let claimed = Digest::of(b"something else");
+        let honest = index_of(&bytes, Digest::of(&bytes));
+        let index = ChunkIndex::from_parts(
+            claimed,
+            honest.blob_size(),
+            honest.chunk_bytes(),
+            honest.hashes().to_vec(),
+        )
+        .unwrap();
+        let mut partial = PartialBlob::open(&store, index.clone()).unwrap();
+        for chunk in 0..index.chunk_count() {
+            partial
+                .write_chunk(chunk, &chunk_of(&bytes, &index, chunk))
+                .unwrap();
+        }
+        assert!(matches!(
+            partial.complete(),
+            Err(StoreError::DigestMismatch { .. })
+        ));
+        assert!(!store.has_blob(&claimed).unwrap());
+        assert!(!store.layout().partial(&claimed).exists());
+    }
 }

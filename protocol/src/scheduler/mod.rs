@@ -16,7 +16,9 @@
 //! 1. chunks inside the focus window `[focus, focus + stream_window_chunks)`, in order, because
 //!    a streaming client is waiting on them;
 //! 2. otherwise the rarest chunk it has (fewest peers have it), ties broken by a random order
-//!    fixed per scheduler, so that different nodes spread over different chunks. The choice is
+//!    fixed per scheduler, so that different nodes spread over different chunks (or, after
+//!    [`Scheduler::set_in_order`], the lowest chunk first: for a caller that hashes the blob
+//!    front to back as it arrives, when there is no swarm to spread over). The choice is
 //!    exact when the peer has one of the 64 globally rarest needed chunks, and otherwise the
 //!    rarest of a sample of 64 of its useful chunks, which bounds the cost per request;
 //! 3. once no chunk is left that is un-requested and available from anyone (the *endgame*),
@@ -233,8 +235,10 @@ pub struct Scheduler<P> {
     copies: Vec<u32>,
     /// Peers (not banned) whose bitfield has the chunk.
     availability: Vec<u32>,
-    /// A random rank per chunk, the tie-break among equally rare chunks.
+    /// A rank per chunk, the tie-break among equally rare chunks: random, or the chunk
+    /// number when `in_order`.
     tiebreak: Vec<u32>,
+    in_order: bool,
     /// `(availability, tiebreak, chunk)` of every chunk that is needed and not in flight.
     rarity: BTreeSet<(u32, u32, u32)>,
     peers: BTreeMap<P, PeerState>,
@@ -268,6 +272,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             copies: vec![0; chunk_count as usize],
             availability: vec![0; chunk_count as usize],
             tiebreak,
+            in_order: false,
             rarity,
             peers: BTreeMap::new(),
             banned: BTreeSet::new(),
@@ -312,6 +317,29 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             state.preference = preference;
             state.stats.preference = preference;
         }
+    }
+
+    /// Breaks ties among equally rare chunks by chunk number (`true`) or by a random order
+    /// (`false`, the default). In order, a peer that has every chunk is asked for them front
+    /// to back, which lets the caller hash the blob while it arrives; at random, nodes
+    /// fetching the same blob from the same peers ask for different chunks and then trade
+    /// them. Switching draws a fresh random order.
+    pub fn set_in_order(&mut self, in_order: bool) {
+        if in_order == self.in_order {
+            return;
+        }
+        self.in_order = in_order;
+        for chunk in 0..self.chunk_count {
+            self.tiebreak[chunk as usize] = if in_order {
+                chunk
+            } else {
+                self.rng.next_u64() as u32
+            };
+        }
+        self.rarity = (0..self.chunk_count)
+            .filter(|&chunk| self.unrequested(chunk))
+            .map(|chunk| self.rarity_key(chunk))
+            .collect();
     }
 
     /// Turns on one copy per site (see the `site` module): this node's rank key for this

@@ -123,6 +123,30 @@ fn rarest_chunks_are_requested_first_with_random_ties() {
 }
 
 #[test]
+fn in_order_ties_go_front_to_back_and_rarity_still_comes_first() {
+    let mut cfg = config();
+    cfg.requests_per_peer_max = 3;
+    let mut s = S::new(30, cfg, 5);
+    s.set_in_order(true);
+    s.check_invariants();
+    // x has 0..20 too: 20..30 are rarer (only a has them), then in order.
+    join(&mut s, "x", bits(30, 0..20), 0);
+    let actions = join(&mut s, "a", Bitmap::full(30), 0);
+    let chunks: Vec<u32> = requests(&actions)
+        .iter()
+        .filter(|(p, _)| *p == "a")
+        .map(|(_, c)| *c)
+        .collect();
+    assert_eq!(chunks, vec![20, 21, 22]);
+    // Back to random ties: still consistent, nothing requested twice.
+    s.set_in_order(false);
+    s.check_invariants();
+    let actions = arrive(&mut s, "a", 20, 2);
+    assert_eq!(requests(&actions).len(), 1);
+    assert!(requests(&actions)[0].1 > 22);
+}
+
+#[test]
 fn endgame_duplicates_are_bounded_and_cancelled() {
     let mut s = S::new(3, config(), 3);
     let first = requests(&join(&mut s, "a", Bitmap::full(3), 0));
