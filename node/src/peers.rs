@@ -28,8 +28,14 @@ use crate::upstream::Upstreams;
 
 /// Inbound requests worked on at once; more wait in the network's queue.
 const INBOUND_CONCURRENCY: usize = 64;
-/// Queued egress beyond which chunk requests are answered `Busy`: about a second of the link.
-const EGRESS_BACKLOG_MAX: Duration = Duration::from_secs(1);
+/// Egress already queued ahead of a chunk beyond which its request is answered `Busy` (the
+/// chunk's own time on the link is not counted, so a slow link still sends). 150 ms: one and a
+/// half 1 MiB chunks at 10 MiB/s. A short queue sends the requester to another holder at once
+/// instead of behind a full uplink, and what it asks for stays fresh. bench_swarm fanout
+/// (16 nodes at 10 MiB/s, docs/benchmarks.md), as a limit on the whole wait including the
+/// chunk's own 100 ms: 2 s 1.52-1.54x T_min, 1 s 1.38-1.39x, 500 ms 1.27-1.32x, 250 ms 1.21x;
+/// as this limit, 150 ms 1.19-1.22x and 50 ms 1.20-1.21x.
+const EGRESS_AHEAD_MAX: Duration = Duration::from_millis(150);
 /// Pages of announcements taken from one peer at a time; bounds a hostile peer's cursor loop.
 const SYNC_PAGES_MAX: usize = 1_000;
 
@@ -153,7 +159,7 @@ impl PeerService {
     }
 
     /// Waits until `length` bytes may leave within the egress limit, or returns `false` at
-    /// once when the link already has [`EGRESS_BACKLOG_MAX`] of work queued: the requester
+    /// once when the link already has [`EGRESS_AHEAD_MAX`] of work queued: the requester
     /// then asks another peer instead of waiting behind a saturated uplink. Decided before
     /// the chunk is read, so a refusal costs no read and no buffer.
     /// A peer outside this node's site also waits for `--max-site-egress`.
@@ -161,7 +167,7 @@ impl PeerService {
         let outside = self.locality.outside(&peer);
         let site_egress = self.site_egress.as_ref().filter(|_| outside);
         for limiter in [self.egress.as_ref(), site_egress].into_iter().flatten() {
-            if !limiter.acquire_within(length, EGRESS_BACKLOG_MAX).await {
+            if !limiter.acquire_behind(length, EGRESS_AHEAD_MAX).await {
                 return false;
             }
         }

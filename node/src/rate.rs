@@ -95,28 +95,31 @@ impl RateLimiter {
     /// Waits until `bytes` may pass. Cancel-safe: the bytes are booked when the call starts, so
     /// a cancelled wait still counts against the rate, which errs on the side of the limit.
     pub async fn acquire(&self, bytes: u64) {
-        self.acquire_within(bytes, Duration::MAX).await;
+        self.acquire_behind(bytes, Duration::MAX).await;
     }
 
-    /// Like [`acquire`](Self::acquire), but only if the wait would be at most `backlog_max`;
-    /// otherwise books nothing and returns `false` at once, so the caller can say "busy"
-    /// instead of queueing more work behind a full link.
-    pub async fn acquire_within(&self, bytes: u64, backlog_max: Duration) -> bool {
+    /// Like [`acquire`](Self::acquire), but only if at most `ahead_max` of bytes booked
+    /// earlier are still queued ahead of these; otherwise books nothing and returns `false` at
+    /// once, so the caller can say "busy" instead of queueing more work behind a full link.
+    /// The bytes' own time on the link does not count: an idle link always takes them, however
+    /// slow it is.
+    pub async fn acquire_behind(&self, bytes: u64, ahead_max: Duration) -> bool {
         let wait = {
             let mut bucket = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             let burst = self.rate * BURST_SECONDS;
             let elapsed = now.duration_since(bucket.updated).as_secs_f64();
             let available = (bucket.tokens + elapsed * self.rate).min(burst);
+            let ahead = Duration::from_secs_f64((-available).max(0.0) / self.rate);
+            if ahead > ahead_max {
+                return false;
+            }
             let after = available - bytes as f64;
             let wait = if after >= 0.0 {
                 Duration::ZERO
             } else {
                 Duration::from_secs_f64(-after / self.rate)
             };
-            if wait > backlog_max {
-                return false;
-            }
             bucket.tokens = after;
             bucket.updated = now;
             wait
@@ -156,26 +159,47 @@ mod tests {
         let limiter = std::sync::Arc::new(RateLimiter::new(ByteRate(1_000_000)));
         let first = limiter.clone();
         // 900 kB booked at once: it leaves after 0.9 s.
-        let queued =
-            tokio::spawn(
-                async move { first.acquire_within(900_000, Duration::from_secs(1)).await },
-            );
-        tokio::task::yield_now().await;
-        // Another 600 kB would have to wait 1.5 s: refused, and nothing is booked...
-        assert!(
-            !limiter
-                .acquire_within(600_000, Duration::from_secs(1))
+        let queued = tokio::spawn(async move {
+            first
+                .acquire_behind(900_000, Duration::from_millis(500))
                 .await
-        );
-        // ...so 50 kB still fits within the second.
+        });
+        tokio::task::yield_now().await;
+        // 0.9 s of it is ahead of anything else: refused, and nothing is booked...
         let start = Instant::now();
-        assert!(limiter.acquire_within(50_000, Duration::from_secs(1)).await);
+        let ahead_max = Duration::from_millis(500);
+        assert!(!limiter.acquire_behind(50_000, ahead_max).await);
+        // ...so once 0.4 s is left ahead, 600 kB pass: after 0.4 s + their own 0.6 s.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(limiter.acquire_behind(600_000, ahead_max).await);
+        let took = start.elapsed();
         assert!(
-            start.elapsed() <= Duration::from_millis(960),
-            "{:?}",
-            start.elapsed()
+            took >= Duration::from_millis(1490) && took <= Duration::from_millis(1510),
+            "{took:?}"
         );
         assert!(queued.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_link_takes_bytes_that_outlast_the_backlog() {
+        // 1 MB on a 100 kB/s link is 10 s of work, far beyond 250 ms: still sent...
+        let limiter = std::sync::Arc::new(RateLimiter::new(ByteRate(100_000)));
+        let first = limiter.clone();
+        let start = Instant::now();
+        let sent = tokio::spawn(async move {
+            first
+                .acquire_behind(1_000_000, Duration::from_millis(250))
+                .await
+        });
+        tokio::task::yield_now().await;
+        // ...and nothing more right behind it.
+        assert!(
+            !limiter
+                .acquire_behind(1_000, Duration::from_millis(250))
+                .await
+        );
+        assert!(sent.await.unwrap());
+        assert!(start.elapsed() >= Duration::from_secs(9));
     }
 
     #[tokio::test(start_paused = true)]

@@ -173,7 +173,9 @@ fn without_site_labels_nodes_in_one_namespace_prefer_each_other_over_a_far_one()
     }
     let dir = tempfile::tempdir().unwrap();
     let sites = TwoSites::create(LINK_MBIT).unwrap();
-    let generated = image(dir.path(), 62, &[16 << 20]);
+    // Large enough that the chunks asked of the far peer before either peer is measured are a
+    // small share: with 16 MiB and a faster receiver they were a quarter of the image.
+    let generated = image(dir.path(), 62, &[32 << 20]);
     let near = site_node(dir.path(), "near", &sites, Site::A, &[], &[]);
     let far = site_node(dir.path(), "far", &sites, Site::B, &[&near], &[]);
     near.import_ok(&generated.path, Some("fleet/app:1"))
