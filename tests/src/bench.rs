@@ -1,5 +1,5 @@
 //! Small pieces that benchmark programs under `src/bin/` share: a process's memory and CPU
-//! figures from `/proc`, and medians.
+//! figures from `/proc`, medians, and how to describe the machine and an image.
 //!
 //! What it is not: a timing framework. Benchmarks print figures and ratios against references
 //! measured in the same run (see STYLE.md, "Benchmarks").
@@ -130,6 +130,16 @@ pub fn machine_description() -> String {
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cpus} CPUs ({model}), Linux {}", kernel.trim())
+}
+
+/// The sizes of `blobs` in MB (10^6 bytes), one decimal, comma-separated: how benchmarks
+/// describe an image's layers.
+pub fn sizes_mb(blobs: &[crate::image::Blob]) -> String {
+    let sizes: Vec<String> = blobs
+        .iter()
+        .map(|blob| format!("{:.1}", blob.size as f64 / 1e6))
+        .collect();
+    sizes.join(", ")
 }
 
 #[cfg(test)]

@@ -134,10 +134,13 @@ impl<'a> SequentialBlob<'a> {
             ));
         }
         let permits = piece.len().min(UNWRITTEN_BYTES_MAX) as u32;
-        let booked = self.unwritten.clone().acquire_many_owned(permits).await;
-        match booked {
-            Ok(booked) => booked.forget(),
-            Err(_) => return Err(self.writer_failure().await),
+        let booked = self
+            .unwritten
+            .acquire_many(permits)
+            .await
+            .map(|p| p.forget());
+        if booked.is_err() {
+            return Err(self.writer_failure().await);
         }
         self.arrived += piece.len() as u64;
         self.arriving.push(piece.clone());

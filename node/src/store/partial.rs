@@ -395,6 +395,23 @@ mod tests {
         bytes[range.start as usize..range.end as usize].to_vec()
     }
 
+    /// Writes the chunks of `bytes` in `order`, completes the blob and checks it is stored.
+    fn write_and_complete(
+        store: &Store,
+        mut partial: PartialBlob,
+        bytes: &[u8],
+        order: impl IntoIterator<Item = u32>,
+    ) {
+        let index = partial.index.clone();
+        for chunk in order {
+            partial
+                .write_chunk(chunk, &chunk_of(bytes, &index, chunk))
+                .unwrap();
+        }
+        partial.complete().unwrap();
+        assert!(store.has_blob(&index.blob()).unwrap());
+    }
+
     /// Chunks in any order (here: last first, then every other, then the rest) make the blob;
     /// the running hash and the rest hashed at the end give its digest.
     #[test]
@@ -407,18 +424,12 @@ mod tests {
         let digest = Digest::of(&bytes);
         let index = index_of(&bytes, digest);
         let count = index.chunk_count();
-        let mut partial = PartialBlob::open(&store, index.clone()).unwrap();
+        let partial = PartialBlob::open(&store, index).unwrap();
         let order = [count - 1]
             .into_iter()
             .chain((0..count - 1).step_by(2))
             .chain((1..count - 1).step_by(2));
-        for chunk in order {
-            partial
-                .write_chunk(chunk, &chunk_of(&bytes, &index, chunk))
-                .unwrap();
-        }
-        partial.complete().unwrap();
-        assert!(store.has_blob(&digest).unwrap());
+        write_and_complete(&store, partial, &bytes, order);
     }
 
     /// Without direct I/O (tmpfs, or a file system that refuses it), the same works through
@@ -430,15 +441,9 @@ mod tests {
         let bytes: Vec<u8> = (0..CHUNK_BYTES_MIN * 5).map(|i| (i % 13) as u8).collect();
         let digest = Digest::of(&bytes);
         let index = index_of(&bytes, digest);
-        let mut partial = PartialBlob::open(&store, index.clone()).unwrap();
+        let mut partial = PartialBlob::open(&store, index).unwrap();
         partial.direct = None;
-        for chunk in [4, 2, 0, 1, 3] {
-            partial
-                .write_chunk(chunk, &chunk_of(&bytes, &index, chunk))
-                .unwrap();
-        }
-        partial.complete().unwrap();
-        assert!(store.has_blob(&digest).unwrap());
+        write_and_complete(&store, partial, &bytes, [4, 2, 0, 1, 3]);
     }
 
     /// An index that lies about the blob (its chunks hash right, the whole does not) is

@@ -36,6 +36,7 @@ use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest as _, Sha256};
 use shoal_tests::bench::{
     child_pid_named, children_cpu_seconds, cpu_seconds, first_line_of, machine_description, median,
+    sizes_mb,
 };
 use shoal_tests::clients::find_tool;
 use shoal_tests::http;
@@ -431,15 +432,11 @@ impl Bench {
         for (name, path) in &self.options.compare {
             println!("compared: {name} = {}", path.display());
         }
-        let layers: Vec<String> = self.blobs[1..]
-            .iter()
-            .map(|blob| format!("{:.1}", blob.size as f64 / MB))
-            .collect();
         println!(
             "image: {:.1} MB in {} blobs (config + layers of {} MB)",
             self.blob_bytes() as f64 / MB,
             self.blobs.len(),
-            layers.join(", "),
+            sizes_mb(&self.blobs[1..]),
         );
         println!(
             "{} rounds; curl fetches every blob over one connection; skopeo copies to dir:",

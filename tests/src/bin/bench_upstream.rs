@@ -36,7 +36,6 @@
 //! See docs/benchmarks.md for recorded results and how to read them.
 
 use std::fmt::Write as _;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -45,7 +44,7 @@ use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest as _, Sha256};
 use shoal_tests::bench::{
     child_pid_named, children_cpu_seconds, cpu_seconds, first_line_of, machine_description, median,
-    peak_rss_bytes,
+    peak_rss_bytes, sizes_mb,
 };
 use shoal_tests::clients::{Containerd, find_tool, wait_until};
 use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
@@ -208,7 +207,7 @@ impl Client {
     }
 }
 
-/// Where a pull left the image.
+/// Where a pull puts the image; made before the clock starts.
 enum Pulled {
     /// Files named as skopeo's `dir:` names them: `manifest.json` and each blob's hex digest.
     Dir(tempfile::TempDir),
@@ -217,6 +216,24 @@ enum Pulled {
 }
 
 impl Pulled {
+    /// A fresh destination for `client`: a directory, or for ctr a fresh containerd.
+    fn fresh(client: Client, scratch: &Path) -> Result<Pulled> {
+        Ok(match client {
+            Client::Curl | Client::Skopeo => {
+                Self::Dir(tempfile::TempDir::with_prefix_in("pulled-", scratch)?)
+            }
+            Client::Ctr => Self::Containerd(Containerd::start()?),
+        })
+    }
+
+    /// The daemon whose CPU counts as the client's: containerd does ctr's writing.
+    fn daemon_pid(&self) -> Option<u32> {
+        match self {
+            Self::Dir(_) => None,
+            Self::Containerd(containerd) => Some(containerd.pid()),
+        }
+    }
+
     fn manifest(&self, digest: &str) -> PathBuf {
         match self {
             Self::Dir(dir) => dir.path().join("manifest.json"),
@@ -412,15 +429,11 @@ impl Bench {
             self.registry.url(),
             shoal_binary()?.display()
         );
-        let layers: Vec<String> = self.blobs[1..]
-            .iter()
-            .map(|blob| format!("{:.1}", blob.size as f64 / MB))
-            .collect();
         println!(
             "image: {REPO}:{TAG}, {:.1} MB in a manifest and {} blobs (config + layers of {} MB)",
             self.pull_bytes() as f64 / MB,
             self.blobs.len(),
-            layers.join(", "),
+            sizes_mb(&self.blobs[1..]),
         );
         println!(
             "{} rounds; per round and client: direct, cold (fresh node), warm (same node), in \
@@ -479,14 +492,14 @@ impl Bench {
                 Mode::Direct => self.registry.host(),
                 Mode::Cold | Mode::Warm => node.gateway().to_string(),
             };
-            let daemon = self.start_daemon(client)?;
-            let daemon_cpu = || daemon.as_ref().map_or(Ok(0.0), |d| cpu_seconds(d.pid()));
+            let pulled = Pulled::fresh(client, self.scratch.path())?;
+            let daemon_cpu = || pulled.daemon_pid().map_or(Ok(0.0), cpu_seconds);
             let upstream_before = upstream_bytes(&node)?;
             let node_before = cpu_seconds(node_pid)?;
             let registry_before = cpu_seconds(self.registry_pid)?;
             let client_before = children_cpu_seconds()? + daemon_cpu()?;
             let started = Instant::now();
-            let (first_bytes, dest) = self.pull_timed(client, &host, daemon.as_ref())?;
+            let first_bytes = self.pull_timed(client, &host, &pulled)?;
             let seconds = started.elapsed().as_secs_f64();
             let client_cpu = children_cpu_seconds()? + daemon_cpu()? - client_before;
             let registry_cpu = cpu_seconds(self.registry_pid)? - registry_before;
@@ -499,10 +512,7 @@ impl Bench {
                 Mode::Direct | Mode::Warm => None,
             };
             let node_cpu = cpu_seconds(node_pid)? - node_before;
-            self.check_pulled(
-                &self.pulled(dest, daemon)?,
-                &format!("{} {}", client.name(), mode.name()),
-            )?;
+            self.check_pulled(&pulled, &format!("{} {}", client.name(), mode.name()))?;
             let from_upstream = upstream_bytes(&node)? - upstream_before;
             match mode {
                 Mode::Direct => {}
@@ -553,53 +563,21 @@ impl Bench {
 
     /// An untimed, checked pull (for the warm-up).
     fn pull(&self, client: Client, host: &str, server: &str) -> Result<()> {
-        let daemon = self.start_daemon(client)?;
-        let (_, dest) = self.pull_timed(client, host, daemon.as_ref())?;
-        self.check_pulled(&self.pulled(dest, daemon)?, server)
+        let pulled = Pulled::fresh(client, self.scratch.path())?;
+        self.pull_timed(client, host, &pulled)?;
+        self.check_pulled(&pulled, server)
     }
 
-    /// A fresh containerd for a ctr pull (started before the clock does); nothing for the
-    /// other clients.
-    fn start_daemon(&self, client: Client) -> Result<Option<Containerd>> {
-        match client {
-            Client::Ctr => Containerd::start().map(Some),
-            Client::Curl | Client::Skopeo => Ok(None),
-        }
-    }
-
-    /// Pulls the image from `host` with `client`: into a fresh directory, which it returns
-    /// with curl's total wait for first bytes, or into `daemon`'s content store.
-    fn pull_timed(
-        &self,
-        client: Client,
-        host: &str,
-        daemon: Option<&Containerd>,
-    ) -> Result<(Option<f64>, Option<tempfile::TempDir>)> {
-        let dest = tempfile::TempDir::with_prefix_in("pulled-", self.scratch.path())?;
-        Ok(match (client, daemon) {
-            (Client::Curl, _) => (Some(self.curl_pull(host, dest.path())?), Some(dest)),
-            (Client::Skopeo, _) => {
-                skopeo_copy(host, dest.path())?;
-                (None, Some(dest))
+    /// Pulls the image from `host` with `client` into `pulled`; returns curl's total wait for
+    /// first bytes.
+    fn pull_timed(&self, client: Client, host: &str, pulled: &Pulled) -> Result<Option<f64>> {
+        match (client, pulled) {
+            (Client::Curl, Pulled::Dir(dest)) => Ok(Some(self.curl_pull(host, dest.path())?)),
+            (Client::Skopeo, Pulled::Dir(dest)) => skopeo_copy(host, dest.path()).map(|()| None),
+            (Client::Ctr, Pulled::Containerd(containerd)) => {
+                ctr_fetch(containerd, host).map(|()| None)
             }
-            (Client::Ctr, Some(containerd)) => {
-                ctr_fetch(containerd, host)?;
-                (None, None)
-            }
-            (Client::Ctr, None) => bail!("ctr needs a containerd"),
-        })
-    }
-
-    /// Where the pull that wrote `dest` (or into `daemon`) left the image.
-    fn pulled(
-        &self,
-        dest: Option<tempfile::TempDir>,
-        daemon: Option<Containerd>,
-    ) -> Result<Pulled> {
-        match (dest, daemon) {
-            (Some(dest), _) => Ok(Pulled::Dir(dest)),
-            (None, Some(containerd)) => Ok(Pulled::Containerd(containerd)),
-            (None, None) => bail!("a pull left the image nowhere"),
+            _ => bail!("{} cannot pull into this destination", client.name()),
         }
     }
 
@@ -815,18 +793,7 @@ fn run_client(command: &mut Command, what: &str) -> Result<()> {
 fn file_digest(path: &Path) -> Result<(String, u64)> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("no file {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        size += n as u64;
-    }
-    Ok((format!("sha256:{}", hex::encode(hasher.finalize())), size))
+    Ok(shoal_tests::http::sha256_of(&mut file)?)
 }
 
 /// The node's `bytes_from_upstream` counter.
