@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use shoal_protocol::wire::{Request, Response};
-use shoal_protocol::{Bitmap, Digest};
+use shoal_protocol::{Bitmap, ChunkLayout, Digest};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -266,25 +266,22 @@ impl PeerService {
     /// once the egress limit lets it leave.
     async fn chunk(&self, peer: PeerId, blob: Digest, chunk: u32) -> Response {
         let seeding = self.seeding.clone();
-        let stored = self
+        let held = self
             .blocking(move |store| {
                 let index = store.chunk_index(&blob).ok().flatten()?;
-                if !seeding.admit(peer, blob, chunk, index.chunk_count()) {
-                    return Some(None);
-                }
-                Some(Some(index.layout()))
+                Some(if seeding.admit(peer, blob, chunk, index.chunk_count()) {
+                    Held::Whole(index.layout())
+                } else {
+                    Held::Refused
+                })
             })
             .await;
-        let bytes = match stored {
-            Some(None) => return Response::Busy,
-            Some(Some(layout)) => {
-                let Ok(length) = layout.chunk_len(chunk) else {
+        let bytes = match held {
+            Some(Held::Refused) => return Response::Busy,
+            Some(Held::Whole(layout)) => {
+                if let Some(refusal) = self.refusal(peer, &layout, chunk).await {
                     self.seeding.unrecord(blob, chunk);
-                    return Response::NotFound;
-                };
-                if !self.pace(peer, length.into()).await {
-                    self.seeding.unrecord(blob, chunk);
-                    return Response::Busy;
+                    return refusal;
                 }
                 let read = self
                     .blocking(move |store| {
@@ -305,11 +302,8 @@ impl PeerService {
                     let (Some(layout), Some(file)) = (progress.layout, progress.file) else {
                         return Response::NotFound;
                     };
-                    let Ok(length) = layout.chunk_len(chunk) else {
-                        return Response::NotFound;
-                    };
-                    if !self.pace(peer, length.into()).await {
-                        return Response::Busy;
+                    if let Some(refusal) = self.refusal(peer, &layout, chunk).await {
+                        return refusal;
                     }
                     tokio::task::spawn_blocking(move || read_chunk(&file, &layout, chunk))
                         .await
@@ -330,13 +324,29 @@ impl PeerService {
             None => Response::NotFound,
         }
     }
+
+    /// Books the egress for `chunk` of a blob laid out as `layout`, before it is read; the
+    /// answer to send instead when it does not exist or the link is too busy.
+    async fn refusal(&self, peer: PeerId, layout: &ChunkLayout, chunk: u32) -> Option<Response> {
+        let Ok(length) = layout.chunk_len(chunk) else {
+            return Some(Response::NotFound);
+        };
+        if !self.pace(peer, length.into()).await {
+            return Some(Response::Busy);
+        }
+        None
+    }
 }
 
-fn read_chunk(
-    file: &std::fs::File,
-    layout: &shoal_protocol::ChunkLayout,
-    chunk: u32,
-) -> Option<Vec<u8>> {
+/// What the store says of a chunk request for a blob it holds whole.
+enum Held {
+    /// Super-seeding refuses it for now.
+    Refused,
+    /// It may go; the blob's layout.
+    Whole(ChunkLayout),
+}
+
+fn read_chunk(file: &std::fs::File, layout: &ChunkLayout, chunk: u32) -> Option<Vec<u8>> {
     let range = layout.chunk_range(chunk).ok()?;
     let mut bytes = vec![0u8; (range.end - range.start) as usize];
     file.read_exact_at(&mut bytes, range.start).ok()?;
