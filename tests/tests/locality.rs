@@ -3,6 +3,7 @@
 //! node of site B must cross the link about once, and survive the loss of a B node mid-way.
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -15,6 +16,17 @@ const LINK_MBIT: u32 = 50;
 /// Generous bound on events in a loaded 2-core machine; waits end as soon as the event happens.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(120);
 const TOOLS: &[&str] = &["ip", "tc", "nsenter"];
+
+/// These tests compare speeds and byte shares across a shaped link: they run one at a time, so
+/// that one test's nodes do not take the CPU another's measurement depends on (on two cores a
+/// starved near peer looked no faster than the far one).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn counter(status: &Value, name: &str) -> u64 {
     status["counters"][name]
@@ -79,6 +91,7 @@ fn two_sites(dir: &Path, sites: &TwoSites, b_extra: &[&str]) -> (Vec<ShoalNode>,
 
 #[test]
 fn an_image_published_in_one_site_crosses_the_slow_link_about_once() {
+    let _serial = one_at_a_time();
     if !require_tools(TOOLS).unwrap() {
         return;
     }
@@ -126,6 +139,7 @@ fn an_image_published_in_one_site_crosses_the_slow_link_about_once() {
 
 #[test]
 fn when_a_node_fetching_for_the_site_dies_another_takes_over() {
+    let _serial = one_at_a_time();
     if !require_tools(TOOLS).unwrap() {
         return;
     }
@@ -168,6 +182,7 @@ fn when_a_node_fetching_for_the_site_dies_another_takes_over() {
 
 #[test]
 fn without_site_labels_nodes_in_one_namespace_prefer_each_other_over_a_far_one() {
+    let _serial = one_at_a_time();
     if !require_tools(TOOLS).unwrap() {
         return;
     }
@@ -237,6 +252,7 @@ fn pull_timed(node: &ShoalNode) -> Duration {
 
 #[test]
 fn site_limits_pace_only_the_traffic_that_crosses_the_site() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let join = |name: &str, seeds: &[&ShoalNode], extra: &[&str]| {
         ShoalNode::start_joined(&dir.path().join(name), seeds, extra).unwrap()
