@@ -4,7 +4,7 @@
 //! What it is not: a timing framework. Benchmarks print figures and ratios against references
 //! measured in the same run (see STYLE.md, "Benchmarks").
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 /// `/proc/<pid>/stat` counts CPU time in USER_HZ ticks, 100 per second on Linux.
 const PROC_TICKS_PER_SECOND: f64 = 100.0;
@@ -64,34 +64,6 @@ fn stat_seconds(pid: u32, first: usize, second: usize) -> Result<f64> {
             .parse::<u64>()? as f64)
     };
     Ok((ticks(first)? + ticks(second)?) / PROC_TICKS_PER_SECOND)
-}
-
-/// The PID of this process's child whose command name is `name` (truncated by the kernel to 15
-/// bytes), for helpers that do not expose the PID of what they spawned.
-pub fn child_pid_named(name: &str) -> Result<u32> {
-    let me = std::process::id().to_string();
-    for entry in std::fs::read_dir("/proc")? {
-        let entry = entry?;
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let comm = head.split_once('(').map_or("", |(_, comm)| comm);
-        let ppid = rest.split_whitespace().nth(1).unwrap_or("");
-        if ppid == me && !comm.is_empty() && name.starts_with(comm) {
-            return Ok(pid);
-        }
-    }
-    bail!("no child process named {name}")
 }
 
 /// The median of `values`; `None` when there are none.

@@ -56,6 +56,9 @@ pub struct RegistryConfig {
     /// Listen on this address instead of 127.0.0.1: with `netns`, an address of one of the
     /// namespace's links, so that other namespaces can reach it (a registry in one site).
     pub listen_ip: Option<Ipv4Addr>,
+    /// Run as a pull-through cache of the registry at this URL (distribution's proxy mode):
+    /// what it lacks it fetches from there while streaming it to the client, and keeps.
+    pub proxy_of: Option<String>,
 }
 
 /// A running `docker-registry` on `127.0.0.1:<port>` with its storage in a temp dir.
@@ -166,6 +169,11 @@ impl DockerRegistry {
         Ok(fs::read_to_string(self.dir.path().join("registry.log"))?)
     }
 
+    /// The registry process (for its CPU time and memory).
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
     /// Every request so far, from the access log, once the log has been quiet for a moment
     /// (each line is written just after its response completes).
     pub fn access_log(&self) -> Result<Vec<AccessLogEntry>> {
@@ -200,7 +208,7 @@ fn start_on_port(
     }
     let config_path = dir.join("config.yml");
     let ip = config.listen_ip.unwrap_or(Ipv4Addr::LOCALHOST);
-    let yaml = registry_config_yaml(dir, ip, port, config.basic_auth.is_some()).map_err(fatal)?;
+    let yaml = registry_config_yaml(dir, ip, port, config).map_err(fatal)?;
     fs::write(&config_path, yaml).map_err(|e| fatal(e.into()))?;
     let mut cmd = command_in(config.netns.as_ref(), "docker-registry");
     cmd.arg("serve").arg(&config_path);
@@ -289,7 +297,12 @@ fn http_get_status(addr: SocketAddr, path: &str) -> Result<u16> {
         .ok_or_else(|| anyhow!("not an HTTP response: {status_line:?}"))
 }
 
-fn registry_config_yaml(dir: &Path, ip: Ipv4Addr, port: u16, basic_auth: bool) -> Result<String> {
+fn registry_config_yaml(
+    dir: &Path,
+    ip: Ipv4Addr,
+    port: u16,
+    config: &RegistryConfig,
+) -> Result<String> {
     let storage = quoted(path_str(&dir.join("storage"))?);
     let mut yaml = format!(
         "version: 0.1\n\
@@ -298,11 +311,14 @@ fn registry_config_yaml(dir: &Path, ip: Ipv4Addr, port: u16, basic_auth: bool) -
          \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
          http:\n  addr: {ip}:{port}\n  secret: shoal-test-secret\n",
     );
-    if basic_auth {
+    if config.basic_auth.is_some() {
         let htpasswd = quoted(path_str(&dir.join("htpasswd"))?);
         yaml.push_str(&format!(
             "auth:\n  htpasswd:\n    realm: shoal-test\n    path: {htpasswd}\n"
         ));
+    }
+    if let Some(remote) = &config.proxy_of {
+        yaml.push_str(&format!("proxy:\n  remoteurl: {}\n", quoted(remote)));
     }
     Ok(yaml)
 }
@@ -456,13 +472,24 @@ mod tests {
     }
 
     #[test]
-    fn config_enables_htpasswd_only_when_asked() -> Result<()> {
+    fn config_enables_htpasswd_and_proxy_mode_only_when_asked() -> Result<()> {
         let dir = Path::new("/tmp/x");
         let localhost = Ipv4Addr::LOCALHOST;
-        assert!(!registry_config_yaml(dir, localhost, 5000, false)?.contains("htpasswd"));
-        let yaml = registry_config_yaml(dir, localhost, 5000, true)?;
+        let plain = registry_config_yaml(dir, localhost, 5000, &RegistryConfig::default())?;
+        assert!(!plain.contains("htpasswd"), "{plain}");
+        assert!(!plain.contains("proxy"), "{plain}");
+        let config = RegistryConfig {
+            basic_auth: Some(Credentials::new("alice", "s3cret")),
+            proxy_of: Some("http://127.0.0.1:5001".to_owned()),
+            ..RegistryConfig::default()
+        };
+        let yaml = registry_config_yaml(dir, localhost, 5000, &config)?;
         assert!(yaml.contains("path: \"/tmp/x/htpasswd\""), "{yaml}");
         assert!(yaml.contains("addr: 127.0.0.1:5000"), "{yaml}");
+        assert!(
+            yaml.contains("proxy:\n  remoteurl: \"http://127.0.0.1:5001\"\n"),
+            "{yaml}"
+        );
         Ok(())
     }
 

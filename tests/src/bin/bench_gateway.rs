@@ -35,8 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest as _, Sha256};
 use shoal_tests::bench::{
-    child_pid_named, children_cpu_seconds, cpu_seconds, first_line_of, machine_description, median,
-    sizes_mb,
+    children_cpu_seconds, cpu_seconds, first_line_of, machine_description, median, sizes_mb,
 };
 use shoal_tests::clients::find_tool;
 use shoal_tests::http;
@@ -368,7 +367,7 @@ impl Bench {
             name: "docker-registry".into(),
             role: Role::Registry,
             host: registry.host(),
-            pid: child_pid_named("docker-registry")?,
+            pid: registry.pid(),
         });
         eprintln!(
             "pushed to docker-registry in {:.1} s",

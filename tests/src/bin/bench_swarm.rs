@@ -80,9 +80,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use shoal_protocol::rng::SplitMix64;
-use shoal_tests::bench::{
-    child_pid_named, children_cpu_seconds, cpu_seconds, median, peak_rss_bytes,
-};
+use shoal_tests::bench::{children_cpu_seconds, cpu_seconds, median, peak_rss_bytes};
 use shoal_tests::clients::{find_tool, wait_until};
 use shoal_tests::http;
 use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
@@ -646,7 +644,7 @@ impl TransferBench {
             "pushed to docker-registry in {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        let registry_pid = child_pid_named("docker-registry")?;
+        let registry_pid = registry.pid();
         let loopback = SendfileServer::start(&image.path.join("blobs").join("sha256"))?;
         let bench = TransferBench {
             dir,

@@ -1,21 +1,27 @@
 //! bench-upstream: pulling an image through Shoal from an upstream registry, cold (the node has
 //! nothing yet) and warm (the node has it), against pulling it straight from that registry
-//! with the same client.
+//! with the same client, and against the same pulls through docker-registry's own pull-through
+//! cache (its proxy mode), the reference a user would otherwise deploy.
 //!
 //! Method: one ~200 MB multi-layer image (incompressible, `--size-mb`) is pushed with skopeo
 //! into a `docker-registry` as `library/bench:1`. Before any timing, curl and skopeo each pull
 //! it once straight from the registry (checking every digest, and filling the page cache, so
 //! that the registry reads cached files in every measured pull, through Shoal or not). Each
-//! round then runs, for each client, three pulls in an order that rotates from round to round:
+//! round then runs, for each client, five pulls in an order that rotates from round to round:
 //!
 //! - direct: the client pulls from the registry;
 //! - cold: the client pulls from the gateway of a fresh `shoal node` (empty data directory,
 //!   `--upstream docker.io=<registry>`, no peers), which fetches everything from the registry
 //!   while it streams it to the client; afterwards the benchmark waits (untimed) until the node
 //!   has stored the whole image;
-//! - warm: the client pulls again from that node, which serves it from its store.
+//! - warm: the client pulls again from that node, which serves it from its store;
+//! - proxy-cold and proxy-warm: the same two pulls through a fresh `docker-registry` whose
+//!   config has `proxy: remoteurl: <registry>` (it streams what it lacks to the client while
+//!   storing it, and serves it from its storage afterwards).
 //!
-//! The node is then stopped and its data removed; the next client gets a fresh one.
+//! The direct pull, the node's pair and the proxy's pair each run first, second and last over
+//! three rounds. The node and the proxy are then stopped and their data removed; the next
+//! client gets fresh ones.
 //!
 //! Clients: curl, one process fetching the manifest by tag and then every blob (config and
 //! layers) in order over one keep-alive connection, into files; `skopeo copy
@@ -24,10 +30,10 @@
 //! time of the client process; for curl also the sum over its
 //! requests of the time to the first byte, where a node's wait before it goes to the upstream
 //! shows. Every pull's manifest and blobs are hashed afterwards (untimed) and must match the
-//! image's digests; a cold pull must have taken the image from the upstream, a warm one
-//! nothing. CPU seconds of the client (with containerd's daemon), the registry and the node
-//! come from `/proc`, and the
-//! node's peak RSS (`VmHWM`) is read after its warm pull.
+//! image's digests; the registry's access log must show every blob fetched by a cold pull and
+//! none by a warm one. CPU seconds of the client (with containerd's daemon), the registry and
+//! the cache (node or proxy) come from `/proc`, and the cache's peak RSS (`VmHWM`) is read after
+//! its warm pull.
 //!
 //! Benchmarks print, they do not assert timings; the program fails only on wrong bytes.
 //!
@@ -43,23 +49,24 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest as _, Sha256};
 use shoal_tests::bench::{
-    child_pid_named, children_cpu_seconds, cpu_seconds, first_line_of, machine_description, median,
-    peak_rss_bytes, sizes_mb,
+    children_cpu_seconds, cpu_seconds, first_line_of, machine_description, median, peak_rss_bytes,
+    sizes_mb,
 };
 use shoal_tests::clients::{Containerd, find_tool, wait_until};
 use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
 use shoal_tests::node::{ShoalNode, shoal_binary};
-use shoal_tests::registry::{DockerRegistry, push_oci_layout};
+use shoal_tests::registry::{DockerRegistry, RegistryConfig, push_oci_layout};
 
 const USAGE: &str = "\
 usage: bench_upstream [--rounds N] [--size-mb N] [--seed N] [--clients LIST] [--keep]
 
 Pushes an image into docker-registry and pulls it with curl, skopeo and containerd's ctr
-straight from the
-registry (direct), through a fresh Shoal node whose upstream is that registry (cold), and again
-from that node (warm), alternating in every round, all on 127.0.0.1; prints medians and ratios.
+straight from the registry (direct), through a fresh Shoal node whose upstream is that registry
+(cold), and again from that node (warm), and the same two through a fresh docker-registry in
+proxy mode (proxy-cold, proxy-warm), alternating in every round, all on 127.0.0.1; prints
+medians and ratios.
 
-  --rounds N    measured rounds, each with a direct, a cold and a warm pull per client
+  --rounds N    measured rounds, each with the five pulls per client
                 (default 5)
   --size-mb N   approximate image size in MB (10^6 bytes), in layers of 20-60 MiB (default 200)
   --seed N      seed of the generated image (default 7)
@@ -259,16 +266,52 @@ enum Mode {
     Cold,
     /// From the node of the cold pull, which has the image.
     Warm,
+    /// The reference cache: from a fresh docker-registry in proxy mode in front of the registry.
+    ProxyCold,
+    /// From the proxy of the proxy-cold pull, which has the image.
+    ProxyWarm,
+}
+
+/// What served a pull besides the registry: nothing, a Shoal node, or docker-registry's proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cache {
+    None,
+    Node,
+    Proxy,
 }
 
 impl Mode {
-    const ALL: [Mode; 3] = [Self::Direct, Self::Cold, Self::Warm];
-    /// Orders of one round's pulls, used in turn so that each mode runs first, second and last
-    /// (warm always after its cold pull).
-    const ORDERS: [[Mode; 3]; 3] = [
-        [Self::Direct, Self::Cold, Self::Warm],
-        [Self::Cold, Self::Warm, Self::Direct],
-        [Self::Cold, Self::Direct, Self::Warm],
+    const ALL: [Mode; 5] = [
+        Self::Direct,
+        Self::Cold,
+        Self::Warm,
+        Self::ProxyCold,
+        Self::ProxyWarm,
+    ];
+    /// Orders of one round's pulls, used in turn so that the direct pull, the node's pair and
+    /// the proxy's pair each run first, second and last (warm always right after its cold).
+    const ORDERS: [[Mode; 5]; 3] = [
+        [
+            Self::Direct,
+            Self::Cold,
+            Self::Warm,
+            Self::ProxyCold,
+            Self::ProxyWarm,
+        ],
+        [
+            Self::ProxyCold,
+            Self::ProxyWarm,
+            Self::Direct,
+            Self::Cold,
+            Self::Warm,
+        ],
+        [
+            Self::Cold,
+            Self::Warm,
+            Self::ProxyCold,
+            Self::ProxyWarm,
+            Self::Direct,
+        ],
     ];
 
     fn name(self) -> &'static str {
@@ -276,6 +319,31 @@ impl Mode {
             Self::Direct => "direct",
             Self::Cold => "cold",
             Self::Warm => "warm",
+            Self::ProxyCold => "proxy-cold",
+            Self::ProxyWarm => "proxy-warm",
+        }
+    }
+
+    fn cache(self) -> Cache {
+        match self {
+            Self::Direct => Cache::None,
+            Self::Cold | Self::Warm => Cache::Node,
+            Self::ProxyCold | Self::ProxyWarm => Cache::Proxy,
+        }
+    }
+
+    /// A pull from a cache that has nothing yet (the first of its pair).
+    fn is_cold(self) -> bool {
+        matches!(self, Self::Cold | Self::ProxyCold)
+    }
+}
+
+impl Cache {
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "-",
+            Self::Node => "node",
+            Self::Proxy => "proxy",
         }
     }
 }
@@ -293,13 +361,14 @@ struct Run {
     first_bytes: Option<f64>,
     client_cpu: f64,
     registry_cpu: f64,
-    /// CPU of the node (cold and warm): from the start of the pull until the node had stored
-    /// the image, so a cold pull's syncing and indexing after the client is done count too.
-    node_cpu: Option<f64>,
+    /// CPU of the cache (node or proxy) the pull went through: from the start of the pull
+    /// until a node had stored the image, so a cold pull's syncing and indexing after the
+    /// client is done count too.
+    cache_cpu: Option<f64>,
     /// After a cold pull: how long the node took, once the client was done, to store the image.
     settle_seconds: Option<f64>,
-    /// The node's peak RSS (`VmHWM`) after its warm pull, which covers its cold one too.
-    node_peak_rss: Option<u64>,
+    /// The cache's peak RSS (`VmHWM`) after its warm pull, which covers its cold one too.
+    cache_peak_rss: Option<u64>,
 }
 
 impl Run {
@@ -309,7 +378,7 @@ impl Run {
 
     fn line(&self) -> String {
         let mut line = format!(
-            "round {:<2} {:<6} {:<6} {:>6.1} MB in {:>6.3} s {:>5.0} MB/s",
+            "round {:<2} {:<6} {:<10} {:>6.1} MB in {:>6.3} s {:>5.0} MB/s",
             self.round,
             self.client.name(),
             self.mode.name(),
@@ -325,14 +394,15 @@ impl Run {
             "  CPU s: client {:>4.2} registry {:>4.2}",
             self.client_cpu, self.registry_cpu
         );
-        if let Some(node_cpu) = self.node_cpu {
-            let _ = write!(line, " node {node_cpu:>4.2}");
+        if let Some(cache_cpu) = self.cache_cpu {
+            let _ = write!(line, " {} {cache_cpu:>4.2}", self.mode.cache().name());
         }
         if let Some(settle) = self.settle_seconds {
             let _ = write!(line, "  stored {settle:.3} s after");
         }
-        if let Some(rss) = self.node_peak_rss {
-            let _ = write!(line, "  node peak RSS {:.0} MiB", rss as f64 / MIB);
+        if let Some(rss) = self.cache_peak_rss {
+            let cache = self.mode.cache().name();
+            let _ = write!(line, "  {cache} peak RSS {:.0} MiB", rss as f64 / MIB);
         }
         line
     }
@@ -379,7 +449,7 @@ impl Bench {
             "docker-registry stored manifest {pushed}, expected {}",
             image.manifest_digest
         );
-        let registry_pid = child_pid_named("docker-registry")?;
+        let registry_pid = registry.pid();
         eprintln!(
             "pushed to docker-registry in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -436,14 +506,15 @@ impl Bench {
             sizes_mb(&self.blobs[1..]),
         );
         println!(
-            "{} rounds; per round and client: direct, cold (fresh node), warm (same node), in \
+            "{} rounds; per round and client: direct, cold (fresh node), warm (same node), \
+             proxy-cold (fresh docker-registry in proxy mode), proxy-warm (same proxy), in \
              rotating order; curl fetches the manifest and every blob over one connection into \
              files, skopeo copies to dir:, ctr content fetch into a fresh containerd",
             self.options.rounds
         );
         println!(
             "MB = 10^6 bytes; CPU = user+system seconds of the client (ctr: with its \
-             containerd), the registry and the node processes"
+             containerd), the registry and the cache (node or proxy) processes"
         );
         Ok(())
     }
@@ -476,8 +547,9 @@ impl Bench {
         Ok(runs)
     }
 
-    /// One client's direct, cold and warm pulls in `order`, with a node of its own.
-    fn round(&mut self, round: usize, client: Client, order: [Mode; 3]) -> Result<Vec<Run>> {
+    /// One client's pulls in `order`: direct, and cold then warm through a fresh node and
+    /// through a fresh docker-registry proxy.
+    fn round(&mut self, round: usize, client: Client, order: [Mode; 5]) -> Result<Vec<Run>> {
         self.nodes_started += 1;
         let data = self
             .scratch
@@ -486,16 +558,22 @@ impl Bench {
         let upstream = format!("docker.io={}", self.registry.url());
         let mut node = ShoalNode::start(&data, &["--upstream", &upstream])?;
         let node_pid = node.pid().context("shoal node not running")?;
+        let proxy = DockerRegistry::start_with(RegistryConfig {
+            proxy_of: Some(self.registry.url()),
+            ..RegistryConfig::default()
+        })?;
         let mut runs = Vec::new();
         for mode in order {
-            let host = match mode {
-                Mode::Direct => self.registry.host(),
-                Mode::Cold | Mode::Warm => node.gateway().to_string(),
+            let (host, cache_pid) = match mode.cache() {
+                Cache::None => (self.registry.host(), None),
+                Cache::Node => (node.gateway().to_string(), Some(node_pid)),
+                Cache::Proxy => (proxy.host(), Some(proxy.pid())),
             };
             let pulled = Pulled::fresh(client, self.scratch.path())?;
             let daemon_cpu = || pulled.daemon_pid().map_or(Ok(0.0), cpu_seconds);
-            let upstream_before = upstream_bytes(&node)?;
-            let node_before = cpu_seconds(node_pid)?;
+            let cache_cpu = || cache_pid.map(cpu_seconds).transpose();
+            let fetched_before = self.upstream_blob_gets()?;
+            let cache_before = cache_cpu()?;
             let registry_before = cpu_seconds(self.registry_pid)?;
             let client_before = children_cpu_seconds()? + daemon_cpu()?;
             let started = Instant::now();
@@ -509,21 +587,27 @@ impl Bench {
                     self.wait_stored(&node)?;
                     Some(settling.elapsed().as_secs_f64())
                 }
-                Mode::Direct | Mode::Warm => None,
+                _ => None,
             };
-            let node_cpu = cpu_seconds(node_pid)? - node_before;
-            self.check_pulled(&pulled, &format!("{} {}", client.name(), mode.name()))?;
-            let from_upstream = upstream_bytes(&node)? - upstream_before;
-            match mode {
-                Mode::Direct => {}
-                Mode::Cold => ensure!(
-                    from_upstream >= self.pull_bytes(),
-                    "the cold pull took only {from_upstream} bytes from the upstream"
-                ),
-                Mode::Warm => ensure!(
-                    from_upstream == 0,
-                    "the warm pull took {from_upstream} bytes from the upstream"
-                ),
+            let cache_cpu = cache_cpu()?
+                .zip(cache_before)
+                .map(|(after, before)| after - before);
+            let what = format!("{} {}", client.name(), mode.name());
+            self.check_pulled(&pulled, &what)?;
+            let fetched: Vec<usize> = (self.upstream_blob_gets()?.iter())
+                .zip(&fetched_before)
+                .map(|(after, before)| after - before)
+                .collect();
+            if mode.is_cold() {
+                ensure!(
+                    fetched.iter().all(|gets| *gets > 0),
+                    "{what}: not every blob came from the upstream (GETs per blob {fetched:?})"
+                );
+            } else if mode.cache() != Cache::None {
+                ensure!(
+                    fetched.iter().all(|gets| *gets == 0),
+                    "{what}: blobs came from the upstream (GETs per blob {fetched:?})"
+                );
             }
             let run = Run {
                 round,
@@ -534,10 +618,11 @@ impl Bench {
                 first_bytes,
                 client_cpu,
                 registry_cpu,
-                node_cpu: (mode != Mode::Direct).then_some(node_cpu),
+                cache_cpu,
                 settle_seconds,
-                node_peak_rss: (mode == Mode::Warm)
-                    .then(|| peak_rss_bytes(node_pid))
+                cache_peak_rss: cache_pid
+                    .filter(|_| !mode.is_cold())
+                    .map(peak_rss_bytes)
                     .transpose()?,
             };
             println!("{}", run.line());
@@ -548,6 +633,16 @@ impl Bench {
             std::fs::remove_dir_all(&data)?;
         }
         Ok(runs)
+    }
+
+    /// How many times each of the image's blobs was fetched from the registry so far.
+    fn upstream_blob_gets(&self) -> Result<Vec<usize>> {
+        let counts = self.registry.blob_get_counts()?;
+        Ok(self
+            .blobs
+            .iter()
+            .map(|blob| counts.get(&blob.digest).copied().unwrap_or(0))
+            .collect())
     }
 
     /// Waits until the node has stored the manifest and every blob and runs no transfer.
@@ -663,7 +758,7 @@ impl Bench {
             self.pull_bytes() as f64 / MB
         );
         println!(
-            "{:<7} {:<7} {:>8} {:>6} {:>14} {:>13} {:>15} {:>11} {:>17}",
+            "{:<7} {:<10} {:>8} {:>6} {:>14} {:>13} {:>15} {:>12} {:>17}",
             "client",
             "pull",
             "seconds",
@@ -671,7 +766,7 @@ impl Bench {
             "first bytes s",
             "client CPU s",
             "registry CPU s",
-            "node CPU s",
+            "cache CPU s",
             "stored after (s)"
         );
         for &client in &self.options.clients {
@@ -684,7 +779,7 @@ impl Bench {
                     )
                 };
                 println!(
-                    "{:<7} {:<7} {} {} {} {} {} {} {}",
+                    "{:<7} {:<10} {} {} {} {} {} {} {}",
                     client.name(),
                     mode.name(),
                     figure(|run| Some(run.seconds), 8, 3),
@@ -692,46 +787,70 @@ impl Bench {
                     figure(|run| run.first_bytes, 14, 3),
                     figure(|run| Some(run.client_cpu), 13, 2),
                     figure(|run| Some(run.registry_cpu), 15, 2),
-                    figure(|run| run.node_cpu, 11, 2),
+                    figure(|run| run.cache_cpu, 12, 2),
                     figure(|run| run.settle_seconds, 17, 3),
                 );
             }
         }
-        let peaks: Vec<u64> = runs.iter().filter_map(|run| run.node_peak_rss).collect();
-        if let (Some(low), Some(high)) = (peaks.iter().min(), peaks.iter().max()) {
-            println!(
-                "node peak RSS (VmHWM after cold + warm): {:.0}-{:.0} MiB over {} nodes",
-                *low as f64 / MIB,
-                *high as f64 / MIB,
-                peaks.len()
-            );
+        for cache in [Cache::Node, Cache::Proxy] {
+            let peaks: Vec<u64> = (runs.iter())
+                .filter(|run| run.mode.cache() == cache)
+                .filter_map(|run| run.cache_peak_rss)
+                .collect();
+            if let (Some(low), Some(high)) = (peaks.iter().min(), peaks.iter().max()) {
+                println!(
+                    "{} peak RSS (VmHWM after cold + warm): {:.0}-{:.0} MiB over {} runs",
+                    cache.name(),
+                    *low as f64 / MIB,
+                    *high as f64 / MIB,
+                    peaks.len()
+                );
+            }
         }
 
         println!();
         println!("ratios of median seconds (lower is faster):");
         for &client in &self.options.clients {
             let seconds = |mode| median(select(runs, client, mode).iter().map(|run| run.seconds));
-            let (Some(direct), Some(cold), Some(warm)) = (
-                seconds(Mode::Direct),
-                seconds(Mode::Cold),
-                seconds(Mode::Warm),
-            ) else {
-                continue;
-            };
-            let cold = cold / direct;
-            let warm = warm / direct;
-            println!(
-                "{:<6} cold / direct  {cold:>5.2}x  goal <= {COLD_GOAL:.2}x {}",
-                client.name(),
-                verdict(hundredths(cold) <= hundredths(COLD_GOAL))
-            );
-            println!(
-                "{:<6} warm / direct  {warm:>5.2}x  goal <  {WARM_GOAL:.2}x {}",
-                client.name(),
-                verdict(hundredths(warm) < hundredths(WARM_GOAL))
-            );
+            let ratio = |of: Mode, to: Mode| Some(seconds(of)? / seconds(to)?);
+            let name = client.name();
+            if let Some(cold) = ratio(Mode::Cold, Mode::Direct) {
+                let met = hundredths(cold) <= hundredths(COLD_GOAL);
+                let goal = format!("goal <= {COLD_GOAL:.2}x {}", verdict(met));
+                print_ratio(name, Mode::Cold, Mode::Direct, cold, &goal);
+            }
+            if let Some(warm) = ratio(Mode::Warm, Mode::Direct) {
+                let met = hundredths(warm) < hundredths(WARM_GOAL);
+                let goal = format!("goal <  {WARM_GOAL:.2}x {}", verdict(met));
+                print_ratio(name, Mode::Warm, Mode::Direct, warm, &goal);
+            }
+            let references = [
+                (
+                    Mode::ProxyCold,
+                    Mode::Direct,
+                    "docker-registry's pull-through cache",
+                ),
+                (
+                    Mode::ProxyWarm,
+                    Mode::Direct,
+                    "docker-registry's pull-through cache",
+                ),
+                (Mode::Cold, Mode::ProxyCold, "Shoal against that cache"),
+                (Mode::Warm, Mode::ProxyWarm, "Shoal against that cache"),
+            ];
+            for (of, to, what) in references {
+                if let Some(ratio) = ratio(of, to) {
+                    print_ratio(name, of, to, ratio, &format!("({what})"));
+                }
+            }
         }
     }
+}
+
+/// One line of the ratios: `client`'s median seconds of `of` pulls over those of `to` pulls.
+fn print_ratio(client: &str, of: Mode, to: Mode, ratio: f64, note: &str) {
+    let pulls = format!("{} / {}", of.name(), to.name());
+    println!("{client:<6} {pulls:<22} {ratio:>5.2}x  {note}");
 }
 
 fn select(runs: &[Run], client: Client, mode: Mode) -> Vec<&Run> {
@@ -794,12 +913,4 @@ fn file_digest(path: &Path) -> Result<(String, u64)> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("no file {}", path.display()))?;
     Ok(shoal_tests::http::sha256_of(&mut file)?)
-}
-
-/// The node's `bytes_from_upstream` counter.
-fn upstream_bytes(node: &ShoalNode) -> Result<u64> {
-    let status = node.status()?;
-    status["counters"]["bytes_from_upstream"]
-        .as_u64()
-        .with_context(|| format!("no bytes_from_upstream in {status}"))
 }
