@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 /// Written bytes kept after they are on disk, for readers slightly behind the download.
-const KEEP_WRITTEN_BYTES: u64 = 8 << 20;
+const KEEP_WRITTEN_BYTES: u64 = 2 << 20;
 
 #[derive(Debug, Default)]
 pub struct ArrivingBytes {
@@ -110,7 +110,7 @@ mod tests {
 
     #[test]
     fn keeps_pieces_until_written_and_then_a_margin() {
-        let piece = 4 << 20;
+        let piece = (KEEP_WRITTEN_BYTES / 2) as usize;
         let arriving = pieces(&[piece; 5]);
         arriving.mark_written(piece as u64);
         assert!(arriving.at(0, 1).is_some(), "within the margin");

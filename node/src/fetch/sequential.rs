@@ -20,8 +20,9 @@ use super::arriving::ArrivingBytes;
 use crate::store::{DiskSpace, Store};
 
 /// Bytes handed to the writer and not yet written: bounds memory when the disk is slower than
-/// the source.
-const UNWRITTEN_BYTES_MAX: usize = 16 << 20;
+/// the source. 16 MiB gave the same pull times as this with a third more peak RSS
+/// (docs/benchmarks.md, bench_upstream).
+const UNWRITTEN_BYTES_MAX: usize = 4 << 20;
 /// Free space is checked before each this many bytes are written.
 const SPACE_CHECK_BYTES: u64 = 1 << 20;
 
