@@ -367,6 +367,8 @@ struct Run {
     cache_cpu: Option<f64>,
     /// After a cold pull: how long the node took, once the client was done, to store the image.
     settle_seconds: Option<f64>,
+    /// Cold pulls: blob GETs the registry answered during the pull (the image has `blobs`).
+    upstream_gets: Option<usize>,
     /// The cache's peak RSS (`VmHWM`) after its warm pull, which covers its cold one too.
     cache_peak_rss: Option<u64>,
 }
@@ -396,6 +398,9 @@ impl Run {
         );
         if let Some(cache_cpu) = self.cache_cpu {
             let _ = write!(line, " {} {cache_cpu:>4.2}", self.mode.cache().name());
+        }
+        if let Some(gets) = self.upstream_gets {
+            let _ = write!(line, "  upstream blob GETs {gets}");
         }
         if let Some(settle) = self.settle_seconds {
             let _ = write!(line, "  stored {settle:.3} s after");
@@ -620,6 +625,7 @@ impl Bench {
                 registry_cpu,
                 cache_cpu,
                 settle_seconds,
+                upstream_gets: mode.is_cold().then(|| fetched.iter().sum()),
                 cache_peak_rss: cache_pid
                     .filter(|_| !mode.is_cold())
                     .map(peak_rss_bytes)
