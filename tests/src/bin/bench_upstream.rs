@@ -603,17 +603,7 @@ impl Bench {
                 .zip(&fetched_before)
                 .map(|(after, before)| after - before)
                 .collect();
-            if mode.is_cold() {
-                ensure!(
-                    fetched.iter().all(|gets| *gets > 0),
-                    "{what}: not every blob came from the upstream (GETs per blob {fetched:?})"
-                );
-            } else if mode.cache() != Cache::None {
-                ensure!(
-                    fetched.iter().all(|gets| *gets == 0),
-                    "{what}: blobs came from the upstream (GETs per blob {fetched:?})"
-                );
-            }
+            check_fetched(mode, &what, &fetched)?;
             let run = Run {
                 round,
                 client,
@@ -853,6 +843,23 @@ impl Bench {
     }
 }
 
+/// A cold pull must have fetched every blob from the upstream (`fetched`: GETs per blob during
+/// the pull), a warm one none.
+fn check_fetched(mode: Mode, what: &str, fetched: &[usize]) -> Result<()> {
+    if mode.is_cold() {
+        ensure!(
+            fetched.iter().all(|gets| *gets > 0),
+            "{what}: not every blob came from the upstream (GETs per blob {fetched:?})"
+        );
+    } else if mode.cache() != Cache::None {
+        ensure!(
+            fetched.iter().all(|gets| *gets == 0),
+            "{what}: blobs came from the upstream (GETs per blob {fetched:?})"
+        );
+    }
+    Ok(())
+}
+
 /// One line of the ratios: `client`'s median seconds of `of` pulls over those of `to` pulls.
 fn print_ratio(client: &str, of: Mode, to: Mode, ratio: f64, note: &str) {
     let pulls = format!("{} / {}", of.name(), to.name());
@@ -919,4 +926,51 @@ fn file_digest(path: &Path) -> Result<(String, u64)> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("no file {}", path.display()))?;
     Ok(shoal_tests::http::sha256_of(&mut file)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cold_pulls_must_fetch_every_blob_and_warm_ones_none() {
+        for cold in [Mode::Cold, Mode::ProxyCold] {
+            assert!(check_fetched(cold, "cold", &[1, 2, 1]).is_ok());
+            let error = check_fetched(cold, "cold", &[1, 0, 1]).unwrap_err();
+            assert!(error.to_string().contains("not every blob"), "{error}");
+        }
+        for warm in [Mode::Warm, Mode::ProxyWarm] {
+            assert!(check_fetched(warm, "warm", &[0, 0, 0]).is_ok());
+            let error = check_fetched(warm, "warm", &[0, 1, 0]).unwrap_err();
+            assert!(
+                error.to_string().contains("came from the upstream"),
+                "{error}"
+            );
+        }
+        assert!(check_fetched(Mode::Direct, "direct", &[1, 1, 1]).is_ok());
+    }
+
+    #[test]
+    fn each_group_of_pulls_runs_first_second_and_last_and_warm_follows_cold() {
+        for order in Mode::ORDERS {
+            for (cold, warm) in [(Mode::Cold, Mode::Warm), (Mode::ProxyCold, Mode::ProxyWarm)] {
+                let at = |mode| order.iter().position(|m| *m == mode).unwrap();
+                assert_eq!(at(warm), at(cold) + 1, "{order:?}");
+            }
+        }
+        let firsts: Vec<Cache> = Mode::ORDERS.iter().map(|order| order[0].cache()).collect();
+        let lasts: Vec<Cache> = Mode::ORDERS.iter().map(|order| order[4].cache()).collect();
+        for cache in [Cache::None, Cache::Node, Cache::Proxy] {
+            assert_eq!(
+                firsts.iter().filter(|c| **c == cache).count(),
+                1,
+                "{firsts:?}"
+            );
+            assert_eq!(
+                lasts.iter().filter(|c| **c == cache).count(),
+                1,
+                "{lasts:?}"
+            );
+        }
+    }
 }
