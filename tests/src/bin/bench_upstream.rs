@@ -367,7 +367,8 @@ struct Run {
     cache_cpu: Option<f64>,
     /// After a cold pull: how long the node took, once the client was done, to store the image.
     settle_seconds: Option<f64>,
-    /// Cold pulls: blob GETs the registry answered during the pull (the image has `blobs`).
+    /// Cold pulls: blob GETs the registry answered during the pull; one per blob of the image
+    /// is one upstream copy.
     upstream_gets: Option<usize>,
     /// The cache's peak RSS (`VmHWM`) after its warm pull, which covers its cold one too.
     cache_peak_rss: Option<u64>,
@@ -576,9 +577,9 @@ impl Bench {
             };
             let pulled = Pulled::fresh(client, self.scratch.path())?;
             let daemon_cpu = || pulled.daemon_pid().map_or(Ok(0.0), cpu_seconds);
-            let cache_cpu = || cache_pid.map(cpu_seconds).transpose();
+            let cache_cpu_now = || cache_pid.map(cpu_seconds).transpose();
             let fetched_before = self.upstream_blob_gets()?;
-            let cache_before = cache_cpu()?;
+            let cache_before = cache_cpu_now()?;
             let registry_before = cpu_seconds(self.registry_pid)?;
             let client_before = children_cpu_seconds()? + daemon_cpu()?;
             let started = Instant::now();
@@ -594,7 +595,7 @@ impl Bench {
                 }
                 _ => None,
             };
-            let cache_cpu = cache_cpu()?
+            let cache_cpu = cache_cpu_now()?
                 .zip(cache_before)
                 .map(|(after, before)| after - before);
             let what = format!("{} {}", client.name(), mode.name());
