@@ -5,10 +5,13 @@
 //! swarm through [`NetworkHandle::respond`]. Chunks leave only after the egress limiter lets
 //! them, and a chunk is only ever read from content verified against its digest or its index.
 
+use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::FuturesOrdered;
+use futures_util::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
 use shoal_protocol::wire::{Request, Response};
 use shoal_protocol::{Bitmap, ChunkLayout, Digest};
@@ -20,7 +23,9 @@ use crate::announce::Announcements;
 use crate::counters::Counters;
 use crate::fetch::{FetchHandle, Origin};
 use crate::locality::Locality;
-use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
+use crate::network::{
+    InboundRequest, NetworkEvent, NetworkHandle, read_request_frame, write_response_frame,
+};
 use crate::rate::RateLimiter;
 use crate::seeding::SeedLedger;
 use crate::store::Store;
@@ -38,6 +43,13 @@ const INBOUND_CONCURRENCY: usize = 64;
 const EGRESS_AHEAD_MAX: Duration = Duration::from_millis(150);
 /// Pages of announcements taken from one peer at a time; bounds a hostile peer's cursor loop.
 const SYNC_PAGES_MAX: usize = 1_000;
+/// Chunk requests of one link worked on at once: the next chunk is read while the one before
+/// it is sent, and a few more wait in order.
+const LINK_ANSWERS_AHEAD: usize = 4;
+/// Chunk links served at once, and per peer: a peer needs one per connection; a few more
+/// cover a link being replaced.
+const LINKS_MAX: usize = 512;
+const LINKS_PER_PEER_MAX: usize = 4;
 
 /// Called with each announcement accepted from a trusted publisher.
 pub type OnAnnouncement = Arc<dyn Fn(shoal_protocol::announce::Announcement) + Send + Sync>;
@@ -69,6 +81,7 @@ impl std::fmt::Debug for PeerService {
 impl PeerService {
     pub async fn run(self, mut events: mpsc::Receiver<NetworkEvent>, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
+        let links = LinkCount::default();
         let mut tasks = JoinSet::new();
         loop {
             let event = tokio::select! {
@@ -91,6 +104,17 @@ impl PeerService {
                 NetworkEvent::PeerConnected(peer) => {
                     let service = self.clone();
                     tasks.spawn(async move { service.sync_announcements(peer).await });
+                }
+                NetworkEvent::ChunkStream { peer, stream } => {
+                    let Some(admitted) = links.admit(peer) else {
+                        tracing::debug!(%peer, "refusing a chunk link beyond the limits");
+                        continue;
+                    };
+                    let service = self.clone();
+                    tasks.spawn(async move {
+                        service.serve_chunk_link(peer, stream).await;
+                        drop(admitted);
+                    });
                 }
             }
         }
@@ -156,6 +180,56 @@ impl PeerService {
             }
         };
         self.network.respond(inbound.id, response).await;
+    }
+
+    /// Answers the chunk requests a peer sends on its chunk link, in order, working on up to
+    /// [`LINK_ANSWERS_AHEAD`] at once (reads from disk overlap with sending), until the peer
+    /// closes the stream or it breaks.
+    async fn serve_chunk_link(&self, peer: PeerId, stream: libp2p::Stream) {
+        let (mut reader, mut writer) = stream.split();
+        let (requests, mut queued) = mpsc::channel(LINK_ANSWERS_AHEAD);
+        let read = async move {
+            loop {
+                match read_request_frame(&mut reader).await {
+                    Ok(Request::Chunk { blob, chunk }) => {
+                        if requests.send((blob, chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(other) => {
+                        tracing::debug!(%peer, request = ?other, "not a chunk request on a chunk link");
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+        };
+        let answer = async move {
+            let mut answers = FuturesOrdered::new();
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(response) = answers.next(), if !answers.is_empty() => {
+                        if write_response_frame(&mut writer, &response).await.is_err() {
+                            return;
+                        }
+                        // Written out once nothing else is ready to go with it.
+                        if answers.is_empty() && writer.flush().await.is_err() {
+                            return;
+                        }
+                    }
+                    request = queued.recv(), if open && answers.len() < LINK_ANSWERS_AHEAD => {
+                        match request {
+                            Some((blob, chunk)) => answers.push_back(self.chunk(peer, blob, chunk)),
+                            None => open = false,
+                        }
+                    }
+                    else => return,
+                }
+            }
+        };
+        tokio::join!(read, answer);
     }
 
     /// Waits until `length` bytes may leave within the egress limit, or returns `false` at
@@ -305,6 +379,9 @@ impl PeerService {
                     if let Some(refusal) = self.refusal(peer, &layout, chunk).await {
                         return refusal;
                     }
+                    if let Some(bytes) = progress.verified.get(chunk) {
+                        return self.send_chunk(peer, bytes.to_vec());
+                    }
                     tokio::task::spawn_blocking(move || read_chunk(&file, &layout, chunk))
                         .await
                         .ok()
@@ -314,15 +391,18 @@ impl PeerService {
             },
         };
         match bytes {
-            Some(mut bytes) => {
-                if self.corrupt_chunks && !bytes.is_empty() {
-                    bytes[0] ^= 0xff;
-                }
-                self.sent(peer, bytes.len() as u64);
-                Response::Chunk(bytes)
-            }
+            Some(bytes) => self.send_chunk(peer, bytes),
             None => Response::NotFound,
         }
+    }
+
+    /// The answer carrying a chunk's bytes, counted as sent.
+    fn send_chunk(&self, peer: PeerId, mut bytes: Vec<u8>) -> Response {
+        if self.corrupt_chunks && !bytes.is_empty() {
+            bytes[0] ^= 0xff;
+        }
+        self.sent(peer, bytes.len() as u64);
+        Response::Chunk(bytes)
     }
 
     /// Books the egress for `chunk` of a blob laid out as `layout`, before it is read; the
@@ -335,6 +415,53 @@ impl PeerService {
             return Some(Response::Busy);
         }
         None
+    }
+}
+
+/// The chunk links being served, in all and per peer.
+#[derive(Debug, Clone, Default)]
+struct LinkCount {
+    per_peer: Arc<std::sync::Mutex<HashMap<PeerId, usize>>>,
+}
+
+/// One admitted link; dropping it makes room for another.
+struct AdmittedLink {
+    count: LinkCount,
+    peer: PeerId,
+}
+
+impl LinkCount {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, usize>> {
+        self.per_peer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Room for one more link from `peer`, within [`LINKS_MAX`] and [`LINKS_PER_PEER_MAX`].
+    fn admit(&self, peer: PeerId) -> Option<AdmittedLink> {
+        let mut per_peer = self.lock();
+        let total: usize = per_peer.values().sum();
+        let count = per_peer.entry(peer).or_default();
+        if total >= LINKS_MAX || *count >= LINKS_PER_PEER_MAX {
+            return None;
+        }
+        *count += 1;
+        Some(AdmittedLink {
+            count: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for AdmittedLink {
+    fn drop(&mut self) {
+        let mut per_peer = self.count.lock();
+        if let Some(count) = per_peer.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                per_peer.remove(&self.peer);
+            }
+        }
     }
 }
 

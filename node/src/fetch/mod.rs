@@ -8,6 +8,7 @@ mod arriving;
 mod sequential;
 mod stream;
 mod transfer;
+mod verified;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -30,6 +31,7 @@ use crate::upstream::Upstreams;
 pub use arriving::ArrivingBytes;
 pub use sequential::SequentialBlob;
 pub use stream::stream_transfer;
+pub use verified::VerifiedChunks;
 
 /// Commands queued for the fetch actor.
 const COMMAND_QUEUE_LEN: usize = 256;
@@ -69,6 +71,9 @@ pub struct Progress {
     pub file: Option<Arc<File>>,
     /// The newest bytes of a blob filled front to back, until it is all on disk.
     pub arriving: Option<Arc<ArrivingBytes>>,
+    /// The chunks verified most recently, in memory for the readers right behind.
+    pub verified: Arc<VerifiedChunks>,
+    /// Chunks verified against the index: in `verified` or in `file`, or both.
     pub have: Bitmap,
     pub peers: usize,
     /// Set when the transfer ends: `Ok` once the blob is verified and stored.

@@ -1,5 +1,6 @@
 //! Streaming a blob to a gateway client while its transfer is still running: each chunk is
-//! read from the transfer's file as soon as it is there, in order, and the transfer is told
+//! taken as soon as it is there, in order — from memory while the transfer keeps it among its
+//! most recently verified chunks, else from the transfer's file — and the transfer is told
 //! which chunk the client waits for so that one is fetched first. A chunk from a peer is there
 //! once verified against the index. Bytes from an upstream (or a peer relaying one) go to the
 //! client from memory the moment they arrive, and from the file once they are written and out
@@ -53,10 +54,8 @@ impl Reader {
         let chunk = layout
             .chunk_at(self.position)
             .ok_or_else(|| std::io::Error::other("read past the end"))?;
-        let chunk_end = layout
-            .chunk_range(chunk)
-            .map_err(std::io::Error::other)?
-            .end;
+        let chunk_range = layout.chunk_range(chunk).map_err(std::io::Error::other)?;
+        let chunk_end = chunk_range.end;
         let position = self.position;
         let longest = (self.end - position).min(PIECE_BYTES_MAX);
         let mut announced = false;
@@ -69,6 +68,13 @@ impl Reader {
                 && let Some(piece) = arriving.at(position, longest as usize)
             {
                 return Ok(piece);
+            }
+            if progress.have.get(chunk)
+                && let Some(bytes) = progress.verified.get(chunk)
+            {
+                let from = (position - chunk_range.start) as usize;
+                let to = bytes.len().min(from + (self.end - position) as usize);
+                return Ok(bytes.slice(from..to));
             }
             let on_disk_to = if matches!(progress.outcome, Some(Ok(()))) {
                 layout.blob_size()

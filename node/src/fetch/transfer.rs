@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use libp2p::PeerId;
 use shoal_protocol::chunk::ChunkIndex;
 use shoal_protocol::scheduler::{Action, Event, Scheduler, SchedulerConfig};
@@ -656,10 +657,14 @@ impl Run<'_> {
                 &self.context.counters.bytes_received_from_peers,
                 bytes.len() as u64,
             );
+            // Readers take the chunk from memory at once, while it is written behind them.
+            let bytes = Bytes::from(bytes);
+            self.progress.send_modify(|progress| {
+                progress.verified.push(chunk, bytes.clone());
+                progress.have.set(chunk);
+            });
             tokio::task::block_in_place(|| partial.write_chunk(chunk, &bytes))
                 .map_err(|e| e.to_string())?;
-            let have = partial.have().clone();
-            self.progress.send_modify(|progress| progress.have = have);
         } else {
             tracing::warn!(%peer, chunk, "chunk failed verification");
             Counters::add(&self.context.counters.chunks_rejected, 1);
@@ -739,10 +744,7 @@ impl Run<'_> {
         let blob = self.blob;
         self.tasks.spawn(async move {
             let asked = Instant::now();
-            let result = context
-                .network
-                .request(peer, Request::Chunk { blob, chunk })
-                .await;
+            let result = context.network.request_chunk(peer, blob, chunk).await;
             if let Ok(Response::Chunk(bytes)) = &result {
                 received(&context, peer, bytes.len() as u64, asked.elapsed()).await;
             }
@@ -831,11 +833,7 @@ async fn relayed_chunk(
     let started = Instant::now();
     loop {
         let asked = Instant::now();
-        match context
-            .network
-            .request(peer, Request::Chunk { blob, chunk })
-            .await
-        {
+        match context.network.request_chunk(peer, blob, chunk).await {
             Ok(Response::Chunk(bytes)) => {
                 received(&context, peer, bytes.len() as u64, asked.elapsed()).await;
                 return Ok((chunk, bytes));

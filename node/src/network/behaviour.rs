@@ -1,6 +1,6 @@
 //! The libp2p stack of a node: the transport (TCP, and QUIC unless a pre-shared key is set,
 //! with Noise and Yamux) and the combined behaviour (connection limits, identify, ping, mDNS,
-//! Kademlia, gossipsub, and the request-response chunk exchange).
+//! Kademlia, gossipsub, the request-response exchange, and the streams of chunk links).
 
 use std::time::Duration;
 
@@ -50,6 +50,8 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
     pub exchange: request_response::Behaviour<ExchangeCodec>,
+    /// Long-lived chunk streams (`chunks.rs`).
+    pub chunks: libp2p_stream::Behaviour,
 }
 
 impl Behaviour {
@@ -112,6 +114,7 @@ impl Behaviour {
             kad,
             gossipsub,
             exchange,
+            chunks: libp2p_stream::Behaviour::new(),
         })
     }
 }

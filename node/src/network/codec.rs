@@ -1,5 +1,7 @@
-//! The request-response codec of `/shoal/exchange/1`: one length-prefixed frame each way,
-//! encoded by `shoal_protocol::wire`, with every length checked before anything is allocated.
+//! The frames peers exchange: one length-prefixed frame per request and per response, encoded
+//! by `shoal_protocol::wire`, with every length checked before anything is allocated. The
+//! request-response protocol `/shoal/exchange/1` sends one frame each way on a substream of
+//! its own; the chunk links (`chunks.rs`) send many, in order, on one long-lived stream.
 
 use std::io;
 
@@ -45,10 +47,26 @@ async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, limit: usize) -> io::Resul
     read_rest(io, &[], length).await
 }
 
+/// Reads one request frame. Not cancel-safe: a read dropped half-way leaves the stream
+/// mid-frame.
+pub async fn read_request_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Request> {
+    let frame = read_frame(io, REQUEST_BYTES_MAX).await?;
+    wire::decode(&frame, REQUEST_BYTES_MAX).map_err(invalid)
+}
+
+/// Writes one request frame, without flushing.
+pub async fn write_request_frame<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    request: &Request,
+) -> io::Result<()> {
+    write_frame(io, &wire::encode(request).map_err(invalid)?).await
+}
+
 /// Reads a response frame. A chunk's bytes (nearly all the bytes peers exchange) are read
 /// straight into the buffer the response keeps, rather than into a frame that decoding then
 /// copies: one 1 MiB buffer per chunk instead of two, and one copy fewer.
-async fn read_response_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Response> {
+/// Not cancel-safe, like [`read_request_frame`].
+pub async fn read_response_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Response> {
     let length = read_length(io, RESPONSE_BYTES_MAX).await?;
     let mut head = [0u8; wire::FRAME_HEAD_BYTES];
     let head = &mut head[..length.min(wire::FRAME_HEAD_BYTES)];
@@ -65,7 +83,7 @@ async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, frame: &[u8]) -> io::Res
     write_frame_parts(io, frame, &[]).await
 }
 
-/// Writes one frame made of `head` followed by `body`.
+/// Writes one frame made of `head` followed by `body`, without flushing.
 async fn write_frame_parts<T: AsyncWrite + Unpin>(
     io: &mut T,
     head: &[u8],
@@ -75,8 +93,20 @@ async fn write_frame_parts<T: AsyncWrite + Unpin>(
         u32::try_from(head.len() + body.len()).map_err(|_| io::Error::other("frame too large"))?;
     io.write_all(&length.to_be_bytes()).await?;
     io.write_all(head).await?;
-    io.write_all(body).await?;
-    io.close().await
+    io.write_all(body).await
+}
+
+/// Writes one response frame, without flushing. A chunk leaves from its own buffer, not
+/// copied into an encoded frame first.
+pub async fn write_response_frame<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    response: &Response,
+) -> io::Result<()> {
+    if let Response::Chunk(bytes) = response {
+        let head = wire::chunk_response_head(bytes.len()).map_err(invalid)?;
+        return write_frame_parts(io, &head, bytes).await;
+    }
+    write_frame(io, &wire::encode(response).map_err(invalid)?).await
 }
 
 fn invalid(error: impl std::fmt::Display) -> io::Error {
@@ -93,8 +123,7 @@ impl libp2p::request_response::Codec for ExchangeCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Request> {
-        let frame = read_frame(io, REQUEST_BYTES_MAX).await?;
-        wire::decode(&frame, REQUEST_BYTES_MAX).map_err(invalid)
+        read_request_frame(io).await
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -111,7 +140,8 @@ impl libp2p::request_response::Codec for ExchangeCodec {
         io: &mut T,
         request: Request,
     ) -> io::Result<()> {
-        write_frame(io, &wire::encode(&request).map_err(invalid)?).await
+        write_request_frame(io, &request).await?;
+        io.close().await
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(
@@ -120,12 +150,8 @@ impl libp2p::request_response::Codec for ExchangeCodec {
         io: &mut T,
         response: Response,
     ) -> io::Result<()> {
-        // A chunk leaves from its own buffer, not copied into an encoded frame first.
-        if let Response::Chunk(bytes) = &response {
-            let head = wire::chunk_response_head(bytes.len()).map_err(invalid)?;
-            return write_frame_parts(io, &head, bytes).await;
-        }
-        write_frame(io, &wire::encode(&response).map_err(invalid)?).await
+        write_response_frame(io, &response).await?;
+        io.close().await
     }
 }
 

@@ -7,6 +7,7 @@
 //! [`NetworkHandle::respond`]. That keeps the swarm loop responsive whatever the store does.
 
 mod behaviour;
+mod chunks;
 mod codec;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -26,6 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use behaviour::{ANNOUNCEMENT_TOPIC, Behaviour, BehaviourEvent};
+pub use chunks::ChunkLinks;
+pub use codec::{read_request_frame, write_response_frame};
 
 use crate::locality::{self, Locality};
 
@@ -78,6 +81,11 @@ pub enum NetworkEvent {
         data: Vec<u8>,
     },
     PeerConnected(PeerId),
+    /// A peer opened a chunk link: chunk requests to answer in order on `stream`.
+    ChunkStream {
+        peer: PeerId,
+        stream: libp2p::Stream,
+    },
 }
 
 /// A snapshot for `shoal status`.
@@ -126,6 +134,7 @@ enum Command {
 pub struct NetworkHandle {
     commands: mpsc::Sender<Command>,
     local_peer_id: PeerId,
+    chunk_links: ChunkLinks,
 }
 
 impl std::fmt::Debug for Command {
@@ -157,6 +166,17 @@ impl NetworkHandle {
         })
         .await?;
         answer.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Asks `peer` for chunk `chunk` of `blob` on the chunk link to it. Cancel-safe, like
+    /// [`NetworkHandle::request`].
+    pub async fn request_chunk(
+        &self,
+        peer: PeerId,
+        blob: Digest,
+        chunk: u32,
+    ) -> Result<Response, RequestError> {
+        self.chunk_links.request(peer, blob, chunk).await
     }
 
     /// Answers the inbound request `id`.
@@ -209,6 +229,7 @@ impl NetworkHandle {
 
     /// Disconnects `peer` and refuses it from now on.
     pub async fn ban(&self, peer: PeerId) {
+        self.chunk_links.close(&peer);
         let _ = self.send(Command::Ban { peer }).await;
     }
 }
@@ -231,6 +252,10 @@ pub async fn start(
         config.mdns,
         locality::agent_version(config.locality.own_site()),
     )?;
+    let mut chunk_control = behaviour.chunks.new_control();
+    let chunk_streams = chunk_control
+        .accept(chunks::CHUNK_PROTOCOL)
+        .context("cannot accept chunk links")?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(|_| transport)
@@ -265,11 +290,13 @@ pub async fn start(
         unsent: VecDeque::new(),
         locality: config.locality.clone(),
     };
-    let task = tokio::spawn(async move { actor.run(command_receiver, shutdown).await });
+    let task =
+        tokio::spawn(async move { actor.run(command_receiver, chunk_streams, shutdown).await });
     Ok((
         NetworkHandle {
             commands,
             local_peer_id,
+            chunk_links: ChunkLinks::new(chunk_control),
         },
         event_receiver,
         task,
@@ -298,12 +325,22 @@ struct SwarmActor {
 }
 
 impl SwarmActor {
-    async fn run(&mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+    async fn run(
+        &mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut chunk_streams: libp2p_stream::IncomingStreams,
+        shutdown: CancellationToken,
+    ) {
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(command) = commands.recv() => self.on_command(command),
+                Some((peer, stream)) = chunk_streams.next() => {
+                    if !self.banned.contains(&peer) {
+                        self.emit(NetworkEvent::ChunkStream { peer, stream }).await;
+                    }
+                }
                 event = self.swarm.select_next_some() => self.on_swarm_event(event).await,
                 _ = sweep.tick() => self.expire_provider_lookups(),
             }

@@ -5,21 +5,29 @@
 //! Modes:
 //!
 //! - `transfer` — one big blob (a single-layer image, 1 GiB by default, incompressible),
-//!   imported on node A and also on nodes B and C, and pushed with skopeo into a
-//!   docker-registry. Each round (`--rounds`, the order rotating so that none is always first)
-//!   times four fetches of the blob:
+//!   imported on nodes A, B and C, and pushed with skopeo into a docker-registry. Each round
+//!   (`--rounds`, the order rotating so that none is always first) times five fetches of the
+//!   blob, each once unpinned and once pinned (the sending side — the registry, or the nodes
+//!   sending — on core 0 with `taskset`, the receiving host — curl, or the receiving node and
+//!   its client — on core 1, so that the two ends do not fight for a core; the order of the
+//!   two alternates by round):
 //!   - docker-registry → `curl -s -o /dev/null` (the reference);
 //!   - a minimal sendfile(2) HTTP server → curl, serving the layout's own blob file (the
-//!     loopback ceiling of a plain copy);
+//!     loopback ceiling of a plain copy; unpinned only, it is a thread of this program);
+//!   - node A → a fresh node B → curl through B's gateway: B does not have the blob, fetches
+//!     it from A and streams it to curl as chunks are verified (what a Docker host sees);
 //!   - a fresh node bootstrapped to A only → `shoal pull` (one peer);
 //!   - a fresh node bootstrapped to A, B and C → `shoal pull` (three peers at once).
 //!
-//!   A node fetch is timed from the start of `shoal pull` to its end: manifest, config and the
+//!   A pull is timed from the start of `shoal pull` to its end: manifest, config and the
 //!   blob, every chunk checked with BLAKE3 and the whole blob with sha256 before it enters the
-//!   store. The receiver's peak RSS (`VmHWM`) is read right after, then the blob is read back
-//!   through its gateway and its sha256 compared with the digest (untimed). curl runs are
-//!   checked by status and length; the servers' bytes are checked once by sha256 before the
-//!   rounds. CPU seconds of the server and the client side of every fetch are read from /proc.
+//!   store. A gateway fetch is timed over curl alone (B's sha256 may still run after curl has
+//!   every byte, when a trusted publisher signed the blob's index root). The receiver's peak
+//!   RSS (`VmHWM`) is read right after; then the blob is read back through its gateway and its
+//!   sha256 compared with the digest (untimed). curl runs are checked by status and length;
+//!   the servers' bytes are checked once by sha256 before the rounds. CPU seconds of the
+//!   sending side, the receiving node and the client of every fetch are read from /proc and
+//!   printed per GB moved.
 //!
 //!   The summary also gives the CPU ceiling of one core, measured in this process: SHA-256
 //!   (sha2, as the node uses it), BLAKE3 (single thread), and ChaCha20-Poly1305 encryption and
@@ -68,7 +76,6 @@
 //! See docs/benchmarks.md for recorded results and how to read them.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -80,14 +87,15 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use shoal_protocol::rng::SplitMix64;
-use shoal_tests::bench::{children_cpu_seconds, cpu_seconds, median, peak_rss_bytes};
-use shoal_tests::clients::{find_tool, wait_until};
+use shoal_tests::bench::{children_cpu_seconds, cpu_seconds, median};
+use shoal_tests::clients::wait_until;
 use shoal_tests::http;
 use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
 use shoal_tests::node::{ShoalNode, shoal, shoal_binary};
-use shoal_tests::registry::{DockerRegistry, push_oci_layout};
-use shoal_tests::sendfile_server::SendfileServer;
 use tempfile::TempDir;
+
+mod transfer;
+use transfer::TransferBench;
 
 const USAGE: &str = "\
 usage: bench_swarm MODE [--size-mib N] [--rounds N] [--nodes N] [--rate-mib N]
@@ -370,6 +378,28 @@ fn blob_matches(gateway: &str, repository: &str, blob: &Blob) -> Result<bool> {
     Ok(good)
 }
 
+/// Runs `shoal pull` to completion (on `core` when given) and fails unless it succeeded.
+fn pull(node: &ShoalNode, reference: &str, core: Option<usize>) -> Result<()> {
+    let mut command = match core {
+        Some(core) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", &core.to_string()]);
+            taskset.arg(shoal_binary()?);
+            taskset.arg("pull").arg("--data").arg(node.data());
+            taskset
+        }
+        None => shoal(node.data(), "pull")?,
+    };
+    let output = command.arg(reference).output()?;
+    ensure!(
+        output.status.success(),
+        "shoal pull {reference} failed: {}\nnode log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        node.logs()
+    );
+    Ok(())
+}
+
 fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
     bytes as f64 / MB / seconds
 }
@@ -519,400 +549,6 @@ fn decrypt_rate() -> Result<f64> {
             .map_err(|_| anyhow!("decryption failed"))?;
         Ok(black_box(plain).len())
     })
-}
-
-// ---------------------------------------------------------------------------------------------
-// transfer: one big blob
-
-const TRANSFER_REPOSITORY: &str = "bench/transfer";
-const TRANSFER_TAG: &str = "v1";
-const TRANSFER_SIZE_MIB: u64 = 1024;
-/// Goals from the issue: one peer at least 0.6× docker-registry → curl, several peers more.
-const ONE_PEER_GOAL: f64 = 0.6;
-const SEVERAL_PEERS_GOAL: f64 = 1.0;
-/// Goal for the receiver's peak RSS while it moves the blob.
-const PEAK_RSS_GOAL_MIB: f64 = 200.0;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
-    Registry,
-    Loopback,
-    OnePeer,
-    ThreePeers,
-}
-
-impl Source {
-    const ALL: [Source; 4] = [
-        Source::Registry,
-        Source::Loopback,
-        Source::OnePeer,
-        Source::ThreePeers,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Source::Registry => "docker-registry -> curl",
-            Source::Loopback => "sendfile server -> curl",
-            Source::OnePeer => "shoal, 1 peer -> shoal pull",
-            Source::ThreePeers => "shoal, 3 peers -> shoal pull",
-        }
-    }
-}
-
-/// One timed fetch of the blob.
-#[derive(Debug, Clone)]
-struct Fetch {
-    source: Source,
-    seconds: f64,
-    /// CPU seconds of the serving side (registry, server thread, or every providing node).
-    cpu_server: f64,
-    /// CPU seconds of the receiving side (curl, or the receiving node).
-    cpu_client: f64,
-    /// The receiving node's peak RSS.
-    peak_rss: Option<u64>,
-    /// Bytes each providing node sent during the fetch.
-    sent_per_peer: Vec<u64>,
-    bytes_good: bool,
-}
-
-#[derive(Debug)]
-struct TransferBench {
-    dir: PathBuf,
-    blob: Blob,
-    /// A, B and C: A alone serves the one-peer fetches, all three the three-peer ones.
-    seeds: Vec<ShoalNode>,
-    registry: DockerRegistry,
-    registry_pid: u32,
-    loopback: SendfileServer,
-    ceiling: CpuCeiling,
-    receivers_started: usize,
-}
-
-impl TransferBench {
-    fn run(options: &Options) -> Result<bool> {
-        let (tempdir, dir) = work_dir(options)?;
-        let mut bench = TransferBench::set_up(options, dir)?;
-        let mut fetches = Vec::new();
-        for round in 0..options.rounds {
-            for offset in 0..Source::ALL.len() {
-                let source = Source::ALL[(round + offset) % Source::ALL.len()];
-                let fetch = bench.fetch(source)?;
-                print_fetch(round + 1, &fetch, bench.blob.size);
-                fetches.push(fetch);
-            }
-        }
-        bench.print_summary(&fetches)?;
-        drop(bench);
-        finish_work_dir(tempdir, options.keep);
-        Ok(fetches.iter().all(|fetch| fetch.bytes_good))
-    }
-
-    fn set_up(options: &Options, dir: PathBuf) -> Result<TransferBench> {
-        for tool in ["curl", "skopeo", "docker-registry"] {
-            ensure!(find_tool(tool).is_some(), "{tool} is not installed");
-        }
-        let ceiling = CpuCeiling::measure()?;
-        let size = options.size_mib.unwrap_or(TRANSFER_SIZE_MIB) << 20;
-        let layout = dir.join("layout");
-        let image = ImageSpec::new(options.seed)
-            .gzip(GzipLevel::Store)
-            .layer(size)
-            .write_oci_layout(&layout, None)?;
-        let blob = single_layer(&image)?;
-        println!(
-            "blob: {} ({} bytes, {:.0} MiB)",
-            blob.digest,
-            blob.size,
-            blob.size as f64 / MIB
-        );
-        let reference = format!("{TRANSFER_REPOSITORY}:{TRANSFER_TAG}");
-        let mut seeds = Vec::new();
-        for name in ["seed-a", "seed-b", "seed-c"] {
-            let node = ShoalNode::start(&dir.join(name), &[])?;
-            let started = Instant::now();
-            node.import_ok(&image.path, Some(&reference))?;
-            println!(
-                "imported on {name} in {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
-            seeds.push(node);
-        }
-        let registry = DockerRegistry::start()?;
-        let started = Instant::now();
-        push_oci_layout(&image.path, &registry, &reference)?;
-        println!(
-            "pushed to docker-registry in {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
-        let registry_pid = registry.pid();
-        let loopback = SendfileServer::start(&image.path.join("blobs").join("sha256"))?;
-        let bench = TransferBench {
-            dir,
-            blob,
-            seeds,
-            registry,
-            registry_pid,
-            loopback,
-            ceiling,
-            receivers_started: 0,
-        };
-        bench.check_servers()?;
-        Ok(bench)
-    }
-
-    /// Every server returns the right bytes (and the page cache holds them) before any timing.
-    fn check_servers(&self) -> Result<()> {
-        let mut hosts = vec![self.registry.host(), self.loopback.addr().to_string()];
-        hosts.extend(self.seeds.iter().map(|seed| seed.gateway().to_string()));
-        for host in hosts {
-            ensure!(
-                blob_matches(&host, TRANSFER_REPOSITORY, &self.blob)?,
-                "{host} serves wrong bytes before the rounds"
-            );
-        }
-        Ok(())
-    }
-
-    fn blob_url(&self, source: Source) -> String {
-        let host = match source {
-            Source::Loopback => self.loopback.addr().to_string(),
-            _ => self.registry.host(),
-        };
-        format!(
-            "http://{host}/v2/{TRANSFER_REPOSITORY}/blobs/{}",
-            self.blob.digest
-        )
-    }
-
-    fn fetch(&mut self, source: Source) -> Result<Fetch> {
-        match source {
-            Source::Registry | Source::Loopback => self.curl(source),
-            Source::OnePeer => self.node_pull(source, 1),
-            Source::ThreePeers => self.node_pull(source, 3),
-        }
-    }
-
-    fn curl(&self, source: Source) -> Result<Fetch> {
-        let server_pid = match source {
-            Source::Registry => self.registry_pid,
-            _ => std::process::id(),
-        };
-        let server_before = cpu_seconds(server_pid)?;
-        let client_before = children_cpu_seconds()?;
-        let started = Instant::now();
-        let output = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code} %{size_download}",
-            ])
-            .arg(self.blob_url(source))
-            .output()
-            .context("cannot run curl")?;
-        let seconds = started.elapsed().as_secs_f64();
-        let written = String::from_utf8_lossy(&output.stdout).into_owned();
-        let bytes_good = output.status.success() && written == format!("200 {}", self.blob.size);
-        if !bytes_good {
-            eprintln!("WRONG ANSWER from {}: {written}", source.name());
-        }
-        Ok(Fetch {
-            source,
-            seconds,
-            cpu_server: cpu_seconds(server_pid)? - server_before,
-            cpu_client: children_cpu_seconds()? - client_before,
-            peak_rss: None,
-            sent_per_peer: Vec::new(),
-            bytes_good,
-        })
-    }
-
-    /// A fresh node bootstrapped to the first `providers` seeds pulls the image.
-    fn node_pull(&mut self, source: Source, providers: usize) -> Result<Fetch> {
-        let providers: Vec<&ShoalNode> = self.seeds.iter().take(providers).collect();
-        self.receivers_started += 1;
-        let data = self
-            .dir
-            .join(format!("receiver-{}", self.receivers_started));
-        let mut args = bootstrap_args(&providers)?;
-        args.extend(["--trust".to_owned(), self.seeds[0].peer_id().to_owned()]);
-        let mut receiver = start_node(&data, &args)?;
-        let peer_ids: Vec<&str> = providers.iter().map(|node| node.peer_id()).collect();
-        wait_connected(&receiver, &peer_ids)?;
-        wait_knows_tag(&receiver, TRANSFER_REPOSITORY, TRANSFER_TAG)?;
-
-        let sent_before = sent_counters(&providers)?;
-        let server_before = cpu_of(&providers)?;
-        let client_before = cpu_seconds(node_pid(&receiver)?)?;
-        let started = Instant::now();
-        pull(&receiver, &format!("{TRANSFER_REPOSITORY}:{TRANSFER_TAG}"))?;
-        let seconds = started.elapsed().as_secs_f64();
-        let cpu_client = cpu_seconds(node_pid(&receiver)?)? - client_before;
-        let cpu_server = cpu_of(&providers)? - server_before;
-        let peak_rss = peak_rss_bytes(node_pid(&receiver)?)?;
-        let sent_after = sent_counters(&providers)?;
-
-        let gateway = receiver.gateway().to_string();
-        let bytes_good = blob_matches(&gateway, TRANSFER_REPOSITORY, &self.blob)?;
-        receiver.stop()?;
-        drop(receiver);
-        std::fs::remove_dir_all(&data)?;
-        Ok(Fetch {
-            source,
-            seconds,
-            cpu_server,
-            cpu_client,
-            peak_rss: Some(peak_rss),
-            sent_per_peer: sent_after
-                .iter()
-                .zip(&sent_before)
-                .map(|(after, before)| after - before)
-                .collect(),
-            bytes_good,
-        })
-    }
-
-    fn print_summary(&self, fetches: &[Fetch]) -> Result<()> {
-        let size = self.blob.size;
-        let median_of = |source: Source| {
-            median(
-                fetches
-                    .iter()
-                    .filter(|fetch| fetch.source == source)
-                    .map(|fetch| fetch.seconds),
-            )
-        };
-        let registry = median_of(Source::Registry).context("no registry fetch")?;
-        println!(
-            "\nmedians over the rounds ({:.0} MiB blob):",
-            size as f64 / MIB
-        );
-        println!(
-            "  {:<30} {:>8} {:>9} {:>11} {:>17}",
-            "source -> client", "seconds", "MB/s", "x registry", "CPU s/GB srv+cli"
-        );
-        for source in Source::ALL {
-            let Some(seconds) = median_of(source) else {
-                continue;
-            };
-            let cpu = median(
-                fetches
-                    .iter()
-                    .filter(|fetch| fetch.source == source)
-                    .map(|fetch| (fetch.cpu_server + fetch.cpu_client) / (size as f64 / 1e9)),
-            )
-            .unwrap_or(0.0);
-            println!(
-                "  {:<30} {:>8.2} {:>9.0} {:>11.2} {:>17.2}",
-                source.name(),
-                seconds,
-                mb_per_s(size, seconds),
-                registry / seconds,
-                cpu
-            );
-        }
-        self.ceiling.print();
-        let one_peer = median_of(Source::OnePeer).context("no one-peer fetch")?;
-        let three_peers = median_of(Source::ThreePeers).context("no three-peer fetch")?;
-        println!(
-            "  one peer reaches {:.0}% of the one-core ceiling",
-            100.0 * mb_per_s(size, one_peer) * MB / self.ceiling.per_core()
-        );
-        let peak_rss = fetches
-            .iter()
-            .filter_map(|fetch| fetch.peak_rss)
-            .max()
-            .unwrap_or(0) as f64
-            / MIB;
-        self.print_seed_memory()?;
-        println!("\ngoals:");
-        let one_ratio = registry / one_peer;
-        let three_ratio = registry / three_peers;
-        println!(
-            "  1 peer  >= {ONE_PEER_GOAL}x docker-registry: {one_ratio:.2}x  {}",
-            verdict(one_ratio >= ONE_PEER_GOAL)
-        );
-        println!(
-            "  3 peers >  {SEVERAL_PEERS_GOAL}x docker-registry: {three_ratio:.2}x  {}",
-            verdict(three_ratio > SEVERAL_PEERS_GOAL)
-        );
-        println!(
-            "  receiver peak RSS < {PEAK_RSS_GOAL_MIB} MiB: {peak_rss:.0} MiB (highest of all \
-             runs)  {}",
-            verdict(peak_rss < PEAK_RSS_GOAL_MIB)
-        );
-        Ok(())
-    }
-
-    fn print_seed_memory(&self) -> Result<()> {
-        let mut line = String::from("  seeds' peak RSS over the whole run:");
-        for (name, seed) in ["A", "B", "C"].iter().zip(&self.seeds) {
-            let rss = peak_rss_bytes(node_pid(seed)?)? as f64 / MIB;
-            write!(line, " {name} {rss:.0} MiB")?;
-        }
-        println!("{line}");
-        Ok(())
-    }
-}
-
-fn single_layer(image: &GeneratedImage) -> Result<Blob> {
-    let platform = image.platforms.first().context("no platform")?;
-    ensure!(platform.layers.len() == 1, "expected one layer");
-    Ok(platform.layers[0].blob.clone())
-}
-
-fn sent_counters(nodes: &[&ShoalNode]) -> Result<Vec<u64>> {
-    nodes
-        .iter()
-        .map(|node| counter(&node.status()?, "bytes_sent_to_peers"))
-        .collect()
-}
-
-fn cpu_of(nodes: &[&ShoalNode]) -> Result<f64> {
-    let mut total = 0.0;
-    for node in nodes {
-        total += cpu_seconds(node_pid(node)?)?;
-    }
-    Ok(total)
-}
-
-/// Runs `shoal pull` to completion and fails unless it succeeded.
-fn pull(node: &ShoalNode, reference: &str) -> Result<()> {
-    let output = shoal(node.data(), "pull")?.arg(reference).output()?;
-    ensure!(
-        output.status.success(),
-        "shoal pull {reference} failed: {}\nnode log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        node.logs()
-    );
-    Ok(())
-}
-
-fn print_fetch(round: usize, fetch: &Fetch, size: u64) {
-    let mut line = format!(
-        "round {round}  {:<30} {:>7.2} s {:>6.0} MB/s  CPU server {:>5.2} s client {:>5.2} s",
-        fetch.source.name(),
-        fetch.seconds,
-        mb_per_s(size, fetch.seconds),
-        fetch.cpu_server,
-        fetch.cpu_client,
-    );
-    if let Some(rss) = fetch.peak_rss {
-        let _ = write!(line, "  peak RSS {:.0} MiB", rss as f64 / MIB);
-    }
-    if fetch.sent_per_peer.len() > 1 {
-        let shares: Vec<String> = fetch
-            .sent_per_peer
-            .iter()
-            .map(|sent| format!("{:.0}%", 100.0 * *sent as f64 / size as f64))
-            .collect();
-        let _ = write!(line, "  sent by each peer {}", shares.join("/"));
-    }
-    if !fetch.bytes_good {
-        line.push_str("  WRONG BYTES");
-    }
-    println!("{line}");
 }
 
 // ---------------------------------------------------------------------------------------------

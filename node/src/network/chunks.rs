@@ -1,0 +1,189 @@
+//! Chunk links: chunks move between two nodes on one long-lived stream per peer
+//! (`/shoal/chunks/1`), with requests pipelined, instead of on a new substream — with its own
+//! protocol negotiation and its own small window — per chunk.
+//!
+//! The asking side keeps one [`ChunkLinks`] for all peers: the first request to a peer opens
+//! the stream and spawns its link task, which writes requests as they come and reads the
+//! answers, which the serving side sends in the order of the requests. A broken stream fails
+//! every request on it; the next request opens a new one. The serving side gets each inbound
+//! stream as a [`NetworkEvent::ChunkStream`](super::NetworkEvent) and answers it (`peers.rs`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{AsyncReadExt, AsyncWriteExt};
+use libp2p::{PeerId, StreamProtocol};
+use shoal_protocol::Digest;
+use shoal_protocol::wire::{Request, Response};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+use super::RequestError;
+use super::codec::{read_response_frame, write_request_frame};
+
+pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/chunks/1");
+
+/// Requests queued for one link beyond those on the wire; the scheduler keeps at most 8 in
+/// flight per peer, so this never holds a transfer back.
+const LINK_QUEUE_LEN: usize = 64;
+/// Requests written and not yet answered on one link. The serving side works on a few at a
+/// time and reads the rest as they come; this bounds what a link keeps track of.
+const LINK_IN_FLIGHT_MAX: usize = 64;
+/// A link whose peer sends nothing for this long while requests wait is broken: the same
+/// bound as a request-response request.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One pending request: what to ask, and where the answer goes.
+struct LinkRequest {
+    blob: Digest,
+    chunk: u32,
+    reply: oneshot::Sender<Result<Response, RequestError>>,
+}
+
+/// A running link to one peer; dropping it stops the link task.
+struct Link {
+    requests: mpsc::Sender<LinkRequest>,
+    task: AbortHandle,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The chunk links of this node to its peers. Cheap to clone; the links end when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct ChunkLinks {
+    control: libp2p_stream::Control,
+    links: Arc<Mutex<HashMap<PeerId, Link>>>,
+}
+
+impl std::fmt::Debug for ChunkLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkLinks").finish_non_exhaustive()
+    }
+}
+
+impl ChunkLinks {
+    pub fn new(control: libp2p_stream::Control) -> ChunkLinks {
+        ChunkLinks {
+            control,
+            links: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Link>> {
+        self.links
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Asks `peer` for chunk `chunk` of `blob` and waits for the answer: the chunk, `Busy` or
+    /// `NotFound`. Cancel-safe: dropping the future abandons the answer; the link goes on.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        blob: Digest,
+        chunk: u32,
+    ) -> Result<Response, RequestError> {
+        let (reply, answer) = oneshot::channel();
+        let requests = self.link(peer);
+        let request = LinkRequest { blob, chunk, reply };
+        let broken = |reason: &str| RequestError::Failed {
+            peer,
+            reason: reason.to_owned(),
+        };
+        requests
+            .send(request)
+            .await
+            .map_err(|_| broken("the chunk link closed"))?;
+        answer
+            .await
+            .map_err(|_| broken("the chunk link closed before answering"))?
+    }
+
+    /// Ends the link to `peer`, failing its requests (the peer was banned or left).
+    pub fn close(&self, peer: &PeerId) {
+        self.lock().remove(peer);
+    }
+
+    /// The request queue of the link to `peer`, started if there is none or it has ended.
+    fn link(&self, peer: PeerId) -> mpsc::Sender<LinkRequest> {
+        let mut links = self.lock();
+        if let Some(link) = links.get(&peer)
+            && !link.requests.is_closed()
+        {
+            return link.requests.clone();
+        }
+        let (requests, queue) = mpsc::channel(LINK_QUEUE_LEN);
+        let task = tokio::spawn(run_link(self.control.clone(), peer, queue)).abort_handle();
+        links.insert(
+            peer,
+            Link {
+                requests: requests.clone(),
+                task,
+            },
+        );
+        requests
+    }
+}
+
+/// Opens the stream to `peer` and carries the requests of `queue` over it until either side
+/// stops. Requests still queued or unanswered when it ends fail (their reply senders drop).
+async fn run_link(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    mut queue: mpsc::Receiver<LinkRequest>,
+) {
+    let stream = match control.open_stream(peer, CHUNK_PROTOCOL).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::debug!(%peer, %error, "cannot open a chunk link");
+            return;
+        }
+    };
+    let (mut reader, mut writer) = stream.split();
+    let (sent, mut unanswered) = mpsc::channel::<oneshot::Sender<_>>(LINK_IN_FLIGHT_MAX);
+    let write = async move {
+        while let Some(request) = queue.recv().await {
+            let frame = Request::Chunk {
+                blob: request.blob,
+                chunk: request.chunk,
+            };
+            if write_request_frame(&mut writer, &frame).await.is_err()
+                || writer.flush().await.is_err()
+                || sent.send(request.reply).await.is_err()
+            {
+                return;
+            }
+        }
+        let _ = writer.close().await;
+    };
+    let read = async move {
+        while let Some(reply) = unanswered.recv().await {
+            let answer =
+                tokio::time::timeout(ANSWER_TIMEOUT, read_response_frame(&mut reader)).await;
+            match answer {
+                Ok(Ok(response)) => {
+                    let _ = reply.send(Ok(response));
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "chunk link broken");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "chunk link silent; closing it");
+                    return;
+                }
+            }
+        }
+    };
+    // Either half ending ends the link: a reader that stopped leaves answers nobody reads.
+    tokio::select! {
+        () = write => {}
+        () = read => {}
+    }
+}
