@@ -6,6 +6,7 @@
 
 mod arriving;
 mod sequential;
+mod sha256_behind;
 mod stream;
 mod transfer;
 mod verified;

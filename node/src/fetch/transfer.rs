@@ -26,6 +26,7 @@ use shoal_protocol::{Bitmap, Digest};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::sha256_behind::Sha256Behind;
 use super::{FetchContext, Origin, Progress, SequentialBlob};
 use crate::counters::Counters;
 use crate::network::RequestError;
@@ -122,6 +123,8 @@ struct Run<'a> {
     /// A peer that has part of the blob but no index: it is downloading it from an upstream,
     /// and the blob is relayed from it. Its blob size and chunk size.
     relay: Option<(PeerId, (u64, u32))>,
+    /// The sha256 running beside the transfer, when a trusted publisher signed the index.
+    sha256_behind: Option<Sha256Behind>,
 }
 
 pub async fn run(
@@ -155,6 +158,7 @@ pub async fn run(
         fallback: Fallback::Undecided,
         declined: HashSet::new(),
         relay: None,
+        sha256_behind: None,
     };
     let store = run.context.store.clone();
     // Asked for by a peer (or a reader racing a transfer that just ended): nothing to do.
@@ -578,10 +582,20 @@ impl Run<'_> {
     async fn begin(&mut self, index: ChunkIndex) -> Result<(), String> {
         let store = self.context.store.clone();
         let for_partial = index.clone();
-        let partial = tokio::task::spawn_blocking(move || PartialBlob::open(&store, for_partial))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let mut partial =
+            tokio::task::spawn_blocking(move || PartialBlob::open(&store, for_partial))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        let signed = self.context.announcements.index_root(&self.blob) == Some(index.root());
+        if signed {
+            partial.hash_elsewhere();
+            let reader = partial.chunk_reader().map_err(|e| e.to_string())?;
+            let behind =
+                Sha256Behind::start(reader, index.chunk_count(), self.progress.subscribe())
+                    .map_err(|e| e.to_string())?;
+            self.sha256_behind = Some(behind);
+        }
         let file = Arc::new(partial.reader().map_err(|e| e.to_string())?);
         let layout = index.layout();
         let index_shape = (index.blob_size(), index.chunk_bytes());
@@ -774,7 +788,25 @@ impl Run<'_> {
         let Some(partial) = self.partial.take() else {
             return Err("completed without a partial blob".into());
         };
-        match tokio::task::spawn_blocking(move || partial.complete())
+        let Some(behind) = self.sha256_behind.take() else {
+            return match tokio::task::spawn_blocking(move || partial.complete())
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Ok(()) => {
+                    self.context.network.provide(self.blob).await;
+                    Ok(())
+                }
+                Err(error) => {
+                    if let Some(source) = self.index_source {
+                        self.ban(source).await;
+                    }
+                    Err(error.to_string())
+                }
+            };
+        };
+        let (actual, size) = behind.finish().await.map_err(|e| e.to_string())?;
+        match tokio::task::spawn_blocking(move || partial.complete_hashed(actual, size))
             .await
             .map_err(|e| e.to_string())?
         {
@@ -782,10 +814,12 @@ impl Run<'_> {
                 self.context.network.provide(self.blob).await;
                 Ok(())
             }
+            // The chunks matched the index its publisher signed: the peers passed on what
+            // they were given, and the publisher's root and digest disagree.
+            // Reported as a corrupt blob is: removed (the partial file is gone), never served
+            // whole, and the fetch fails.
             Err(error) => {
-                if let Some(source) = self.index_source {
-                    self.ban(source).await;
-                }
+                tracing::error!(digest = %self.blob, %actual, %error, "the blob a trusted publisher signed does not match its digest; removed");
                 Err(error.to_string())
             }
         }

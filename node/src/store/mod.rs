@@ -40,7 +40,9 @@ use shoal_protocol::{Descriptor, Digest, RepoName, Sha256Writer, Tag, TagOrDiges
 pub use evict::{EvictionReport, Pin, VerifyReport};
 pub use layout::Layout;
 pub use metadata::{ImageSummary, ManifestRecord, StoreSummary};
-pub use partial::{PartialBlob, recorded_index};
+#[cfg(test)]
+pub(crate) use partial::test_blobs;
+pub use partial::{ChunkReader, PartialBlob, recorded_index};
 pub use space::DiskSpace;
 pub use staging::{Commit, CommitReport, Staging};
 pub use usage::BlobLease;

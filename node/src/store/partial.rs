@@ -52,8 +52,9 @@ pub struct PartialBlob {
     file: File,
     path: PathBuf,
     unsynced: bool,
-    /// The sha256 of chunks `0..hashed_chunks`, all of them had.
-    hasher: Sha256Writer,
+    /// The sha256 of chunks `0..hashed_chunks`, all of them had; `None` when the sha256 runs
+    /// elsewhere ([`PartialBlob::hash_elsewhere`]).
+    hasher: Option<Sha256Writer>,
     hashed_chunks: u32,
     /// The same file opened for direct I/O, when the file system supports it.
     direct: Option<DirectFile>,
@@ -194,12 +195,29 @@ impl PartialBlob {
             file,
             path,
             unsynced: true,
-            hasher: Sha256Writer::default(),
+            hasher: Some(Sha256Writer::default()),
             hashed_chunks: 0,
             direct: DirectFile::open(&path_for_direct),
         };
         partial.persist()?;
         Ok(partial)
+    }
+
+    /// Stops the running sha256: a trusted publisher signed this blob's index root with its
+    /// digest, so its chunks are the publisher's bytes once they match the index, and the
+    /// whole-blob check runs off the transfer's path ([`PartialBlob::complete_hashed`]).
+    pub fn hash_elsewhere(&mut self) {
+        self.hasher = None;
+    }
+
+    /// Reads chunks back from the file for a hasher of its own, around the page cache where
+    /// the file system allows it.
+    pub fn chunk_reader(&self) -> Result<ChunkReader, StoreError> {
+        Ok(ChunkReader {
+            file: self.reader()?,
+            direct: DirectFile::open(&self.path),
+            index: self.index.clone(),
+        })
     }
 
     pub fn index(&self) -> &ChunkIndex {
@@ -256,32 +274,28 @@ impl PartialBlob {
 
     /// Feeds chunk `chunk` to the running hash from the file.
     fn hash_from_file(&mut self, chunk: u32) -> io::Result<()> {
-        let range = self
-            .index
-            .chunk_range(chunk)
-            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
-        let length = (range.end - range.start) as usize;
-        if let Some(direct) = &mut self.direct
-            && let Some(bytes) = direct.read_at(length, range.start)?
-        {
-            self.hasher.update(bytes);
+        let Some(hasher) = &mut self.hasher else {
             return Ok(());
-        }
-        let mut buffer = vec![0u8; length];
-        self.file.read_exact_at(&mut buffer, range.start)?;
-        self.hasher.update(&buffer);
-        Ok(())
+        };
+        read_chunk(&self.file, &mut self.direct, &self.index, chunk, |bytes| {
+            hasher.update(bytes)
+        })
     }
 
     /// Extends the running sha256 over the chunks had from its cursor on: `bytes` when they
     /// are chunk `written` the cursor is at, other chunks read back from the file (the page
     /// cache), at most [`HASH_CATCH_UP_CHUNKS_MAX`] of them per call.
     fn hash_ahead(&mut self, written: u32, bytes: &[u8]) -> io::Result<()> {
+        if self.hasher.is_none() {
+            return Ok(());
+        }
         let mut reads = 0;
         while self.have.get(self.hashed_chunks) {
             let chunk = self.hashed_chunks;
             if chunk == written {
-                self.hasher.update(bytes);
+                if let Some(hasher) = &mut self.hasher {
+                    hasher.update(bytes);
+                }
             } else {
                 if reads == HASH_CATCH_UP_CHUNKS_MAX {
                     break;
@@ -318,13 +332,25 @@ impl PartialBlob {
     /// Checks the assembled file against its sha256 and moves it into the store. On a
     /// mismatch the partial blob is deleted: its index was wrong.
     pub fn complete(mut self) -> Result<(), StoreError> {
-        self.file.sync_all().map_err(io_error(&self.path))?;
-        while self.hashed_chunks < self.index.chunk_count() {
-            self.hash_from_file(self.hashed_chunks)
-                .map_err(io_error(&self.path))?;
-            self.hashed_chunks += 1;
+        let (mut hasher, from) = match self.hasher.take() {
+            Some(hasher) => (hasher, self.hashed_chunks),
+            None => (Sha256Writer::default(), 0),
+        };
+        for chunk in from..self.index.chunk_count() {
+            read_chunk(&self.file, &mut self.direct, &self.index, chunk, |bytes| {
+                hasher.update(bytes)
+            })
+            .map_err(io_error(&self.path))?;
         }
-        let (actual, size) = std::mem::take(&mut self.hasher).finish();
+        let (actual, size) = hasher.finish();
+        self.complete_hashed(actual, size)
+    }
+
+    /// Moves the assembled file into the store if `actual` and `size`, its sha256 and length
+    /// computed by the caller from the verified chunks, are the blob's. On a mismatch the
+    /// partial blob is deleted.
+    pub fn complete_hashed(mut self, actual: Digest, size: u64) -> Result<(), StoreError> {
+        self.file.sync_all().map_err(io_error(&self.path))?;
         let blob = self.index.blob();
         if actual != blob || size != self.index.blob_size() {
             self.discard()?;
@@ -349,6 +375,47 @@ impl PartialBlob {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// Reads chunk `chunk` of a file laid out by `index` and hands its bytes to `take`: through
+/// `direct` when it can, through the page cache otherwise.
+fn read_chunk(
+    file: &File,
+    direct: &mut Option<DirectFile>,
+    index: &ChunkIndex,
+    chunk: u32,
+    take: impl FnOnce(&[u8]),
+) -> io::Result<()> {
+    let range = index
+        .chunk_range(chunk)
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
+    let length = (range.end - range.start) as usize;
+    if let Some(direct) = direct
+        && let Some(bytes) = direct.read_at(length, range.start)?
+    {
+        take(bytes);
+        return Ok(());
+    }
+    let mut buffer = vec![0u8; length];
+    file.read_exact_at(&mut buffer, range.start)?;
+    take(&buffer);
+    Ok(())
+}
+
+/// Chunks of a partial blob read back from its file, for a hasher that runs beside the
+/// transfer. Only chunks the transfer has written may be read.
+#[derive(Debug)]
+pub struct ChunkReader {
+    file: File,
+    direct: Option<DirectFile>,
+    index: ChunkIndex,
+}
+
+impl ChunkReader {
+    /// Hands the bytes of chunk `chunk` to `take`.
+    pub fn read(&mut self, chunk: u32, take: impl FnOnce(&[u8])) -> io::Result<()> {
+        read_chunk(&self.file, &mut self.direct, &self.index, chunk, take)
     }
 }
 
@@ -378,22 +445,44 @@ pub fn recorded(store: &Store) -> impl Iterator<Item = Result<Digest, StoreError
     metadata::partial_digests(store.db())
 }
 
+/// Blobs and chunk indexes for the tests of partial blobs and of what hashes them.
 #[cfg(test)]
-mod tests {
-    use shoal_protocol::chunk::{CHUNK_BYTES_MIN, ChunkIndexBuilder};
+pub(crate) mod test_blobs {
+    use shoal_protocol::Digest;
+    use shoal_protocol::chunk::{CHUNK_BYTES_MIN, ChunkIndex, ChunkIndexBuilder};
 
-    use super::*;
-
-    fn index_of(bytes: &[u8], digest: Digest) -> ChunkIndex {
+    /// The index of `bytes` in the smallest chunks, claiming they are `digest`.
+    pub fn index_of(bytes: &[u8], digest: Digest) -> ChunkIndex {
         let mut builder = ChunkIndexBuilder::new(digest, CHUNK_BYTES_MIN).unwrap();
         builder.update(bytes);
         builder.finish().unwrap()
     }
 
-    fn chunk_of(bytes: &[u8], index: &ChunkIndex, chunk: u32) -> Vec<u8> {
+    /// An index whose chunk hashes are those of `bytes` but whose digest is another blob's:
+    /// every chunk verifies, the whole does not.
+    pub fn lying_index(bytes: &[u8]) -> ChunkIndex {
+        let honest = index_of(bytes, Digest::of(bytes));
+        ChunkIndex::from_parts(
+            Digest::of(b"something else"),
+            honest.blob_size(),
+            honest.chunk_bytes(),
+            honest.hashes().to_vec(),
+        )
+        .unwrap()
+    }
+
+    pub fn chunk_of(bytes: &[u8], index: &ChunkIndex, chunk: u32) -> Vec<u8> {
         let range = index.chunk_range(chunk).unwrap();
         bytes[range.start as usize..range.end as usize].to_vec()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_protocol::chunk::CHUNK_BYTES_MIN;
+
+    use super::test_blobs::{chunk_of, index_of, lying_index};
+    use super::*;
 
     /// Writes the chunks of `bytes` in `order`, completes the blob and checks it is stored.
     fn write_and_complete(
@@ -453,15 +542,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(dir.path()).unwrap();
         let bytes = vec![9u8; CHUNK_BYTES_MIN as usize * 3];
-        let claimed = Digest::of(b"something else");
-        let honest = index_of(&bytes, Digest::of(&bytes));
-        let index = ChunkIndex::from_parts(
-            claimed,
-            honest.blob_size(),
-            honest.chunk_bytes(),
-            honest.hashes().to_vec(),
-        )
-        .unwrap();
+        let index = lying_index(&bytes);
+        let claimed = index.blob();
         let mut partial = PartialBlob::open(&store, index.clone()).unwrap();
         for chunk in 0..index.chunk_count() {
             partial
