@@ -19,8 +19,6 @@ pub enum GatewayError {
     BlobUnknown,
     #[error("invalid digest: {0}")]
     DigestInvalid(String),
-    #[error("invalid tag: {0}")]
-    TagInvalid(String),
     #[error("requested range not satisfiable")]
     RangeInvalid { size: u64 },
     #[error("invalid number of results requested")]
@@ -43,7 +41,6 @@ impl GatewayError {
             }
             GatewayError::BlobUnknown => "BLOB_UNKNOWN",
             GatewayError::DigestInvalid(_) => "DIGEST_INVALID",
-            GatewayError::TagInvalid(_) => "MANIFEST_INVALID",
             GatewayError::RangeInvalid { .. } => "RANGE_INVALID",
             GatewayError::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             GatewayError::Unsupported => "UNSUPPORTED",
@@ -57,7 +54,6 @@ impl GatewayError {
         match self {
             GatewayError::NameInvalid(_)
             | GatewayError::DigestInvalid(_)
-            | GatewayError::TagInvalid(_)
             | GatewayError::PaginationNumberInvalid => StatusCode::BAD_REQUEST,
             GatewayError::NameUnknown
             | GatewayError::ManifestUnknown

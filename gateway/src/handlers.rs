@@ -80,11 +80,6 @@ async fn serve<S: ContentSource>(
     if is_api && method != Method::GET && method != Method::HEAD {
         return Err(GatewayError::Unsupported);
     }
-    let route = Route::parse(uri.path()).map_err(|error| match error {
-        PathError::NotFound => GatewayError::NotFound,
-        PathError::Digest(digest) => GatewayError::DigestInvalid(digest.to_string()),
-        PathError::Reference(reference) => GatewayError::TagInvalid(reference.to_string()),
-    })?;
     let params = Params(
         Query::try_from_uri(uri)
             .map(|Query(pairs)| pairs)
@@ -97,6 +92,19 @@ async fn serve<S: ContentSource>(
     let repo = |name: &str| {
         RepoName::new(&namespace, name)
             .map_err(|error| GatewayError::NameInvalid(error.to_string()))
+    };
+    let route = match Route::parse(uri.path()) {
+        Ok(route) => route,
+        Err(PathError::NotFound) => return Err(GatewayError::NotFound),
+        Err(PathError::Digest(digest)) => {
+            return Err(GatewayError::DigestInvalid(digest.to_string()));
+        }
+        // A name that is not even valid is still NAME_INVALID; otherwise this is a manifest
+        // that cannot exist.
+        Err(PathError::Reference { name, .. }) => {
+            let repo = repo(&name)?;
+            return Err(repo_unknown_or(gateway, &repo, GatewayError::ManifestUnknown).await);
+        }
     };
     let head = method == Method::HEAD;
     match route {

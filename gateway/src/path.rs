@@ -36,8 +36,12 @@ pub enum PathError {
     NotFound,
     #[error(transparent)]
     Digest(#[from] DigestError),
-    #[error(transparent)]
-    Reference(ReferenceError),
+    /// A manifest reference that is neither a tag nor a digest. No manifest can have it, so
+    /// the gateway answers as for any missing manifest (404, as the distribution spec's end-3
+    /// lists no other failure); the name is kept so that an unknown repository still reads
+    /// `NAME_UNKNOWN`.
+    #[error("{error}")]
+    Reference { name: String, error: ReferenceError },
 }
 
 /// Longest request path considered; longer ones cannot hold a valid name and reference.
@@ -80,7 +84,10 @@ impl Route {
             "manifests" => {
                 let reference = last.parse().map_err(|error| match error {
                     ReferenceError::Digest(digest) => PathError::Digest(digest),
-                    other => PathError::Reference(other),
+                    error => PathError::Reference {
+                        name: name.to_owned(),
+                        error,
+                    },
                 })?;
                 Ok(Route::Manifest {
                     name: name.to_owned(),
@@ -178,7 +185,7 @@ mod tests {
         ));
         assert!(matches!(
             Route::parse("/v2/x/manifests/-bad"),
-            Err(PathError::Reference(_))
+            Err(PathError::Reference { name, .. }) if name == "x"
         ));
         assert_eq!(
             Route::parse(&format!("/v2/{}/tags/list", "a".repeat(2000))),

@@ -14,8 +14,12 @@
 //! One-shot commands run through [`run_command`], which bounds their run time and reports the
 //! command and its stderr on failure.
 //!
-//! Missing tools: tests call [`require_tool`] / [`require_tools`] first. Under `CI=true` a
-//! missing tool is an error; elsewhere the test prints `SKIPPED: ...` and returns.
+//! Missing tools: tests call [`require_tool`] / [`require_tools`] first. A missing tool fails
+//! the test, naming the tool and the script that installs it (`scripts/install-test-deps`),
+//! unless the person running the suite asked to skip such tests with the one switch
+//! [`SKIP_SWITCH`]` = 1` (never honoured under `CI=true`); a skipping test then says so and
+//! appends a line to the file named by [`SKIPPED_FILE`], which `scripts/test` counts and lists
+//! at the end of the run.
 //!
 //! The flags used here and why they are needed on this kind of machine are in
 //! `docs/real-clients.md`.
@@ -82,9 +86,67 @@ pub fn is_ci() -> bool {
     std::env::var("CI").is_ok_and(|value| value == "true")
 }
 
-/// `Ok(true)` when `name` is installed. When it is not: an error under `CI=true` (a test that
-/// needs a real client must never silently pass there), otherwise `Ok(false)` after printing
-/// `SKIPPED: <name> not installed`, and the caller returns early.
+/// The one switch that lets a test whose real client (or privilege) is missing skip instead
+/// of fail: `SHOAL_SKIP_MISSING_CLIENTS=1` (README, docs/testing.md).
+pub const SKIP_SWITCH: &str = "SHOAL_SKIP_MISSING_CLIENTS";
+
+/// The file a skipping test appends its line to (`scripts/test` sets it and prints the
+/// count and the lines when the run ends).
+pub const SKIPPED_FILE: &str = "SHOAL_SKIPPED_FILE";
+
+/// `Ok(())` when the current test may skip because `missing` (what it lacks, for the
+/// message): the skip switch is set and this is not CI. The skip is printed and recorded in
+/// [`SKIPPED_FILE`]. Otherwise an error that names what is missing and how to get it.
+pub fn skip_or_fail(missing: &str) -> Result<()> {
+    let switch_set = std::env::var(SKIP_SWITCH).is_ok_and(|value| value == "1");
+    if !switch_set || is_ci() {
+        let refused = if switch_set {
+            format!(" ({SKIP_SWITCH}=1 is not honoured under CI=true)")
+        } else {
+            format!("; to skip the tests that need it instead, run with {SKIP_SWITCH}=1")
+        };
+        bail!(
+            "{missing}: install what the tests use with scripts/install-test-deps \
+             (docs/real-clients.md lists the Debian packages){refused}"
+        );
+    }
+    let line = format!("{}: {missing}", current_test());
+    eprintln!("SKIPPED: {line}");
+    if let Some(path) = std::env::var_os(SKIPPED_FILE) {
+        use std::io::Write;
+        let mut file = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot record the skip in {}", Path::new(&path).display()))?;
+        // One write per line: tests in parallel binaries append to the same file.
+        file.write_all(format!("{line}\n").as_bytes())?;
+    }
+    Ok(())
+}
+
+/// `<test binary>::<test name>` for the skip list. libtest names each test's thread after the
+/// test; the binary's file name loses cargo's `-<hash>` suffix.
+fn current_test() -> String {
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+        })
+        .map(|stem| match stem.rsplit_once('-') {
+            Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_owned(),
+            _ => stem,
+        })
+        .unwrap_or_else(|| "?".to_owned());
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("?");
+    format!("{binary}::{test}")
+}
+
+/// `Ok(true)` when `name` is installed. When it is not: an error naming it, or, when the
+/// person running the tests asked for skips ([`skip_or_fail`]), `Ok(false)` and the caller
+/// returns early.
 pub fn require_tool(name: &str) -> Result<bool> {
     require_tools(&[name])
 }
@@ -99,14 +161,7 @@ pub fn require_tools(names: &[&str]) -> Result<bool> {
     if missing.is_empty() {
         return Ok(true);
     }
-    let list = missing.join(", ");
-    if is_ci() {
-        bail!(
-            "{list} not installed, and CI=true requires every real client \
-             (see docs/real-clients.md for the Debian packages)"
-        );
-    }
-    eprintln!("SKIPPED: {list} not installed");
+    skip_or_fail(&format!("{} not installed", missing.join(", ")))?;
     Ok(false)
 }
 

@@ -3,8 +3,8 @@
 //! each client must record exactly the digest that was pushed and run the image.
 //!
 //! Each test starts its own registry, daemons and temp dirs on fresh ports (and its own network
-//! namespace), so they run in parallel. A missing tool skips a test locally and fails it under
-//! `CI=true`.
+//! namespace), so they run in parallel. A missing tool fails the test (skips it only
+//! with `SHOAL_SKIP_MISSING_CLIENTS=1`, see `clients::skip_or_fail`).
 
 use std::fs;
 use std::path::Path;

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
-use shoal_tests::clients::{is_ci, require_tools, wait_until};
+use shoal_tests::clients::{require_tools, skip_or_fail, wait_until};
 use shoal_tests::http;
 use shoal_tests::image::{Blob, GeneratedImage, ImageSpec, corrupt_file};
 use shoal_tests::node::{ShoalNode, counter, shoal};
@@ -205,15 +205,19 @@ impl Tmpfs {
     }
 }
 
-/// A 24 MiB tmpfs at `dir`; `None` (the test skips) when mounting is not allowed outside CI.
+/// A 24 MiB tmpfs at `dir`. Mounting needs root; without it the test fails, or skips (`None`)
+/// when the person running the suite asked for skips ([`skip_or_fail`]).
 fn small_disk(dir: &Path) -> Option<Tmpfs> {
     match Tmpfs::mount(dir, "24m") {
         Ok(tmpfs) => Some(tmpfs),
-        Err(error) if !is_ci() => {
-            eprintln!("SKIPPED: cannot mount a tmpfs (run as root): {error:#}");
+        Err(error) => {
+            if let Err(refused) =
+                skip_or_fail(&format!("cannot mount a tmpfs (needs root): {error:#}"))
+            {
+                panic!("{refused:#}");
+            }
             None
         }
-        Err(error) => panic!("CI=true needs a tmpfs for this test: {error:#}"),
     }
 }
 

@@ -17,7 +17,8 @@
 //! Docker Hub, which must fail there instead of leaving the machine or passing by accident.
 //!
 //! Each test starts its own node, daemons and temp dirs on fresh ports, so they run in
-//! parallel. A missing tool skips a test locally and fails it under `CI=true`.
+//! parallel. A missing tool fails the test (skips it only with
+//! `SHOAL_SKIP_MISSING_CLIENTS=1`, see `clients::skip_or_fail`).
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -4,7 +4,8 @@
 //! working when their lifetime has passed.
 //!
 //! Each test starts its own registry and proxy on fresh ports, so they run in parallel. A missing
-//! tool skips a test locally and fails it under `CI=true`.
+//! tool fails the test (skips it only with `SHOAL_SKIP_MISSING_CLIENTS=1`, see
+//! `clients::skip_or_fail`).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -12,7 +12,8 @@
 //! The image is the runnable one of `real_clients.rs` (busybox plus four layers of
 //! incompressible data), and the container must print what its layers hold.
 //!
-//! A missing tool skips a test locally and fails it under `CI=true`.
+//! A missing tool fails the test (skips it only with `SHOAL_SKIP_MISSING_CLIENTS=1`, see
+//! `clients::skip_or_fail`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
