@@ -43,7 +43,10 @@ pub struct NodeArgs {
     /// [default: /ip4/0.0.0.0/tcp/4050 and /ip4/0.0.0.0/udp/4050/quic-v1]
     #[arg(long, value_name = "MULTIADDR")]
     pub listen: Vec<Multiaddr>,
-    /// Peers to connect to at start (repeatable), such as /ip4/10.0.0.5/tcp/4050/p2p/12D3KooW...
+    /// Peers to connect to (repeatable), such as /ip4/10.0.0.5/tcp/4050/p2p/12D3KooW..., or a
+    /// DNS name that stands for many nodes, such as /dns4/shoal-peers.shoal.svc/tcp/4050 (a
+    /// headless Service): the peer id is optional, and names are looked up again while the node
+    /// has few peers
     #[arg(long, value_name = "MULTIADDR")]
     pub bootstrap: Vec<Multiaddr>,
     /// Do not discover peers on the local network with mDNS.

@@ -369,9 +369,9 @@ fn the_kubernetes_manifest_is_well_formed_and_its_init_container_works() {
                 .expect("a kind")
         })
         .collect();
-    assert_eq!(kinds, ["Namespace", "ConfigMap", "DaemonSet"]);
+    assert_eq!(kinds, ["Namespace", "ConfigMap", "Service", "DaemonSet"]);
 
-    let daemonset = &documents[2];
+    let daemonset = &documents[3];
     let has = |text: &str| daemonset.iter().any(|l| l.text == text);
     for wanted in [
         "hostNetwork: true",
@@ -398,6 +398,8 @@ fn the_kubernetes_manifest_is_well_formed_and_its_init_container_works() {
             "/etc/shoal/shoal.toml"
         ]
     );
+
+    check_image_and_bootstrap(&documents[2], daemonset, &scalars);
 
     // The ConfigMap's shoal.toml loads, and the initContainer's own command, pointed at a
     // temporary directory, writes containerd's hosts.toml from it.
@@ -429,4 +431,76 @@ fn the_kubernetes_manifest_is_well_formed_and_its_init_container_works() {
             && written.contains("[host.\"http://127.0.0.1:5050\"]"),
         "{written}"
     );
+}
+
+/// The value of the first `key: value` line of `lines` whose key is `key`.
+fn value_of<'a>(lines: &[YamlLine<'a>], key: &str) -> Option<&'a str> {
+    lines.iter().find_map(|l| {
+        l.text
+            .strip_prefix("- ")
+            .unwrap_or(l.text)
+            .strip_prefix(key)?
+            .strip_prefix(": ")
+    })
+}
+
+/// Both containers run the image `deploy/image/build` makes (`localhost/shoal:<version>`), and
+/// the config bootstraps through the headless Service's DNS name, with nothing else (mDNS off)
+/// that could find peers instead.
+fn check_image_and_bootstrap(
+    service: &[YamlLine<'_>],
+    daemonset: &[YamlLine<'_>],
+    scalars: &[(String, String)],
+) {
+    let images: Vec<&str> = daemonset
+        .iter()
+        .filter_map(|l| l.text.strip_prefix("image: "))
+        .collect();
+    let wanted = format!("localhost/shoal:{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(images, [wanted.as_str(), wanted.as_str()]);
+    let build = read("image/build");
+    assert!(
+        build.contains("tag=$(\"$binary\" --version"),
+        "deploy/image/build no longer tags the image with the binary's version"
+    );
+
+    for wanted in [
+        "clusterIP: None",
+        "publishNotReadyAddresses: true",
+        "port: 4050",
+    ] {
+        assert!(
+            service.iter().any(|l| l.text == wanted),
+            "no {wanted:?} in the Service"
+        );
+    }
+    let name = value_of(service, "name").expect("the Service's name");
+    let namespace = value_of(service, "namespace").expect("the Service's namespace");
+    let selector = service
+        .iter()
+        .position(|l| l.text == "selector:")
+        .expect("the Service's selector");
+    let selected = service[selector + 1].text;
+    assert!(
+        list_under(daemonset, "template:", "labels:").is_empty()
+            && daemonset
+                .iter()
+                .skip_while(|l| l.text != "template:")
+                .any(|l| l.text == selected),
+        "the Service selects {selected:?}, which the DaemonSet's pods do not carry"
+    );
+
+    let (_, config) = scalars.first().expect("the ConfigMap's shoal.toml");
+    let config: toml::Table = toml::from_str(config).expect("the ConfigMap's shoal.toml");
+    let bootstrap: Vec<&str> = config["bootstrap"]
+        .as_array()
+        .expect("a bootstrap list")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(
+        bootstrap,
+        [format!("/dns4/{name}.{namespace}.svc/tcp/4050")]
+    );
+    assert_eq!(config["mdns"].as_bool(), Some(false));
 }

@@ -1476,8 +1476,22 @@ impl Drop for Podman {
             eprintln!("warning: {error:#}");
         }
         unmount_or_warn(self.dir.path());
+        // conmon outlives a removed detached container by a few milliseconds and writes its
+        // exit and event files into the tmp dir meanwhile: a single removal can meet a file
+        // created behind it (seen: the whole temp dir left behind). Retry while that happens.
+        for _ in 0..PODMAN_REMOVE_ATTEMPTS {
+            match fs::remove_dir_all(self.dir.path()) {
+                Ok(()) => return,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        eprintln!("warning: cannot remove {}", self.dir.path().display());
     }
 }
+
+/// Attempts, 100 ms apart, at removing a podman temp dir (see `Drop for Podman`).
+const PODMAN_REMOVE_ATTEMPTS: usize = 20;
 
 #[cfg(test)]
 mod tests {

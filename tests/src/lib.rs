@@ -9,6 +9,7 @@ pub mod browser;
 pub mod clients;
 pub mod http;
 pub mod image;
+pub mod lan;
 pub mod node;
 pub mod registry;
 pub mod run_check;

@@ -7,6 +7,7 @@
 //! [`NetworkHandle::respond`]. That keeps the swarm loop responsive whatever the store does.
 
 mod behaviour;
+mod bootstrap;
 mod chunks;
 mod codec;
 
@@ -271,11 +272,7 @@ pub async fn start(
             .listen_on(address.clone())
             .with_context(|| format!("cannot listen on {address}"))?;
     }
-    for address in &config.bootstrap {
-        if let Err(error) = swarm.dial(address.clone()) {
-            tracing::warn!(%address, %error, "cannot dial bootstrap peer");
-        }
-    }
+    let resolver = bootstrap::Resolver::spawn(config.bootstrap.clone(), shutdown.clone());
     let (commands, command_receiver) = mpsc::channel(COMMAND_QUEUE_LEN);
     let (events, event_receiver) = mpsc::channel(EVENT_QUEUE_LEN);
     let mut actor = SwarmActor {
@@ -289,9 +286,13 @@ pub async fn start(
         banned: HashSet::new(),
         unsent: VecDeque::new(),
         locality: config.locality.clone(),
+        bootstrap: bootstrap::Bootstrap::default(),
     };
-    let task =
-        tokio::spawn(async move { actor.run(command_receiver, chunk_streams, shutdown).await });
+    let task = tokio::spawn(async move {
+        actor
+            .run(command_receiver, chunk_streams, resolver, shutdown)
+            .await
+    });
     Ok((
         NetworkHandle {
             commands,
@@ -322,6 +323,7 @@ struct SwarmActor {
     /// connected has not said so yet); gossiped again when one subscribes.
     unsent: VecDeque<Vec<u8>>,
     locality: Arc<Locality>,
+    bootstrap: bootstrap::Bootstrap,
 }
 
 impl SwarmActor {
@@ -329,6 +331,7 @@ impl SwarmActor {
         &mut self,
         mut commands: mpsc::Receiver<Command>,
         mut chunk_streams: libp2p_stream::IncomingStreams,
+        mut resolver: bootstrap::Resolver,
         shutdown: CancellationToken,
     ) {
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
@@ -343,6 +346,9 @@ impl SwarmActor {
                 }
                 event = self.swarm.select_next_some() => self.on_swarm_event(event).await,
                 _ = sweep.tick() => self.expire_provider_lookups(),
+                Some(found) = resolver.next() => {
+                    self.bootstrap.dial_round(&mut self.swarm, found, &self.banned);
+                }
             }
         }
     }
@@ -466,6 +472,8 @@ impl SwarmActor {
                     return;
                 }
                 if endpoint.is_dialer() {
+                    self.bootstrap
+                        .on_dialed(endpoint.get_remote_address(), peer_id);
                     self.swarm
                         .behaviour_mut()
                         .kad
@@ -525,6 +533,7 @@ impl SwarmActor {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 self.locality
                     .set_site(peer_id, locality::site_of_agent(&info.agent_version));
+                self.bootstrap.on_identified(peer_id, &info.listen_addrs);
                 for address in info.listen_addrs {
                     self.swarm
                         .behaviour_mut()
