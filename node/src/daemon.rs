@@ -69,6 +69,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let counters = Arc::new(Counters::default());
+    let registry = observe::SharedRegistry::default();
     let announcements = Arc::new(Announcements::load(
         store.clone(),
         identity.clone(),
@@ -85,6 +86,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         mdns: config.mdns,
         psk: config.psk,
         locality: locality.clone(),
+        registry: registry.clone(),
     };
     let (network, network_events, network_task) =
         network::start(identity, network_config, shutdown.clone()).await?;
@@ -194,7 +196,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     if let Some(listener) = metrics_listener {
         metrics_field = format!(" metrics={}", listener.local_addr()?);
         let (source, counters) = (context.clone(), context.counters.clone());
-        tasks.spawn(observe::serve(listener, source, counters, shutdown.clone()));
+        tasks.spawn(observe::serve(
+            listener,
+            source,
+            counters,
+            registry,
+            shutdown.clone(),
+        ));
     }
     tasks.spawn(serve_admin(admin_listener, context));
 

@@ -8,9 +8,10 @@
 
 mod behaviour;
 mod codec;
+mod metrics;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -52,6 +53,8 @@ pub struct NetworkConfig {
     pub psk: Option<PreSharedKey>,
     /// Where peers' sites and round trips are recorded; its own site is announced.
     pub locality: Arc<Locality>,
+    /// Where libp2p's own metrics are registered, for `/metrics`.
+    pub registry: Arc<Mutex<libp2p::metrics::Registry>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -264,6 +267,7 @@ pub async fn start(
         banned: HashSet::new(),
         unsent: VecDeque::new(),
         locality: config.locality.clone(),
+        metrics: metrics::register(&config.registry),
     };
     let task = tokio::spawn(async move { actor.run(command_receiver, shutdown).await });
     Ok((
@@ -295,6 +299,7 @@ struct SwarmActor {
     /// connected has not said so yet); gossiped again when one subscribes.
     unsent: VecDeque<Vec<u8>>,
     locality: Arc<Locality>,
+    metrics: libp2p::metrics::Metrics,
 }
 
 impl SwarmActor {
@@ -413,6 +418,7 @@ impl SwarmActor {
     }
 
     async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        libp2p::metrics::Recorder::record(&self.metrics, &event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening for peers");
@@ -472,6 +478,7 @@ impl SwarmActor {
     }
 
     async fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        metrics::record(&self.metrics, &event);
         match event {
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. })
                 if topic == gossipsub::IdentTopic::new(ANNOUNCEMENT_TOPIC).hash() =>
