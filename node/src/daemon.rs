@@ -32,6 +32,7 @@ use crate::pull::Puller;
 use crate::rate::RateLimiter;
 use crate::source::NodeSource;
 use crate::store::{Layout, Store};
+use crate::tagger;
 use crate::upstream::Upstreams;
 
 /// How long requests in flight may take to finish after a shutdown signal.
@@ -161,7 +162,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         Ok(())
     });
 
-    let source = NodeSource::new(puller.clone(), counters.clone());
+    let (tagger, tagger_actor) = tagger::start(store.clone());
+    let tagger_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        tagger_actor.run(tagger_shutdown).await;
+        Ok(())
+    });
+    let source = NodeSource::new(puller.clone(), counters.clone(), tagger);
     let router = shoal_gateway::router(source, Some(config.default_namespace.clone()));
     let gateway_shutdown = shutdown.clone();
     tasks.spawn(async move {
