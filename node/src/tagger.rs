@@ -100,7 +100,9 @@ pub fn start(store: Store) -> (TaggerHandle, TaggerActor) {
 }
 
 impl TaggerActor {
-    /// Runs until `shutdown`; the watched transfers' tasks are aborted with the actor.
+    /// Runs until `shutdown`; the watched transfers' tasks are aborted with the actor. Not
+    /// cancel-safe in the middle of a check (a tag being committed finishes on the blocking
+    /// pool; the candidates are lost), which only matters at shutdown.
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
             tokio::select! {
