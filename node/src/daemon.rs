@@ -32,6 +32,7 @@ use crate::pull::Puller;
 use crate::rate::RateLimiter;
 use crate::source::NodeSource;
 use crate::store::{Layout, Store};
+use crate::tagger;
 use crate::upstream::Upstreams;
 
 /// How long requests in flight may take to finish after a shutdown signal.
@@ -69,6 +70,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let counters = Arc::new(Counters::default());
+    let registry = observe::SharedRegistry::default();
     let announcements = Arc::new(Announcements::load(
         store.clone(),
         identity.clone(),
@@ -85,6 +87,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         mdns: config.mdns,
         psk: config.psk,
         locality: locality.clone(),
+        registry: registry.clone(),
     };
     let (network, network_events, network_task) =
         network::start(identity, network_config, shutdown.clone()).await?;
@@ -159,7 +162,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         Ok(())
     });
 
-    let source = NodeSource::new(puller.clone(), counters.clone());
+    let (tagger, tagger_actor) = tagger::start(store.clone());
+    let tagger_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        tagger_actor.run(tagger_shutdown).await;
+        Ok(())
+    });
+    let source = NodeSource::new(puller.clone(), counters.clone(), tagger);
     let router = shoal_gateway::router(source, Some(config.default_namespace.clone()));
     let gateway_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -194,7 +203,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     if let Some(listener) = metrics_listener {
         metrics_field = format!(" metrics={}", listener.local_addr()?);
         let (source, counters) = (context.clone(), context.counters.clone());
-        tasks.spawn(observe::serve(listener, source, counters, shutdown.clone()));
+        tasks.spawn(observe::serve(
+            listener,
+            source,
+            counters,
+            registry,
+            shutdown.clone(),
+        ));
     }
     tasks.spawn(serve_admin(admin_listener, context));
 

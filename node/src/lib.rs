@@ -32,6 +32,7 @@ mod rate;
 mod seeding;
 mod source;
 mod store;
+mod tagger;
 mod upstream;
 
 use std::path::PathBuf;

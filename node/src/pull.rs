@@ -1,6 +1,7 @@
 //! Getting whole images from the network: resolve a reference (the upstream while its answer
 //! is fresh, then trusted announcements, then the store), fetch its manifest, then every child
-//! manifest and blob it needs, and record the manifests in the store under the repository.
+//! manifest and blob it needs, and record the manifests in the store under the repository —
+//! and, once every blob is stored, the tag that named the image.
 //! Used by `shoal pull`, by `--prefetch`, and by the gateway for whatever the node lacks.
 //!
 //! A tag of a namespace with an upstream is asked of the upstream at most once per
@@ -310,6 +311,19 @@ impl Puller {
             state.bytes_done = state.bytes_total.min(state.bytes_done + size);
             progress(state);
         }
+        // Every piece is stored (and still leased): record the tag, as an import does, so the
+        // image is listed and resolved as stored. A tag given with a digest is not recorded:
+        // the digest chose the image, not the tag.
+        if let TagOrDigest::Tag(tag) = reference.target() {
+            let repo = reference.repo.clone();
+            let whole = self
+                .blocking(move |store| store.tag_if_whole(&repo, &tag, top))
+                .await?;
+            if !whole {
+                tracing::warn!(image = %reference, digest = %top, "pulled, but not whole in the store");
+            }
+        }
+        drop(leases);
         Ok(top)
     }
 }

@@ -20,6 +20,7 @@ use crate::fetch::{Origin, stream_transfer};
 use crate::observe::{ServedFrom, measured};
 use crate::pull::{PullError, Puller};
 use crate::store::{BlobLease, Store, StoreError};
+use crate::tagger::TaggerHandle;
 
 /// Bytes per read when streaming a blob to a client; measured against smaller buffers in the
 /// gateway benchmark (see docs/benchmarks.md).
@@ -30,14 +31,17 @@ pub struct NodeSource {
     store: Store,
     puller: Puller,
     counters: Arc<Counters>,
+    /// Records the tag of an image pulled through here once all of it is stored.
+    tagger: TaggerHandle,
 }
 
 impl NodeSource {
-    pub fn new(puller: Puller, counters: Arc<Counters>) -> NodeSource {
+    pub fn new(puller: Puller, counters: Arc<Counters>, tagger: TaggerHandle) -> NodeSource {
         NodeSource {
             store: puller.store.clone(),
             puller,
             counters,
+            tagger,
         }
     }
 
@@ -110,9 +114,27 @@ impl ContentSource for NodeSource {
             }
         };
         let (for_store, by_digest) = (repo.clone(), TagOrDigest::Digest(digest));
-        let stored = self
-            .blocking(move |store| absent_if_corrupt(store.manifest(&for_store, &by_digest)))
+        let tag = match reference {
+            TagOrDigest::Tag(tag) => Some(tag.clone()),
+            TagOrDigest::Digest(_) => None,
+        };
+        let (stored, tagged) = self
+            .blocking(move |store| {
+                let tagged = match &tag {
+                    Some(tag) => store.tagged(&for_store, tag)?,
+                    None => None,
+                };
+                let stored = absent_if_corrupt(store.manifest(&for_store, &by_digest))?;
+                Ok((stored, tagged))
+            })
             .await?;
+        if let TagOrDigest::Tag(tag) = reference
+            && tagged != Some(digest)
+        {
+            // The client goes on to fetch the image's pieces; the tag is recorded once they are
+            // all stored (a manifest that cannot be had below makes no image whole).
+            self.tagger.candidate(repo.clone(), tag.clone(), digest);
+        }
         if let Some((digest, record, bytes)) = stored {
             Counters::add(hits, 1);
             return Ok(Some(Manifest {
@@ -164,6 +186,7 @@ impl ContentSource for NodeSource {
         let Some(mut transfer) = self.puller.fetch.fetch(digest, Some(origin)).await else {
             return Ok(None);
         };
+        self.tagger.watch(transfer.clone());
         match transfer.ready().await {
             Ok(layout) => {
                 let read = Box::new(move |range: Range<u64>| {

@@ -82,7 +82,46 @@ const COUNTER_SERIES: &[(&str, &str)] = &[
     ("evictions", "shoal_evictions_total"),
 ];
 
-/// A scraped `/metrics` page: every sample by its series as printed (`name{labels}`).
+/// `name{labels}` with its labels in name order: Prometheus treats labels as a set, and the
+/// encoder writes a histogram's `le` first, so series are compared in this form.
+fn canonical(series: &str) -> String {
+    let Some((name, labels)) = series.split_once('{') else {
+        return series.to_owned();
+    };
+    let labels = labels
+        .strip_suffix('}')
+        .unwrap_or_else(|| panic!("malformed series {series:?}"));
+    let mut pairs = Vec::new();
+    let mut rest = labels;
+    while !rest.is_empty() {
+        let (label, after) = rest
+            .split_once("=\"")
+            .unwrap_or_else(|| panic!("malformed labels in {series:?}"));
+        // The value ends at the first quote that no backslash escapes.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let end = end.unwrap_or_else(|| panic!("unterminated value in {series:?}"));
+        pairs.push(format!("{label}=\"{}\"", &after[..end]));
+        rest = after[end + 1..]
+            .strip_prefix(',')
+            .unwrap_or(&after[end + 1..]);
+    }
+    pairs.sort();
+    format!("{name}{{{}}}", pairs.join(","))
+}
+
+/// A scraped `/metrics` page: every sample by its series in [`canonical`] form.
 struct Metrics {
     text: String,
     samples: BTreeMap<String, f64>,
@@ -94,7 +133,7 @@ impl Metrics {
         assert_eq!(response.status, 200);
         assert_eq!(
             response.header("content-type"),
-            Some("text/plain; version=0.0.4; charset=utf-8")
+            Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
         );
         let text = String::from_utf8(response.body).unwrap();
         let samples = text
@@ -107,16 +146,20 @@ impl Metrics {
                 let value = value
                     .parse()
                     .unwrap_or_else(|_| panic!("malformed value in {line:?}"));
-                (series.to_owned(), value)
+                (canonical(series), value)
             })
             .collect();
+        assert!(
+            text.ends_with("# EOF\n"),
+            "an OpenMetrics page ends with # EOF"
+        );
         Metrics { text, samples }
     }
 
     fn get(&self, series: &str) -> u64 {
         let value = self
             .samples
-            .get(series)
+            .get(&canonical(series))
             .unwrap_or_else(|| panic!("no {series} in\n{}", self.text));
         assert!(value.fract() == 0.0 && *value >= 0.0, "{series} = {value}");
         *value as u64
@@ -125,11 +168,11 @@ impl Metrics {
     /// Checks a histogram's shape (cumulative buckets ending in `+Inf` = `_count`) and returns
     /// its count.
     fn histogram_count(&self, name: &str, labels: &str) -> u64 {
-        let prefix = format!("{name}_bucket{{{labels}");
+        let prefix = format!("{name}_bucket{{");
         let buckets: Vec<u64> = self
             .samples
             .iter()
-            .filter(|(series, _)| series.starts_with(&prefix))
+            .filter(|(series, _)| series.starts_with(&prefix) && series.contains(labels))
             .map(|(series, _)| self.get(series))
             .collect();
         assert!(!buckets.is_empty(), "no {prefix} in\n{}", self.text);
@@ -391,6 +434,105 @@ fn metrics_after_a_pull_match_the_image_and_shoal_status() {
     assert_eq!(
         seed_metrics.get(r#"shoal_received_bytes_total{source="peers"}"#),
         0
+    );
+}
+
+/// Every family the README names, which scrapers and dashboards already use.
+const NODE_FAMILIES: &[&str] = &[
+    // An OpenMetrics info family: its sample is `shoal_info{peer_id=..,site=..,version=..} 1`.
+    "shoal",
+    "shoal_received_bytes",
+    "shoal_sent_bytes",
+    "shoal_gateway_served_bytes",
+    "shoal_gateway_requests",
+    "shoal_gateway_blob_first_byte_seconds",
+    "shoal_gateway_blob_duration_seconds",
+    "shoal_gateway_blob_throughput_bytes_per_second",
+    "shoal_transfer_duration_seconds",
+    "shoal_transfer_throughput_bytes_per_second",
+    "shoal_transfers",
+    "shoal_transfers_active",
+    "shoal_peers_connected",
+    "shoal_peers_banned",
+    "shoal_chunks_rejected",
+    "shoal_announcements",
+    "shoal_evictions",
+    "shoal_store_bytes",
+    "shoal_store_blobs",
+    "shoal_store_manifests",
+    "shoal_store_tags",
+    "shoal_known_images",
+    "shoal_cache_max_bytes",
+    "shoal_cache_pinned_images",
+    "shoal_cache_blobs_in_use",
+];
+
+/// libp2p's families (`libp2p-metrics`), declared whether or not anything was recorded yet.
+const LIBP2P_FAMILIES: &[&str] = &[
+    "libp2p_swarm_dial_attempt",
+    "libp2p_gossipsub_messages",
+    "libp2p_kad_query_result_get_providers_ok",
+    "libp2p_identify_received",
+    "libp2p_ping_rtt_seconds",
+];
+
+impl Metrics {
+    fn declares(&self, family: &str) -> bool {
+        self.text.contains(&format!("\n# TYPE {family} "))
+    }
+
+    /// The sum of every sample of `name`, whatever its labels.
+    fn sum(&self, name: &str) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(series, _)| series.split('{').next() == Some(name))
+            .map(|(_, value)| value)
+            .sum()
+    }
+}
+
+#[test]
+fn metrics_carry_libp2p_families_beside_the_node_s_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut extra = vec!["--cache-max", "1GiB"];
+    extra.extend(LOCAL_METRICS);
+    let seed = ShoalNode::start(&dir.path().join("seed"), &LOCAL_METRICS).unwrap();
+    let edge = ShoalNode::start_joined(&dir.path().join("edge"), &[&seed], &extra).unwrap();
+    let generated = image(dir.path(), "image", 11, &[4096]);
+    seed.import_ok(&generated.path, Some("team/app:1")).unwrap();
+    wait_until("the announcement to reach the edge", EVENT_TIMEOUT, || {
+        edge.knows_tag("docker.io/team/app", "1")
+    })
+    .unwrap();
+
+    // Identify and gossip are recorded as their events reach the swarm task; wait for both.
+    let mut last = None;
+    let recorded = wait_until("libp2p's events to be recorded", EVENT_TIMEOUT, || {
+        let metrics = Metrics::scrape(metrics_address(&edge));
+        let done = metrics.sum("libp2p_identify_received_total") >= 1.0
+            && metrics.sum("libp2p_gossipsub_messages_total") >= 1.0;
+        last = Some(metrics);
+        Ok(done)
+    });
+    let metrics = last.expect("scraped at least once");
+    if let Err(error) = recorded {
+        panic!("{error}:\n{}", metrics.text);
+    }
+    for family in NODE_FAMILIES.iter().chain(LIBP2P_FAMILIES) {
+        assert!(metrics.declares(family), "no {family} in\n{}", metrics.text);
+    }
+    assert!(
+        metrics.sum("libp2p_swarm_connections_established_total") >= 1.0,
+        "the connection to the seed is counted:\n{}",
+        metrics.text
+    );
+    assert_eq!(metrics.get("shoal_peers_connected"), 1);
+    assert!(metrics.get(r#"shoal_announcements_total{result="accepted"}"#) >= 1);
+    let node_families = metrics.text.find("# TYPE shoal info").unwrap();
+    let libp2p_families = metrics.text.find("# TYPE libp2p_").unwrap();
+    assert!(
+        node_families < libp2p_families,
+        "one page, the node's families first"
     );
 }
 

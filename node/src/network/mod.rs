@@ -10,9 +10,10 @@ mod behaviour;
 mod bootstrap;
 mod chunks;
 mod codec;
+mod metrics;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -56,6 +57,8 @@ pub struct NetworkConfig {
     pub psk: Option<PreSharedKey>,
     /// Where peers' sites and round trips are recorded; its own site is announced.
     pub locality: Arc<Locality>,
+    /// Where libp2p's own metrics are registered, for `/metrics`.
+    pub registry: Arc<Mutex<libp2p::metrics::Registry>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -287,6 +290,7 @@ pub async fn start(
         unsent: VecDeque::new(),
         locality: config.locality.clone(),
         bootstrap: bootstrap::Bootstrap::default(),
+        metrics: metrics::register(&config.registry),
     };
     let task = tokio::spawn(async move {
         actor
@@ -324,6 +328,7 @@ struct SwarmActor {
     unsent: VecDeque<Vec<u8>>,
     locality: Arc<Locality>,
     bootstrap: bootstrap::Bootstrap,
+    metrics: libp2p::metrics::Metrics,
 }
 
 impl SwarmActor {
@@ -456,6 +461,7 @@ impl SwarmActor {
     }
 
     async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        libp2p::metrics::Recorder::record(&self.metrics, &event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening for peers");
@@ -517,6 +523,7 @@ impl SwarmActor {
     }
 
     async fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        metrics::record(&self.metrics, &event);
         match event {
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. })
                 if topic == gossipsub::IdentTopic::new(ANNOUNCEMENT_TOPIC).hash() =>

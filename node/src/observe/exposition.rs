@@ -1,121 +1,165 @@
-//! The Prometheus text exposition format (version 0.0.4), written by hand: `# HELP` and
-//! `# TYPE` lines, then one sample per line. [`render`] turns a [`StatusReport`] (the same one
-//! `shoal status --json` prints, so the two always agree) and the node's [`Timings`] into the
-//! `/metrics` page.
+//! The `/metrics` page, in the OpenMetrics text format written by `prometheus-client` (the
+//! Prometheus project's Rust client, which libp2p's own metrics use too). The page is the node's
+//! families (`shoal_*`), then whatever is registered in the node's shared [`Registry`]: libp2p's
+//! `libp2p_*` families, recorded by the swarm task.
+//!
+//! The `shoal_*` families are written at each scrape from a [`StatusReport`] (the same one
+//! `shoal status --json` prints, so the two always agree) and the node's [`Timings`], rather
+//! than kept as registered metrics: the counters are the atomics that `shoal status` reads too,
+//! and the gauges (peers, store, transfers) only exist in the report.
 
-use std::fmt::{Display, Write as _};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use super::histogram::{HistogramSnapshot, ServedFrom, Timings};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use super::histogram::{Histogram, ResponseTimings, ServedFrom, Timings};
 use crate::admin::StatusReport;
+use crate::counters::Counters;
 
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// What Prometheus asks for first, and what `prometheus-client` writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The registry every part of the node registers its metrics with (today the swarm task, for
+/// libp2p's). Locked only to register at start-up and to encode a scrape; nothing awaits under
+/// the lock.
+pub type SharedRegistry = Arc<Mutex<Registry>>;
 
 type Labels<'a> = &'a [(&'a str, &'a str)];
 
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
+/// Writes the `/metrics` page: this report's and these timings' families, then `registry`'s.
+pub fn render(
+    report: StatusReport,
+    counters: Arc<Counters>,
+    registry: &Mutex<Registry>,
+) -> Result<String, fmt::Error> {
+    let mut node = Registry::default();
+    node.register_collector(Box::new(NodeFamilies { report, counters }));
+    let mut text = String::new();
+    encode_registry(&mut text, &node)?;
+    encode_registry(
+        &mut text,
+        &registry.lock().unwrap_or_else(PoisonError::into_inner),
+    )?;
+    encode_eof(&mut text)?;
+    Ok(text)
 }
 
-/// A metrics page being written. Each family is written whole: its help, its type, its samples.
-#[derive(Debug, Default)]
-struct Exposition {
-    text: String,
+/// The `shoal_*` families of one scrape.
+#[derive(Debug)]
+struct NodeFamilies {
+    report: StatusReport,
+    counters: Arc<Counters>,
 }
 
-impl Exposition {
-    fn header(&mut self, name: &str, kind: Kind, help: &str) {
-        let kind = match kind {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        };
-        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+impl Collector for NodeFamilies {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        write_families(
+            &self.report,
+            &self.counters.timings,
+            &mut Families { encoder },
+        )
     }
+}
 
-    fn sample(&mut self, name: &str, labels: Labels, value: impl Display) {
-        self.text.push_str(name);
-        if !labels.is_empty() {
-            self.text.push('{');
-            for (i, (label, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.text.push(',');
+/// A page being written. Each family is written whole: its help, its type, its samples.
+struct Families<'a> {
+    encoder: DescriptorEncoder<'a>,
+}
+
+impl Families<'_> {
+    fn family(
+        &mut self,
+        name: &str,
+        kind: MetricType,
+        help: &str,
+        samples: &[(Labels, &dyn EncodeMetric)],
+    ) -> fmt::Result {
+        let mut metric = self.encoder.encode_descriptor(name, help, None, kind)?;
+        match samples {
+            // A family without labels is one sample, written without braces.
+            [([], value)] => value.encode(metric),
+            _ => {
+                for (labels, value) in samples {
+                    value.encode(metric.encode_family(labels)?)?;
                 }
-                let value = value
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                let _ = write!(self.text, "{label}=\"{value}\"");
+                Ok(())
             }
-            self.text.push('}');
-        }
-        let _ = writeln!(self.text, " {value}");
-    }
-
-    fn family(&mut self, name: &str, kind: Kind, help: &str, samples: &[(Labels, u64)]) {
-        self.header(name, kind, help);
-        for (labels, value) in samples {
-            self.sample(name, labels, value);
         }
     }
 
-    fn counter(&mut self, name: &str, help: &str, samples: &[(Labels, u64)]) {
-        self.family(name, Kind::Counter, help, samples);
+    /// `name` without `_total`: the encoder adds it to each sample, as OpenMetrics wants.
+    fn counter(&mut self, name: &str, help: &str, samples: &[(Labels, u64)]) -> fmt::Result {
+        let values: Vec<ConstCounter<u64>> = samples
+            .iter()
+            .map(|(_, value)| ConstCounter::new(*value))
+            .collect();
+        let samples: Vec<(Labels, &dyn EncodeMetric)> = samples
+            .iter()
+            .zip(&values)
+            .map(|((labels, _), value)| (*labels, value as &dyn EncodeMetric))
+            .collect();
+        self.family(name, MetricType::Counter, help, &samples)
     }
 
-    fn gauge(&mut self, name: &str, help: &str, value: u64) {
-        self.family(name, Kind::Gauge, help, &[(&[], value)]);
+    fn gauge(&mut self, name: &str, help: &str, value: u64) -> fmt::Result {
+        self.family(
+            name,
+            MetricType::Gauge,
+            help,
+            &[(&[], &ConstGauge::new(value))],
+        )
     }
 
-    fn histogram(&mut self, name: &str, help: &str, series: &[(Labels, HistogramSnapshot)]) {
-        self.header(name, Kind::Histogram, help);
-        for (labels, snapshot) in series {
-            for (bound, count) in &snapshot.buckets {
-                let le = if bound.is_infinite() {
-                    "+Inf".to_owned()
-                } else {
-                    bound.to_string()
-                };
-                let mut with_le = labels.to_vec();
-                with_le.push(("le", &le));
-                self.sample(&format!("{name}_bucket"), &with_le, count);
-            }
-            self.sample(&format!("{name}_sum"), labels, snapshot.sum);
-            self.sample(&format!("{name}_count"), labels, snapshot.count);
-        }
+    /// `name` without `_info`, which the encoder adds.
+    fn info(&mut self, name: &str, help: &str, labels: Labels) -> fmt::Result {
+        let mut metric = self
+            .encoder
+            .encode_descriptor(name, help, None, MetricType::Info)?;
+        metric.encode_info(&labels)
+    }
+
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: &[(Labels, &Histogram)],
+    ) -> fmt::Result {
+        let series: Vec<(Labels, &dyn EncodeMetric)> = series
+            .iter()
+            .map(|(labels, histogram)| (*labels, histogram.metric() as &dyn EncodeMetric))
+            .collect();
+        self.family(name, MetricType::Histogram, help, &series)
     }
 }
 
-/// The `/metrics` page for this report and these timings.
-pub fn render(report: &StatusReport, timings: &Timings) -> String {
+fn write_families(report: &StatusReport, timings: &Timings, page: &mut Families) -> fmt::Result {
     let counters = &report.counters;
-    let mut page = Exposition::default();
-    page.family(
-        "shoal_info",
-        Kind::Gauge,
-        "This node: its peer id, site (empty when unset) and version (always 1).",
-        &[(
-            &[
-                ("peer_id", &report.peer_id),
-                ("site", report.site.as_deref().unwrap_or("")),
-                ("version", env!("CARGO_PKG_VERSION")),
-            ],
-            1,
-        )],
-    );
+    page.info(
+        "shoal",
+        "This node: its peer id, site (empty when unset) and version",
+        &[
+            ("peer_id", &report.peer_id),
+            ("site", report.site.as_deref().unwrap_or("")),
+            ("version", env!("CARGO_PKG_VERSION")),
+        ],
+    )?;
     page.counter(
-        "shoal_received_bytes_total",
+        "shoal_received_bytes",
         "Blob bytes received, by source (peers: verified chunks; upstream: registry downloads).",
         &[
             (&[("source", "peers")], counters.bytes_received_from_peers),
             (&[("source", "upstream")], counters.bytes_from_upstream),
         ],
-    );
+    )?;
     page.counter(
-        "shoal_sent_bytes_total",
+        "shoal_sent_bytes",
         "Blob bytes sent, by destination (peers: chunks; gateway_clients: /v2/ blob bodies).",
         &[
             (&[("destination", "peers")], counters.bytes_sent_to_peers),
@@ -124,9 +168,9 @@ pub fn render(report: &StatusReport, timings: &Timings) -> String {
                 counters.bytes_served_by_gateway,
             ),
         ],
-    );
+    )?;
     page.counter(
-        "shoal_gateway_served_bytes_total",
+        "shoal_gateway_served_bytes",
         "Blob bytes sent to gateway clients, by where they were read (store: a blob file already \
          stored; network: a transfer from peers or the upstream).",
         &[
@@ -138,9 +182,9 @@ pub fn render(report: &StatusReport, timings: &Timings) -> String {
                     .saturating_sub(counters.bytes_served_from_store),
             ),
         ],
-    );
+    )?;
     page.counter(
-        "shoal_gateway_requests_total",
+        "shoal_gateway_requests",
         "Gateway blob and manifest requests (GET and HEAD); cache=hit when the store had the \
          content, miss when it had to come from the network (or was not found).",
         &[
@@ -161,88 +205,88 @@ pub fn render(report: &StatusReport, timings: &Timings) -> String {
                 counters.gateway_manifest_misses,
             ),
         ],
-    );
+    )?;
     page.counter(
-        "shoal_transfers_total",
+        "shoal_transfers",
         "Blob transfers ended, by outcome (completed: verified and stored).",
         &[
             (&[("outcome", "completed")], counters.transfers_completed),
             (&[("outcome", "failed")], counters.transfers_failed),
         ],
-    );
+    )?;
     page.counter(
-        "shoal_chunks_rejected_total",
+        "shoal_chunks_rejected",
         "Chunks from peers that failed their BLAKE3 check.",
         &[(&[], counters.chunks_rejected)],
-    );
+    )?;
     page.counter(
-        "shoal_peers_banned_total",
+        "shoal_peers_banned",
         "Peers banned for sending bad data.",
         &[(&[], counters.peers_banned)],
-    );
+    )?;
     page.counter(
-        "shoal_announcements_total",
+        "shoal_announcements",
         "Signed announcements received, by result (dropped: bad signature, untrusted or stale).",
         &[
             (&[("result", "accepted")], counters.announcements_accepted),
             (&[("result", "dropped")], counters.announcements_dropped),
         ],
-    );
+    )?;
     page.counter(
-        "shoal_evictions_total",
+        "shoal_evictions",
         "Blobs evicted from the store to keep it within its budget.",
         &[(&[], counters.evictions)],
-    );
+    )?;
     page.gauge(
         "shoal_peers_connected",
         "Peers connected now.",
         report.connected_peers.len() as u64,
-    );
+    )?;
     page.gauge(
         "shoal_transfers_active",
         "Blob transfers in progress.",
         report.transfers.len() as u64,
-    );
+    )?;
     page.gauge(
         "shoal_store_bytes",
         "Bytes of blobs in the store.",
         report.store.bytes,
-    );
+    )?;
     page.gauge(
         "shoal_store_blobs",
         "Blobs in the store.",
         report.store.blobs,
-    );
+    )?;
     page.gauge(
         "shoal_store_manifests",
         "Manifests in the store.",
         report.store.manifests,
-    );
-    page.gauge("shoal_store_tags", "Tags in the store.", report.store.tags);
+    )?;
+    page.gauge("shoal_store_tags", "Tags in the store.", report.store.tags)?;
     page.gauge(
         "shoal_known_images",
         "Images announced by trusted publishers, this node included.",
         report.known_images.len() as u64,
-    );
+    )?;
     if let Some(max_bytes) = report.cache.max_bytes {
         page.gauge(
             "shoal_cache_max_bytes",
             "The store's budget (--cache-max); absent when unset.",
             max_bytes,
-        );
+        )?;
     }
     page.gauge(
         "shoal_cache_pinned_images",
         "Images pinned (shoal pin): kept whatever the budget.",
         report.cache.pinned.len() as u64,
-    );
+    )?;
     page.gauge(
         "shoal_cache_blobs_in_use",
         "Blobs being read, fetched or gathered by a pull now: not evictable.",
         report.cache.blobs_in_use as u64,
-    );
+    )?;
 
-    let by_source = |pick: fn(&super::histogram::ResponseTimings) -> HistogramSnapshot| {
+    let by_source = |pick: fn(&ResponseTimings) -> &Histogram| {
         ServedFrom::ALL.map(|from| {
             let labels: Labels = match from {
                 ServedFrom::Store => &[("source", "store")],
@@ -254,29 +298,29 @@ pub fn render(report: &StatusReport, timings: &Timings) -> String {
     page.histogram(
         "shoal_gateway_blob_first_byte_seconds",
         "Gateway blob GETs: time from the request to the first body byte, by source.",
-        &by_source(|t| t.first_byte.snapshot()),
-    );
+        &by_source(|t| &t.first_byte),
+    )?;
     page.histogram(
         "shoal_gateway_blob_duration_seconds",
         "Gateway blob GETs sent whole: time from the request to the last body byte, by source.",
-        &by_source(|t| t.duration.snapshot()),
-    );
+        &by_source(|t| &t.duration),
+    )?;
     page.histogram(
         "shoal_gateway_blob_throughput_bytes_per_second",
         "Gateway blob GETs of at least 1 MiB sent whole: body bytes over duration, by source.",
-        &by_source(|t| t.throughput.snapshot()),
-    );
+        &by_source(|t| &t.throughput),
+    )?;
     page.histogram(
         "shoal_transfer_duration_seconds",
         "Transfers that stored a blob: time from start to the blob verified and stored.",
-        &[(&[], timings.transfer_duration.snapshot())],
-    );
+        &[(&[], &timings.transfer_duration)],
+    )?;
     page.histogram(
         "shoal_transfer_throughput_bytes_per_second",
         "Transfers of blobs of at least 1 MiB that stored them: blob size over duration.",
-        &[(&[], timings.transfer_throughput.snapshot())],
-    );
-    page.text
+        &[(&[], &timings.transfer_throughput)],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -284,58 +328,97 @@ mod tests {
     use super::*;
     use crate::observe::tests::sample_report;
 
-    /// Every line is a comment or `name{labels} value`; every sample's family was declared.
-    #[test]
-    fn the_page_is_well_formed_and_agrees_with_the_report() {
-        let timings = Timings::default();
-        timings
+    /// The page with one gateway observation, and libp2p's families registered but unrecorded.
+    fn sample_page() -> String {
+        let counters = Arc::new(Counters::default());
+        counters
+            .timings
             .gateway(ServedFrom::Network)
             .first_byte
             .observe(0.02);
-        let page = render(&sample_report(), &timings);
-        let mut declared = Vec::new();
+        let mut registry = Registry::default();
+        let _libp2p = libp2p::metrics::Metrics::new(&mut registry);
+        render(sample_report(), counters, &Mutex::new(registry)).unwrap()
+    }
+
+    /// Every line is a comment or `name{labels} value`; every sample belongs to the family
+    /// declared last; the page ends with `# EOF`.
+    #[test]
+    fn the_page_is_well_formed_openmetrics() {
+        let page = sample_page();
+        assert!(page.ends_with("\n# EOF\n"), "{page}");
+        let mut family: Option<(String, String)> = None;
         for line in page.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').unwrap();
-                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
                 assert!(
-                    kind != "counter" || name.ends_with("_total"),
-                    "a counter's name ends in _total: {line}"
+                    ["counter", "gauge", "histogram", "info"].contains(&kind),
+                    "{line}"
                 );
-                declared.push(name.to_owned());
+                assert!(!name.ends_with("_total"), "OpenMetrics: {line}");
+                family = Some((name.to_owned(), kind.to_owned()));
                 continue;
             }
-            if line.starts_with("# HELP ") {
+            if line.starts_with("# HELP ") || line.starts_with("# UNIT ") || line == "# EOF" {
                 continue;
             }
             let (series, value) = line.rsplit_once(' ').unwrap();
             value.parse::<f64>().unwrap();
             let name = series.split('{').next().unwrap();
+            let (declared, kind) = family.as_ref().expect("a sample before any family");
+            let suffixes: &[&str] = match kind.as_str() {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
             assert!(
-                declared.iter().any(|family| name == family
-                    || ["_bucket", "_sum", "_count"]
-                        .iter()
-                        .any(|suffix| name.strip_suffix(suffix) == Some(family))),
-                "undeclared {line}"
+                suffixes
+                    .iter()
+                    .any(|suffix| name.strip_suffix(suffix) == Some(declared)),
+                "{line} outside its family {declared}"
             );
         }
-        assert!(page.contains("shoal_info{peer_id=\"12D3Koo\\\"odd\\\\\",site=\"\",version="));
-        assert!(page.contains("shoal_cache_pinned_images 0\n"));
+    }
+
+    #[test]
+    fn the_page_agrees_with_the_report_under_the_names_users_scrape() {
+        let page = sample_page();
+        for expected in [
+            "shoal_info{peer_id=\"12D3Koo\\\"odd\\\\\",site=\"\",version=",
+            "shoal_cache_pinned_images 0\n",
+            "shoal_gateway_served_bytes_total{source=\"store\"} 60\n",
+            "shoal_gateway_served_bytes_total{source=\"network\"} 40\n",
+            "shoal_gateway_requests_total{kind=\"blob\",cache=\"hit\"} 2\n",
+            "shoal_sent_bytes_total{destination=\"gateway_clients\"} 100\n",
+            "shoal_peers_connected 2\n",
+            "shoal_store_bytes 4096\n",
+            "shoal_gateway_blob_first_byte_seconds_bucket{le=\"0.025\",source=\"network\"} 1\n",
+            "shoal_gateway_blob_first_byte_seconds_bucket{le=\"+Inf\",source=\"network\"} 1\n",
+            "shoal_gateway_blob_first_byte_seconds_count{source=\"store\"} 0\n",
+            "shoal_transfer_duration_seconds_count 0\n",
+        ] {
+            assert!(page.contains(expected), "no {expected:?} in\n{page}");
+        }
         assert!(
             !page.contains("shoal_cache_max_bytes"),
             "no budget, no gauge"
         );
-        assert!(page.contains("shoal_gateway_served_bytes_total{source=\"store\"} 60\n"));
-        assert!(page.contains("shoal_gateway_served_bytes_total{source=\"network\"} 40\n"));
-        assert!(page.contains("shoal_gateway_requests_total{kind=\"blob\",cache=\"hit\"} 2\n"));
-        assert!(page.contains("shoal_peers_connected 2\n"));
-        assert!(page.contains("shoal_store_bytes 4096\n"));
-        assert!(page.contains(
-            "shoal_gateway_blob_first_byte_seconds_bucket{source=\"network\",le=\"0.025\"} 1\n"
-        ));
-        assert!(page.contains(
-            "shoal_gateway_blob_first_byte_seconds_bucket{source=\"network\",le=\"+Inf\"} 1\n"
-        ));
-        assert!(page.contains("shoal_gateway_blob_first_byte_seconds_count{source=\"store\"} 0\n"));
+    }
+
+    #[test]
+    fn libp2p_families_follow_the_node_s_on_the_same_page() {
+        let page = sample_page();
+        let node = page.find("# TYPE shoal info").unwrap();
+        for family in [
+            "# TYPE libp2p_swarm_dial_attempt counter",
+            "# TYPE libp2p_gossipsub_messages counter",
+            "# TYPE libp2p_kad_query_result_get_providers_ok histogram",
+            "# TYPE libp2p_identify_errors counter",
+            "# TYPE libp2p_ping_rtt_seconds histogram",
+        ] {
+            let at = page.find(family);
+            assert!(at.is_some_and(|at| at > node), "no {family} in\n{page}");
+        }
     }
 }

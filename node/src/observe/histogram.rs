@@ -1,8 +1,8 @@
-//! Histograms for `/metrics`: fixed buckets of atomic counts, recorded by whoever measures (the
-//! gateway's blob streams, the fetch actor's transfers) and read by the exposition. Lock-free,
-//! so recording on a hot path costs a few relaxed atomic adds.
+//! Histograms for `/metrics`, recorded by whoever measures (the gateway's blob streams, the fetch
+//! actor's transfers) and written by the exposition. Each is a `prometheus-client` histogram: an
+//! observation takes one short uncontended lock, and observations happen once per response or
+//! transfer, never per chunk.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds: from a page-cache hit (1 ms) to a
@@ -21,32 +21,18 @@ pub const BYTES_PER_SECOND_BUCKETS: &[f64] =
 /// time is latency, and their "throughput" would only say how small they are.
 pub const THROUGHPUT_BYTES_MIN: u64 = 1 << 20;
 
-/// A Prometheus histogram: a count per bucket (not cumulative; the exposition adds them up),
-/// an overflow count, and the sum of every observation.
-#[derive(Debug)]
+/// A Prometheus histogram ([`prometheus_client`]'s, so it encodes like libp2p's own), with the
+/// rules this node records by: durations in seconds, and throughput only of transfers large
+/// enough to say something.
+#[derive(Debug, Clone)]
 pub struct Histogram {
-    bounds: &'static [f64],
-    /// One count per bound, then the overflow (`+Inf`) count.
-    counts: Box<[AtomicU64]>,
-    /// The sum of observations, as `f64` bits.
-    sum: AtomicU64,
-}
-
-/// What a histogram holds at one moment, ready to print.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HistogramSnapshot {
-    /// `(upper bound, observations ≤ bound)`, cumulative, ending with `+Inf`.
-    pub buckets: Vec<(f64, u64)>,
-    pub sum: f64,
-    pub count: u64,
+    inner: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Histogram {
     pub fn new(bounds: &'static [f64]) -> Histogram {
         Histogram {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0f64.to_bits()),
+            inner: prometheus_client::metrics::histogram::Histogram::new(bounds.iter().copied()),
         }
     }
 
@@ -59,18 +45,7 @@ impl Histogram {
     }
 
     pub fn observe(&self, value: f64) {
-        let bucket = self
-            .bounds
-            .iter()
-            .position(|bound| value <= *bound)
-            .unwrap_or(self.bounds.len());
-        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        // Relaxed is enough: a scrape may see a count without its sum, never a torn value.
-        let _ = self
-            .sum
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                Some((f64::from_bits(bits) + value).to_bits())
-            });
+        self.inner.observe(value);
     }
 
     pub fn observe_duration(&self, duration: Duration) {
@@ -84,19 +59,19 @@ impl Histogram {
         }
     }
 
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut buckets = Vec::with_capacity(self.counts.len());
-        let mut cumulative = 0;
-        let bounds = self.bounds.iter().copied().chain([f64::INFINITY]);
-        for (bound, count) in bounds.zip(self.counts.iter()) {
-            cumulative += count.load(Ordering::Relaxed);
-            buckets.push((bound, cumulative));
-        }
-        HistogramSnapshot {
-            buckets,
-            sum: f64::from_bits(self.sum.load(Ordering::Relaxed)),
-            count: cumulative,
-        }
+    #[cfg(test)]
+    pub fn count(&self) -> u64 {
+        self.inner.count()
+    }
+
+    #[cfg(test)]
+    pub fn sum(&self) -> f64 {
+        self.inner.sum()
+    }
+
+    /// The histogram as the exposition writes it.
+    pub fn metric(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.inner
     }
 }
 
@@ -169,31 +144,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_are_cumulative_and_end_with_every_observation() {
+    fn observations_are_counted_and_summed() {
         let histogram = Histogram::new(&[1.0, 2.0]);
         for value in [0.5, 1.0, 1.5, 7.0] {
             histogram.observe(value);
         }
-        let snapshot = histogram.snapshot();
-        assert_eq!(
-            snapshot.buckets,
-            vec![(1.0, 2), (2.0, 3), (f64::INFINITY, 4)]
-        );
-        assert_eq!(snapshot.count, 4);
-        assert!((snapshot.sum - 10.0).abs() < 1e-9);
+        assert_eq!(histogram.count(), 4);
+        assert!((histogram.sum() - 10.0).abs() < 1e-9);
     }
 
     #[test]
     fn small_transfers_stay_out_of_the_throughput_histogram() {
         let histogram = Histogram::bytes_per_second();
         histogram.observe_throughput(THROUGHPUT_BYTES_MIN - 1, Duration::from_secs(1));
-        assert_eq!(histogram.snapshot().count, 0);
+        assert_eq!(histogram.count(), 0);
         histogram.observe_throughput(4 << 20, Duration::from_secs(2));
-        let snapshot = histogram.snapshot();
-        assert_eq!(snapshot.count, 1);
-        assert!((snapshot.sum - f64::from(2 << 20)).abs() < 1.0);
+        assert_eq!(histogram.count(), 1);
+        assert!((histogram.sum() - f64::from(2 << 20)).abs() < 1.0);
         histogram.observe_throughput(4 << 20, Duration::ZERO);
-        assert_eq!(histogram.snapshot().count, 2, "no division by zero");
+        assert_eq!(histogram.count(), 2, "no division by zero");
+        assert!(histogram.sum().is_finite());
     }
 
     #[test]

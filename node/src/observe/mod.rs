@@ -1,9 +1,11 @@
 //! `shoal node --metrics HOST:PORT`: what an operator watches. One HTTP listener, separate from
 //! the gateway, serves
 //!
-//! - `GET /metrics`: Prometheus text ([`exposition`]) — bytes by source and destination, cache
-//!   hits and misses, latency and throughput histograms ([`histogram`]), peers, bans,
-//!   announcements, transfers, evictions, disk use;
+//! - `GET /metrics`: OpenMetrics text written by `prometheus-client` ([`exposition`]) — bytes
+//!   by source and destination, cache hits and misses, latency and throughput histograms
+//!   ([`histogram`]), peers, bans, announcements, transfers, evictions, disk use — and libp2p's
+//!   own families (`libp2p_*`: connections, gossipsub, Kademlia, identify, ping) from the
+//!   [`SharedRegistry`] the swarm task records into;
 //! - `GET /status.json`: the [`StatusReport`] that `shoal status --json` prints;
 //! - `GET /`: a status page (`status.html`, plain HTML and JavaScript embedded in the binary)
 //!   that polls `/status.json` every second.
@@ -34,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::StatusReport;
 use crate::counters::Counters;
 
+pub use exposition::SharedRegistry;
 pub use histogram::{ServedFrom, Timings};
 pub use response::measured;
 
@@ -97,6 +100,7 @@ const REPORTS_CONCURRENT_MAX: usize = 4;
 struct Observer<S> {
     source: S,
     counters: Arc<Counters>,
+    registry: SharedRegistry,
     reports: Arc<Semaphore>,
 }
 
@@ -107,7 +111,11 @@ impl<S: StatusSource> Observer<S> {
     }
 }
 
-pub fn router<S: StatusSource>(source: S, counters: Arc<Counters>) -> Router {
+pub fn router<S: StatusSource>(
+    source: S,
+    counters: Arc<Counters>,
+    registry: SharedRegistry,
+) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/status.json", get(status_json::<S>))
@@ -115,6 +123,7 @@ pub fn router<S: StatusSource>(source: S, counters: Arc<Counters>) -> Router {
         .with_state(Observer {
             source,
             counters,
+            registry,
             reports: Arc::new(Semaphore::new(REPORTS_CONCURRENT_MAX)),
         })
 }
@@ -124,9 +133,10 @@ pub async fn serve<S: StatusSource>(
     listener: TcpListener,
     source: S,
     counters: Arc<Counters>,
+    registry: SharedRegistry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(source, counters))
+    axum::serve(listener, router(source, counters, registry))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .context("metrics listener failed")
@@ -154,13 +164,13 @@ async fn status_json<S: StatusSource>(State(observer): State<Observer<S>>) -> Re
 }
 
 async fn metrics<S: StatusSource>(State(observer): State<Observer<S>>) -> Response {
-    match observer.report().await {
-        Ok(report) => (
-            [(header::CONTENT_TYPE, exposition::CONTENT_TYPE)],
-            exposition::render(&report, &observer.counters.timings),
-        )
-            .into_response(),
-        Err(error) => unavailable(&error),
+    let report = match observer.report().await {
+        Ok(report) => report,
+        Err(error) => return unavailable(&error),
+    };
+    match exposition::render(report, observer.counters.clone(), &observer.registry) {
+        Ok(page) => ([(header::CONTENT_TYPE, exposition::CONTENT_TYPE)], page).into_response(),
+        Err(error) => unavailable(&anyhow::Error::new(error).context("cannot encode the metrics")),
     }
 }
 
@@ -207,7 +217,14 @@ pub(crate) mod tests {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let counters = Arc::new(Counters::default());
-        tokio::spawn(serve(listener, source, counters, shutdown.clone()));
+        let registry = SharedRegistry::default();
+        tokio::spawn(serve(
+            listener,
+            source,
+            counters,
+            registry,
+            shutdown.clone(),
+        ));
         (base, shutdown)
     }
 

@@ -409,44 +409,10 @@ mod tests {
 
     /// Stores a one-layer image tagged `repo:1`: (manifest, config, layer).
     fn store_image(store: &Store, repo: &str, layer: &[u8]) -> [Digest; 3] {
-        use shoal_protocol::{RepoName, media_type};
-        let mut staging = store.staging().unwrap();
-        let (layer, layer_size) = staging.write_blob(layer, None, "layer").unwrap();
-        let config_bytes = format!("{{\"layer\":\"{layer}\"}}");
-        let (config, config_size) = staging
-            .write_blob(config_bytes.as_bytes(), None, "config")
-            .unwrap();
-        let manifest_bytes = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": media_type::OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": config, "size": config_size},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": layer, "size": layer_size}],
-        })
-        .to_string();
-        let (manifest, size) = staging
-            .write_blob(manifest_bytes.as_bytes(), None, "manifest")
-            .unwrap();
-        let repo = RepoName::new("docker.io", repo).unwrap();
-        let record = super::super::ManifestRecord {
-            media_type: media_type::OCI_MANIFEST.to_owned(),
-            size,
-            artifact_type: None,
-            subject: None,
-            annotations: Default::default(),
-        };
-        staging
-            .commit(super::super::Commit {
-                blobs: [manifest, config, layer].into(),
-                manifests: vec![(manifest, record)],
-                repo_manifests: vec![(repo.clone(), manifest)],
-                tags: vec![(repo, "1".parse().unwrap(), manifest)],
-            })
-            .unwrap();
+        let digests = super::super::test_image::store_image(store, repo, layer, true, true);
         // Last use has millisecond resolution: keep the images' order unambiguous.
         std::thread::sleep(std::time::Duration::from_millis(3));
-        [manifest, config, layer]
+        digests
     }
 
     fn stored(store: &Store, digests: &[Digest]) -> Vec<bool> {

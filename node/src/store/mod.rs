@@ -26,7 +26,10 @@ mod metadata;
 mod partial;
 mod space;
 mod staging;
+#[cfg(test)]
+mod test_image;
 mod usage;
+mod whole;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
