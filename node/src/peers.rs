@@ -10,6 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
@@ -24,7 +25,8 @@ use crate::counters::Counters;
 use crate::fetch::{FetchHandle, Origin};
 use crate::locality::Locality;
 use crate::network::{
-    InboundRequest, NetworkEvent, NetworkHandle, read_request_frame, write_response_frame,
+    ChunkAnswer, ChunkBuffers, InboundRequest, NetworkEvent, NetworkHandle, read_request_frame,
+    write_chunk_answer,
 };
 use crate::rate::RateLimiter;
 use crate::seeding::SeedLedger;
@@ -165,7 +167,9 @@ impl PeerService {
         let response = match inbound.request {
             Request::Have { blob } => self.have(blob).await,
             Request::Index { blob } => self.index(blob).await,
-            Request::Chunk { blob, chunk } => self.chunk(inbound.peer, blob, chunk).await,
+            Request::Chunk { blob, chunk } => {
+                self.chunk(inbound.peer, blob, chunk).await.into_response()
+            }
             Request::Fetch {
                 blob,
                 repository,
@@ -211,7 +215,7 @@ impl PeerService {
                 tokio::select! {
                     biased;
                     Some(response) = answers.next(), if !answers.is_empty() => {
-                        if write_response_frame(&mut writer, &response).await.is_err() {
+                        if write_chunk_answer(&mut writer, &response).await.is_err() {
                             return;
                         }
                         // Written out once nothing else is ready to go with it.
@@ -338,7 +342,7 @@ impl PeerService {
 
     /// A chunk from the store (within super-seeding's rule) or from a transfer in progress,
     /// once the egress limit lets it leave.
-    async fn chunk(&self, peer: PeerId, blob: Digest, chunk: u32) -> Response {
+    async fn chunk(&self, peer: PeerId, blob: Digest, chunk: u32) -> ChunkAnswer {
         let seeding = self.seeding.clone();
         let held = self
             .blocking(move |store| {
@@ -351,17 +355,18 @@ impl PeerService {
             })
             .await;
         let bytes = match held {
-            Some(Held::Refused) => return Response::Busy,
+            Some(Held::Refused) => return ChunkAnswer::Busy,
             Some(Held::Whole(layout)) => {
                 if let Some(refusal) = self.refusal(peer, &layout, chunk).await {
                     self.seeding.unrecord(blob, chunk);
                     return refusal;
                 }
+                let buffers = self.network.chunk_buffers().clone();
                 let read = self
                     .blocking(move |store| {
                         let _serving = store.lease(blob);
                         let (file, _) = store.open_blob(&blob).ok().flatten()?;
-                        read_chunk(&file, &layout, chunk)
+                        read_chunk(&file, &layout, chunk, &buffers)
                     })
                     .await;
                 if read.is_none() {
@@ -374,45 +379,52 @@ impl PeerService {
                 // is no index yet): the peer relaying it checks the whole blob at the end.
                 Some(progress) if progress.have.get(chunk) => {
                     let (Some(layout), Some(file)) = (progress.layout, progress.file) else {
-                        return Response::NotFound;
+                        return ChunkAnswer::NotFound;
                     };
                     if let Some(refusal) = self.refusal(peer, &layout, chunk).await {
                         return refusal;
                     }
-                    if let Some(bytes) = progress.verified.get(chunk) {
-                        return self.send_chunk(peer, bytes.to_vec());
+                    match progress.verified.get(chunk) {
+                        Some(bytes) => Some(bytes),
+                        None => {
+                            let buffers = self.network.chunk_buffers().clone();
+                            tokio::task::spawn_blocking(move || {
+                                read_chunk(&file, &layout, chunk, &buffers)
+                            })
+                            .await
+                            .ok()
+                            .flatten()
+                        }
                     }
-                    tokio::task::spawn_blocking(move || read_chunk(&file, &layout, chunk))
-                        .await
-                        .ok()
-                        .flatten()
                 }
                 _ => None,
             },
         };
         match bytes {
             Some(bytes) => self.send_chunk(peer, bytes),
-            None => Response::NotFound,
+            None => ChunkAnswer::NotFound,
         }
     }
 
     /// The answer carrying a chunk's bytes, counted as sent.
-    fn send_chunk(&self, peer: PeerId, mut bytes: Vec<u8>) -> Response {
-        if self.corrupt_chunks && !bytes.is_empty() {
-            bytes[0] ^= 0xff;
-        }
+    fn send_chunk(&self, peer: PeerId, bytes: Bytes) -> ChunkAnswer {
         self.sent(peer, bytes.len() as u64);
-        Response::Chunk(bytes)
+        if self.corrupt_chunks && !bytes.is_empty() {
+            let mut corrupt = bytes.to_vec();
+            corrupt[0] ^= 0xff;
+            return ChunkAnswer::Chunk(corrupt.into());
+        }
+        ChunkAnswer::Chunk(bytes)
     }
 
     /// Books the egress for `chunk` of a blob laid out as `layout`, before it is read; the
     /// answer to send instead when it does not exist or the link is too busy.
-    async fn refusal(&self, peer: PeerId, layout: &ChunkLayout, chunk: u32) -> Option<Response> {
+    async fn refusal(&self, peer: PeerId, layout: &ChunkLayout, chunk: u32) -> Option<ChunkAnswer> {
         let Ok(length) = layout.chunk_len(chunk) else {
-            return Some(Response::NotFound);
+            return Some(ChunkAnswer::NotFound);
         };
         if !self.pace(peer, length.into()).await {
-            return Some(Response::Busy);
+            return Some(ChunkAnswer::Busy);
         }
         None
     }
@@ -473,9 +485,16 @@ enum Held {
     Whole(ChunkLayout),
 }
 
-fn read_chunk(file: &std::fs::File, layout: &ChunkLayout, chunk: u32) -> Option<Vec<u8>> {
+/// Reads chunk `chunk` of `file` into a buffer of `buffers`.
+fn read_chunk(
+    file: &std::fs::File,
+    layout: &ChunkLayout,
+    chunk: u32,
+    buffers: &ChunkBuffers,
+) -> Option<Bytes> {
     let range = layout.chunk_range(chunk).ok()?;
-    let mut bytes = vec![0u8; (range.end - range.start) as usize];
-    file.read_exact_at(&mut bytes, range.start).ok()?;
-    Some(bytes)
+    let mut buffer = buffers.take((range.end - range.start) as usize);
+    file.read_exact_at(buffer.as_mut_slice(), range.start)
+        .ok()?;
+    Some(buffer.freeze())
 }

@@ -23,9 +23,10 @@ use tokio::sync::watch;
 use super::Progress;
 use crate::store::ChunkReader;
 
-/// The hashing thread's nice value (0 normal, 19 lowest). At 10 it gets about a tenth of a
-/// core that the transfer also wants, and a whole idle core.
-const HASHER_NICE: i32 = 10;
+/// The hashing thread's nice value (0 normal, 19 lowest). At 19 it takes a core's idle time
+/// and next to nothing from the transfer and the gateway's clients when they want the core;
+/// at 10 it still took about a tenth of a core pinned with them (perf, docs/benchmarks.md).
+const HASHER_NICE: i32 = 19;
 
 /// The running hash; dropping it stops the thread at its next chunk.
 #[derive(Debug)]

@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use super::sha256_behind::Sha256Behind;
 use super::{FetchContext, Origin, Progress, SequentialBlob};
 use crate::counters::Counters;
-use crate::network::RequestError;
+use crate::network::{ChunkAnswer, RequestError};
 use crate::store::{PartialBlob, recorded_index};
 use crate::upstream::{self, Download};
 
@@ -67,7 +67,7 @@ enum Outcome {
     Providers(HashSet<PeerId>, bool),
     Have(PeerId, Result<Response, RequestError>),
     Index(PeerId, Result<Response, RequestError>),
-    Chunk(PeerId, u32, Result<Response, RequestError>),
+    Chunk(PeerId, u32, Result<ChunkAnswer, RequestError>),
     Delegation(PeerId, Result<Response, RequestError>),
 }
 
@@ -407,7 +407,7 @@ impl Run<'_> {
                 &self.context.counters.bytes_received_from_peers,
                 bytes.len() as u64,
             );
-            file.append(bytes.into()).await?;
+            file.append(bytes).await?;
         }
         file.finish(&self.context.store)
             .await
@@ -643,16 +643,16 @@ impl Run<'_> {
         &mut self,
         peer: PeerId,
         chunk: u32,
-        result: Result<Response, RequestError>,
+        result: Result<ChunkAnswer, RequestError>,
     ) -> Result<(), String> {
         let Some(partial) = &mut self.partial else {
             return Ok(());
         };
         let was_cancelled = self.cancelled.remove(&(peer, chunk));
         let bytes = match result {
-            Ok(Response::Chunk(bytes)) => bytes,
+            Ok(ChunkAnswer::Chunk(bytes)) => bytes,
             _ if was_cancelled => return Ok(()),
-            Ok(Response::Busy) => {
+            Ok(ChunkAnswer::Busy) => {
                 self.feed(Event::PeerBusy { peer, chunk }).await;
                 return Ok(());
             }
@@ -672,7 +672,6 @@ impl Run<'_> {
                 bytes.len() as u64,
             );
             // Readers take the chunk from memory at once, while it is written behind them.
-            let bytes = Bytes::from(bytes);
             self.progress.send_modify(|progress| {
                 progress.verified.push(chunk, bytes.clone());
                 progress.have.set(chunk);
@@ -759,7 +758,7 @@ impl Run<'_> {
         self.tasks.spawn(async move {
             let asked = Instant::now();
             let result = context.network.request_chunk(peer, blob, chunk).await;
-            if let Ok(Response::Chunk(bytes)) = &result {
+            if let Ok(ChunkAnswer::Chunk(bytes)) = &result {
                 received(&context, peer, bytes.len() as u64, asked.elapsed()).await;
             }
             Outcome::Chunk(peer, chunk, result)
@@ -863,16 +862,16 @@ async fn relayed_chunk(
     peer: PeerId,
     blob: Digest,
     chunk: u32,
-) -> Result<(u32, Vec<u8>), String> {
+) -> Result<(u32, Bytes), String> {
     let started = Instant::now();
     loop {
         let asked = Instant::now();
         match context.network.request_chunk(peer, blob, chunk).await {
-            Ok(Response::Chunk(bytes)) => {
+            Ok(ChunkAnswer::Chunk(bytes)) => {
                 received(&context, peer, bytes.len() as u64, asked.elapsed()).await;
                 return Ok((chunk, bytes));
             }
-            Ok(Response::NotFound | Response::Busy) if started.elapsed() < DELEGATE_STALL => {
+            Ok(ChunkAnswer::NotFound | ChunkAnswer::Busy) if started.elapsed() < DELEGATE_STALL => {
                 tokio::time::sleep(RELAY_RETRY).await;
             }
             Ok(_) => return Err(format!("the peer stopped serving chunk {chunk}")),

@@ -15,12 +15,13 @@ use std::time::Duration;
 use futures_util::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, StreamProtocol};
 use shoal_protocol::Digest;
-use shoal_protocol::wire::{Request, Response};
+use shoal_protocol::wire::Request;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use super::RequestError;
-use super::codec::{read_response_frame, write_request_frame};
+use super::buffers::ChunkBuffers;
+use super::codec::{ChunkAnswer, read_chunk_answer, write_request_frame};
 
 pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/chunks/1");
 
@@ -38,7 +39,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 struct LinkRequest {
     blob: Digest,
     chunk: u32,
-    reply: oneshot::Sender<Result<Response, RequestError>>,
+    reply: oneshot::Sender<Result<ChunkAnswer, RequestError>>,
 }
 
 /// A running link to one peer; dropping it stops the link task.
@@ -59,6 +60,7 @@ impl Drop for Link {
 pub struct ChunkLinks {
     control: libp2p_stream::Control,
     links: Arc<Mutex<HashMap<PeerId, Link>>>,
+    buffers: ChunkBuffers,
 }
 
 impl std::fmt::Debug for ChunkLinks {
@@ -72,7 +74,13 @@ impl ChunkLinks {
         ChunkLinks {
             control,
             links: Arc::default(),
+            buffers: ChunkBuffers::default(),
         }
+    }
+
+    /// The pool the chunks that arrive are read into.
+    pub fn buffers(&self) -> &ChunkBuffers {
+        &self.buffers
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Link>> {
@@ -88,7 +96,7 @@ impl ChunkLinks {
         peer: PeerId,
         blob: Digest,
         chunk: u32,
-    ) -> Result<Response, RequestError> {
+    ) -> Result<ChunkAnswer, RequestError> {
         let (reply, answer) = oneshot::channel();
         let requests = self.link(peer);
         let request = LinkRequest { blob, chunk, reply };
@@ -119,7 +127,8 @@ impl ChunkLinks {
             return link.requests.clone();
         }
         let (requests, queue) = mpsc::channel(LINK_QUEUE_LEN);
-        let task = tokio::spawn(run_link(self.control.clone(), peer, queue)).abort_handle();
+        let link = run_link(self.control.clone(), self.buffers.clone(), peer, queue);
+        let task = tokio::spawn(link).abort_handle();
         links.insert(
             peer,
             Link {
@@ -135,6 +144,7 @@ impl ChunkLinks {
 /// stops. Requests still queued or unanswered when it ends fail (their reply senders drop).
 async fn run_link(
     mut control: libp2p_stream::Control,
+    buffers: ChunkBuffers,
     peer: PeerId,
     mut queue: mpsc::Receiver<LinkRequest>,
 ) {
@@ -165,10 +175,11 @@ async fn run_link(
     let read = async move {
         while let Some(reply) = unanswered.recv().await {
             let answer =
-                tokio::time::timeout(ANSWER_TIMEOUT, read_response_frame(&mut reader)).await;
+                tokio::time::timeout(ANSWER_TIMEOUT, read_chunk_answer(&mut reader, &buffers))
+                    .await;
             match answer {
-                Ok(Ok(response)) => {
-                    let _ = reply.send(Ok(response));
+                Ok(Ok(answer)) => {
+                    let _ = reply.send(Ok(answer));
                 }
                 Ok(Err(error)) => {
                     tracing::debug!(%peer, %error, "chunk link broken");

@@ -5,9 +5,12 @@
 
 use std::io;
 
+use bytes::Bytes;
 use futures_util::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use shoal_protocol::wire::{self, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX, Request, Response};
+
+use super::buffers::ChunkBuffers;
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/exchange/1");
 
@@ -65,8 +68,7 @@ pub async fn write_request_frame<T: AsyncWrite + Unpin>(
 /// Reads a response frame. A chunk's bytes (nearly all the bytes peers exchange) are read
 /// straight into the buffer the response keeps, rather than into a frame that decoding then
 /// copies: one 1 MiB buffer per chunk instead of two, and one copy fewer.
-/// Not cancel-safe, like [`read_request_frame`].
-pub async fn read_response_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Response> {
+async fn read_response_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Response> {
     let length = read_length(io, RESPONSE_BYTES_MAX).await?;
     let mut head = [0u8; wire::FRAME_HEAD_BYTES];
     let head = &mut head[..length.min(wire::FRAME_HEAD_BYTES)];
@@ -77,6 +79,76 @@ pub async fn read_response_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result
     }
     let frame = read_rest(io, head, length).await?;
     wire::decode(&frame, RESPONSE_BYTES_MAX).map_err(invalid)
+}
+
+/// An answer on a chunk link: the chunk, in a pooled buffer, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkAnswer {
+    Chunk(Bytes),
+    Busy,
+    NotFound,
+}
+
+impl ChunkAnswer {
+    /// The same answer as the request-response protocol gives it.
+    pub fn into_response(self) -> Response {
+        match self {
+            ChunkAnswer::Chunk(bytes) => Response::Chunk(bytes.to_vec()),
+            ChunkAnswer::Busy => Response::Busy,
+            ChunkAnswer::NotFound => Response::NotFound,
+        }
+    }
+}
+
+/// Reads the answer to a chunk request, the chunk's bytes straight into a buffer of
+/// `buffers`. Any response but a chunk, `Busy` or `NotFound` is an error. Not cancel-safe,
+/// like [`read_request_frame`].
+pub async fn read_chunk_answer<T: AsyncRead + Unpin>(
+    io: &mut T,
+    buffers: &ChunkBuffers,
+) -> io::Result<ChunkAnswer> {
+    let length = read_length(io, RESPONSE_BYTES_MAX).await?;
+    let mut head = [0u8; wire::FRAME_HEAD_BYTES];
+    let head = &mut head[..length.min(wire::FRAME_HEAD_BYTES)];
+    io.read_exact(head).await?;
+    if let Some(offset) = wire::chunk_response_offset(head, length) {
+        let mut buffer = buffers.take(length - offset);
+        let bytes = buffer.as_mut_slice();
+        let (start, rest) = bytes.split_at_mut(head.len() - offset);
+        start.copy_from_slice(&head[offset..]);
+        io.read_exact(rest).await?;
+        return Ok(ChunkAnswer::Chunk(buffer.freeze()));
+    }
+    let frame = read_rest(io, head, length).await?;
+    match wire::decode(&frame, RESPONSE_BYTES_MAX).map_err(invalid)? {
+        Response::Busy => Ok(ChunkAnswer::Busy),
+        Response::NotFound => Ok(ChunkAnswer::NotFound),
+        other => Err(invalid(format!(
+            "not an answer to a chunk request: {other:?}"
+        ))),
+    }
+}
+
+/// Writes one chunk answer, without flushing; a chunk leaves from its own buffer.
+pub async fn write_chunk_answer<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    answer: &ChunkAnswer,
+) -> io::Result<()> {
+    match answer {
+        ChunkAnswer::Chunk(bytes) => write_chunk_frame(io, bytes).await,
+        ChunkAnswer::Busy => {
+            write_frame(io, &wire::encode(&Response::Busy).map_err(invalid)?).await
+        }
+        ChunkAnswer::NotFound => {
+            write_frame(io, &wire::encode(&Response::NotFound).map_err(invalid)?).await
+        }
+    }
+}
+
+/// Writes the frame of a chunk response carrying `bytes`, without flushing.
+async fn write_chunk_frame<T: AsyncWrite + Unpin>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    let head = wire::chunk_response_head(bytes.len()).map_err(invalid)?;
+    write_frame_parts(io, &head, bytes).await
 }
 
 async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, frame: &[u8]) -> io::Result<()> {
@@ -98,13 +170,12 @@ async fn write_frame_parts<T: AsyncWrite + Unpin>(
 
 /// Writes one response frame, without flushing. A chunk leaves from its own buffer, not
 /// copied into an encoded frame first.
-pub async fn write_response_frame<T: AsyncWrite + Unpin>(
+async fn write_response_frame<T: AsyncWrite + Unpin>(
     io: &mut T,
     response: &Response,
 ) -> io::Result<()> {
     if let Response::Chunk(bytes) = response {
-        let head = wire::chunk_response_head(bytes.len()).map_err(invalid)?;
-        return write_frame_parts(io, &head, bytes).await;
+        return write_chunk_frame(io, bytes).await;
     }
     write_frame(io, &wire::encode(response).map_err(invalid)?).await
 }
@@ -179,6 +250,43 @@ mod tests {
         for response in [Response::Busy, Response::NotFound, Response::Fetching] {
             assert_eq!(round_trip(response.clone()).await.unwrap(), response);
         }
+    }
+
+    #[tokio::test]
+    async fn chunk_answers_read_back_whole_and_match_the_responses() {
+        let buffers = ChunkBuffers::default();
+        for len in [0, 1, 10, 11, 12, 300, 1 << 20] {
+            let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let answers = [
+                ChunkAnswer::Chunk(Bytes::from(bytes)),
+                ChunkAnswer::Busy,
+                ChunkAnswer::NotFound,
+            ];
+            for answer in answers {
+                let mut wire = Cursor::new(Vec::new());
+                write_chunk_answer(&mut wire, &answer).await.unwrap();
+                let written = wire.into_inner();
+                // The same bytes as the request-response protocol sends.
+                let mut response = Cursor::new(Vec::new());
+                write_response_frame(&mut response, &answer.clone().into_response())
+                    .await
+                    .unwrap();
+                assert_eq!(written, response.into_inner());
+                let read = read_chunk_answer(&mut Cursor::new(written), &buffers).await;
+                assert_eq!(read.unwrap(), answer);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunk_link_refuses_answers_that_are_not_about_chunks() {
+        let mut wire = Cursor::new(Vec::new());
+        write_response_frame(&mut wire, &Response::Fetching)
+            .await
+            .unwrap();
+        let mut wire = Cursor::new(wire.into_inner());
+        let read = read_chunk_answer(&mut wire, &ChunkBuffers::default()).await;
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::InvalidData);
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 
 mod behaviour;
 mod bootstrap;
+mod buffers;
 mod chunks;
 mod codec;
 mod metrics;
@@ -29,8 +30,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use behaviour::{ANNOUNCEMENT_TOPIC, Behaviour, BehaviourEvent};
+pub use buffers::ChunkBuffers;
 pub use chunks::ChunkLinks;
-pub use codec::{read_request_frame, write_response_frame};
+pub use codec::{ChunkAnswer, read_request_frame, write_chunk_answer};
 
 use crate::locality::{self, Locality};
 
@@ -179,8 +181,13 @@ impl NetworkHandle {
         peer: PeerId,
         blob: Digest,
         chunk: u32,
-    ) -> Result<Response, RequestError> {
+    ) -> Result<ChunkAnswer, RequestError> {
         self.chunk_links.request(peer, blob, chunk).await
+    }
+
+    /// The pool chunk buffers come from, for chunks read from disk to send.
+    pub fn chunk_buffers(&self) -> &ChunkBuffers {
+        self.chunk_links.buffers()
     }
 
     /// Answers the inbound request `id`.

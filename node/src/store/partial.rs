@@ -114,14 +114,21 @@ impl DirectFile {
     }
 
     /// Writes `bytes` at `offset`; `Ok(false)` when this write has to go through the page
-    /// cache instead (unaligned, or refused by the file system).
+    /// cache instead (unaligned, or refused by the file system). Bytes already in aligned
+    /// memory (the chunk buffers the network reads into) are written from where they are;
+    /// others are copied into the aligned buffer first.
     fn write_at(&mut self, bytes: &[u8], offset: u64) -> io::Result<bool> {
         if !Self::can_do(offset, bytes.len()) {
             return Ok(false);
         }
-        let start = self.aligned_start(bytes.len());
-        let aligned = &mut self.buffer[start..start + bytes.len()];
-        aligned.copy_from_slice(bytes);
+        let aligned = if (bytes.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN_BYTES) {
+            bytes
+        } else {
+            let start = self.aligned_start(bytes.len());
+            let aligned = &mut self.buffer[start..start + bytes.len()];
+            aligned.copy_from_slice(bytes);
+            aligned
+        };
         match self.file.write_all_at(aligned, offset) {
             Ok(()) => Ok(true),
             Err(error) if is_invalid_argument(&error) => Ok(false),
@@ -533,6 +540,28 @@ mod tests {
         let mut partial = PartialBlob::open(&store, index).unwrap();
         partial.direct = None;
         write_and_complete(&store, partial, &bytes, [4, 2, 0, 1, 3]);
+    }
+
+    /// Chunks that arrive in aligned memory (the network's chunk buffers) are written to
+    /// disk from where they are.
+    #[test]
+    fn chunks_in_aligned_buffers_complete_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..CHUNK_BYTES_MIN * 6).map(|i| (i % 97) as u8).collect();
+        let index = index_of(&bytes, Digest::of(&bytes));
+        let mut partial = PartialBlob::open(&store, index.clone()).unwrap();
+        let buffers = crate::network::ChunkBuffers::default();
+        for chunk in [5, 0, 3, 1, 4, 2] {
+            let source = chunk_of(&bytes, &index, chunk);
+            let mut buffer = buffers.take(source.len());
+            buffer.as_mut_slice().copy_from_slice(&source);
+            let aligned = buffer.freeze();
+            assert_eq!(aligned.as_ptr() as usize % DIRECT_ALIGN_BYTES, 0);
+            partial.write_chunk(chunk, &aligned).unwrap();
+        }
+        partial.complete().unwrap();
+        assert!(store.has_blob(&index.blob()).unwrap());
     }
 
     /// An index that lies about the blob (its chunks hash right, the whole does not) is

@@ -100,6 +100,7 @@ use transfer::TransferBench;
 const USAGE: &str = "\
 usage: bench_swarm MODE [--size-mib N] [--rounds N] [--nodes N] [--rate-mib N]
                         [--ingress-mib N] [--extra-peers N] [--seed N] [--keep]
+                        [--only SOURCES]
 
 MODE is one of:
   transfer   one big blob from 1 and from 3 Shoal peers, against docker-registry -> curl
@@ -113,6 +114,9 @@ MODE is one of:
   --ingress-mib N   fanout per-node --max-ingress instead, in MiB/s; 0: no ingress limit
   --extra-peers N   fanout: other nodes each node bootstraps to, besides the seed (default 2)
   --seed N          seed of the generated image and of the peer choice (default 11)
+  --only SOURCES    transfer: only these sources, comma-separated, of registry, loopback,
+                    gateway, one-peer, three-peers (the figures then lack their references;
+                    for profiling one path)
   --keep            keep the temp dir with the nodes' data and logs, and print its path
 
 Run with --release: the shoal binary measured is built with the benchmark's own profile
@@ -147,6 +151,8 @@ struct Options {
     extra_peers: usize,
     seed: u64,
     keep: bool,
+    /// `--only`: the transfer sources to run; all when empty.
+    only: Vec<String>,
 }
 
 fn parse_options() -> Result<Option<Options>> {
@@ -171,6 +177,7 @@ fn parse_options() -> Result<Option<Options>> {
         extra_peers: 2,
         seed: 11,
         keep: false,
+        only: Vec::new(),
     };
     while let Some(flag) = args.next() {
         match flag.as_str() {
@@ -187,6 +194,10 @@ fn parse_options() -> Result<Option<Options>> {
         let value = args
             .next()
             .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        if flag == "--only" {
+            options.only = value.split(',').map(str::to_owned).collect();
+            continue;
+        }
         let number: u64 = value
             .parse()
             .with_context(|| format!("{flag} {value}: not a number"))?;

@@ -8,15 +8,16 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use shoal_tests::bench::{children_cpu_seconds, cpu_seconds, median, peak_rss_bytes};
-use shoal_tests::clients::find_tool;
+use shoal_tests::clients::{find_tool, wait_until};
 use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
 use shoal_tests::node::ShoalNode;
 use shoal_tests::registry::{DockerRegistry, push_oci_layout};
 use shoal_tests::sendfile_server::SendfileServer;
 
 use super::{
-    CpuCeiling, MIB, Options, blob_matches, bootstrap_args, counter, finish_work_dir, mb_per_s,
-    node_pid, pull, start_node, verdict, wait_connected, wait_knows_tag, work_dir,
+    CpuCeiling, EVENT_TIMEOUT, MIB, Options, blob_matches, bootstrap_args, counter,
+    finish_work_dir, mb_per_s, node_pid, pull, start_node, store_blobs, verdict, wait_connected,
+    wait_knows_tag, work_dir,
 };
 
 const TRANSFER_REPOSITORY: &str = "bench/transfer";
@@ -54,6 +55,17 @@ impl Source {
         Source::OnePeer,
         Source::ThreePeers,
     ];
+
+    /// The name `--only` knows it by.
+    fn key(self) -> &'static str {
+        match self {
+            Source::Registry => "registry",
+            Source::Loopback => "loopback",
+            Source::Gateway => "gateway",
+            Source::OnePeer => "one-peer",
+            Source::ThreePeers => "three-peers",
+        }
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -113,10 +125,20 @@ impl TransferBench {
         if !bench.can_pin {
             println!("fewer than two cores: pinned runs are skipped");
         }
+        for only in &options.only {
+            ensure!(
+                Source::ALL.iter().any(|source| source.key() == only),
+                "--only: no source {only}"
+            );
+        }
+        let chosen = |source: &Source| {
+            options.only.is_empty() || options.only.iter().any(|only| only == source.key())
+        };
+        let sources: Vec<Source> = Source::ALL.into_iter().filter(chosen).collect();
         let mut fetches = Vec::new();
         for round in 0..options.rounds {
-            for offset in 0..Source::ALL.len() {
-                let source = Source::ALL[(round + offset) % Source::ALL.len()];
+            for offset in 0..sources.len() {
+                let source = sources[(round + offset) % sources.len()];
                 let mut placements = vec![false];
                 if source.pinnable() && bench.can_pin {
                     placements.insert(round % 2, true);
@@ -252,6 +274,11 @@ impl TransferBench {
         let receiver_before = cpu_seconds(receiver_pid)?;
         let gateway = receiver.gateway().to_string();
         let (seconds, cpu_client, streamed) = self.timed_curl(&gateway, pinned, Source::Gateway)?;
+        // B's CPU counts all its work on the blob, the sha256 that may run after curl is done
+        // included: read once the blob is in B's store.
+        wait_until("the blob to enter B's store", EVENT_TIMEOUT, || {
+            Ok(store_blobs(&receiver.status()?)? >= 1)
+        })?;
         let fetch = Fetch {
             source: Source::Gateway,
             pinned,
