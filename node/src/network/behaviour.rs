@@ -15,10 +15,11 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     PeerId, StreamProtocol, Transport, connection_limits, gossipsub, identify, kad, mdns, noise,
-    ping, quic, request_response, tcp, yamux,
+    ping, quic, request_response, tcp,
 };
 
 use super::codec::{ExchangeCodec, PROTOCOL};
+use super::muxer::YamuxConfig;
 
 /// Connections per remote peer; one is normal, two covers simultaneous dials.
 const CONNECTIONS_PER_PEER_MAX: u32 = 2;
@@ -128,7 +129,7 @@ pub fn transport(
 ) -> anyhow::Result<Boxed<(PeerId, StreamMuxerBox)>> {
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
     let noise = noise::Config::new(keypair).context("cannot set up Noise")?;
-    let yamux = yamux::Config::default();
+    let yamux = YamuxConfig::default();
     let Some(psk) = psk else {
         let tcp = tcp
             .upgrade(Version::V1Lazy)

@@ -1,11 +1,11 @@
-//! Chunk links: chunks move between two nodes on one long-lived stream per peer
+//! Chunk links: chunks move between two nodes on a few long-lived streams per peer
 //! (`/shoal/chunks/1`), with requests pipelined, instead of on a new substream — with its own
-//! protocol negotiation and its own small window — per chunk.
+//! protocol negotiation — per chunk.
 //!
-//! The asking side keeps one [`ChunkLinks`] for all peers: the first request to a peer opens
-//! the stream and spawns its link task, which writes requests as they come and reads the
-//! answers, which the serving side sends in the order of the requests. A broken stream fails
-//! every request on it; the next request opens a new one. The serving side gets each inbound
+//! The asking side keeps one [`ChunkLinks`] for all peers: requests to a peer take its
+//! [`LINKS_PER_PEER`] links in turn, each opened on first use with a task that writes requests
+//! as they come and reads the answers, which the serving side sends in the order of the
+//! requests. A broken stream fails every request on it; the next request opens a new one. The serving side gets each inbound
 //! stream as a [`NetworkEvent::ChunkStream`](super::NetworkEvent) and answers it (`peers.rs`).
 
 use std::collections::HashMap;
@@ -25,6 +25,12 @@ use super::codec::{ChunkAnswer, read_chunk_answer, write_request_frame};
 
 pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/chunks/1");
 
+/// Links (streams) to one peer. Yamux grants a stream 256 KiB of window and grows it only when
+/// a round trip is long enough to measure against (never on loopback or a LAN, where the first
+/// round trip, measured at connection set-up, is a few hundred microseconds), so one stream
+/// keeps at most 256 KiB in flight: 4 keep 1 MiB, the bandwidth-delay product of 10 Gbit/s at
+/// a 1 ms round trip (bench_swarm transfer, docs/benchmarks.md).
+const LINKS_PER_PEER: usize = 4;
 /// Requests queued for one link beyond those on the wire; the scheduler keeps at most 8 in
 /// flight per peer, so this never holds a transfer back.
 const LINK_QUEUE_LEN: usize = 64;
@@ -59,8 +65,15 @@ impl Drop for Link {
 #[derive(Clone)]
 pub struct ChunkLinks {
     control: libp2p_stream::Control,
-    links: Arc<Mutex<HashMap<PeerId, Link>>>,
+    links: Arc<Mutex<HashMap<PeerId, PeerLinks>>>,
     buffers: ChunkBuffers,
+}
+
+/// The links to one peer, and which one the next request takes.
+#[derive(Default)]
+struct PeerLinks {
+    links: Vec<Link>,
+    next: usize,
 }
 
 impl std::fmt::Debug for ChunkLinks {
@@ -83,7 +96,7 @@ impl ChunkLinks {
         &self.buffers
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Link>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, PeerLinks>> {
         self.links
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -118,24 +131,28 @@ impl ChunkLinks {
         self.lock().remove(peer);
     }
 
-    /// The request queue of the link to `peer`, started if there is none or it has ended.
+    /// The request queue of the next link to `peer`, started if there is none or it has
+    /// ended.
     fn link(&self, peer: PeerId) -> mpsc::Sender<LinkRequest> {
         let mut links = self.lock();
-        if let Some(link) = links.get(&peer)
+        let peer_links = links.entry(peer).or_default();
+        let turn = peer_links.next % LINKS_PER_PEER;
+        peer_links.next = peer_links.next.wrapping_add(1);
+        if let Some(link) = peer_links.links.get(turn)
             && !link.requests.is_closed()
         {
             return link.requests.clone();
         }
         let (requests, queue) = mpsc::channel(LINK_QUEUE_LEN);
-        let link = run_link(self.control.clone(), self.buffers.clone(), peer, queue);
-        let task = tokio::spawn(link).abort_handle();
-        links.insert(
-            peer,
-            Link {
-                requests: requests.clone(),
-                task,
-            },
-        );
+        let run = run_link(self.control.clone(), self.buffers.clone(), peer, queue);
+        let link = Link {
+            requests: requests.clone(),
+            task: tokio::spawn(run).abort_handle(),
+        };
+        match peer_links.links.get_mut(turn) {
+            Some(ended) => *ended = link,
+            None => peer_links.links.push(link),
+        }
         requests
     }
 }

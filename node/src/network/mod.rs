@@ -12,6 +12,7 @@ mod buffers;
 mod chunks;
 mod codec;
 mod metrics;
+mod muxer;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
