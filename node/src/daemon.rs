@@ -341,14 +341,43 @@ async fn serve_admin_connection(stream: UnixStream, context: AdminContext) -> an
             run_import(&mut stream, &context, path, tag).await?
         }
         Ok(AdminRequest::Pull { reference }) => run_pull(&mut stream, &context, &reference).await,
-        Ok(AdminRequest::Pin { reference }) => {
-            context.evictor.pin(&context.puller, &reference).await
+        Ok(AdminRequest::Pin { reference }) => answer(
+            context.evictor.pin(&context.puller, &reference).await,
+            |pinned| AdminEvent::Pinned {
+                reference: pinned.reference,
+                digest: pinned.digest,
+            },
+        ),
+        Ok(AdminRequest::Unpin { reference }) => {
+            answer(context.evictor.unpin(&reference).await, |unpinned| {
+                AdminEvent::Unpinned {
+                    reference: unpinned.reference,
+                    digest: unpinned.digest,
+                }
+            })
         }
-        Ok(AdminRequest::Unpin { reference }) => context.evictor.unpin(&reference).await,
-        Ok(AdminRequest::Gc) => context.evictor.gc().await,
-        Ok(AdminRequest::Verify) => context.evictor.verify().await,
+        Ok(AdminRequest::Gc) => answer(context.evictor.gc().await, |collected| {
+            AdminEvent::Collected {
+                max_bytes: collected.max_bytes,
+                report: collected.report,
+            }
+        }),
+        Ok(AdminRequest::Verify) => answer(context.evictor.verify().await, AdminEvent::Verified),
     };
     admin::write_event(&mut stream, &event).await
+}
+
+/// The final event for a service's result: `done` of what it did, or its error's text.
+fn answer<T, E: std::fmt::Display>(
+    result: Result<T, E>,
+    done: impl FnOnce(T) -> AdminEvent,
+) -> AdminEvent {
+    match result {
+        Ok(value) => done(value),
+        Err(error) => AdminEvent::Failed {
+            message: error.to_string(),
+        },
+    }
 }
 
 impl observe::StatusSource for AdminContext {

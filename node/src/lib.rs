@@ -34,6 +34,7 @@ mod source;
 mod store;
 mod tagger;
 mod upstream;
+mod values;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
