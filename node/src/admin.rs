@@ -15,9 +15,9 @@ use tokio::net::{UnixListener, UnixStream};
 use shoal_protocol::Digest;
 
 use crate::budget::CacheStatus;
-use crate::counters::CountersSnapshot;
 use crate::fetch::TransferStatus;
 use crate::import::ImportReport;
+use crate::observe::CountersSnapshot;
 use crate::store::{EvictionReport, ImageSummary, StoreSummary, VerifyReport};
 
 /// Longest request line accepted from a client.

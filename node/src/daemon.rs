@@ -20,12 +20,13 @@ use crate::admin::{self, AdminEvent, AdminRequest, KnownImage, StatusReport};
 use crate::announce::Announcements;
 use crate::budget::Evictor;
 use crate::config::NodeConfig;
-use crate::counters::Counters;
 use crate::fetch::{self, FetchContext, FetchHandle};
 use crate::import;
 use crate::locality::Locality;
+use crate::metrics_server;
 use crate::network::{self, NetworkConfig, NetworkHandle};
 use crate::observe;
+use crate::observe::Counters;
 use crate::peers::PeerService;
 use crate::prefetch;
 use crate::pull::Puller;
@@ -62,7 +63,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on gateway address {}", config.gateway))?;
     let gateway_addr = gateway_listener.local_addr()?;
     let metrics_listener = match config.metrics {
-        Some(address) => Some(observe::bind(address, config.metrics_public).await?),
+        Some(address) => Some(metrics_server::bind(address, config.metrics_public).await?),
         None => None,
     };
     let admin_listener = admin::bind(&layout.socket())?;
@@ -203,7 +204,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     if let Some(listener) = metrics_listener {
         metrics_field = format!(" metrics={}", listener.local_addr()?);
         let (source, counters) = (context.clone(), context.counters.clone());
-        tasks.spawn(observe::serve(
+        tasks.spawn(metrics_server::serve(
             listener,
             source,
             counters,
@@ -380,7 +381,7 @@ fn answer<T, E: std::fmt::Display>(
     }
 }
 
-impl observe::StatusSource for AdminContext {
+impl metrics_server::StatusSource for AdminContext {
     async fn status(&self) -> anyhow::Result<StatusReport> {
         match status(self).await {
             AdminEvent::Status(report) => Ok(*report),

@@ -15,7 +15,6 @@ mod budget;
 mod commands;
 mod config;
 mod configure;
-mod counters;
 mod daemon;
 mod fetch;
 #[doc(hidden)]
@@ -23,6 +22,7 @@ pub mod fuzzing;
 mod identity;
 mod import;
 mod locality;
+mod metrics_server;
 mod network;
 mod observe;
 mod peers;

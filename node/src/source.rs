@@ -15,9 +15,8 @@ use tokio_util::io::ReaderStream;
 
 use std::sync::Arc;
 
-use crate::counters::Counters;
 use crate::fetch::{Origin, stream_transfer};
-use crate::observe::{ServedFrom, measured};
+use crate::observe::{Counters, ServedFrom, measured};
 use crate::pull::{PullError, Puller};
 use crate::store::{BlobLease, BlockingError, Store, StoreError};
 use crate::tagger::TaggerHandle;
