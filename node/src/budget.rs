@@ -14,9 +14,9 @@ use std::time::Duration;
 use shoal_protocol::{Digest, ImageRef, Tag};
 use tokio_util::sync::CancellationToken;
 
+use crate::images::pull::{PullError, Puller};
 use crate::network::NetworkHandle;
 use crate::observe::Counters;
-use crate::pull::{PullError, Puller};
 use crate::store::{BlockingError, EvictionReport, Pin, Store, StoreError, VerifyReport};
 use crate::values::Budget;
 

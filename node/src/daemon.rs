@@ -20,17 +20,16 @@ use crate::announce::Announcements;
 use crate::budget::Evictor;
 use crate::config::NodeConfig;
 use crate::fetch::{self, FetchContext};
+use crate::images::gateway_source::NodeSource;
+use crate::images::pull::Puller;
+use crate::images::{prefetch, tagger};
 use crate::locality::Locality;
 use crate::metrics_server;
 use crate::network::{self, NetworkConfig};
 use crate::observe::{self, Counters};
 use crate::peers::PeerService;
-use crate::prefetch;
-use crate::pull::Puller;
 use crate::rate::RateLimiter;
-use crate::source::NodeSource;
 use crate::store::{Layout, Store};
-use crate::tagger;
 use crate::upstream::Upstreams;
 
 /// How long requests in flight may take to finish after a shutdown signal.

@@ -1,4 +1,4 @@
-//! The client side of the admin socket, used by the CLI's commands (`commands.rs`).
+//! The client side of the admin socket, used by the CLI's commands (`cli/commands.rs`).
 
 use std::path::Path;
 

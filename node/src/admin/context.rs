@@ -7,10 +7,10 @@ use tokio_util::sync::CancellationToken;
 use crate::announce::Announcements;
 use crate::budget::Evictor;
 use crate::fetch::FetchHandle;
+use crate::images::pull::Puller;
 use crate::locality::Locality;
 use crate::network::NetworkHandle;
 use crate::observe::Counters;
-use crate::pull::Puller;
 use crate::store::Store;
 
 /// What `shoal status` says about the node itself, fixed at start-up.

@@ -3,7 +3,7 @@
 //! directory can use it.
 //!
 //! - `protocol`: the messages and their JSON-lines framing, shared by both sides;
-//! - `client`: what the CLI (`commands.rs`) calls;
+//! - `client`: what the CLI (`cli/commands.rs`) calls;
 //! - `server`: the node's accept loop and dispatch, which maps the services' results to
 //!   events; `jobs` runs the long requests (import, pull) with progress; `status` gathers the
 //!   status report; `context` is the set of services they all use.

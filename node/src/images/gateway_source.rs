@@ -15,11 +15,11 @@ use tokio_util::io::ReaderStream;
 
 use std::sync::Arc;
 
+use super::pull::{PullError, Puller};
+use super::tagger::TaggerHandle;
 use crate::fetch::{Origin, stream_transfer};
 use crate::observe::{Counters, ServedFrom, measured};
-use crate::pull::{PullError, Puller};
 use crate::store::{BlobLease, BlockingError, Store, StoreError};
-use crate::tagger::TaggerHandle;
 
 /// Bytes per read when streaming a blob to a client; measured against smaller buffers in the
 /// gateway benchmark (see docs/benchmarks.md).
