@@ -18,7 +18,7 @@ use shoal_protocol::{
     SignedAnnouncement, Tag,
 };
 
-use crate::counters::Counters;
+use crate::observe::Counters;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug)]

@@ -10,8 +10,7 @@ use anyhow::Context;
 use libp2p::pnet::PreSharedKey;
 use libp2p::{Multiaddr, PeerId};
 
-use crate::budget::{Budget, ByteSize};
-use crate::rate::ByteRate;
+use crate::values::{Budget, ByteRate, ByteSize};
 
 pub const DEFAULT_DATA_DIR: &str = "./shoal-data";
 pub const DEFAULT_GATEWAY: &str = "127.0.0.1:5050";

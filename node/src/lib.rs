@@ -1,9 +1,9 @@
 //! `shoal`: the node daemon and the commands that talk to it.
 //!
-//! `shoal node` runs the daemon ([`daemon`]); `import` and `status` reach the running node
-//! through the admin socket in its data directory ([`admin`]); `id` reads the identity file
-//! directly. This crate is the composition root: it wires the store, the importer and the
-//! gateway together.
+//! `shoal node` runs the daemon ([`daemon`]); `import`, `pull`, `status` and the other
+//! commands ([`cli`]) reach the running node through the admin socket in its data directory
+//! ([`admin`]); `id` reads the identity file directly. This crate is the composition root: it
+//! wires the store, the importer and the gateway together.
 //!
 //! It is a library with a one-line binary (`src/main.rs`) only so that the fuzz targets in
 //! `fuzz/` can reach the import path ([`fuzzing`]); [`main`] is the whole public API.
@@ -12,28 +12,25 @@
 mod admin;
 mod announce;
 mod budget;
-mod commands;
+mod cli;
 mod config;
-mod configure;
-mod counters;
 mod daemon;
 mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;
 mod identity;
+mod images;
 mod import;
 mod locality;
+mod metrics_server;
 mod network;
 mod observe;
 mod peers;
-mod prefetch;
-mod pull;
 mod rate;
 mod seeding;
-mod source;
 mod store;
-mod tagger;
 mod upstream;
+mod values;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,7 +86,7 @@ enum Command {
         json: bool,
     },
     /// Print (or --write) the config that makes containerd, Docker or podman pull through this node.
-    Configure(configure::ConfigureArgs),
+    Configure(cli::mirror_config::ConfigureArgs),
     /// Keep an image (every platform) whatever --cache-max, pulling what the store lacks.
     Pin {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
@@ -149,14 +146,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", keypair.public().to_peer_id());
             Ok(())
         }
-        Command::Import { data, path, tag } => commands::import(&data, &path, tag).await,
-        Command::Pull { data, reference } => commands::pull(&data, &reference).await,
-        Command::Status { data, json } => commands::status(&data, json).await,
-        Command::Configure(args) => configure::run(args),
-        Command::Pin { data, reference } => commands::pin(&data, &reference).await,
-        Command::Unpin { data, reference } => commands::unpin(&data, &reference).await,
-        Command::Gc { data } => commands::gc(&data).await,
-        Command::Verify { data } => commands::verify(&data).await,
+        Command::Import { data, path, tag } => cli::commands::import(&data, &path, tag).await,
+        Command::Pull { data, reference } => cli::commands::pull(&data, &reference).await,
+        Command::Status { data, json } => cli::commands::status(&data, json).await,
+        Command::Configure(args) => cli::mirror_config::run(args),
+        Command::Pin { data, reference } => cli::commands::pin(&data, &reference).await,
+        Command::Unpin { data, reference } => cli::commands::unpin(&data, &reference).await,
+        Command::Gc { data } => cli::commands::gc(&data).await,
+        Command::Verify { data } => cli::commands::verify(&data).await,
     }
 }
 

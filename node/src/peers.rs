@@ -21,13 +21,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcements;
-use crate::counters::Counters;
 use crate::fetch::{FetchHandle, Origin};
 use crate::locality::Locality;
 use crate::network::{
     ChunkAnswer, ChunkBuffers, InboundRequest, NetworkEvent, NetworkHandle, read_request_frame,
     write_chunk_answer,
 };
+use crate::observe::Counters;
 use crate::rate::RateLimiter;
 use crate::seeding::SeedLedger;
 use crate::store::Store;

@@ -11,6 +11,7 @@
 pub mod announce;
 pub mod bitmap;
 pub mod chunk;
+mod codec;
 pub mod digest;
 pub mod manifest;
 pub mod media_type;

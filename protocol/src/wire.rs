@@ -1,8 +1,5 @@
-//! The peer wire codec and the messages of the node-to-node request-response protocol.
-//!
-//! Every byte that crosses between nodes is encoded and decoded here and nowhere else, so that
-//! replacing bincode (every release is flagged unmaintained, RUSTSEC-2025-0141; postcard is the
-//! usual successor) touches only this file. A frame is `[WIRE_VERSION][bincode payload]`.
+//! The messages of the node-to-node request-response protocol, and the public face of the
+//! peer wire codec (`codec.rs`, re-exported here): a frame is `[WIRE_VERSION][bincode payload]`.
 //!
 //! Data flow: a node encodes a [`Request`] with [`encode`], the transport (libp2p
 //! request-response) carries the frame, the peer decodes it with [`Request::decode`] (limit
@@ -13,22 +10,23 @@
 //! protocol change, not a migration), or framing on a byte stream (the transport delimits
 //! messages; this module sees whole frames).
 //!
-//! Untrusted input is refused in three layers: a frame longer than the caller's limit is refused
-//! before any decoding; bincode runs with a configured limit on the bytes it may *claim*, so a
-//! length prefix of 2^60 fails before anything is allocated; and decoded values re-check their
-//! own invariants ([`Bitmap`], [`ChunkIndex`], digests, tags) during deserialization.
-
-use bincode::config::{Config, Configuration, Limit, LittleEndian, Varint};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+//! Decoded messages re-check their own invariants ([`Bitmap`], [`ChunkIndex`], digests, tags)
+//! during deserialization, after the codec's size and claim limits.
 
 use crate::announce::{ANNOUNCEMENT_PAGE_BYTES_MAX, AnnouncementCursor, SignedAnnouncement};
 use crate::bitmap::Bitmap;
 use crate::chunk::{CHUNK_BYTES_MAX, ChunkIndex, INDEX_BYTES_MAX};
 use crate::digest::Digest;
 
-/// The first byte of every frame. A node refuses frames of any other version.
-pub const WIRE_VERSION: u8 = 1;
+// The codec lives in its own module so that `announce` can sign and verify frames without
+// importing the messages (which carry announcements); it is re-exported so `wire::encode` stays
+// the one path callers know.
+use crate::codec;
+pub use crate::codec::{FRAME_BYTES_MAX, WIRE_VERSION, WireError, decode, encode};
+
+/// The codec caps every frame at the largest message, so the cap is no looser than a real
+/// message needs.
+const _: () = assert!(FRAME_BYTES_MAX == RESPONSE_BYTES_MAX);
 
 /// The largest request frame. Requests are a digest, a chunk number, or an announcement cursor
 /// (a repository name of at most 255 bytes, a tag of at most 128 and a peer id of about 40):
@@ -51,87 +49,12 @@ pub const RESPONSE_BYTES_MAX: usize = max(
     ANNOUNCEMENT_PAGE_BYTES_MAX,
 ) + RESPONSE_SLACK_BYTES;
 
-/// No frame of any kind is larger: limits passed to [`decode`] are capped to it.
-pub const FRAME_BYTES_MAX: usize = RESPONSE_BYTES_MAX;
-
 const _: () = {
     assert!(REQUEST_BYTES_MAX < RESPONSE_BYTES_MAX);
     assert!(RESPONSE_BYTES_MAX >= CHUNK_BYTES_MAX as usize + RESPONSE_SLACK_BYTES);
     assert!(RESPONSE_BYTES_MAX >= INDEX_BYTES_MAX + RESPONSE_SLACK_BYTES);
     assert!(RESPONSE_BYTES_MAX >= ANNOUNCEMENT_PAGE_BYTES_MAX + RESPONSE_SLACK_BYTES);
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum WireError {
-    #[error("frame of {len} bytes exceeds the {limit}-byte limit")]
-    TooLarge { len: usize, limit: usize },
-    #[error("empty frame")]
-    Empty,
-    #[error("wire version {0} is not supported (this node speaks {WIRE_VERSION})")]
-    UnknownVersion(u8),
-    #[error("frame has {0} bytes after its message")]
-    TrailingBytes(usize),
-    #[error("message does not encode")]
-    Encode(#[source] bincode::error::EncodeError),
-    #[error("message does not decode")]
-    Decode(#[source] bincode::error::DecodeError),
-}
-
-/// bincode's standard configuration (little-endian, varint integers) with a claim limit.
-const fn config<const N: usize>() -> Configuration<LittleEndian, Varint, Limit<N>> {
-    bincode::config::standard().with_limit::<N>()
-}
-
-/// Encodes `value` as a frame: the version byte, then the bincode payload.
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
-    let mut frame = vec![WIRE_VERSION];
-    bincode::serde::encode_into_std_write(
-        value,
-        &mut frame,
-        bincode::config::standard().with_no_limit(),
-    )
-    .map_err(WireError::Encode)?;
-    Ok(frame)
-}
-
-/// Decodes a frame of at most `limit_bytes` (capped to [`FRAME_BYTES_MAX`]), refusing an oversize
-/// frame before looking inside, an unknown version, and trailing bytes.
-///
-/// bincode may only *claim* (allocate or read) a small multiple of the limit: a few tiers of
-/// compile-time limits, picked by the caller's limit, stand in for a run-time one. Claims
-/// exceed the encoded size only for varint integers (8 claimed per byte at worst), and the
-/// messages here are mostly byte strings, so twice the frame limit is ample.
-pub fn decode<T: DeserializeOwned>(frame: &[u8], limit_bytes: usize) -> Result<T, WireError> {
-    let limit = limit_bytes.min(FRAME_BYTES_MAX);
-    if frame.len() > limit {
-        return Err(WireError::TooLarge {
-            len: frame.len(),
-            limit,
-        });
-    }
-    let (&version, payload) = frame.split_first().ok_or(WireError::Empty)?;
-    if version != WIRE_VERSION {
-        return Err(WireError::UnknownVersion(version));
-    }
-    let (value, read) = if limit <= 32 * 1024 {
-        decode_payload(payload, config::<{ 64 * 1024 }>())
-    } else if limit <= 512 * 1024 {
-        decode_payload(payload, config::<{ 1024 * 1024 }>())
-    } else {
-        decode_payload(payload, config::<{ 2 * FRAME_BYTES_MAX }>())
-    }?;
-    if read != payload.len() {
-        return Err(WireError::TrailingBytes(payload.len() - read));
-    }
-    Ok(value)
-}
-
-fn decode_payload<T: DeserializeOwned, C: Config>(
-    payload: &[u8],
-    config: C,
-) -> Result<(T, usize), WireError> {
-    bincode::serde::decode_from_slice(payload, config).map_err(WireError::Decode)
-}
 
 /// The bytes at the start of a frame that [`chunk_response_offset`] reads: the version, the
 /// variant and the longest varint length (a marker byte and a u64).
@@ -153,8 +76,7 @@ pub fn chunk_response_offset(head: &[u8], frame_len: usize) -> Option<usize> {
     {
         return None;
     }
-    let (length, used): (u64, usize) =
-        bincode::decode_from_slice(&head[2..], config::<{ 2 * FRAME_BYTES_MAX }>()).ok()?;
+    let (length, used) = codec::decode_length(&head[2..])?;
     let offset = 2 + used;
     (offset as u64 + length == frame_len as u64).then_some(offset)
 }
@@ -164,12 +86,7 @@ pub fn chunk_response_offset(head: &[u8], frame_len: usize) -> Option<usize> {
 /// its own buffer instead of copying it into a frame first.
 pub fn chunk_response_head(length: usize) -> Result<Vec<u8>, WireError> {
     let mut head = vec![WIRE_VERSION, CHUNK_VARIANT];
-    bincode::encode_into_std_write(
-        length as u64,
-        &mut head,
-        bincode::config::standard().with_no_limit(),
-    )
-    .map_err(WireError::Encode)?;
+    codec::encode_length(length as u64, &mut head)?;
     Ok(head)
 }
 

@@ -22,9 +22,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcements;
-use crate::counters::Counters;
 use crate::locality::Locality;
 use crate::network::NetworkHandle;
+use crate::observe::Counters;
 use crate::rate::RateLimiter;
 use crate::store::Store;
 use crate::upstream::Upstreams;

@@ -28,8 +28,8 @@ use tokio::task::JoinSet;
 
 use super::sha256_behind::Sha256Behind;
 use super::{FetchContext, Origin, Progress, SequentialBlob};
-use crate::counters::Counters;
 use crate::network::{ChunkAnswer, RequestError};
+use crate::observe::Counters;
 use crate::store::{PartialBlob, recorded_index};
 use crate::upstream::{self, Download};
 

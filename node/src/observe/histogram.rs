@@ -108,7 +108,7 @@ impl Default for ResponseTimings {
     }
 }
 
-/// Every histogram the node keeps; one instance lives in [`crate::counters::Counters`].
+/// Every histogram the node keeps; one instance lives in [`super::Counters`].
 #[derive(Debug)]
 pub struct Timings {
     gateway_store: ResponseTimings,

@@ -15,8 +15,8 @@ use std::time::Instant;
 use futures_util::Stream;
 use shoal_gateway::BlobStream;
 
+use super::Counters;
 use super::histogram::ServedFrom;
-use crate::counters::Counters;
 
 /// Wraps `body`, `length` bytes answering a request that reached the node at `started`.
 pub fn measured(

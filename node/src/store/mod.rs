@@ -20,6 +20,7 @@
 //! [`evict`] removes the least recently used (never a pinned image's, never one in use) and
 //! re-hashes the store on demand, and [`space`] refuses blob writes before the disk is full.
 
+mod blocking;
 mod evict;
 mod layout;
 mod metadata;
@@ -40,6 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use shoal_protocol::chunk::{ChunkIndex, ChunkIndexBuilder, chunk_bytes_for};
 use shoal_protocol::{Descriptor, Digest, RepoName, Sha256Writer, Tag, TagOrDigest, wire};
 
+pub use blocking::BlockingError;
 pub use evict::{EvictionReport, Pin, VerifyReport};
 pub use layout::Layout;
 pub use metadata::{ImageSummary, ManifestRecord, StoreSummary};

@@ -7,8 +7,8 @@ use shoal_protocol::{Digest, RepoName};
 use tokio::sync::watch;
 
 use super::UpstreamClient;
-use crate::counters::Counters;
 use crate::fetch::{FetchContext, Progress, SequentialBlob};
+use crate::observe::Counters;
 
 /// What to download, and from where.
 #[derive(Debug, Clone)]

@@ -22,11 +22,11 @@ pub use book::{
 
 use libp2p_identity::{Keypair, PeerId, PublicKey};
 
+use crate::codec::{self as wire, WireError};
 use crate::digest::Digest;
 use crate::manifest::MANIFEST_BYTES_MAX;
 use crate::media_type;
 use crate::reference::{ReferenceError, RepoName, Tag};
-use crate::wire::{self, WireError};
 
 /// The largest encoded [`Announcement`]. An entry of `index_roots` takes 64 bytes, so this
 /// allows about 4,000 manifests and blobs per image: far above real multi-platform images,

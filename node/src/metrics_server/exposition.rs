@@ -19,17 +19,11 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use super::histogram::{Histogram, ResponseTimings, ServedFrom, Timings};
 use crate::admin::StatusReport;
-use crate::counters::Counters;
+use crate::observe::{Counters, Histogram, ResponseTimings, ServedFrom, Timings};
 
 /// What Prometheus asks for first, and what `prometheus-client` writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The registry every part of the node registers its metrics with (today the swarm task, for
-/// libp2p's). Locked only to register at start-up and to encode a scrape; nothing awaits under
-/// the lock.
-pub type SharedRegistry = Arc<Mutex<Registry>>;
 
 type Labels<'a> = &'a [(&'a str, &'a str)];
 
@@ -326,7 +320,7 @@ fn write_families(report: &StatusReport, timings: &Timings, page: &mut Families)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::tests::sample_report;
+    use crate::metrics_server::tests::sample_report;
 
     /// The page with one gateway observation, and libp2p's families registered but unrecorded.
     fn sample_page() -> String {

@@ -29,7 +29,7 @@ pub struct Counters {
     pub bytes_sent_to_other_sites: AtomicU64,
     pub bytes_received_from_other_sites: AtomicU64,
     /// Latency and throughput histograms for `/metrics` (not in the snapshot).
-    pub timings: crate::observe::Timings,
+    pub timings: super::Timings,
 }
 
 /// A copy of the counters at one moment.

@@ -8,7 +8,7 @@ use shoal_protocol::{ImageRef, RepoName};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::pull::Puller;
+use super::pull::Puller;
 
 /// Announcements waiting to be prefetched; more are dropped (and logged) rather than queued
 /// without bound.

@@ -1,23 +1,22 @@
-//! The admin socket: how `shoal import`, `shoal status` and later commands talk to the running
-//! node. A Unix socket inside the data directory, so only users who can reach the data
-//! directory can use it.
+//! The admin protocol's messages and framing: the client writes one JSON [`AdminRequest`] line;
+//! the node answers with JSON [`AdminEvent`] lines, ending with a final one (anything but
+//! `Progress`). Closing the connection cancels the request in progress.
 //!
-//! Protocol: the client writes one JSON [`AdminRequest`] line; the node answers with JSON
-//! [`AdminEvent`] lines, ending with a final one (anything but `Progress`). Closing the
-//! connection cancels the request in progress.
+//! The messages carry the services' own result types (import and eviction reports, store
+//! summaries); those services never import this module, the server maps their results.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 
 use shoal_protocol::Digest;
 
 use crate::budget::CacheStatus;
-use crate::counters::CountersSnapshot;
 use crate::fetch::TransferStatus;
 use crate::import::ImportReport;
+use crate::observe::CountersSnapshot;
 use crate::store::{EvictionReport, ImageSummary, StoreSummary, VerifyReport};
 
 /// Longest request line accepted from a client.
@@ -80,7 +79,7 @@ pub enum AdminEvent {
 }
 
 impl AdminEvent {
-    fn is_final(&self) -> bool {
+    pub(super) fn is_final(&self) -> bool {
         !matches!(self, AdminEvent::Progress { .. })
     }
 }
@@ -118,19 +117,6 @@ pub struct KnownImage {
     pub digest: Digest,
 }
 
-/// Binds the admin socket, replacing a stale socket file. The caller holds the data-dir lock,
-/// so no live node can own the old file.
-pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    match std::fs::remove_file(path) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-            return Err(error)
-                .with_context(|| format!("cannot remove stale socket {}", path.display()));
-        }
-        _ => {}
-    }
-    UnixListener::bind(path).with_context(|| format!("cannot bind admin socket {}", path.display()))
-}
-
 /// Reads one request line from a connection, refusing anything longer than the limit.
 pub async fn read_request(stream: &mut BufReader<UnixStream>) -> anyhow::Result<AdminRequest> {
     let mut line = Vec::new();
@@ -151,34 +137,4 @@ pub async fn write_event(
     line.push(b'\n');
     stream.write_all(&line).await?;
     Ok(())
-}
-
-/// The client side: sends `request` to the node on `socket` and passes every event to
-/// `on_event` until the final one, which it returns.
-pub async fn call(
-    socket: &Path,
-    request: &AdminRequest,
-    mut on_event: impl FnMut(&AdminEvent),
-) -> anyhow::Result<AdminEvent> {
-    let stream = UnixStream::connect(socket).await.with_context(|| {
-        format!(
-            "no shoal node is running on this data directory (cannot connect to {}); start one with `shoal node --data {}`",
-            socket.display(),
-            socket.parent().unwrap_or(Path::new(".")).display()
-        )
-    })?;
-    let (reader, mut writer) = stream.into_split();
-    let mut line = serde_json::to_vec(request)?;
-    line.push(b'\n');
-    writer.write_all(&line).await?;
-    let mut lines = BufReader::new(reader).lines();
-    while let Some(line) = lines.next_line().await? {
-        let event: AdminEvent =
-            serde_json::from_str(&line).context("malformed answer from the node")?;
-        if event.is_final() {
-            return Ok(event);
-        }
-        on_event(&event);
-    }
-    anyhow::bail!("the node closed the connection without an answer")
 }

@@ -15,12 +15,11 @@ use tokio_util::io::ReaderStream;
 
 use std::sync::Arc;
 
-use crate::counters::Counters;
+use super::pull::{PullError, Puller};
+use super::tagger::TaggerHandle;
 use crate::fetch::{Origin, stream_transfer};
-use crate::observe::{ServedFrom, measured};
-use crate::pull::{PullError, Puller};
-use crate::store::{BlobLease, Store, StoreError};
-use crate::tagger::TaggerHandle;
+use crate::observe::{Counters, ServedFrom, measured};
+use crate::store::{BlobLease, BlockingError, Store, StoreError};
 
 /// Bytes per read when streaming a blob to a client; measured against smaller buffers in the
 /// gateway benchmark (see docs/benchmarks.md).
@@ -44,16 +43,12 @@ impl NodeSource {
             tagger,
         }
     }
+}
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        read: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, SourceError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || read(&store))
-            .await
-            .map_err(|error| SourceError::Internal(Box::new(error)))?
-            .map_err(|error| SourceError::Internal(Box::new(error)))
+/// A store that failed, or work that never ran, is this node's fault, not the client's.
+impl From<BlockingError> for SourceError {
+    fn from(error: BlockingError) -> SourceError {
+        SourceError::Internal(Box::new(error))
     }
 }
 
@@ -119,6 +114,7 @@ impl ContentSource for NodeSource {
             TagOrDigest::Digest(_) => None,
         };
         let (stored, tagged) = self
+            .store
             .blocking(move |store| {
                 let tagged = match &tag {
                     Some(tag) => store.tagged(&for_store, tag)?,
@@ -166,6 +162,7 @@ impl ContentSource for NodeSource {
         // Taken before the store is asked, so eviction cannot take the blob from under a reader.
         let lease = self.store.lease(digest);
         let opened = self
+            .store
             .blocking(move |store| absent_if_corrupt(store.open_blob(&digest)))
             .await?;
         let counters = self.counters.clone();
@@ -208,7 +205,10 @@ impl ContentSource for NodeSource {
 
     async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<Tag>>, SourceError> {
         let for_store = repo.clone();
-        let stored = self.blocking(move |store| store.tags(&for_store)).await?;
+        let stored = self
+            .store
+            .blocking(move |store| store.tags(&for_store))
+            .await?;
         let announced = self.puller.announcements.tags(repo);
         if stored.is_none() && announced.is_empty() {
             return Ok(None);
@@ -222,8 +222,10 @@ impl ContentSource for NodeSource {
 
     async fn repositories(&self, namespace: &str) -> Result<Vec<String>, SourceError> {
         let namespace = namespace.to_owned();
-        self.blocking(move |store| store.repositories(&namespace))
+        self.store
+            .blocking(move |store| store.repositories(&namespace))
             .await
+            .map_err(SourceError::from)
     }
 
     async fn referrers(
@@ -232,7 +234,9 @@ impl ContentSource for NodeSource {
         digest: &Digest,
     ) -> Result<Option<Vec<Descriptor>>, SourceError> {
         let (repo, digest) = (repo.clone(), *digest);
-        self.blocking(move |store| store.referrers(&repo, &digest))
+        self.store
+            .blocking(move |store| store.referrers(&repo, &digest))
             .await
+            .map_err(SourceError::from)
     }
 }

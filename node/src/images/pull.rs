@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use crate::announce::Announcements;
 use crate::fetch::{FetchHandle, Origin};
 use crate::network::NetworkHandle;
-use crate::store::{Commit, ManifestRecord, Store};
+use crate::store::{BlockingError, Commit, ManifestRecord, Store};
 use crate::upstream::{UpstreamError, Upstreams};
 
 /// Blobs of one image fetched at once; each is itself fetched from many peers.
@@ -45,6 +45,12 @@ pub enum PullError {
     },
 }
 
+impl From<BlockingError> for PullError {
+    fn from(error: BlockingError) -> PullError {
+        PullError::Store(error.to_string())
+    }
+}
+
 /// What pulling needs.
 #[derive(Debug, Clone)]
 pub struct Puller {
@@ -68,17 +74,6 @@ pub struct PullProgress {
 }
 
 impl Puller {
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
-    ) -> Result<T, PullError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || work(&store))
-            .await
-            .map_err(|error| PullError::Store(error.to_string()))?
-            .map_err(|error| PullError::Store(error.to_string()))
-    }
-
     /// The manifest digest a tag or digest names: the upstream's answer (fresh or just asked
     /// for), then the newest trusted announcement, then the store's tag.
     pub async fn resolve(
@@ -92,7 +87,8 @@ impl Puller {
         };
         let stored = {
             let (repo, reference) = (repo.clone(), reference.clone());
-            self.blocking(move |store| store.manifest(&repo, &reference))
+            self.store
+                .blocking(move |store| store.manifest(&repo, &reference))
                 .await?
                 .map(|(digest, _, _)| digest)
         };
@@ -162,6 +158,7 @@ impl Puller {
         if stored != Some(digest) {
             tracing::info!(%repo, %tag, %digest, "tag resolved from the upstream");
             let root = self
+                .store
                 .blocking(move |store| store.chunk_index(&digest))
                 .await?
                 .map(|index| (digest, index.root()));
@@ -197,7 +194,10 @@ impl Puller {
         digest: Digest,
         tag: Option<&Tag>,
     ) -> Result<(Vec<u8>, ParsedManifest), PullError> {
-        let stored = self.blocking(move |store| store.has_blob(&digest)).await?;
+        let stored = self
+            .store
+            .blocking(move |store| store.has_blob(&digest))
+            .await?;
         if !stored {
             let origin = Origin {
                 repo: repo.clone(),
@@ -214,40 +214,41 @@ impl Puller {
         }
         let repo = repo.clone();
         let tag = tag.cloned();
-        self.blocking(move |store| {
-            let limit = shoal_protocol::manifest::MANIFEST_BYTES_MAX as u64;
-            let staging = store.staging()?;
-            let Some(bytes) = staging.read_small(&digest, limit)? else {
-                return Ok(Err(PullError::Fetch {
-                    digest,
-                    reason: "vanished after the fetch".into(),
-                }));
-            };
-            let parsed = match ParsedManifest::parse(&bytes, None) {
-                Ok(parsed) => parsed,
-                Err(error) => {
-                    return Ok(Err(PullError::Manifest {
+        self.store
+            .blocking(move |store| {
+                let limit = shoal_protocol::manifest::MANIFEST_BYTES_MAX as u64;
+                let staging = store.staging()?;
+                let Some(bytes) = staging.read_small(&digest, limit)? else {
+                    return Ok(Err(PullError::Fetch {
                         digest,
-                        reason: error.to_string(),
+                        reason: "vanished after the fetch".into(),
                     }));
-                }
-            };
-            let record = ManifestRecord {
-                media_type: parsed.media_type.clone(),
-                size: bytes.len() as u64,
-                artifact_type: parsed.artifact_type.clone(),
-                subject: parsed.subject.as_ref().map(|subject| subject.digest),
-                annotations: parsed.annotations.clone(),
-            };
-            staging.commit(Commit {
-                blobs: [digest].into(),
-                manifests: vec![(digest, record)],
-                repo_manifests: vec![(repo.clone(), digest)],
-                tags: tag.map(|tag| (repo, tag, digest)).into_iter().collect(),
-            })?;
-            Ok(Ok((bytes, parsed)))
-        })
-        .await?
+                };
+                let parsed = match ParsedManifest::parse(&bytes, None) {
+                    Ok(parsed) => parsed,
+                    Err(error) => {
+                        return Ok(Err(PullError::Manifest {
+                            digest,
+                            reason: error.to_string(),
+                        }));
+                    }
+                };
+                let record = ManifestRecord {
+                    media_type: parsed.media_type.clone(),
+                    size: bytes.len() as u64,
+                    artifact_type: parsed.artifact_type.clone(),
+                    subject: parsed.subject.as_ref().map(|subject| subject.digest),
+                    annotations: parsed.annotations.clone(),
+                };
+                staging.commit(Commit {
+                    blobs: [digest].into(),
+                    manifests: vec![(digest, record)],
+                    repo_manifests: vec![(repo.clone(), digest)],
+                    tags: tag.map(|tag| (repo, tag, digest)).into_iter().collect(),
+                })?;
+                Ok(Ok((bytes, parsed)))
+            })
+            .await?
     }
 
     /// Fetches the whole image `reference` names: every manifest (every platform of an index)
@@ -317,6 +318,7 @@ impl Puller {
         if let TagOrDigest::Tag(tag) = reference.target() {
             let repo = reference.repo.clone();
             let whole = self
+                .store
                 .blocking(move |store| store.tag_if_whole(&repo, &tag, top))
                 .await?;
             if !whole {
