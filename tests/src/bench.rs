@@ -40,6 +40,13 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     stat_seconds(pid, 14, 15)
 }
 
+/// User plus system CPU time of the calling thread so far.
+pub fn thread_cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat")
+        .context("cannot read /proc/thread-self/stat")?;
+    seconds_of_stat(&stat, 14, 15)
+}
+
 /// User plus system CPU time of this process's children that have been waited for.
 pub fn children_cpu_seconds() -> Result<f64> {
     // cutime and cstime are fields 16 and 17 of proc_pid_stat(5).
@@ -50,6 +57,11 @@ pub fn children_cpu_seconds() -> Result<f64> {
 fn stat_seconds(pid: u32, first: usize, second: usize) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("process {pid} is gone"))?;
+    seconds_of_stat(&stat, first, second)
+}
+
+/// The sum of two clock-tick fields of a `stat` file's text, numbered as in proc_pid_stat(5).
+fn seconds_of_stat(stat: &str, first: usize, second: usize) -> Result<f64> {
     // Fields after the parenthesised command name, which may itself hold spaces.
     let after_name = stat
         .rsplit_once(')')

@@ -94,6 +94,7 @@ use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
 use shoal_tests::node::{ShoalNode, shoal, shoal_binary};
 use tempfile::TempDir;
 
+mod floor;
 mod transfer;
 use transfer::TransferBench;
 

@@ -14,6 +14,7 @@ use shoal_tests::node::ShoalNode;
 use shoal_tests::registry::{DockerRegistry, push_oci_layout};
 use shoal_tests::sendfile_server::SendfileServer;
 
+use super::floor::{Floor, KernelCosts};
 use super::{
     CpuCeiling, EVENT_TIMEOUT, MIB, Options, blob_matches, bootstrap_args, counter,
     finish_work_dir, mb_per_s, node_pid, pull, start_node, store_blobs, verdict, wait_connected,
@@ -113,6 +114,7 @@ pub struct TransferBench {
     registry_pid: u32,
     loopback: SendfileServer,
     ceiling: CpuCeiling,
+    kernel: KernelCosts,
     receivers_started: usize,
     /// Whether the machine has the two cores that pinned runs need.
     can_pin: bool,
@@ -194,7 +196,10 @@ impl TransferBench {
             started.elapsed().as_secs_f64()
         );
         let registry_pid = registry.pid();
-        let loopback = SendfileServer::start(&image.path.join("blobs").join("sha256"))?;
+        let blobs = image.path.join("blobs").join("sha256");
+        let loopback = SendfileServer::start(&blobs)?;
+        let hex = blob.digest.trim_start_matches("sha256:");
+        let kernel = KernelCosts::measure(&blobs.join(hex))?;
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let bench = TransferBench {
             dir,
@@ -204,6 +209,7 @@ impl TransferBench {
             registry_pid,
             loopback,
             ceiling,
+            kernel,
             receivers_started: 0,
             can_pin: cores > RECEIVING_CORE,
         };
@@ -444,6 +450,23 @@ impl TransferBench {
             }
         }
         self.ceiling.print();
+        let floor = Floor::of(&self.kernel, &self.ceiling);
+        floor.print(&self.kernel);
+        println!("  measured over the floor (median CPU per GB / floor):");
+        for (source, pinned, sender, receiver) in &cpu_per_gb {
+            let receiver_floor = match source {
+                Source::Gateway => floor.receiver_gateway,
+                _ => floor.receiver,
+            };
+            // Several senders share the bytes: together they do one sender's work.
+            println!(
+                "    {:<26} {:<9} sending {:.2}x  receiving {:.2}x",
+                source.name(),
+                if *pinned { "pinned" } else { "unpinned" },
+                sender / floor.sender,
+                receiver / receiver_floor
+            );
+        }
         let peak_rss = fetches
             .iter()
             .filter_map(|fetch| fetch.peak_rss)
