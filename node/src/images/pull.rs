@@ -16,7 +16,7 @@ use shoal_protocol::{Digest, ImageRef, ParsedManifest, RepoName, Tag, TagOrDiges
 use tokio::task::JoinSet;
 
 use crate::announce::Announcements;
-use crate::fetch::{FetchHandle, Origin};
+use crate::exchange::fetch::{FetchHandle, Origin};
 use crate::network::NetworkHandle;
 use crate::store::{BlockingError, Commit, ManifestRecord, Store};
 use crate::upstream::{UpstreamError, Upstreams};

@@ -27,11 +27,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::sha256_behind::Sha256Behind;
+use super::upstream::{self, Download};
 use super::{FetchContext, Origin, Progress, SequentialBlob};
 use crate::network::{ChunkAnswer, RequestError};
 use crate::observe::Counters;
 use crate::store::{PartialBlob, recorded_index};
-use crate::upstream::{self, Download};
 
 /// How often the scheduler sees time pass (timeouts, bitfield polls).
 const TICK: Duration = Duration::from_millis(100);
@@ -843,9 +843,9 @@ fn site_rank_key(peer: &PeerId, blob: &Digest) -> u64 {
 /// Accounts for `bytes` of a chunk that arrived from `peer`, `took` after it was asked for,
 /// and waits for the ingress limits: the node's, and the site's when the peer is outside it.
 async fn received(context: &FetchContext, peer: PeerId, bytes: u64, took: Duration) {
-    crate::rate::acquire(context.ingress.as_deref(), bytes).await;
+    crate::exchange::rate::acquire(context.ingress.as_deref(), bytes).await;
     if context.locality.outside(&peer) {
-        crate::rate::acquire(context.site_ingress.as_deref(), bytes).await;
+        crate::exchange::rate::acquire(context.site_ingress.as_deref(), bytes).await;
         Counters::add(&context.counters.bytes_received_from_other_sites, bytes);
     }
     // Counted once paid for, as the node's own counters are; the throughput is the network's,

@@ -9,6 +9,7 @@ mod sequential;
 mod sha256_behind;
 mod stream;
 mod transfer;
+mod upstream;
 mod verified;
 
 use std::collections::HashMap;
@@ -22,10 +23,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcements;
+use crate::exchange::rate::RateLimiter;
 use crate::locality::Locality;
 use crate::network::NetworkHandle;
 use crate::observe::Counters;
-use crate::rate::RateLimiter;
 use crate::store::Store;
 use crate::upstream::Upstreams;
 

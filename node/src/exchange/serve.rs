@@ -21,15 +21,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcements;
-use crate::fetch::{FetchHandle, Origin};
+use crate::exchange::fetch::{FetchHandle, Origin};
+use crate::exchange::rate::RateLimiter;
+use crate::exchange::seeding::SeedLedger;
 use crate::locality::Locality;
 use crate::network::{
     ChunkAnswer, ChunkBuffers, InboundRequest, NetworkEvent, NetworkHandle, read_request_frame,
     write_chunk_answer,
 };
 use crate::observe::Counters;
-use crate::rate::RateLimiter;
-use crate::seeding::SeedLedger;
 use crate::store::Store;
 use crate::upstream::Upstreams;
 
@@ -288,7 +288,7 @@ impl PeerService {
             .flatten()
     }
 
-    async fn partial(&self, blob: Digest) -> Option<crate::fetch::Progress> {
+    async fn partial(&self, blob: Digest) -> Option<crate::exchange::fetch::Progress> {
         let transfer = self
             .fetch
             .active()

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use shoal_protocol::{Digest, RepoName};
 use tokio::sync::watch;
 
-use super::UpstreamClient;
-use crate::fetch::{FetchContext, Progress, SequentialBlob};
+use super::{FetchContext, Progress, SequentialBlob};
 use crate::observe::Counters;
+use crate::upstream::UpstreamClient;
 
 /// What to download, and from where.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ pub async fn download(
         .map_err(|error| format!("reading {blob} from upstream: {error}"))?
     {
         Counters::add(&counters.bytes_from_upstream, piece.len() as u64);
-        crate::rate::acquire(context.site_ingress.as_deref(), piece.len() as u64).await;
+        crate::exchange::rate::acquire(context.site_ingress.as_deref(), piece.len() as u64).await;
         file.append(piece).await?;
     }
     file.finish(store)
