@@ -5,6 +5,7 @@
 //! still arriving.
 
 mod arriving;
+mod error;
 mod sequential;
 mod sha256_behind;
 mod stream;
@@ -31,6 +32,7 @@ use crate::store::Store;
 use crate::upstream::Upstreams;
 
 pub use arriving::ArrivingBytes;
+pub use error::{TransferError, WrongContent};
 pub use sequential::SequentialBlob;
 pub use stream::stream_transfer;
 pub use verified::VerifiedChunks;
@@ -78,8 +80,9 @@ pub struct Progress {
     /// Chunks verified against the index: in `verified` or in `file`, or both.
     pub have: Bitmap,
     pub peers: usize,
-    /// Set when the transfer ends: `Ok` once the blob is verified and stored.
-    pub outcome: Option<Result<(), String>>,
+    /// Set when the transfer ends: `Ok` once the blob is verified and stored. Shared, since
+    /// every reader of the transfer gets the same error.
+    pub outcome: Option<Result<(), Arc<TransferError>>>,
 }
 
 /// A handle on one running (or finished) transfer.
@@ -96,7 +99,7 @@ impl Transfer {
     }
 
     /// Waits until the blob's size and layout are known or the transfer ends. Cancel-safe.
-    pub async fn ready(&mut self) -> Result<ChunkLayout, String> {
+    pub async fn ready(&mut self) -> Result<ChunkLayout, Arc<TransferError>> {
         loop {
             {
                 let progress = self.progress.borrow_and_update();
@@ -108,29 +111,29 @@ impl Transfer {
                 }
             }
             if self.progress.changed().await.is_err() {
-                return Err("the transfer stopped".to_owned());
+                return Err(Arc::new(TransferError::Stopped));
             }
         }
     }
 
     /// Waits until the transfer ends. Cancel-safe.
-    pub async fn finished(&mut self) -> Result<(), String> {
+    pub async fn finished(&mut self) -> Result<(), Arc<TransferError>> {
         loop {
             if let Some(outcome) = self.progress.borrow_and_update().outcome.clone() {
                 return outcome;
             }
             if self.progress.changed().await.is_err() {
-                return Err("the transfer stopped".to_owned());
+                return Err(Arc::new(TransferError::Stopped));
             }
         }
     }
 
     /// Waits for the next change of progress. Cancel-safe.
-    pub async fn changed(&mut self) -> Result<(), String> {
+    pub async fn changed(&mut self) -> Result<(), TransferError> {
         self.progress
             .changed()
             .await
-            .map_err(|_| "the transfer stopped".to_owned())
+            .map_err(|_| TransferError::Stopped)
     }
 
     /// Tells the transfer a reader waits for `chunk`, so it is fetched first.
@@ -189,11 +192,15 @@ impl FetchHandle {
     }
 
     /// Fetches `blob` and waits until it is stored. Cancel-safe (the transfer goes on).
-    pub async fn fetch_and_wait(&self, blob: Digest, origin: Option<Origin>) -> Result<(), String> {
+    pub async fn fetch_and_wait(
+        &self,
+        blob: Digest,
+        origin: Option<Origin>,
+    ) -> Result<(), Arc<TransferError>> {
         let mut transfer = self
             .fetch(blob, origin)
             .await
-            .ok_or("the node is shutting down")?;
+            .ok_or_else(|| Arc::new(TransferError::ShuttingDown))?;
         transfer.finished().await
     }
 
@@ -308,11 +315,17 @@ impl FetchActor {
                 let outcome =
                     transfer::run(context, blob, origin, &progress_sender, focus_receiver).await;
                 let size = progress_sender.borrow().layout.map(|l| l.blob_size());
-                crate::observe::record_transfer(&counters, &outcome, size, started.elapsed());
+                crate::observe::record_transfer(
+                    &counters,
+                    outcome.is_ok(),
+                    size,
+                    started.elapsed(),
+                );
                 match &outcome {
                     Ok(()) => tracing::info!("blob fetched and verified"),
                     Err(error) => tracing::warn!(%error, "fetch failed"),
                 }
+                let outcome = outcome.map_err(Arc::new);
                 progress_sender.send_modify(|progress| progress.outcome = Some(outcome));
                 blob
             },
