@@ -1,5 +1,6 @@
-//! Fetching blobs from peers. The [`FetchActor`] owns the table of active transfers and starts
-//! one [`transfer`] task per blob; a second request for the same blob joins the running one,
+//! Fetching blobs from peers, and from the upstream registry when no peer has them
+//! (`upstream.rs`, over the client in [`crate::upstream`]). The [`FetchActor`] owns the table of
+//! active transfers and starts one [`transfer`] task per blob; a second request for the same blob joins the running one,
 //! so a node never fetches a blob twice at once. Readers (gateway clients, peers asking for
 //! chunks) watch a transfer's progress and read verified chunks from its file while it is
 //! still arriving.
