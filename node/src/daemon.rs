@@ -19,7 +19,9 @@ use crate::admin::{self, AdminContext, StatusBase, StatusReport};
 use crate::announce::Announcements;
 use crate::budget::Evictor;
 use crate::config::NodeConfig;
-use crate::fetch::{self, FetchContext};
+use crate::exchange::fetch::{self, FetchContext};
+use crate::exchange::rate::RateLimiter;
+use crate::exchange::serve::PeerService;
 use crate::images::gateway_source::NodeSource;
 use crate::images::pull::Puller;
 use crate::images::{prefetch, tagger};
@@ -27,8 +29,6 @@ use crate::locality::Locality;
 use crate::metrics_server;
 use crate::network::{self, NetworkConfig};
 use crate::observe::{self, Counters};
-use crate::peers::PeerService;
-use crate::rate::RateLimiter;
 use crate::store::{Layout, Store};
 use crate::upstream::Upstreams;
 
@@ -71,7 +71,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     )?);
     let locality = Arc::new(Locality::new(config.site.clone()));
     let limiter =
-        |rate: Option<crate::rate::ByteRate>| rate.map(|rate| Arc::new(RateLimiter::new(rate)));
+        |rate: Option<crate::values::ByteRate>| rate.map(|rate| Arc::new(RateLimiter::new(rate)));
     let network_config = NetworkConfig {
         listen: config.listen.clone(),
         bootstrap: config.bootstrap.clone(),

@@ -15,7 +15,7 @@ mod budget;
 mod cli;
 mod config;
 mod daemon;
-mod fetch;
+mod exchange;
 #[doc(hidden)]
 pub mod fuzzing;
 mod identity;
@@ -25,9 +25,6 @@ mod locality;
 mod metrics_server;
 mod network;
 mod observe;
-mod peers;
-mod rate;
-mod seeding;
 mod store;
 mod upstream;
 mod values;

@@ -1,12 +1,66 @@
 //! Plain value types that the configuration and the services share: sizes, rates and the disk
-//! budget. A leaf: it imports no other module of the node (but `rate.rs`, whose `ByteRate` and
-//! unit parsing move here when the peer exchange gets its own folder), so `config.rs` can name
-//! these without importing the services that use them.
+//! budget. A leaf: it imports no other module of the node, so `config.rs` and the services
+//! (the exchange's rate limiter, the disk budget) can all name these without importing each
+//! other.
 
 use std::str::FromStr;
 
-pub use crate::rate::ByteRate;
-use crate::rate::{byte_unit, split_quantity};
+/// A rate in bytes per second, parsed from `20MiB/s`, `500KB/s`, `1GiB/s` or a plain number.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ByteRate(pub u64);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid rate {0:?}: use a number with a unit such as 20MiB/s, 500KB/s or 1GiB/s")]
+pub struct RateParseError(String);
+
+impl FromStr for ByteRate {
+    type Err = RateParseError;
+
+    fn from_str(s: &str) -> Result<ByteRate, RateParseError> {
+        let error = || RateParseError(s.to_owned());
+        let text = s.trim();
+        let text = text.strip_suffix("/s").unwrap_or(text);
+        let (number, unit) = split_quantity(text).ok_or_else(error)?;
+        let multiplier = match unit {
+            "Kbit" | "kbit" => 1e3 / 8.0,
+            "Mbit" | "mbit" => 1e6 / 8.0,
+            "Gbit" | "gbit" => 1e9 / 8.0,
+            _ => byte_unit(unit).ok_or_else(error)?,
+        };
+        let rate = number * multiplier;
+        if !rate.is_finite() || rate < 1.0 {
+            return Err(error());
+        }
+        Ok(ByteRate(rate as u64))
+    }
+}
+
+/// Splits `1.5GiB` into `1.5` and `"GiB"`.
+fn split_quantity(text: &str) -> Option<(f64, &str)> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    Some((number.parse().ok()?, unit.trim()))
+}
+
+/// Bytes in one `unit`: `B` (or none), `KB` to `TB` in powers of 1000, `KiB` to `TiB` in
+/// powers of 1024.
+fn byte_unit(unit: &str) -> Option<f64> {
+    Some(match unit {
+        "" | "B" => 1.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    })
+}
 
 /// The low watermark when none is configured: evicting 10% below the budget leaves room for a
 /// few layers before the next pass.
@@ -91,6 +145,18 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_parse_with_units() {
+        assert_eq!("20MiB/s".parse(), Ok(ByteRate(20 * 1024 * 1024)));
+        assert_eq!("10MB/s".parse(), Ok(ByteRate(10_000_000)));
+        assert_eq!("50Mbit/s".parse(), Ok(ByteRate(6_250_000)));
+        assert_eq!("1.5GiB".parse(), Ok(ByteRate(1_610_612_736)));
+        assert_eq!("4096".parse(), Ok(ByteRate(4096)));
+        for bad in ["", "fast", "10XB/s", "-5MiB/s", "0", "0.1"] {
+            assert!(bad.parse::<ByteRate>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_low_watermark_is_a_percentage_of_the_budget() {

@@ -5,7 +5,7 @@
 //! [`queue`], every random choice drawn from the scenario's seed ([`rng`]), no wall clock and
 //! no threads. A scenario (TOML, [`scenario`]) becomes a [`topology`] (hosts, sites, links,
 //! neighbours, churn), which [`sim`] runs — driving one scheduler per host exactly as the
-//! node's `fetch/transfer.rs` does — over in-order, work-conserving [`link`]s. [`report`] adds the Kumar–Ross [`bound`]
+//! node's `exchange/fetch/transfer.rs` does — over in-order, work-conserving [`link`]s. [`report`] adds the Kumar–Ross [`bound`]
 //! and the naive [`baseline`]s, and renders JSON, Markdown and an [`svg`] CDF plot.
 //!
 //! Not for: predicting absolute times of a real fleet (see `README.md` for what the model

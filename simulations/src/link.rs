@@ -2,7 +2,7 @@
 //!
 //! A host's uplink, its downlink, and a site's shared uplink and downlink are each a
 //! [`Link`]: a chunk occupies it for `bytes / rate`, after whatever it already carries. This
-//! is exactly the node's token-bucket limiters (`--max-egress`, `--max-ingress`, `rate.rs`),
+//! is exactly the node's token-bucket limiters (`--max-egress`, `--max-ingress`, `exchange/rate.rs`),
 //! which serve requests in order. A chunk crossing several links is reserved on each in path
 //! order, each reservation starting no earlier than the previous link's (cut-through); it
 //! arrives when the last reservation ends, plus the one-way latency. Each link is occupied

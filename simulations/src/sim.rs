@@ -1,12 +1,12 @@
 //! The discrete-event loop: one `shoal_protocol::Scheduler` per host, driven exactly as the
-//! node's `fetch/transfer.rs` drives it, over the links of [`crate::link`].
+//! node's `exchange/fetch/transfer.rs` drives it, over the links of [`crate::link`].
 //!
 //! What the loop plays, per host, mirroring the node:
 //! - on start, a `Have` request to every neighbour; an answer with a bitfield becomes
 //!   `PeerJoined` (later ones `PeerHave`); a peer that has not started yet is asked again
 //!   after 500 ms (the node's `PEER_REFRESH`);
 //! - `Request` → the request travels one latency; the sender answers `NotFound` if it lacks
-//!   the chunk, `Busy` if its uplink already has more than a second queued (`peers.rs`,
+//!   the chunk, `Busy` if its uplink already has more than a second queued (`exchange/serve.rs`,
 //!   `EGRESS_BACKLOG_MAX`), else the chunk, over its uplink, the site links crossed and the
 //!   receiver's downlink; a hostile sender sends garbage the same way;
 //! - on a response, as `Run::on_chunk`: failures of cancelled requests are dropped, `Busy`

@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcements;
 use crate::budget::Evictor;
-use crate::fetch::FetchHandle;
+use crate::exchange::fetch::FetchHandle;
 use crate::images::pull::Puller;
 use crate::locality::Locality;
 use crate::network::NetworkHandle;

@@ -14,7 +14,7 @@ use tokio::net::UnixStream;
 use shoal_protocol::Digest;
 
 use crate::budget::CacheStatus;
-use crate::fetch::TransferStatus;
+use crate::exchange::fetch::TransferStatus;
 use crate::import::ImportReport;
 use crate::observe::CountersSnapshot;
 use crate::store::{EvictionReport, ImageSummary, StoreSummary, VerifyReport};

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use super::pull::{PullError, Puller};
 use super::tagger::TaggerHandle;
-use crate::fetch::{Origin, stream_transfer};
+use crate::exchange::fetch::{Origin, stream_transfer};
 use crate::observe::{Counters, ServedFrom, measured};
 use crate::store::{BlobLease, BlockingError, Store, StoreError};
 

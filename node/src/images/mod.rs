@@ -4,7 +4,7 @@
 //! gateway's view of the node ([`gateway_source`]), which answers from the store and pulls the
 //! rest.
 //!
-//! Not for single blobs (`fetch/`), nor for the store's own records (`store/`).
+//! Not for single blobs (`exchange/fetch/`), nor for the store's own records (`store/`).
 
 pub mod gateway_source;
 pub mod prefetch;

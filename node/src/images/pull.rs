@@ -16,7 +16,7 @@ use shoal_protocol::{Digest, ImageRef, ParsedManifest, RepoName, Tag, TagOrDiges
 use tokio::task::JoinSet;
 
 use crate::announce::Announcements;
-use crate::fetch::{FetchHandle, Origin};
+use crate::exchange::fetch::{FetchHandle, Origin, TransferError};
 use crate::network::NetworkHandle;
 use crate::store::{BlockingError, Commit, ManifestRecord, Store};
 use crate::upstream::{UpstreamError, Upstreams};
@@ -32,8 +32,16 @@ pub enum PullError {
         "{0} is not known: no image with that tag was imported or announced by a trusted publisher"
     )]
     Unresolved(String),
-    #[error("cannot fetch {digest}: {reason}")]
-    Fetch { digest: Digest, reason: String },
+    #[error("cannot fetch {digest}: {source}")]
+    Fetch {
+        digest: Digest,
+        #[source]
+        source: Arc<TransferError>,
+    },
+    #[error("cannot fetch {digest}: timed out")]
+    FetchTimedOut { digest: Digest },
+    #[error("cannot fetch {digest}: vanished after the fetch")]
+    Vanished { digest: Digest },
     #[error("manifest {digest} is invalid: {reason}")]
     Manifest { digest: Digest, reason: String },
     #[error("store failed: {0}")]
@@ -206,11 +214,8 @@ impl Puller {
             let fetched = self.fetch.fetch_and_wait(digest, Some(origin));
             tokio::time::timeout(MANIFEST_FETCH_TIMEOUT, fetched)
                 .await
-                .map_err(|_| PullError::Fetch {
-                    digest,
-                    reason: "timed out".into(),
-                })?
-                .map_err(|reason| PullError::Fetch { digest, reason })?;
+                .map_err(|_| PullError::FetchTimedOut { digest })?
+                .map_err(|source| PullError::Fetch { digest, source })?;
         }
         let repo = repo.clone();
         let tag = tag.cloned();
@@ -219,10 +224,7 @@ impl Puller {
                 let limit = shoal_protocol::manifest::MANIFEST_BYTES_MAX as u64;
                 let staging = store.staging()?;
                 let Some(bytes) = staging.read_small(&digest, limit)? else {
-                    return Ok(Err(PullError::Fetch {
-                        digest,
-                        reason: "vanished after the fetch".into(),
-                    }));
+                    return Ok(Err(PullError::Vanished { digest }));
                 };
                 let parsed = match ParsedManifest::parse(&bytes, None) {
                     Ok(parsed) => parsed,
@@ -307,7 +309,7 @@ impl Puller {
             };
             let (digest, size, result) =
                 joined.map_err(|error| PullError::Store(error.to_string()))?;
-            result.map_err(|reason| PullError::Fetch { digest, reason })?;
+            result.map_err(|source| PullError::Fetch { digest, source })?;
             state.blobs_done += 1;
             state.bytes_done = state.bytes_total.min(state.bytes_done + size);
             progress(state);

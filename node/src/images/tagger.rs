@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::fetch::Transfer;
+use crate::exchange::fetch::Transfer;
 use crate::store::Store;
 
 /// Messages queued for the tagger; when full, the gateway drops what it would send rather than

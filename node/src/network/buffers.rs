@@ -14,7 +14,7 @@ use bytes::Bytes;
 /// Alignment of every buffer: the page size, which direct I/O needs.
 pub const BUFFER_ALIGN_BYTES: usize = 4096;
 /// Free buffers kept for reuse: enough for the chunks in flight to a few peers plus those a
-/// transfer keeps in memory (32 MiB, `fetch/verified.rs`); more are freed.
+/// transfer keeps in memory (32 MiB, `exchange/fetch/verified.rs`); more are freed.
 const FREE_BUFFERS_MAX: usize = 64;
 
 /// A pool of chunk buffers. Cheap to clone.

@@ -6,7 +6,7 @@
 //! [`LINKS_PER_PEER`] links in turn, each opened on first use with a task that writes requests
 //! as they come and reads the answers, which the serving side sends in the order of the
 //! requests. A broken stream fails every request on it; the next request opens a new one. The serving side gets each inbound
-//! stream as a [`NetworkEvent::ChunkStream`](super::NetworkEvent) and answers it (`peers.rs`).
+//! stream as a [`NetworkEvent::ChunkStream`](super::NetworkEvent) and answers it (`exchange/serve.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

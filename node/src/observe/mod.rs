@@ -25,16 +25,11 @@ pub use response::measured;
 pub type SharedRegistry = Arc<Mutex<Registry>>;
 
 /// Records a transfer that ended after `elapsed`. `size` is the blob's, when the transfer
-/// learnt it; a transfer that ends `Ok` without one found the blob already stored and moved
+/// learnt it; a transfer `completed` without one found the blob already stored and moved
 /// nothing, so it is not counted.
-pub fn record_transfer(
-    counters: &Counters,
-    outcome: &Result<(), String>,
-    size: Option<u64>,
-    elapsed: Duration,
-) {
-    match (outcome, size) {
-        (Ok(()), Some(size)) => {
+pub fn record_transfer(counters: &Counters, completed: bool, size: Option<u64>, elapsed: Duration) {
+    match (completed, size) {
+        (true, Some(size)) => {
             Counters::add(&counters.transfers_completed, 1);
             counters.timings.transfer_duration.observe_duration(elapsed);
             counters
@@ -42,7 +37,7 @@ pub fn record_transfer(
                 .transfer_throughput
                 .observe_throughput(size, elapsed);
         }
-        (Ok(()), None) => {}
-        (Err(_), _) => Counters::add(&counters.transfers_failed, 1),
+        (true, None) => {}
+        (false, _) => Counters::add(&counters.transfers_failed, 1),
     }
 }

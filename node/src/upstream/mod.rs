@@ -5,10 +5,11 @@
 //! tag check costs no manifest download when the node has it) and by digest, blobs by digest
 //! (streamed; redirects to blob storage followed, credentials dropped on the way by reqwest).
 //! Authentication follows the registry's challenges ([`auth`]). What comes back is checked:
-//! a manifest against its digest here, a blob by the download that stores it.
+//! a manifest against its digest here, a blob by the exchange's download that stores it
+//! (`exchange::fetch::upstream`). Only the registry client lives here: running a download as a
+//! transfer is the fetch side's job.
 
 mod auth;
-mod download;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,8 +22,6 @@ use shoal_protocol::{Digest, RepoName, Tag};
 
 use crate::config::{Credentials, Upstream};
 use auth::{AuthState, Authorization, Challenge, TOKEN_RESPONSE_BYTES_MAX, Token, with_basic};
-
-pub use download::{Download, download};
 
 /// A registry that does not answer a connection attempt within this long is down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,72 +1,16 @@
 //! Byte-rate limits (`--max-egress 20MiB/s`): a token bucket that async tasks wait on before
 //! they move bytes to or from peers.
 
-use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::values::ByteRate;
+
 /// How much a bucket can hold, in seconds of its rate: short bursts pass at line speed, the
 /// average stays at the rate.
 const BURST_SECONDS: f64 = 0.1;
-
-/// A rate in bytes per second, parsed from `20MiB/s`, `500KB/s`, `1GiB/s` or a plain number.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ByteRate(pub u64);
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid rate {0:?}: use a number with a unit such as 20MiB/s, 500KB/s or 1GiB/s")]
-pub struct RateParseError(String);
-
-impl FromStr for ByteRate {
-    type Err = RateParseError;
-
-    fn from_str(s: &str) -> Result<ByteRate, RateParseError> {
-        let error = || RateParseError(s.to_owned());
-        let text = s.trim();
-        let text = text.strip_suffix("/s").unwrap_or(text);
-        let (number, unit) = split_quantity(text).ok_or_else(error)?;
-        let multiplier = match unit {
-            "Kbit" | "kbit" => 1e3 / 8.0,
-            "Mbit" | "mbit" => 1e6 / 8.0,
-            "Gbit" | "gbit" => 1e9 / 8.0,
-            _ => byte_unit(unit).ok_or_else(error)?,
-        };
-        let rate = number * multiplier;
-        if !rate.is_finite() || rate < 1.0 {
-            return Err(error());
-        }
-        Ok(ByteRate(rate as u64))
-    }
-}
-
-/// Splits `1.5GiB` into `1.5` and `"GiB"`.
-pub fn split_quantity(text: &str) -> Option<(f64, &str)> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    Some((number.parse().ok()?, unit.trim()))
-}
-
-/// Bytes in one `unit`: `B` (or none), `KB` to `TB` in powers of 1000, `KiB` to `TiB` in
-/// powers of 1024.
-pub fn byte_unit(unit: &str) -> Option<f64> {
-    Some(match unit {
-        "" | "B" => 1.0,
-        "KB" | "kB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "TB" => 1e12,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    })
-}
 
 /// A token bucket shared by every task moving bytes in one direction.
 #[derive(Debug)]
@@ -141,18 +85,6 @@ pub async fn acquire(limiter: Option<&RateLimiter>, bytes: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rates_parse_with_units() {
-        assert_eq!("20MiB/s".parse(), Ok(ByteRate(20 * 1024 * 1024)));
-        assert_eq!("10MB/s".parse(), Ok(ByteRate(10_000_000)));
-        assert_eq!("50Mbit/s".parse(), Ok(ByteRate(6_250_000)));
-        assert_eq!("1.5GiB".parse(), Ok(ByteRate(1_610_612_736)));
-        assert_eq!("4096".parse(), Ok(ByteRate(4096)));
-        for bad in ["", "fast", "10XB/s", "-5MiB/s", "0", "0.1"] {
-            assert!(bad.parse::<ByteRate>().is_err(), "{bad}");
-        }
-    }
 
     #[tokio::test(start_paused = true)]
     async fn a_full_backlog_is_refused_without_booking() {

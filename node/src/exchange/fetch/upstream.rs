@@ -6,9 +6,9 @@ use std::sync::Arc;
 use shoal_protocol::{Digest, RepoName};
 use tokio::sync::watch;
 
-use super::UpstreamClient;
-use crate::fetch::{FetchContext, Progress, SequentialBlob};
+use super::{FetchContext, Progress, SequentialBlob, TransferError};
 use crate::observe::Counters;
+use crate::upstream::UpstreamClient;
 
 /// What to download, and from where.
 #[derive(Debug, Clone)]
@@ -26,7 +26,7 @@ pub async fn download(
     download: &Download,
     context: &FetchContext,
     progress: &watch::Sender<Progress>,
-) -> Result<(), String> {
+) -> Result<(), TransferError> {
     let (store, counters) = (&context.store, &context.counters);
     let Download {
         client,
@@ -34,42 +34,47 @@ pub async fn download(
         blob,
         manifest,
     } = download;
+    let lacks = || TransferError::UpstreamLacks {
+        namespace: client.namespace().to_owned(),
+        blob: *blob,
+        manifest: *manifest,
+    };
     if *manifest {
         let fetched = client
             .manifest(repo, &blob.to_string())
-            .await
-            .map_err(|error| error.to_string())?
-            .ok_or_else(|| format!("upstream {} has no manifest {blob}", client.namespace()))?;
+            .await?
+            .ok_or_else(lacks)?;
         Counters::add(&counters.bytes_from_upstream, fetched.bytes.len() as u64);
-        let store = store.clone();
         let blob = *blob;
-        return tokio::task::spawn_blocking(move || store.put_small(&blob, &fetched.bytes))
-            .await
-            .map_err(|error| error.to_string())?
-            .map_err(|error| error.to_string());
+        return Ok(store
+            .blocking(move |store| store.put_small(&blob, &fetched.bytes))
+            .await?);
     }
-    let mut response = client
-        .blob(repo, blob)
-        .await
-        .map_err(|error| error.to_string())?
-        .ok_or_else(|| format!("upstream {} has no blob {blob}", client.namespace()))?;
-    let size = response.content_length().ok_or_else(|| {
-        format!(
-            "upstream {} sent {blob} without a length",
-            client.namespace()
-        )
-    })?;
+    let mut response = client.blob(repo, blob).await?.ok_or_else(lacks)?;
+    let size = response
+        .content_length()
+        .ok_or_else(|| TransferError::UpstreamNoLength {
+            namespace: client.namespace().to_owned(),
+            blob: *blob,
+        })?;
     let mut file = SequentialBlob::create(store, *blob, size, progress)?;
-    while let Some(piece) = response
-        .chunk()
-        .await
-        .map_err(|error| format!("reading {blob} from upstream: {error}"))?
+    while let Some(piece) =
+        response
+            .chunk()
+            .await
+            .map_err(|source| TransferError::UpstreamRead {
+                blob: *blob,
+                source,
+            })?
     {
         Counters::add(&counters.bytes_from_upstream, piece.len() as u64);
-        crate::rate::acquire(context.site_ingress.as_deref(), piece.len() as u64).await;
+        crate::exchange::rate::acquire(context.site_ingress.as_deref(), piece.len() as u64).await;
         file.append(piece).await?;
     }
     file.finish(store)
         .await
-        .map_err(|error| format!("upstream {}: {error}", client.namespace()))
+        .map_err(|source| TransferError::UpstreamBlob {
+            namespace: client.namespace().to_owned(),
+            source: Box::new(source),
+        })
 }

@@ -16,6 +16,7 @@ use shoal_protocol::{Bitmap, ChunkIndexBuilder, ChunkLayout, Digest};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::Progress;
+use super::TransferError;
 use super::arriving::ArrivingBytes;
 use crate::store::{DiskSpace, Store};
 
@@ -50,7 +51,7 @@ pub struct SequentialBlob<'a> {
     chunks_had: u32,
     pieces: mpsc::UnboundedSender<Bytes>,
     unwritten: Arc<Semaphore>,
-    writer: tokio::task::JoinHandle<Result<Written, String>>,
+    writer: tokio::task::JoinHandle<Result<Written, TransferError>>,
     progress: &'a watch::Sender<Progress>,
 }
 
@@ -69,10 +70,9 @@ impl<'a> SequentialBlob<'a> {
         blob: Digest,
         size: u64,
         progress: &'a watch::Sender<Progress>,
-    ) -> Result<Self, String> {
-        let layout = ChunkLayout::for_size(size).map_err(|error| error.to_string())?;
-        let builder = ChunkIndexBuilder::new(blob, layout.chunk_bytes())
-            .map_err(|error| error.to_string())?;
+    ) -> Result<Self, TransferError> {
+        let layout = ChunkLayout::for_size(size)?;
+        let builder = ChunkIndexBuilder::new(blob, layout.chunk_bytes())?;
         let path = store.layout().tmp().join(format!(
             "sequential-{}-{}",
             std::process::id(),
@@ -83,7 +83,10 @@ impl<'a> SequentialBlob<'a> {
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|error| format!("cannot create {}: {error}", path.display()))?;
+            .map_err(|source| TransferError::Create {
+                path: path.clone(),
+                source,
+            })?;
         let temp = TempFile {
             path,
             file: Arc::new(file),
@@ -126,13 +129,12 @@ impl<'a> SequentialBlob<'a> {
     }
 
     /// Adds the next bytes of the blob: readers see them at once; they are written behind.
-    pub async fn append(&mut self, piece: Bytes) -> Result<(), String> {
+    pub async fn append(&mut self, piece: Bytes) -> Result<(), TransferError> {
         if self.arrived + piece.len() as u64 > self.layout.blob_size() {
-            return Err(format!(
-                "more than the {} bytes of {} arrived",
-                self.layout.blob_size(),
-                self.blob
-            ));
+            return Err(TransferError::TooLong {
+                blob: self.blob,
+                size: self.layout.blob_size(),
+            });
         }
         let permits = piece.len().min(UNWRITTEN_BYTES_MAX) as u32;
         let booked = self
@@ -169,17 +171,17 @@ impl<'a> SequentialBlob<'a> {
     }
 
     /// The writer's error, once it has stopped.
-    async fn writer_failure(&mut self) -> String {
+    async fn writer_failure(&mut self) -> TransferError {
         match (&mut self.writer).await {
             Ok(Err(error)) => error,
-            Ok(Ok(_)) => "the blob's writer stopped early".to_owned(),
-            Err(error) => error.to_string(),
+            Ok(Ok(_)) => TransferError::WriterStopped,
+            Err(error) => error.into(),
         }
     }
 
     /// Waits for the writer, checks the whole blob against its digest and moves it into the
     /// store with its index.
-    pub async fn finish(self, store: &Store) -> Result<(), String> {
+    pub async fn finish(self, store: &Store) -> Result<(), TransferError> {
         let SequentialBlob {
             blob,
             layout,
@@ -190,30 +192,25 @@ impl<'a> SequentialBlob<'a> {
             ..
         } = self;
         drop(pieces);
-        let written = writer.await.map_err(|error| error.to_string())??;
+        let written = writer.await??;
         if written.bytes != layout.blob_size() {
-            return Err(format!(
-                "{blob} ended after {} of {} bytes",
-                written.bytes,
-                layout.blob_size()
-            ));
+            return Err(TransferError::TooShort {
+                blob,
+                arrived: written.bytes,
+                size: layout.blob_size(),
+            });
         }
-        let index = written
-            .builder
-            .finish()
-            .map_err(|error| format!("wrong content: {error}"))?;
+        let index = written.builder.finish().map_err(TransferError::Mismatch)?;
         let store = store.clone();
         let temp = written.temp;
         tokio::task::spawn_blocking(move || {
-            temp.file
-                .sync_all()
-                .map_err(|error| format!("syncing {}: {error}", temp.path.display()))?;
-            store
-                .adopt(&temp.path, &index)
-                .map_err(|error| error.to_string())
+            temp.file.sync_all().map_err(|source| TransferError::Sync {
+                path: temp.path.clone(),
+                source,
+            })?;
+            Ok::<_, TransferError>(store.adopt(&temp.path, &index)?)
         })
-        .await
-        .map_err(|error| error.to_string())??;
+        .await??;
         progress.send_modify(|progress| progress.have = Bitmap::full(layout.chunk_count()));
         arriving.release();
         Ok(())
@@ -232,11 +229,11 @@ struct Writer {
 impl Writer {
     /// Writes pieces until the sender is dropped; on failure, the appender is woken by the
     /// closed semaphore and asks for the error.
-    fn run(mut self, mut pieces: mpsc::UnboundedReceiver<Bytes>) -> Result<Written, String> {
+    fn run(mut self, mut pieces: mpsc::UnboundedReceiver<Bytes>) -> Result<Written, TransferError> {
         while let Some(piece) = pieces.blocking_recv() {
             if let Err(error) = self.write(&piece) {
                 self.unwritten.close();
-                return Err(crate::store::io_error(&self.written.temp.path)(error).to_string());
+                return Err(crate::store::io_error(&self.written.temp.path)(error).into());
             }
             self.unwritten
                 .add_permits(piece.len().min(UNWRITTEN_BYTES_MAX));
@@ -303,7 +300,7 @@ mod tests {
             SequentialBlob::create(&store, digest, bytes.len() as u64, &progress).unwrap();
         file.append(Bytes::from(bytes)).await.unwrap();
         let error = file.finish(&store).await.unwrap_err();
-        assert!(error.contains("wrong content"), "{error}");
+        assert!(matches!(error, TransferError::Mismatch(_)), "{error}");
         assert!(!store.has_blob(&digest).unwrap());
         let leftovers = std::fs::read_dir(store.layout().tmp()).unwrap().count();
         assert_eq!(leftovers, 0, "the temporary file is removed");
@@ -317,6 +314,9 @@ mod tests {
         let (progress, _watcher) = watch::channel(Progress::default());
         let mut file = SequentialBlob::create(&store, Digest::of(&bytes), 1000, &progress).unwrap();
         let error = file.append(Bytes::from(bytes)).await.unwrap_err();
-        assert!(error.contains("more than the 1000 bytes"), "{error}");
+        assert!(
+            matches!(error, TransferError::TooLong { size: 1000, .. }),
+            "{error}"
+        );
     }
 }

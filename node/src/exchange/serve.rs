@@ -21,15 +21,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcements;
-use crate::fetch::{FetchHandle, Origin};
+use crate::exchange::fetch::{FetchHandle, Origin};
+use crate::exchange::rate::RateLimiter;
+use crate::exchange::seeding::SeedLedger;
 use crate::locality::Locality;
 use crate::network::{
     ChunkAnswer, ChunkBuffers, InboundRequest, NetworkEvent, NetworkHandle, read_request_frame,
     write_chunk_answer,
 };
 use crate::observe::Counters;
-use crate::rate::RateLimiter;
-use crate::seeding::SeedLedger;
 use crate::store::Store;
 use crate::upstream::Upstreams;
 
@@ -277,18 +277,23 @@ impl PeerService {
         }
     }
 
+    /// Runs `work` through [`Store::blocking`]. A peer's answer has no room for our errors: a
+    /// blob the store cannot read is, to the peer, a blob we lack, so `work` says `None` and a
+    /// task that panicked or was cancelled (shutdown) does too.
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Store) -> Option<T> + Send + 'static,
     ) -> Option<T> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || work(&store))
-            .await
-            .ok()
-            .flatten()
+        match self.store.blocking(move |store| Ok(work(store))).await {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::debug!(%error, "store work for a peer failed");
+                None
+            }
+        }
     }
 
-    async fn partial(&self, blob: Digest) -> Option<crate::fetch::Progress> {
+    async fn partial(&self, blob: Digest) -> Option<crate::exchange::fetch::Progress> {
         let transfer = self
             .fetch
             .active()

@@ -1,14 +1,17 @@
-//! Fetching blobs from peers. The [`FetchActor`] owns the table of active transfers and starts
-//! one [`transfer`] task per blob; a second request for the same blob joins the running one,
+//! Fetching blobs from peers, and from the upstream registry when no peer has them
+//! (`upstream.rs`, over the client in [`crate::upstream`]). The [`FetchActor`] owns the table of
+//! active transfers and starts one [`transfer`] task per blob; a second request for the same blob joins the running one,
 //! so a node never fetches a blob twice at once. Readers (gateway clients, peers asking for
 //! chunks) watch a transfer's progress and read verified chunks from its file while it is
 //! still arriving.
 
 mod arriving;
+mod error;
 mod sequential;
 mod sha256_behind;
 mod stream;
 mod transfer;
+mod upstream;
 mod verified;
 
 use std::collections::HashMap;
@@ -22,14 +25,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcements;
+use crate::exchange::rate::RateLimiter;
 use crate::locality::Locality;
 use crate::network::NetworkHandle;
 use crate::observe::Counters;
-use crate::rate::RateLimiter;
 use crate::store::Store;
 use crate::upstream::Upstreams;
 
 pub use arriving::ArrivingBytes;
+pub use error::{TransferError, WrongContent};
 pub use sequential::SequentialBlob;
 pub use stream::stream_transfer;
 pub use verified::VerifiedChunks;
@@ -77,8 +81,9 @@ pub struct Progress {
     /// Chunks verified against the index: in `verified` or in `file`, or both.
     pub have: Bitmap,
     pub peers: usize,
-    /// Set when the transfer ends: `Ok` once the blob is verified and stored.
-    pub outcome: Option<Result<(), String>>,
+    /// Set when the transfer ends: `Ok` once the blob is verified and stored. Shared, since
+    /// every reader of the transfer gets the same error.
+    pub outcome: Option<Result<(), Arc<TransferError>>>,
 }
 
 /// A handle on one running (or finished) transfer.
@@ -95,7 +100,7 @@ impl Transfer {
     }
 
     /// Waits until the blob's size and layout are known or the transfer ends. Cancel-safe.
-    pub async fn ready(&mut self) -> Result<ChunkLayout, String> {
+    pub async fn ready(&mut self) -> Result<ChunkLayout, Arc<TransferError>> {
         loop {
             {
                 let progress = self.progress.borrow_and_update();
@@ -107,29 +112,29 @@ impl Transfer {
                 }
             }
             if self.progress.changed().await.is_err() {
-                return Err("the transfer stopped".to_owned());
+                return Err(Arc::new(TransferError::Stopped));
             }
         }
     }
 
     /// Waits until the transfer ends. Cancel-safe.
-    pub async fn finished(&mut self) -> Result<(), String> {
+    pub async fn finished(&mut self) -> Result<(), Arc<TransferError>> {
         loop {
             if let Some(outcome) = self.progress.borrow_and_update().outcome.clone() {
                 return outcome;
             }
             if self.progress.changed().await.is_err() {
-                return Err("the transfer stopped".to_owned());
+                return Err(Arc::new(TransferError::Stopped));
             }
         }
     }
 
     /// Waits for the next change of progress. Cancel-safe.
-    pub async fn changed(&mut self) -> Result<(), String> {
+    pub async fn changed(&mut self) -> Result<(), TransferError> {
         self.progress
             .changed()
             .await
-            .map_err(|_| "the transfer stopped".to_owned())
+            .map_err(|_| TransferError::Stopped)
     }
 
     /// Tells the transfer a reader waits for `chunk`, so it is fetched first.
@@ -188,11 +193,15 @@ impl FetchHandle {
     }
 
     /// Fetches `blob` and waits until it is stored. Cancel-safe (the transfer goes on).
-    pub async fn fetch_and_wait(&self, blob: Digest, origin: Option<Origin>) -> Result<(), String> {
+    pub async fn fetch_and_wait(
+        &self,
+        blob: Digest,
+        origin: Option<Origin>,
+    ) -> Result<(), Arc<TransferError>> {
         let mut transfer = self
             .fetch(blob, origin)
             .await
-            .ok_or("the node is shutting down")?;
+            .ok_or_else(|| Arc::new(TransferError::ShuttingDown))?;
         transfer.finished().await
     }
 
@@ -307,11 +316,17 @@ impl FetchActor {
                 let outcome =
                     transfer::run(context, blob, origin, &progress_sender, focus_receiver).await;
                 let size = progress_sender.borrow().layout.map(|l| l.blob_size());
-                crate::observe::record_transfer(&counters, &outcome, size, started.elapsed());
+                crate::observe::record_transfer(
+                    &counters,
+                    outcome.is_ok(),
+                    size,
+                    started.elapsed(),
+                );
                 match &outcome {
                     Ok(()) => tracing::info!("blob fetched and verified"),
                     Err(error) => tracing::warn!(%error, "fetch failed"),
                 }
+                let outcome = outcome.map_err(Arc::new);
                 progress_sender.send_modify(|progress| progress.outcome = Some(outcome));
                 blob
             },

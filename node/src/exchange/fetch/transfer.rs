@@ -27,11 +27,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::sha256_behind::Sha256Behind;
-use super::{FetchContext, Origin, Progress, SequentialBlob};
+use super::upstream::{self, Download};
+use super::{FetchContext, Origin, Progress, SequentialBlob, TransferError, WrongContent};
 use crate::network::{ChunkAnswer, RequestError};
 use crate::observe::Counters;
 use crate::store::{PartialBlob, recorded_index};
-use crate::upstream::{self, Download};
 
 /// How often the scheduler sees time pass (timeouts, bitfield polls).
 const TICK: Duration = Duration::from_millis(100);
@@ -133,7 +133,7 @@ pub async fn run(
     origin: Option<Origin>,
     progress: &watch::Sender<Progress>,
     mut focus: mpsc::Receiver<u32>,
-) -> Result<(), String> {
+) -> Result<(), TransferError> {
     let mut run = Run {
         context,
         blob,
@@ -162,18 +162,12 @@ pub async fn run(
     };
     let store = run.context.store.clone();
     // Asked for by a peer (or a reader racing a transfer that just ended): nothing to do.
-    if tokio::task::spawn_blocking(move || store.has_blob(&blob))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
-    {
+    if store.blocking(move |store| store.has_blob(&blob)).await? {
         return Ok(());
     }
-    let store = run.context.store.clone();
-    if let Some(index) = tokio::task::spawn_blocking(move || recorded_index(&store, &blob))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
+    if let Some(index) = store
+        .blocking(move |store| recorded_index(store, &blob))
+        .await?
     {
         run.begin(index).await?;
     }
@@ -326,15 +320,13 @@ impl Run<'_> {
     }
 
     /// Downloads the blob from the upstream; the transfer ends with it.
-    async fn download(&mut self, download: Download) -> Result<(), String> {
+    async fn download(&mut self, download: Download) -> Result<(), TransferError> {
         tracing::info!(upstream = download.client.namespace(), repo = %download.repo, "fetching from the upstream");
         self.tasks.abort_all();
         upstream::download(&download, &self.context, self.progress).await?;
         let store = self.context.store.clone();
         let blob = self.blob;
-        if let Ok(Ok(Some(index))) =
-            tokio::task::spawn_blocking(move || store.chunk_index(&blob)).await
-        {
+        if let Ok(Some(index)) = store.blocking(move |store| store.chunk_index(&blob)).await {
             self.progress
                 .send_modify(|progress| progress.index = Some(index));
         }
@@ -345,7 +337,7 @@ impl Run<'_> {
     /// Takes the blob front to back from `peer`, which is downloading it from its upstream,
     /// while it arrives there. If the relay fails, the blob comes from this node's own upstream
     /// when there is one.
-    async fn relay_from(&mut self, peer: PeerId, shape: (u64, u32)) -> Result<(), String> {
+    async fn relay_from(&mut self, peer: PeerId, shape: (u64, u32)) -> Result<(), TransferError> {
         tracing::info!(%peer, "relaying the blob from a peer that is fetching it from its upstream");
         self.tasks.abort_all();
         let relayed = self.relay_chunks(peer, shape).await;
@@ -356,8 +348,8 @@ impl Run<'_> {
             }
             Err(error) => {
                 tracing::warn!(%peer, %error, "relay failed");
-                if error.starts_with(WRONG_CONTENT) {
-                    self.ban(peer).await;
+                if let TransferError::WrongContent { peer: sender, .. } = &error {
+                    self.ban(*sender).await;
                 }
                 self.progress.send_modify(|progress| {
                     progress.layout = None;
@@ -376,14 +368,15 @@ impl Run<'_> {
         &mut self,
         peer: PeerId,
         (size, chunk_bytes): (u64, u32),
-    ) -> Result<(), String> {
+    ) -> Result<(), TransferError> {
+        let wrong = |wrong| TransferError::WrongContent { peer, wrong };
         let mut file = SequentialBlob::create(&self.context.store, self.blob, size, self.progress)?;
         let layout = file.layout();
         if layout.chunk_bytes() != chunk_bytes {
-            return Err(format!(
-                "{WRONG_CONTENT}: the peer cuts the blob into {chunk_bytes}-byte chunks, not {}",
-                layout.chunk_bytes()
-            ));
+            return Err(wrong(WrongContent::ChunkBytes {
+                theirs: chunk_bytes,
+                ours: layout.chunk_bytes(),
+            }));
         }
         let mut pending = futures_util::stream::FuturesOrdered::new();
         let mut next = 0;
@@ -396,12 +389,13 @@ impl Run<'_> {
                 break;
             };
             let (chunk, bytes) = arrived?;
-            let expected = layout.chunk_len(chunk).map_err(|error| error.to_string())?;
+            let expected = layout.chunk_len(chunk)?;
             if bytes.len() != expected as usize {
-                return Err(format!(
-                    "{WRONG_CONTENT}: chunk {chunk} has {} bytes, not {expected}",
-                    bytes.len()
-                ));
+                return Err(wrong(WrongContent::ChunkLength {
+                    chunk,
+                    arrived: bytes.len(),
+                    expected,
+                }));
             }
             Counters::add(
                 &self.context.counters.bytes_received_from_peers,
@@ -409,9 +403,11 @@ impl Run<'_> {
             );
             file.append(bytes).await?;
         }
+        // Every failure to store what the peer relayed counts against the peer, as its bytes
+        // are the likeliest cause (they do not hash to the digest).
         file.finish(&self.context.store)
             .await
-            .map_err(|error| format!("{WRONG_CONTENT}: {error}"))
+            .map_err(|error| wrong(WrongContent::Blob(Box::new(error))))
     }
 
     /// Notes a delegate's progress, seen in its answers to `Have`.
@@ -438,7 +434,7 @@ impl Run<'_> {
         }
     }
 
-    fn check_timeouts(&self) -> Result<(), String> {
+    fn check_timeouts(&self) -> Result<(), TransferError> {
         let waiting_on_upstream =
             matches!(self.fallback, Fallback::Asking | Fallback::Delegated { .. });
         if self.scheduler.is_none()
@@ -446,21 +442,21 @@ impl Run<'_> {
             && !waiting_on_upstream
             && self.started.elapsed() > LOCATE_TIMEOUT
         {
-            return Err(format!(
-                "no peer has {} (looked for {LOCATE_TIMEOUT:?})",
-                self.blob
-            ));
+            return Err(TransferError::NoPeer {
+                blob: self.blob,
+                waited: LOCATE_TIMEOUT,
+            });
         }
         if self.scheduler.is_some() && self.last_receipt.elapsed() > STALL_TIMEOUT {
-            return Err(format!(
-                "no chunk of {} arrived for {STALL_TIMEOUT:?}",
-                self.blob
-            ));
+            return Err(TransferError::Stalled {
+                blob: self.blob,
+                waited: STALL_TIMEOUT,
+            });
         }
         Ok(())
     }
 
-    async fn on_outcome(&mut self, outcome: Outcome) -> Result<(), String> {
+    async fn on_outcome(&mut self, outcome: Outcome) -> Result<(), TransferError> {
         match outcome {
             Outcome::Providers(providers, from_lookup) => {
                 self.lookup_running &= !from_lookup;
@@ -559,7 +555,7 @@ impl Run<'_> {
 
     /// An index from a peer is used only if it is well formed, describes this blob, and
     /// matches the root a trusted publisher announced for it (when one did).
-    async fn on_index(&mut self, peer: PeerId, index: ChunkIndex) -> Result<(), String> {
+    async fn on_index(&mut self, peer: PeerId, index: ChunkIndex) -> Result<(), TransferError> {
         let trusted_root = self.context.announcements.index_root(&self.blob);
         let valid = index.validate().is_ok()
             && index.blob() == self.blob
@@ -579,24 +575,23 @@ impl Run<'_> {
     }
 
     /// Opens (or resumes) the partial blob and starts scheduling.
-    async fn begin(&mut self, index: ChunkIndex) -> Result<(), String> {
-        let store = self.context.store.clone();
+    async fn begin(&mut self, index: ChunkIndex) -> Result<(), TransferError> {
         let for_partial = index.clone();
-        let mut partial =
-            tokio::task::spawn_blocking(move || PartialBlob::open(&store, for_partial))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+        let mut partial = self
+            .context
+            .store
+            .blocking(move |store| PartialBlob::open(store, for_partial))
+            .await?;
         let signed = self.context.announcements.index_root(&self.blob) == Some(index.root());
         if signed {
             partial.hash_elsewhere();
-            let reader = partial.chunk_reader().map_err(|e| e.to_string())?;
+            let reader = partial.chunk_reader()?;
             let behind =
                 Sha256Behind::start(reader, index.chunk_count(), self.progress.subscribe())
-                    .map_err(|e| e.to_string())?;
+                    .map_err(TransferError::Sha256Behind)?;
             self.sha256_behind = Some(behind);
         }
-        let file = Arc::new(partial.reader().map_err(|e| e.to_string())?);
+        let file = Arc::new(partial.reader()?);
         let layout = index.layout();
         let index_shape = (index.blob_size(), index.chunk_bytes());
         // Distinct per node, so that nodes fetching the same blob break ties differently.
@@ -644,7 +639,7 @@ impl Run<'_> {
         peer: PeerId,
         chunk: u32,
         result: Result<ChunkAnswer, RequestError>,
-    ) -> Result<(), String> {
+    ) -> Result<(), TransferError> {
         let Some(partial) = &mut self.partial else {
             return Ok(());
         };
@@ -676,8 +671,7 @@ impl Run<'_> {
                 progress.verified.push(chunk, bytes.clone());
                 progress.have.set(chunk);
             });
-            tokio::task::block_in_place(|| partial.write_chunk(chunk, &bytes))
-                .map_err(|e| e.to_string())?;
+            tokio::task::block_in_place(|| partial.write_chunk(chunk, &bytes))?;
         } else {
             tracing::warn!(%peer, chunk, "chunk failed verification");
             Counters::add(&self.context.counters.chunks_rejected, 1);
@@ -772,26 +766,21 @@ impl Run<'_> {
         self.context.network.ban(peer).await;
     }
 
-    fn persist(&mut self) -> Result<(), String> {
+    fn persist(&mut self) -> Result<(), TransferError> {
         match &mut self.partial {
-            Some(partial) => {
-                tokio::task::block_in_place(|| partial.persist()).map_err(|e| e.to_string())
-            }
+            Some(partial) => Ok(tokio::task::block_in_place(|| partial.persist())?),
             None => Ok(()),
         }
     }
 
     /// Checks the whole blob against its digest and moves it into the store. A mismatch
     /// means the index was a lie: its source is banned.
-    async fn complete(&mut self) -> Result<(), String> {
+    async fn complete(&mut self) -> Result<(), TransferError> {
         let Some(partial) = self.partial.take() else {
-            return Err("completed without a partial blob".into());
+            return Err(TransferError::NoPartial);
         };
         let Some(behind) = self.sha256_behind.take() else {
-            return match tokio::task::spawn_blocking(move || partial.complete())
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            return match tokio::task::spawn_blocking(move || partial.complete()).await? {
                 Ok(()) => {
                     self.context.network.provide(self.blob).await;
                     Ok(())
@@ -800,15 +789,12 @@ impl Run<'_> {
                     if let Some(source) = self.index_source {
                         self.ban(source).await;
                     }
-                    Err(error.to_string())
+                    Err(error.into())
                 }
             };
         };
-        let (actual, size) = behind.finish().await.map_err(|e| e.to_string())?;
-        match tokio::task::spawn_blocking(move || partial.complete_hashed(actual, size))
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        let (actual, size) = behind.finish().await.map_err(TransferError::Sha256Behind)?;
+        match tokio::task::spawn_blocking(move || partial.complete_hashed(actual, size)).await? {
             Ok(()) => {
                 self.context.network.provide(self.blob).await;
                 Ok(())
@@ -819,7 +805,7 @@ impl Run<'_> {
             // whole, and the fetch fails.
             Err(error) => {
                 tracing::error!(digest = %self.blob, %actual, %error, "the blob a trusted publisher signed does not match its digest; removed");
-                Err(error.to_string())
+                Err(error.into())
             }
         }
     }
@@ -843,9 +829,9 @@ fn site_rank_key(peer: &PeerId, blob: &Digest) -> u64 {
 /// Accounts for `bytes` of a chunk that arrived from `peer`, `took` after it was asked for,
 /// and waits for the ingress limits: the node's, and the site's when the peer is outside it.
 async fn received(context: &FetchContext, peer: PeerId, bytes: u64, took: Duration) {
-    crate::rate::acquire(context.ingress.as_deref(), bytes).await;
+    crate::exchange::rate::acquire(context.ingress.as_deref(), bytes).await;
     if context.locality.outside(&peer) {
-        crate::rate::acquire(context.site_ingress.as_deref(), bytes).await;
+        crate::exchange::rate::acquire(context.site_ingress.as_deref(), bytes).await;
         Counters::add(&context.counters.bytes_received_from_other_sites, bytes);
     }
     // Counted once paid for, as the node's own counters are; the throughput is the network's,
@@ -853,16 +839,13 @@ async fn received(context: &FetchContext, peer: PeerId, bytes: u64, took: Durati
     context.locality.record_received(peer, bytes, took);
 }
 
-/// How a relay failure that is the peer's fault begins: the peer is banned.
-const WRONG_CONTENT: &str = "the peer sent wrong content";
-
 /// Chunk `chunk` from a peer relaying a blob, asked for again until the peer has it.
 async fn relayed_chunk(
     context: FetchContext,
     peer: PeerId,
     blob: Digest,
     chunk: u32,
-) -> Result<(u32, Bytes), String> {
+) -> Result<(u32, Bytes), TransferError> {
     let started = Instant::now();
     loop {
         let asked = Instant::now();
@@ -874,8 +857,8 @@ async fn relayed_chunk(
             Ok(ChunkAnswer::NotFound | ChunkAnswer::Busy) if started.elapsed() < DELEGATE_STALL => {
                 tokio::time::sleep(RELAY_RETRY).await;
             }
-            Ok(_) => return Err(format!("the peer stopped serving chunk {chunk}")),
-            Err(error) => return Err(error.to_string()),
+            Ok(_) => return Err(TransferError::RelayStopped { peer, chunk }),
+            Err(error) => return Err(error.into()),
         }
     }
 }
