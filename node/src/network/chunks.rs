@@ -31,6 +31,11 @@ pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/chunks/1"
 /// keeps at most 256 KiB in flight: 4 keep 1 MiB, the bandwidth-delay product of 10 Gbit/s at
 /// a 1 ms round trip (bench_swarm transfer, docs/benchmarks.md).
 const LINKS_PER_PEER: usize = 4;
+/// Attempts of one request on successive links. libp2p-stream hands inbound streams to the
+/// serving node through a channel with no room to spare and drops a stream that arrives while
+/// the one before is still being taken (seen when a node opens its links to a peer at once), so
+/// a new link can close before it answers anything; reading a chunk again is harmless.
+const LINK_ATTEMPTS: usize = 3;
 /// Requests queued for one link beyond those on the wire; the scheduler keeps at most 8 in
 /// flight per peer, so this never holds a transfer back.
 const LINK_QUEUE_LEN: usize = 64;
@@ -45,7 +50,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 struct LinkRequest {
     blob: Digest,
     chunk: u32,
-    reply: oneshot::Sender<Result<ChunkAnswer, RequestError>>,
+    reply: oneshot::Sender<ChunkAnswer>,
 }
 
 /// A running link to one peer; dropping it stops the link task.
@@ -103,27 +108,31 @@ impl ChunkLinks {
     }
 
     /// Asks `peer` for chunk `chunk` of `blob` and waits for the answer: the chunk, `Busy` or
-    /// `NotFound`. Cancel-safe: dropping the future abandons the answer; the link goes on.
+    /// `NotFound`. A link that closes before answering is tried again on the next link, up to
+    /// [`LINK_ATTEMPTS`] in all. Cancel-safe: dropping the future abandons the answer; the
+    /// link goes on.
     pub async fn request(
         &self,
         peer: PeerId,
         blob: Digest,
         chunk: u32,
     ) -> Result<ChunkAnswer, RequestError> {
+        for _ in 1..LINK_ATTEMPTS {
+            if let Some(answer) = self.request_once(peer, blob, chunk).await {
+                return Ok(answer);
+            }
+        }
+        self.request_once(peer, blob, chunk)
+            .await
+            .ok_or(RequestError::LinkClosed { peer })
+    }
+
+    /// One attempt on the next link to `peer`; `None` when that link closed first.
+    async fn request_once(&self, peer: PeerId, blob: Digest, chunk: u32) -> Option<ChunkAnswer> {
         let (reply, answer) = oneshot::channel();
-        let requests = self.link(peer);
         let request = LinkRequest { blob, chunk, reply };
-        let broken = |reason: &str| RequestError::Failed {
-            peer,
-            reason: reason.to_owned(),
-        };
-        requests
-            .send(request)
-            .await
-            .map_err(|_| broken("the chunk link closed"))?;
-        answer
-            .await
-            .map_err(|_| broken("the chunk link closed before answering"))?
+        self.link(peer).send(request).await.ok()?;
+        answer.await.ok()
     }
 
     /// Ends the link to `peer`, failing its requests (the peer was banned or left).
@@ -196,7 +205,7 @@ async fn run_link(
                     .await;
             match answer {
                 Ok(Ok(answer)) => {
-                    let _ = reply.send(Ok(answer));
+                    let _ = reply.send(answer);
                 }
                 Ok(Err(error)) => {
                     tracing::debug!(%peer, %error, "chunk link broken");

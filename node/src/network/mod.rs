@@ -68,6 +68,8 @@ pub struct NetworkConfig {
 pub enum RequestError {
     #[error("request to {peer} failed: {reason}")]
     Failed { peer: PeerId, reason: String },
+    #[error("the chunk links to {peer} closed before answering")]
+    LinkClosed { peer: PeerId },
     #[error("the network task has stopped")]
     Stopped,
 }
