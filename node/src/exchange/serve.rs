@@ -48,10 +48,10 @@ const SYNC_PAGES_MAX: usize = 1_000;
 /// Chunk requests of one link worked on at once: the next chunk is read while the one before
 /// it is sent, and a few more wait in order.
 const LINK_ANSWERS_AHEAD: usize = 4;
-/// Chunk links served at once, and per peer: a peer opens 4 (`network/chunks.rs`); twice that
+/// Chunk links served at once, and per peer: a peer opens 8 (`network/chunks.rs`); twice that
 /// covers links being replaced and a second connection.
 const LINKS_MAX: usize = 1024;
-const LINKS_PER_PEER_MAX: usize = 8;
+const LINKS_PER_PEER_MAX: usize = 16;
 
 /// Called with each announcement accepted from a trusted publisher.
 pub type OnAnnouncement = Arc<dyn Fn(shoal_protocol::announce::Announcement) + Send + Sync>;

@@ -25,12 +25,14 @@ use super::codec::{ChunkAnswer, read_chunk_answer, write_request_frame};
 
 pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/chunks/1");
 
-/// Links (streams) to one peer. Yamux grants a stream 256 KiB of window and grows it only when
+/// Links (streams) to one peer: one per request the scheduler keeps in flight to a peer
+/// (`requests_per_peer_max`, 8). Yamux grants a stream 256 KiB of window and grows it only when
 /// a round trip is long enough to measure against (never on loopback or a LAN, where the first
-/// round trip, measured at connection set-up, is a few hundred microseconds), so one stream
-/// keeps at most 256 KiB in flight: 4 keep 1 MiB, the bandwidth-delay product of 10 Gbit/s at
-/// a 1 ms round trip (bench_swarm transfer, docs/benchmarks.md).
-const LINKS_PER_PEER: usize = 4;
+/// round trip, measured at connection set-up, is a few hundred microseconds), so each link
+/// keeps at most 256 KiB in flight: 8 keep 2 MiB. bench_swarm transfer, one peer, unpinned
+/// pull: 4 links 267-318 MB/s, 8 links 369-381, 16 links no better than 8
+/// (docs/benchmarks.md).
+const LINKS_PER_PEER: usize = 8;
 /// Attempts of one request on successive links. libp2p-stream hands inbound streams to the
 /// serving node through a channel with no room to spare and drops a stream that arrives while
 /// the one before is still being taken (seen when a node opens its links to a peer at once), so
