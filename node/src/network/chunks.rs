@@ -33,6 +33,9 @@ pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/chunks/1"
 /// pull: 4 links 267-318 MB/s, 8 links 369-381, 16 links no better than 8
 /// (docs/benchmarks.md).
 const LINKS_PER_PEER: usize = 8;
+/// Peers whose links are remembered before those whose links have all ended are forgotten:
+/// peers come and go in a large swarm, and a departed peer's links end with its connection.
+const PEERS_KEPT_MAX: usize = 256;
 /// Attempts of one request on successive links. libp2p-stream hands inbound streams to the
 /// serving node through a channel with no room to spare and drops a stream that arrives while
 /// the one before is still being taken (seen when a node opens its links to a peer at once), so
@@ -59,6 +62,13 @@ struct LinkRequest {
 struct Link {
     requests: mpsc::Sender<LinkRequest>,
     task: AbortHandle,
+}
+
+impl Link {
+    /// Whether the link task still runs (it drops its queue when it ends).
+    fn is_open(&self) -> bool {
+        !self.requests.is_closed()
+    }
 }
 
 impl Drop for Link {
@@ -146,11 +156,14 @@ impl ChunkLinks {
     /// ended.
     fn link(&self, peer: PeerId) -> mpsc::Sender<LinkRequest> {
         let mut links = self.lock();
+        if links.len() >= PEERS_KEPT_MAX && !links.contains_key(&peer) {
+            links.retain(|_, peer_links| peer_links.links.iter().any(Link::is_open));
+        }
         let peer_links = links.entry(peer).or_default();
         let turn = peer_links.next % LINKS_PER_PEER;
         peer_links.next = peer_links.next.wrapping_add(1);
         if let Some(link) = peer_links.links.get(turn)
-            && !link.requests.is_closed()
+            && link.is_open()
         {
             return link.requests.clone();
         }
