@@ -122,8 +122,6 @@ fn lower_priority() {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use bytes::Bytes;
     use shoal_protocol::Bitmap;
     use shoal_protocol::chunk::{CHUNK_BYTES_MIN, ChunkIndex};
@@ -144,16 +142,7 @@ mod tests {
     ) -> Result<(), StoreError> {
         let mut partial = PartialBlob::open(store, index.clone()).unwrap();
         partial.hash_elsewhere();
-        let (progress, watched) = watch::channel(Progress {
-            have: Bitmap::new(index.chunk_count()),
-            ..Progress::default()
-        });
-        let behind = Sha256Behind::start(
-            partial.chunk_reader().unwrap(),
-            index.chunk_count(),
-            watched,
-        )
-        .unwrap();
+        let (progress, behind) = hash_beside(&partial);
         for &chunk in order {
             let chunk_bytes = chunk_of(bytes, &index, chunk);
             partial.write_chunk(chunk, &chunk_bytes).unwrap();
@@ -169,6 +158,18 @@ mod tests {
         tokio::task::spawn_blocking(move || partial.complete_hashed(actual, size))
             .await
             .unwrap()
+    }
+
+    /// A transfer's progress, with nothing had yet, and the hash watching it.
+    fn hash_beside(partial: &PartialBlob) -> (watch::Sender<Progress>, Sha256Behind) {
+        let chunk_count = partial.index().chunk_count();
+        let (progress, watched) = watch::channel(Progress {
+            have: Bitmap::new(chunk_count),
+            ..Progress::default()
+        });
+        let reader = partial.chunk_reader().unwrap();
+        let behind = Sha256Behind::start(reader, chunk_count, watched).unwrap();
+        (progress, behind)
     }
 
     fn bytes(chunks: u32) -> Vec<u8> {
@@ -216,18 +217,8 @@ mod tests {
         let (store, _) = Store::open(dir.path()).unwrap();
         let bytes = bytes(3);
         let index = index_of(&bytes, Digest::of(&bytes));
-        let partial = PartialBlob::open(&store, index.clone()).unwrap();
-        let (progress, watched) = watch::channel(Progress {
-            have: Bitmap::new(index.chunk_count()),
-            verified: Arc::default(),
-            ..Progress::default()
-        });
-        let behind = Sha256Behind::start(
-            partial.chunk_reader().unwrap(),
-            index.chunk_count(),
-            watched,
-        )
-        .unwrap();
+        let partial = PartialBlob::open(&store, index).unwrap();
+        let (progress, behind) = hash_beside(&partial);
         drop(progress);
         assert!(behind.finish().await.is_err());
     }
