@@ -22,5 +22,5 @@ mod source;
 
 pub use error::GatewayError;
 pub use handlers::router;
-pub use serve::{ServeLimits, serve};
+pub use serve::{ClientInfo, ServeLimits, serve};
 pub use source::{BlobStream, ContentSource, Manifest, OpenBlob, SourceError};

@@ -147,7 +147,11 @@ pub async fn serve(
         };
         let stopping = stopping.clone();
         connections.spawn(async move {
-            if let Err(error) = connection.run(stream, stopping).await {
+            let client = ClientInfo {
+                addr: peer,
+                tls: false,
+            };
+            if let Err(error) = connection.run(stream, client, stopping).await {
                 tracing::debug!(%peer, %error, "gateway connection ended with an error");
             }
         });
@@ -168,6 +172,16 @@ fn is_connection_error(error: &io::Error) -> bool {
     )
 }
 
+/// Who sent a request: put into every request's extensions by [`serve()`], so handlers can
+/// tell a loopback client from a remote one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client's address as the socket saw it.
+    pub addr: std::net::SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
 /// One accepted client.
 struct Connection {
     builder: http1::Builder,
@@ -181,6 +195,7 @@ impl Connection {
     async fn run(
         self,
         stream: TcpStream,
+        client: ClientInfo,
         mut stopping: watch::Receiver<bool>,
     ) -> hyper::Result<()> {
         let Connection {
@@ -191,7 +206,8 @@ impl Connection {
         } = self;
         let io = TokioIo::new(StallGuard::new(stream, limits.write_stall_timeout));
         let head_timeout = limits.response_head_timeout;
-        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(client);
             let router = router.clone();
             async move {
                 let response =
