@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::images::pull::{PullError, Puller};
 use crate::network::NetworkHandle;
 use crate::observe::Counters;
-use crate::store::{BlockingError, EvictionReport, Pin, Store, StoreError, VerifyReport};
+use crate::store::{
+    BlockingError, DiskUsage, EvictionReport, Pin, Store, StoreError, VerifyReport,
+};
 use crate::values::Budget;
 
 /// How often last uses are written to the metadata and the budget checked without a wake-up.
@@ -76,6 +78,9 @@ pub struct CacheStatus {
     /// Blobs in use now (read, fetched or gathered by a pull): not evictable.
     pub blobs_in_use: usize,
     pub pinned: Vec<Pin>,
+    /// The data directory's disk: blob writes stop when only the reserve is left.
+    #[serde(default)]
+    pub disk: Option<DiskUsage>,
 }
 
 /// Enforces the budget; cheap to clone.
@@ -244,6 +249,7 @@ impl Evictor {
             stored_bytes: self.store.stored_bytes(),
             blobs_in_use: self.store.leased_blobs(),
             pinned: self.store.pins()?,
+            disk: self.store.space().usage().ok(),
         })
     }
 }

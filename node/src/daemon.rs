@@ -94,7 +94,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         budget_task.await;
         Ok(())
     });
-    let upstreams = Upstreams::new(&config.upstreams)?;
+    let upstreams = Upstreams::new(&config.upstreams, counters.clone())?;
     let (fetch, fetch_task) = fetch::start(
         FetchContext {
             store: store.clone(),

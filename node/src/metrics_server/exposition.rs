@@ -214,6 +214,12 @@ fn write_families(report: &StatusReport, timings: &Timings, page: &mut Families)
         &[(&[], counters.chunks_rejected)],
     )?;
     page.counter(
+        "shoal_upstream_errors",
+        "Requests to upstream registries that failed: unreachable, refused, a server error or \
+         invalid content (a 404 is an answer, not an error).",
+        &[(&[], counters.upstream_errors)],
+    )?;
+    page.counter(
         "shoal_peers_banned",
         "Peers banned for sending bad data.",
         &[(&[], counters.peers_banned)],
@@ -267,6 +273,19 @@ fn write_families(report: &StatusReport, timings: &Timings, page: &mut Families)
             "shoal_cache_max_bytes",
             "The store's budget (--cache-max); absent when unset.",
             max_bytes,
+        )?;
+    }
+    if let Some(disk) = report.cache.disk {
+        page.gauge(
+            "shoal_disk_available_bytes",
+            "Free bytes on the data directory's file system.",
+            disk.available_bytes,
+        )?;
+        page.gauge(
+            "shoal_disk_reserve_bytes",
+            "Free bytes blob writes leave alone (for the metadata): new content stops when \
+             shoal_disk_available_bytes comes down to this.",
+            disk.reserve_bytes,
         )?;
     }
     page.gauge(

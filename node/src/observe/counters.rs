@@ -25,6 +25,8 @@ pub struct Counters {
     pub transfers_failed: AtomicU64,
     /// Blobs evicted to keep the store within its budget.
     pub evictions: AtomicU64,
+    /// Upstream registry requests that failed (not a 404).
+    pub upstream_errors: AtomicU64,
     /// Of the peer traffic, what crossed this node's site boundary (`--site`).
     pub bytes_sent_to_other_sites: AtomicU64,
     pub bytes_received_from_other_sites: AtomicU64,
@@ -52,6 +54,7 @@ pub struct CountersSnapshot {
     pub transfers_completed: u64,
     pub transfers_failed: u64,
     pub evictions: u64,
+    pub upstream_errors: u64,
     pub bytes_sent_to_other_sites: u64,
     pub bytes_received_from_other_sites: u64,
 }
@@ -80,6 +83,7 @@ impl Counters {
             transfers_completed: get(&self.transfers_completed),
             transfers_failed: get(&self.transfers_failed),
             evictions: get(&self.evictions),
+            upstream_errors: get(&self.upstream_errors),
             bytes_sent_to_other_sites: get(&self.bytes_sent_to_other_sites),
             bytes_received_from_other_sites: get(&self.bytes_received_from_other_sites),
         }

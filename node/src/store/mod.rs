@@ -48,7 +48,7 @@ pub use metadata::{ImageSummary, ManifestRecord, StoreSummary};
 #[cfg(test)]
 pub(crate) use partial::test_blobs;
 pub use partial::{ChunkReader, PartialBlob, recorded_index};
-pub use space::DiskSpace;
+pub use space::{DiskSpace, DiskUsage};
 pub use staging::{Commit, CommitReport, Staging};
 pub use usage::BlobLease;
 

@@ -19,6 +19,13 @@ const RESERVE_BYTES_MAX: u64 = 1 << 30;
 /// smaller: the reserve only has to absorb metadata and writes buffered before a check.
 const RESERVE_DIVISOR: u64 = 100;
 
+/// Free space on the data directory's file system, and how much of it blob writes leave alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiskUsage {
+    pub available_bytes: u64,
+    pub reserve_bytes: u64,
+}
+
 /// The free space check for blob writes under one data directory.
 #[derive(Debug, Clone)]
 pub struct DiskSpace {
@@ -32,13 +39,24 @@ impl DiskSpace {
         }
     }
 
+    /// The file system's free space now and the reserve kept on it, for `shoal status` and the
+    /// alert that fires before blob writes stop.
+    pub fn usage(&self) -> io::Result<DiskUsage> {
+        let stat = rustix::fs::statvfs(&self.root).map_err(io::Error::from)?;
+        Ok(DiskUsage {
+            available_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+            reserve_bytes: reserve_bytes(stat.f_blocks.saturating_mul(stat.f_frsize)),
+        })
+    }
+
     /// `Ok` when `bytes` more can be written and the reserve still be free; otherwise an
     /// [`io::ErrorKind::StorageFull`] error saying how much is free. One `statvfs`, cheap next
     /// to the write it guards.
     pub fn check(&self, bytes: u64) -> io::Result<()> {
-        let stat = rustix::fs::statvfs(&self.root).map_err(io::Error::from)?;
-        let available = stat.f_bavail.saturating_mul(stat.f_frsize);
-        let reserve = reserve_bytes(stat.f_blocks.saturating_mul(stat.f_frsize));
+        let DiskUsage {
+            available_bytes: available,
+            reserve_bytes: reserve,
+        } = self.usage()?;
         if available < reserve.saturating_add(bytes) {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,

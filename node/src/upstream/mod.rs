@@ -21,6 +21,7 @@ use shoal_protocol::media_type::MANIFEST_TYPES;
 use shoal_protocol::{Digest, RepoName, Tag};
 
 use crate::config::{Credentials, Upstream};
+use crate::observe::Counters;
 use auth::{AuthState, Authorization, Challenge, TOKEN_RESPONSE_BYTES_MAX, Token, with_basic};
 
 /// A registry that does not answer a connection attempt within this long is down.
@@ -61,12 +62,13 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(configs: &[Upstream]) -> anyhow::Result<Upstreams> {
+    /// Clients for `configs`; each failed request counts in `counters.upstream_errors`.
+    pub fn new(configs: &[Upstream], counters: Arc<Counters>) -> anyhow::Result<Upstreams> {
         let mut clients = HashMap::new();
         for config in configs {
             clients.insert(
                 config.namespace.clone(),
-                Arc::new(UpstreamClient::new(config)?),
+                Arc::new(UpstreamClient::new(config, counters.clone())?),
             );
         }
         Ok(Upstreams { clients })
@@ -93,10 +95,11 @@ pub struct UpstreamClient {
     http: reqwest::Client,
     credentials: Option<Credentials>,
     auth: AuthState,
+    counters: Arc<Counters>,
 }
 
 impl UpstreamClient {
-    fn new(config: &Upstream) -> anyhow::Result<UpstreamClient> {
+    fn new(config: &Upstream, counters: Arc<Counters>) -> anyhow::Result<UpstreamClient> {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
@@ -108,11 +111,20 @@ impl UpstreamClient {
             http,
             credentials: config.credentials.clone(),
             auth: AuthState::default(),
+            counters,
         })
     }
 
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// Passes `result` through, counting an error.
+    fn counted<T>(&self, result: Result<T, UpstreamError>) -> Result<T, UpstreamError> {
+        if result.is_err() {
+            Counters::add(&self.counters.upstream_errors, 1);
+        }
+        result
     }
 
     fn unreachable(&self, error: &reqwest::Error) -> UpstreamError {
@@ -273,6 +285,14 @@ impl UpstreamClient {
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<Option<Digest>, UpstreamError> {
+        self.counted(self.read_tag_digest(repo, tag).await)
+    }
+
+    async fn read_tag_digest(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<Digest>, UpstreamError> {
         let tail = format!("manifests/{tag}");
         let response = self
             .send(Method::HEAD, repo, &tail, Some(SMALL_REQUEST_TIMEOUT))
@@ -293,7 +313,7 @@ impl UpstreamClient {
             Some(digest) => Ok(Some(digest)),
             // Without the header, the digest is the hash of the manifest itself.
             None => Ok(self
-                .manifest(repo, &tag.to_string())
+                .read_manifest(repo, &tag.to_string())
                 .await?
                 .map(|manifest| manifest.digest)),
         }
@@ -302,6 +322,14 @@ impl UpstreamClient {
     /// The manifest `reference` (a tag or a digest) names, checked against the digest when it
     /// is one; `None` if the upstream does not have it.
     pub async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+    ) -> Result<Option<UpstreamManifest>, UpstreamError> {
+        self.counted(self.read_manifest(repo, reference).await)
+    }
+
+    async fn read_manifest(
         &self,
         repo: &RepoName,
         reference: &str,
@@ -344,14 +372,14 @@ impl UpstreamClient {
     ) -> Result<Option<reqwest::Response>, UpstreamError> {
         let response = self
             .send(Method::GET, repo, &format!("blobs/{digest}"), None)
-            .await?;
-        match response.status() {
+            .await;
+        self.counted(response.and_then(|response| match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
             status if !status.is_success() => {
                 Err(self.status_error(format!("blob {repo}@{digest}"), status))
             }
             _ => Ok(Some(response)),
-        }
+        }))
     }
 }
 
