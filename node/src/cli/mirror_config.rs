@@ -10,6 +10,15 @@
 //! every other key stays. Without `--write` the files are printed; with it they are replaced
 //! atomically.
 //!
+//! A machine that runs no node (a developer's laptop, a CI runner) points at a site node's
+//! gateway: `--gateway HOST:PORT --gateway-ca FILE` says the gateway speaks TLS with a
+//! certificate that CA signed. The mirror is then `https://HOST:PORT`, the CA is written where
+//! each runtime looks for a registry's CA (containerd's `ca` in hosts.toml, Docker's and
+//! podman's `certs.d/HOST:PORT/ca.crt`), and `--gateway-credentials FILE` (one `user:password`
+//! line) gives containerd a Basic `Authorization` header in hosts.toml, written readable by its
+//! owner only. Docker and podman keep credentials in their own stores (`docker login`,
+//! `podman login`), so for them the guide says what to run.
+//!
 //! This is not a runtime manager: it restarts nothing and edits no runtime's main configuration
 //! file. What the runtime still needs (containerd's `config_path`, a reload) is printed as notes.
 
@@ -26,6 +35,10 @@ use crate::config::{NodeArgs, NodeConfig, UpstreamSpec};
 pub const CONTAINERD_HOSTS_DIR: &str = "/etc/containerd/certs.d";
 pub const DOCKER_DAEMON_JSON: &str = "/etc/docker/daemon.json";
 pub const PODMAN_DROP_IN: &str = "/etc/containers/registries.conf.d/shoal.conf";
+pub const DOCKER_CERTS_DIR: &str = "/etc/docker/certs.d";
+pub const PODMAN_CERTS_DIR: &str = "/etc/containers/certs.d";
+/// The file name of the gateway's CA in each runtime's per-registry directory.
+const CA_FILE: &str = "ca.crt";
 /// Where Docker Hub (`docker.io`) really serves the registry API.
 const DOCKER_HUB_REGISTRY: &str = "https://registry-1.docker.io";
 
@@ -46,6 +59,16 @@ impl Runtime {
             Runtime::Containerd => CONTAINERD_HOSTS_DIR,
             Runtime::Docker => DOCKER_DAEMON_JSON,
             Runtime::Podman => PODMAN_DROP_IN,
+        }
+    }
+
+    /// Where the runtime looks for `certs.d/HOST:PORT/ca.crt`; containerd's CA goes into its
+    /// hosts directory instead.
+    fn default_certs_dir(self) -> Option<&'static str> {
+        match self {
+            Runtime::Containerd => None,
+            Runtime::Docker => Some(DOCKER_CERTS_DIR),
+            Runtime::Podman => Some(PODMAN_CERTS_DIR),
         }
     }
 }
@@ -76,6 +99,18 @@ pub struct ConfigureArgs {
     /// /etc/containers/registries.conf.d/shoal.conf]
     #[arg(long, value_name = "PATH")]
     pub path: Option<PathBuf>,
+    /// The gateway speaks TLS with a certificate this CA (PEM) signed: the mirror is https and
+    /// the CA is installed for the runtime. For machines that pull from another host's node.
+    #[arg(long, value_name = "FILE")]
+    pub gateway_ca: Option<PathBuf>,
+    /// A file holding `user:password` for the gateway: containerd sends it as a Basic
+    /// Authorization header (hosts.toml, written mode 0600). Needs --gateway-ca.
+    #[arg(long, value_name = "FILE", requires = "gateway_ca")]
+    pub gateway_credentials: Option<PathBuf>,
+    /// Docker's or podman's certs.d directory, for the CA
+    /// [default: /etc/docker/certs.d, /etc/containers/certs.d]
+    #[arg(long, value_name = "DIR")]
+    pub certs_dir: Option<PathBuf>,
 }
 
 /// One file of runtime configuration, ready to print or write.
@@ -83,6 +118,48 @@ pub struct ConfigureArgs {
 pub struct RenderedFile {
     pub path: PathBuf,
     pub content: String,
+    /// Holds a credential: written readable by its owner only, and never printed.
+    pub secret: bool,
+}
+
+impl RenderedFile {
+    fn new(path: PathBuf, content: String) -> RenderedFile {
+        RenderedFile {
+            path,
+            content,
+            secret: false,
+        }
+    }
+}
+
+/// How clients reach the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    pub address: SocketAddr,
+    /// The CA (PEM) that signed the gateway's certificate, when the gateway speaks TLS.
+    pub ca_pem: Option<String>,
+    /// `user:password` for the gateway, for runtimes that keep it in their configuration.
+    pub credentials: Option<String>,
+    /// Docker's or podman's certs.d directory.
+    pub certs_dir: Option<PathBuf>,
+}
+
+impl Mirror {
+    fn url(&self) -> String {
+        match self.ca_pem {
+            Some(_) => format!("https://{}", self.address),
+            None => format!("http://{}", self.address),
+        }
+    }
+
+    /// `certs.d/HOST:PORT/ca.crt` with the CA, when the gateway speaks TLS.
+    fn ca_file(&self) -> Option<RenderedFile> {
+        let (ca, dir) = (self.ca_pem.as_ref()?, self.certs_dir.as_ref()?);
+        Some(RenderedFile::new(
+            dir.join(self.address.to_string()).join(CA_FILE),
+            ca.clone(),
+        ))
+    }
 }
 
 /// Everything `shoal configure` produces for one runtime.
@@ -123,13 +200,46 @@ fn execute(args: ConfigureArgs, out: &mut dyn Write, err: &mut dyn Write) -> any
     let path = args
         .path
         .unwrap_or_else(|| PathBuf::from(args.runtime.default_path()));
-    let rendered = render(args.runtime, &config, &path)?;
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let ca_pem = args.gateway_ca.as_ref().map(read).transpose()?;
+    if let Some(ca) = &ca_pem {
+        anyhow::ensure!(
+            ca.contains("-----BEGIN CERTIFICATE-----"),
+            "--gateway-ca {} holds no PEM certificate",
+            args.gateway_ca
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
+        );
+    }
+    let credentials = args
+        .gateway_credentials
+        .as_ref()
+        .map(read)
+        .transpose()?
+        .map(|text| text.trim_end_matches(['\n', '\r']).to_owned());
+    if let Some(credentials) = &credentials {
+        anyhow::ensure!(
+            credentials.contains(':') && !credentials.contains('\n'),
+            "--gateway-credentials must hold one line, user:password"
+        );
+    }
+    let mirror = Mirror {
+        address: client_gateway(config.gateway)?,
+        ca_pem,
+        credentials,
+        certs_dir: args
+            .certs_dir
+            .or_else(|| args.runtime.default_certs_dir().map(PathBuf::from)),
+    };
+    let rendered = render(args.runtime, &config, &mirror, &path)?;
     for note in &rendered.notes {
         writeln!(err, "note: {note}")?;
     }
     if args.write {
         for file in &rendered.files {
-            write_atomically(&file.path, file.content.as_bytes())?;
+            write_atomically(&file.path, file.content.as_bytes(), file.secret)?;
             writeln!(out, "wrote {}", file.path.display())?;
         }
         if !rendered.guide.is_empty() {
@@ -144,28 +254,36 @@ fn execute(args: ConfigureArgs, out: &mut dyn Write, err: &mut dyn Write) -> any
                 writeln!(out)?;
             }
             writeln!(out, "# file: {}", file.path.display())?;
-            out.write_all(file.content.as_bytes())?;
+            if file.secret {
+                writeln!(
+                    out,
+                    "# (holds the gateway credentials: not printed; run with --write)"
+                )?;
+            } else {
+                out.write_all(file.content.as_bytes())?;
+            }
         }
     }
     out.flush()?;
     Ok(())
 }
 
-/// The configuration of `runtime` for a node configured as `config`, placed at `path`. Docker's
-/// is merged into the `daemon.json` already at `path`.
-pub fn render(runtime: Runtime, config: &NodeConfig, path: &Path) -> anyhow::Result<Rendered> {
-    let gateway = client_gateway(config.gateway)?;
+/// The configuration of `runtime` for a node configured as `config` and reached at `mirror`,
+/// placed at `path`. Docker's is merged into the `daemon.json` already at `path`.
+pub fn render(
+    runtime: Runtime,
+    config: &NodeConfig,
+    mirror: &Mirror,
+    path: &Path,
+) -> anyhow::Result<Rendered> {
     let registries = registries(config);
-    match runtime {
-        Runtime::Containerd => Ok(containerd(path, gateway, &registries)),
-        Runtime::Docker => docker(path, gateway, &registries, &config.default_namespace),
-        Runtime::Podman => Ok(podman(
-            path,
-            gateway,
-            &registries,
-            &config.default_namespace,
-        )),
-    }
+    let mut rendered = match runtime {
+        Runtime::Containerd => containerd(path, mirror, &registries),
+        Runtime::Docker => docker(path, mirror, &registries, &config.default_namespace)?,
+        Runtime::Podman => podman(path, mirror, &registries, &config.default_namespace),
+    };
+    rendered.files.extend(mirror.ca_file());
+    Ok(rendered)
 }
 
 /// The address clients dial: a node listening on every interface is reached over loopback.
@@ -220,13 +338,14 @@ fn namespaces_other_than<'a>(registries: &'a [Registry], namespace: &str) -> Vec
         .collect()
 }
 
-fn containerd(dir: &Path, gateway: SocketAddr, registries: &[Registry]) -> Rendered {
-    let mirror = format!("http://{gateway}");
-    let files = registries
-        .iter()
-        .map(|registry| {
-            let content = format!(
-                "# Written by `shoal configure containerd`: pull {namespace} images through the \
+fn containerd(dir: &Path, mirror: &Mirror, registries: &[Registry]) -> Rendered {
+    let gateway = mirror.address;
+    let url = mirror.url();
+    let mut files = Vec::new();
+    for registry in registries {
+        let registry_dir = dir.join(&registry.namespace);
+        let mut content = format!(
+            "# Written by `shoal configure containerd`: pull {namespace} images through the \
                  Shoal node at\n\
                  # {gateway} (containerd adds ?ns={namespace} to mirror requests), and from the \
                  server below\n\
@@ -237,16 +356,32 @@ fn containerd(dir: &Path, gateway: SocketAddr, registries: &[Registry]) -> Rende
                  \n\
                  [host.{mirror_toml}]\n  \
                  capabilities = [\"pull\", \"resolve\"]\n",
-                namespace = registry.namespace,
-                server_toml = toml_string(&registry.server),
-                mirror_toml = toml_string(&mirror),
-            );
-            RenderedFile {
-                path: dir.join(&registry.namespace).join("hosts.toml"),
-                content,
-            }
-        })
-        .collect();
+            namespace = registry.namespace,
+            server_toml = toml_string(&registry.server),
+            mirror_toml = toml_string(&url),
+        );
+        if let Some(ca) = &mirror.ca_pem {
+            let ca_path = registry_dir.join(CA_FILE);
+            content.push_str(&format!(
+                "  ca = {}\n",
+                toml_string(&ca_path.display().to_string())
+            ));
+            files.push(RenderedFile::new(ca_path, ca.clone()));
+        }
+        let mut hosts = RenderedFile::new(registry_dir.join("hosts.toml"), String::new());
+        if let Some(credentials) = &mirror.credentials {
+            use base64::Engine as _;
+            let basic = base64::engine::general_purpose::STANDARD.encode(credentials);
+            content.push_str(&format!(
+                "\n[host.{}.header]\n  authorization = {}\n",
+                toml_string(&url),
+                toml_string(&format!("Basic {basic}"))
+            ));
+            hosts.secret = true;
+        }
+        hosts.content = content;
+        files.push(hosts);
+    }
     let dir_toml = toml_string(&dir.display().to_string());
     Rendered {
         files,
@@ -272,7 +407,7 @@ fn containerd(dir: &Path, gateway: SocketAddr, registries: &[Registry]) -> Rende
 
 fn docker(
     path: &Path,
-    gateway: SocketAddr,
+    mirror: &Mirror,
     registries: &[Registry],
     default_namespace: &str,
 ) -> anyhow::Result<Rendered> {
@@ -283,13 +418,12 @@ fn docker(
             return Err(error).with_context(|| format!("cannot read {}", path.display()));
         }
     };
-    let content = merge_daemon_json(existing.as_deref(), &format!("http://{gateway}"))
-        .with_context(|| {
-            format!(
-                "cannot add the mirror to {}, which is left untouched",
-                path.display()
-            )
-        })?;
+    let content = merge_daemon_json(existing.as_deref(), &mirror.url()).with_context(|| {
+        format!(
+            "cannot add the mirror to {}, which is left untouched",
+            path.display()
+        )
+    })?;
     let mut notes = Vec::new();
     let others = namespaces_other_than(registries, DEFAULT_NAMESPACE);
     if !others.is_empty() {
@@ -306,15 +440,20 @@ fn docker(
              --default-namespace docker.io to serve Docker Hub pulls"
         ));
     }
+    let mut guide = vec![
+        "dockerd applies registry-mirrors on a reload (systemctl reload docker) or restart."
+            .to_owned(),
+    ];
+    if mirror.ca_pem.is_some() {
+        guide.push(format!(
+            "Docker sends no credentials to a mirror: when the gateway asks for them, run \
+             `docker login {address}` and pull as {address}/REPOSITORY:TAG",
+            address = mirror.address
+        ));
+    }
     Ok(Rendered {
-        files: vec![RenderedFile {
-            path: path.to_owned(),
-            content,
-        }],
-        guide: vec![
-            "dockerd applies registry-mirrors on a reload (systemctl reload docker) or restart."
-                .to_owned(),
-        ],
+        files: vec![RenderedFile::new(path.to_owned(), content)],
+        guide,
         notes,
     })
 }
@@ -408,10 +547,17 @@ impl serde::Serialize for OrderedObject<'_> {
 
 fn podman(
     path: &Path,
-    gateway: SocketAddr,
+    mirror: &Mirror,
     registries: &[Registry],
     default_namespace: &str,
 ) -> Rendered {
+    let gateway = mirror.address;
+    // With TLS, containers/image verifies the gateway against certs.d/HOST:PORT/ca.crt.
+    let mirror_insecure = if mirror.ca_pem.is_some() {
+        ""
+    } else {
+        "insecure = true\n"
+    };
     let mut content = format!(
         "# Written by `shoal configure podman`: podman, CRI-O, skopeo and buildah pull these \
          registries'\n\
@@ -441,7 +587,7 @@ fn podman(
             content.push_str("insecure = true\n");
         }
         content.push_str(&format!(
-            "\n[[registry.mirror]]\nlocation = {}\ninsecure = true\n",
+            "\n[[registry.mirror]]\nlocation = {}\n{mirror_insecure}",
             toml_string(&gateway.to_string())
         ));
     }
@@ -458,16 +604,20 @@ fn podman(
             others.join(", ")
         ));
     }
+    let mut guide = vec![
+        "podman, skopeo and buildah read registries.conf.d on every command; CRI-O on a \
+         reload (systemctl reload crio)."
+            .to_owned(),
+    ];
+    if mirror.ca_pem.is_some() {
+        guide.push(format!(
+            "When the gateway asks for credentials, run `podman login {gateway}` once: podman, \
+             skopeo and buildah then send them to the mirror."
+        ));
+    }
     Rendered {
-        files: vec![RenderedFile {
-            path: path.to_owned(),
-            content,
-        }],
-        guide: vec![
-            "podman, skopeo and buildah read registries.conf.d on every command; CRI-O on a \
-             reload (systemctl reload crio)."
-                .to_owned(),
-        ],
+        files: vec![RenderedFile::new(path.to_owned(), content)],
+        guide,
         notes,
     }
 }
@@ -476,7 +626,7 @@ fn podman(
 /// a temporary file in the same directory, fsynced, renamed over it, then the directory fsynced.
 /// A symlink at `path` is followed, so the file it names is the one replaced; an existing file's
 /// permissions are kept.
-fn write_atomically(path: &Path, content: &[u8]) -> anyhow::Result<()> {
+fn write_atomically(path: &Path, content: &[u8], secret: bool) -> anyhow::Result<()> {
     let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let dir = match target.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
@@ -492,10 +642,20 @@ fn write_atomically(path: &Path, content: &[u8]) -> anyhow::Result<()> {
         std::process::id()
     ));
     let result = (|| -> io::Result<()> {
-        let mut file = std::fs::File::create(&temp)?;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mode = if secret { 0o600 } else { 0o644 };
+        // A temporary file left by a killed run of this process id is ours to replace.
+        let _ = std::fs::remove_file(&temp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)?;
         file.write_all(content)?;
-        if let Ok(metadata) = std::fs::metadata(&target) {
-            file.set_permissions(metadata.permissions())?;
+        match std::fs::metadata(&target) {
+            Ok(_) if secret => file.set_permissions(std::fs::Permissions::from_mode(mode))?,
+            Ok(metadata) => file.set_permissions(metadata.permissions())?,
+            Err(_) => {}
         }
         file.sync_all()?;
         drop(file);
@@ -521,6 +681,9 @@ mod tests {
             upstream: Vec::new(),
             default_namespace: None,
             path: None,
+            gateway_ca: None,
+            gateway_credentials: None,
+            certs_dir: None,
         }
     }
 
@@ -552,7 +715,13 @@ mod tests {
             ..NodeArgs::default()
         })
         .unwrap();
-        render(runtime, &config, &path).unwrap()
+        let mirror = Mirror {
+            address: client_gateway(config.gateway).unwrap(),
+            ca_pem: None,
+            credentials: None,
+            certs_dir: None,
+        };
+        render(runtime, &config, &mirror, &path).unwrap()
     }
 
     #[test]
@@ -879,5 +1048,94 @@ mod tests {
             .filter(|name| name.to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    /// `shoal configure RUNTIME --write` for a gateway at 10.80.0.1:5443 speaking TLS, with the
+    /// CA (and credentials) in files under `dir`.
+    fn configure_tls(runtime: Runtime, dir: &Path, credentials: bool) -> (String, String) {
+        std::fs::write(dir.join("ca.pem"), TEST_CA).unwrap();
+        std::fs::write(dir.join("credentials"), "dev:s3cret\n").unwrap();
+        configure(ConfigureArgs {
+            write: true,
+            gateway: Some("10.80.0.1:5443".parse().unwrap()),
+            path: Some(dir.join("out")),
+            gateway_ca: Some(dir.join("ca.pem")),
+            gateway_credentials: credentials.then(|| dir.join("credentials")),
+            certs_dir: Some(dir.join("certs.d")),
+            ..args(runtime)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn containerd_with_tls_gets_the_ca_and_a_basic_header_readable_only_by_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        configure_tls(Runtime::Containerd, dir.path(), true);
+        let hosts = dir.path().join("out/docker.io/hosts.toml");
+        let table: toml::Table = toml::from_str(&std::fs::read_to_string(&hosts).unwrap()).unwrap();
+        let host = &table["host"]["https://10.80.0.1:5443"];
+        let ca = dir.path().join("out/docker.io/ca.crt");
+        assert_eq!(host["ca"].as_str(), Some(ca.to_str().unwrap()));
+        assert_eq!(std::fs::read_to_string(&ca).unwrap(), TEST_CA);
+        // base64("dev:s3cret")
+        assert_eq!(
+            host["header"]["authorization"].as_str(),
+            Some("Basic ZGV2OnMzY3JldA==")
+        );
+        let mode = std::fs::metadata(&hosts).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // Printed, the credentials stay hidden.
+        let (out, _) = configure(ConfigureArgs {
+            gateway: Some("10.80.0.1:5443".parse().unwrap()),
+            gateway_ca: Some(dir.path().join("ca.pem")),
+            gateway_credentials: Some(dir.path().join("credentials")),
+            ..args(Runtime::Containerd)
+        })
+        .unwrap();
+        assert!(!out.contains("ZGV2OnMzY3JldA"), "{out}");
+        assert!(out.contains("not printed"), "{out}");
+    }
+
+    #[test]
+    fn docker_and_podman_with_tls_get_an_https_mirror_and_the_ca_in_certs_d() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, err) = configure_tls(Runtime::Docker, dir.path(), false);
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("out")).unwrap())
+                .unwrap();
+        assert_eq!(json["registry-mirrors"][0], "https://10.80.0.1:5443");
+        let ca = dir.path().join("certs.d/10.80.0.1:5443/ca.crt");
+        assert_eq!(std::fs::read_to_string(&ca).unwrap(), TEST_CA);
+        assert!(err.contains("docker login 10.80.0.1:5443"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let (_, err) = configure_tls(Runtime::Podman, dir.path(), false);
+        let conf = std::fs::read_to_string(dir.path().join("out")).unwrap();
+        assert!(
+            conf.contains("[[registry.mirror]]\nlocation = \"10.80.0.1:5443\"\n"),
+            "{conf}"
+        );
+        assert!(!conf.contains("insecure"), "{conf}");
+        assert!(dir.path().join("certs.d/10.80.0.1:5443/ca.crt").exists());
+        assert!(err.contains("podman login 10.80.0.1:5443"), "{err}");
+    }
+
+    #[test]
+    fn a_gateway_ca_that_is_not_a_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "not a certificate").unwrap();
+        let error = configure(ConfigureArgs {
+            gateway_ca: Some(dir.path().join("ca.pem")),
+            ..args(Runtime::Podman)
+        })
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("holds no PEM certificate"),
+            "{error}"
+        );
     }
 }
