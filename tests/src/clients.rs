@@ -1138,6 +1138,10 @@ pub struct DockerdConfig {
     pub registry_mirrors: Vec<String>,
     /// `insecure-registries` (127.0.0.0/8 is already insecure-by-default for dockerd).
     pub insecure_registries: Vec<String>,
+    /// A directory that dockerd sees as `/etc/docker` (a bind mount in a mount namespace of its
+    /// own, so the host's is untouched): dockerd reads registry CAs only from
+    /// `/etc/docker/certs.d/HOST:PORT/ca.crt`.
+    pub etc_docker: Option<PathBuf>,
 }
 
 /// A private dockerd (vfs storage, no iptables, no bridge; data root, exec root, pidfile,
@@ -1173,7 +1177,17 @@ impl Dockerd {
         let daemon_json = root.join("daemon.json");
         fs::write(&daemon_json, dockerd_daemon_json(&config)?)?;
         fs::create_dir_all(root.join("docker-config"))?;
-        let mut cmd = command_in(config.netns.as_ref(), "dockerd");
+        let mut cmd = match &config.etc_docker {
+            None => command_in(config.netns.as_ref(), "dockerd"),
+            // unshare and sh exec in turn, so the PID held is still dockerd's.
+            Some(etc_docker) => {
+                let mut cmd = command_in(config.netns.as_ref(), "unshare");
+                cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                    .arg("mount --bind \"$0\" /etc/docker && exec dockerd \"$@\"")
+                    .arg(etc_docker);
+                cmd
+            }
+        };
         cmd.arg("--config-file").arg(&daemon_json);
         cmd.args([
             "--storage-driver",

@@ -545,7 +545,7 @@ fn dockerd_pulls_docker_hub_names_through_a_registry_mirror() -> Result<()> {
     let dockerd = Dockerd::start_with(DockerdConfig {
         netns: Some(netns.clone()),
         registry_mirrors: vec![mirror.url()],
-        insecure_registries: Vec::new(),
+        ..DockerdConfig::default()
     })?;
     dockerd.pull("busybox:v1")?;
     assert_eq!(dockerd.image_digest("busybox:v1")?, digest);

@@ -484,7 +484,7 @@ fn docker_uses_the_gateway_as_a_registry_mirror() -> Result<()> {
     let dockerd = Dockerd::start_with(DockerdConfig {
         netns: Some(netns.clone()),
         registry_mirrors: vec![fixture.url()],
-        insecure_registries: Vec::new(),
+        ..DockerdConfig::default()
     })?;
     // dockerd asks the mirror for `/v2/library/shoaltest/...` with no `?ns=`: the gateway's
     // default namespace is docker.io.

@@ -303,7 +303,7 @@ fn docker_configured_by_shoal_pulls_docker_hub_images_through_the_node() -> Resu
     let dockerd = Dockerd::start_with(DockerdConfig {
         netns: Some(upstream.netns.clone()),
         registry_mirrors: mirrors,
-        insecure_registries: Vec::new(),
+        ..DockerdConfig::default()
     })?;
     // dockerd sends no `?ns=` to mirrors: the node's default namespace, docker.io, applies.
     let name = "shoalup-docker:1";
