@@ -15,9 +15,9 @@
 //! anonymous = true
 //! ```
 //!
-//! A user may pull a repository iff some rule that names the user (directly or through a group)
-//! has a pattern matching it; unauthenticated clients only what an `anonymous = true` rule
-//! grants. Patterns are the globs of `--prefetch` (`*` any run of characters, `/` included;
+//! A user may pull a repository iff some rule that names the user (directly or through a group,
+//! or `authenticated = true` for every user) has a pattern matching it; unauthenticated clients
+//! only what an `anonymous = true` rule grants. Patterns are the globs of `--prefetch` (`*` any run of characters, `/` included;
 //! `?` one character). A pattern whose first component is a registry host (it contains `.` or
 //! `:`, or is `localhost`) or a wildcard is matched against the qualified name
 //! `namespace/path` (`quay.io/team/*`, `*/team/*` for every namespace, `*` for everything);
@@ -74,6 +74,8 @@ struct RuleFile {
     groups: Vec<Spanned<String>>,
     #[serde(default)]
     anonymous: bool,
+    #[serde(default)]
+    authenticated: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +84,8 @@ struct Rule {
     /// The rule's users, its groups' members included.
     users: HashSet<String>,
     anonymous: bool,
+    /// Every authenticated user.
+    authenticated: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -179,10 +183,12 @@ impl AccessRules {
                 })?;
                 users.extend(members.iter().cloned());
             }
-            if users.is_empty() && !rule.anonymous {
+            if users.is_empty() && !rule.anonymous && !rule.authenticated {
                 return Err(invalid(
                     start,
-                    "a rule grants nobody: give it users, groups or anonymous = true".into(),
+                    "a rule grants nobody: give it users, groups, authenticated = true or \
+                     anonymous = true"
+                        .into(),
                 ));
             }
             let patterns = rule
@@ -194,15 +200,31 @@ impl AccessRules {
                 patterns,
                 users,
                 anonymous: rule.anonymous,
+                authenticated: rule.authenticated,
             });
         }
         Ok(AccessRules { rules })
     }
 
+    /// Every authenticated user may pull everything: the rules when no file is given.
+    pub fn any_user_pulls_everything() -> AccessRules {
+        AccessRules {
+            rules: vec![Rule {
+                patterns: vec![Pattern {
+                    glob: "*".into(),
+                    qualified: true,
+                }],
+                users: HashSet::new(),
+                anonymous: false,
+                authenticated: true,
+            }],
+        }
+    }
+
     fn rules_for<'a>(&'a self, who: Who<'a>) -> impl Iterator<Item = &'a Rule> + 'a {
         self.rules.iter().filter(move |rule| match who {
             Who::Anonymous => rule.anonymous,
-            Who::User(user) => rule.anonymous || rule.users.contains(user),
+            Who::User(user) => rule.anonymous || rule.authenticated || rule.users.contains(user),
         })
     }
 
@@ -287,6 +309,16 @@ anonymous = true
         assert!(rules.may_pull_path_somewhere(ci, "mirror/app"));
         assert!(!rules.may_pull_path_somewhere(alice, "other/app"));
         assert!(!AccessRules::default().may_pull(alice, &repo("docker.io", "team/a"), "docker.io"));
+        let open = AccessRules::any_user_pulls_everything();
+        assert!(open.may_pull(alice, &repo("quay.io", "x/y"), "docker.io"));
+        assert!(!open.may_pull(Who::Anonymous, &repo("quay.io", "x/y"), "docker.io"));
+        let every_user =
+            AccessRules::parse("[[rule]]\nrepositories=[\"a/*\"]\nauthenticated=true\n");
+        assert!(
+            every_user
+                .unwrap()
+                .may_pull(ci, &repo("docker.io", "a/b"), "docker.io")
+        );
     }
 
     #[test]
