@@ -322,6 +322,19 @@ anonymous = true
     }
 
     #[test]
+    fn the_deploy_example_reads_as_its_comments_say() {
+        let rules = AccessRules::parse(include_str!("../../../deploy/gateway-access.toml"));
+        let rules = rules.unwrap();
+        let may = |who, namespace, path| rules.may_pull(who, &repo(namespace, path), "docker.io");
+        assert!(may(Who::User("alice"), "quay.io", "team/app"));
+        assert!(!may(Who::User("alice"), "docker.io", "other/app"));
+        assert!(may(Who::User("release-bot"), "docker.io", "library/alpine"));
+        assert!(may(Who::User("anyone"), "docker.io", "library/alpine"));
+        assert!(!may(Who::User("anyone"), "docker.io", "team/app"));
+        assert!(!may(Who::Anonymous, "docker.io", "library/alpine"));
+    }
+
+    #[test]
     fn invalid_files_name_the_line() {
         for (text, line, needle) in [
             (
