@@ -27,6 +27,14 @@ pub enum GatewayError {
     Unsupported,
     #[error("not found")]
     NotFound,
+    /// No valid credentials; `challenge` is the `WWW-Authenticate` value.
+    #[error("{message}")]
+    Unauthorized { message: String, challenge: String },
+    /// Authenticated, but not allowed this repository.
+    #[error("requested access to the resource is denied")]
+    Denied,
+    #[error("too many failed logins from this address; try again later")]
+    TooManyRequests,
     #[error(transparent)]
     Source(#[from] SourceError),
 }
@@ -45,6 +53,9 @@ impl GatewayError {
             GatewayError::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             GatewayError::Unsupported => "UNSUPPORTED",
             GatewayError::NotFound => "NOT_FOUND",
+            GatewayError::Unauthorized { .. } => "UNAUTHORIZED",
+            GatewayError::Denied => "DENIED",
+            GatewayError::TooManyRequests => "TOOMANYREQUESTS",
             GatewayError::Source(SourceError::Unavailable(_)) => "UNAVAILABLE",
             GatewayError::Source(SourceError::Internal(_)) => "UNKNOWN",
         }
@@ -62,6 +73,9 @@ impl GatewayError {
             | GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::RangeInvalid { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             GatewayError::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::Denied => StatusCode::FORBIDDEN,
+            GatewayError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Source(SourceError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Source(SourceError::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -95,6 +109,11 @@ impl IntoResponse for GatewayError {
             && let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}"))
         {
             headers.insert(header::CONTENT_RANGE, value);
+        }
+        if let GatewayError::Unauthorized { challenge, .. } = &self
+            && let Ok(value) = HeaderValue::from_str(challenge)
+        {
+            headers.insert(header::WWW_AUTHENTICATE, value);
         }
         if status == StatusCode::METHOD_NOT_ALLOWED {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));

@@ -1,7 +1,7 @@
 //! The request handler: decode, ask the [`ContentSource`], answer like a registry.
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use bytes::Bytes;
@@ -10,10 +10,15 @@ use shoal_protocol::reference::DEFAULT_NAMESPACE;
 use shoal_protocol::{Descriptor, Digest, ParsedManifest, RepoName, TagOrDigest, media_type};
 
 use crate::accept::Accepted;
+use crate::auth::token::{self, TOKEN_PATH};
+use crate::auth::{Auth, Caller, Refusal};
 use crate::error::GatewayError;
+use crate::events::PullKind;
 use crate::path::{PathError, Route};
 use crate::range::{self, RangeRequest};
+use crate::serve::ClientInfo;
 use crate::source::{ContentSource, Manifest};
+use crate::zone::Zone;
 
 const API_VERSION: &str = "registry/2.0";
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
@@ -26,25 +31,39 @@ const DEFAULT_PLATFORM: (&str, &str) = ("linux", "amd64");
 struct Gateway<S> {
     source: S,
     default_namespace: String,
+    auth: Option<Auth>,
 }
 
-/// The `/v2/` API over `source`. Requests without `?ns=` address `default_namespace`
-/// (normally `docker.io`).
+/// The `/v2/` API over `source`, open to every client. Requests without `?ns=` address
+/// `default_namespace` (normally `docker.io`).
 pub fn router<S: ContentSource>(source: S, default_namespace: Option<String>) -> Router {
+    router_with_auth(source, default_namespace, None)
+}
+
+/// The `/v2/` API over `source`; with `auth`, requests need credentials and pass its access
+/// rules, and `/token` issues tokens (see [`crate::auth`]).
+pub fn router_with_auth<S: ContentSource>(
+    source: S,
+    default_namespace: Option<String>,
+    auth: Option<Auth>,
+) -> Router {
     let state = Gateway {
         source,
         default_namespace: default_namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+        auth,
     };
     Router::new().fallback(handle::<S>).with_state(state)
 }
 
 async fn handle<S: ContentSource>(
     State(gateway): State<Gateway<S>>,
+    client: Option<Extension<ClientInfo>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let mut response = match serve(&gateway, &method, &uri, &headers).await {
+    let client = client.map(|Extension(client)| client);
+    let mut response = match serve(&gateway, &method, &uri, &headers, client).await {
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(%method, %uri, %error, "request refused");
@@ -69,14 +88,33 @@ impl Params {
     }
 }
 
+/// Turns an authentication refusal into the answer, recording it for the node.
+fn refuse<S: ContentSource>(
+    gateway: &Gateway<S>,
+    refusal: Refusal,
+    headers: &HeaderMap,
+    client: Option<ClientInfo>,
+    repository: Option<&str>,
+) -> GatewayError {
+    if let Some(failure) = refusal.failure() {
+        gateway.source.auth_failed(failure);
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok());
+    let realm = token::realm(host, client.is_some_and(|client| client.tls));
+    refusal.into_error(&realm, repository)
+}
+
 async fn serve<S: ContentSource>(
     gateway: &Gateway<S>,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
+    client: Option<ClientInfo>,
 ) -> Result<Response, GatewayError> {
     // The registry is read-only: every write under /v2 is refused before the path is judged.
-    let is_api = uri.path() == "/v2" || uri.path().starts_with("/v2/");
+    let is_api = uri.path() == "/v2" || uri.path().starts_with("/v2/") || uri.path() == TOKEN_PATH;
     if is_api && method != Method::GET && method != Method::HEAD {
         return Err(GatewayError::Unsupported);
     }
@@ -85,15 +123,49 @@ async fn serve<S: ContentSource>(
             .map(|Query(pairs)| pairs)
             .unwrap_or_default(),
     );
+    let parsed = Route::parse(uri.path());
+    let caller = match &gateway.auth {
+        None => None,
+        Some(auth) if uri.path() == TOKEN_PATH => {
+            return token_endpoint(gateway, auth, headers, client, &params).await;
+        }
+        Some(auth) => {
+            // The challenge names the repository, so the client asks for a token for it.
+            let name = match &parsed {
+                Ok(route) => route.name(),
+                Err(PathError::Reference { name, .. }) => Some(name.as_str()),
+                Err(_) => None,
+            };
+            Some(
+                auth.authenticate(headers, client, &gateway.default_namespace)
+                    .await
+                    .map_err(|refusal| refuse(gateway, refusal, headers, client, name))?,
+            )
+        }
+    };
     let namespace = params
         .get("ns")
         .unwrap_or(&gateway.default_namespace)
         .to_owned();
+    // A repository is checked against the caller's access before anything about it is looked
+    // up, so the answer is the same whether it exists or not.
     let repo = |name: &str| {
-        RepoName::new(&namespace, name)
-            .map_err(|error| GatewayError::NameInvalid(error.to_string()))
+        let repo = RepoName::new(&namespace, name)
+            .map_err(|error| GatewayError::NameInvalid(error.to_string()))?;
+        if let Some(caller) = &caller {
+            caller
+                .check_repository(&repo)
+                .map_err(|refusal| refuse(gateway, refusal, headers, client, Some(repo.path())))?;
+        }
+        Ok::<_, GatewayError>(repo)
     };
-    let route = match Route::parse(uri.path()) {
+    let check = |check: fn(&Caller) -> Result<(), Refusal>| match &caller {
+        Some(caller) => {
+            check(caller).map_err(|refusal| refuse(gateway, refusal, headers, client, None))
+        }
+        None => Ok(()),
+    };
+    let route = match parsed {
         Ok(route) => route,
         Err(PathError::NotFound) => return Err(GatewayError::NotFound),
         Err(PathError::Digest(digest)) => {
@@ -107,17 +179,72 @@ async fn serve<S: ContentSource>(
         }
     };
     let head = method == Method::HEAD;
+    let pulled = |kind: PullKind| {
+        if let (false, Some(client)) = (head, client) {
+            gateway.source.pulled(kind, Zone::of(client.addr.ip()));
+        }
+    };
     match route {
-        Route::Base => Ok(Json(serde_json::json!({})).into_response()),
+        Route::Base => {
+            check(Caller::check_version)?;
+            Ok(Json(serde_json::json!({})).into_response())
+        }
         Route::Upload { .. } => Err(GatewayError::Unsupported),
         Route::Manifest { name, reference } => {
-            manifest(gateway, &repo(&name)?, &reference, headers, head).await
+            let response = manifest(gateway, &repo(&name)?, &reference, headers, head).await?;
+            pulled(PullKind::Manifest);
+            Ok(response)
         }
-        Route::Blob { name, digest } => blob(gateway, &repo(&name)?, &digest, headers, head).await,
+        Route::Blob { name, digest } => {
+            let response = blob(gateway, &repo(&name)?, &digest, headers, head).await?;
+            pulled(PullKind::Blob);
+            Ok(response)
+        }
         Route::Tags { name } => tags(gateway, &repo(&name)?, &params, head).await,
-        Route::Catalog => catalog(gateway, &namespace, &params, head).await,
+        Route::Catalog => {
+            check(Caller::check_catalog)?;
+            catalog(gateway, caller.as_ref(), &namespace, &params, head).await
+        }
         Route::Referrers { name, digest } => {
             referrers(gateway, &repo(&name)?, &digest, &params, head).await
+        }
+    }
+}
+
+/// `GET /token`: Basic credentials (or none) in, a token for the requested scope out, as a
+/// registry token server answers (`token` and `access_token` both, as clients read either).
+async fn token_endpoint<S: ContentSource>(
+    gateway: &Gateway<S>,
+    auth: &Auth,
+    headers: &HeaderMap,
+    client: Option<ClientInfo>,
+    params: &Params,
+) -> Result<Response, GatewayError> {
+    let scopes = params
+        .0
+        .iter()
+        .filter(|(key, _)| key == "scope")
+        .map(|(_, value)| value.as_str());
+    match auth.issue_token(headers, client, scopes).await {
+        Ok(grant) => Ok(Json(serde_json::json!({
+            "token": grant.token,
+            "access_token": grant.token,
+            "expires_in": grant.expires_in,
+            "issued_at": token::rfc3339(grant.issued_at),
+        }))
+        .into_response()),
+        Err(refusal) => {
+            if let Some(failure) = refusal.failure() {
+                gateway.source.auth_failed(failure);
+            }
+            Err(match refusal {
+                Refusal::Unauthorized { message, .. } => GatewayError::Unauthorized {
+                    message,
+                    challenge: format!("Basic realm=\"{}\"", token::SERVICE),
+                },
+                Refusal::Denied => GatewayError::Denied,
+                Refusal::TooManyRequests => GatewayError::TooManyRequests,
+            })
         }
     }
 }
@@ -358,13 +485,19 @@ async fn tags<S: ContentSource>(
 
 async fn catalog<S: ContentSource>(
     gateway: &Gateway<S>,
+    caller: Option<&Caller>,
     namespace: &str,
     params: &Params,
     head: bool,
 ) -> Result<Response, GatewayError> {
     let namespace = shoal_protocol::reference::normalize_namespace(namespace)
         .map_err(|error| GatewayError::NameInvalid(error.to_string()))?;
-    let repositories = gateway.source.repositories(&namespace).await?;
+    let mut repositories = gateway.source.repositories(&namespace).await?;
+    if let Some(caller) = caller {
+        repositories.retain(|path| {
+            RepoName::new(&namespace, path).is_ok_and(|repo| caller.may_pull(&repo))
+        });
+    }
     let (page, more) = paginate(repositories, params)?;
     let body = serde_json::json!({ "repositories": page });
     Ok(paginated_response(

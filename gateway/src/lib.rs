@@ -10,17 +10,27 @@
 //! handler asks the source, and [`error::GatewayError`] renders every failure as OCI error JSON.
 //! [`serve()`] runs the router on a listener within [`ServeLimits`], so no client can hold a
 //! connection or a task for ever.
+//!
+//! With an [`Auth`] ([`router_with_auth`]), requests from other hosts need credentials (HTTP
+//! Basic or the registry token flow) and see only the repositories the access rules grant them
+//! ([`auth`]); without one, everyone may pull everything.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod accept;
+pub mod auth;
 pub mod error;
+mod events;
 mod handlers;
 pub mod path;
 pub mod range;
 pub mod serve;
 mod source;
+pub mod zone;
 
+pub use auth::{Auth, AuthConfig};
 pub use error::GatewayError;
-pub use handlers::router;
+pub use events::{AuthFailure, PullKind};
+pub use handlers::{router, router_with_auth};
 pub use serve::{ClientInfo, ServeLimits, serve};
 pub use source::{BlobStream, ContentSource, Manifest, OpenBlob, SourceError};
+pub use zone::Zone;

@@ -48,6 +48,18 @@ pub enum PathError {
 const PATH_BYTES_MAX: usize = 1024;
 
 impl Route {
+    /// The repository name the route addresses, if any.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Route::Base | Route::Catalog => None,
+            Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::Upload { name }
+            | Route::Tags { name }
+            | Route::Referrers { name, .. } => Some(name),
+        }
+    }
+
     pub fn parse(path: &str) -> Result<Route, PathError> {
         if path.len() > PATH_BYTES_MAX {
             return Err(PathError::NotFound);

@@ -8,6 +8,9 @@ use bytes::Bytes;
 use futures_util::Stream;
 use shoal_protocol::{Descriptor, Digest, RepoName, Tag, TagOrDigest};
 
+use crate::events::{AuthFailure, PullKind};
+use crate::zone::Zone;
+
 /// Blob bytes as they become available; an error ends the response early.
 pub type BlobStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
@@ -79,4 +82,16 @@ pub trait ContentSource: Clone + Send + Sync + 'static {
         repo: &RepoName,
         digest: &Digest,
     ) -> impl Future<Output = Result<Option<Vec<Descriptor>>, SourceError>> + Send;
+
+    /// A manifest or blob was served whole or in part (GET, not HEAD) to a client in `zone`.
+    /// For the node's metrics; the default records nothing.
+    fn pulled(&self, kind: PullKind, zone: Zone) {
+        let _ = (kind, zone);
+    }
+
+    /// A login or request was refused by the gateway's authentication. For the node's
+    /// metrics; the default records nothing.
+    fn auth_failed(&self, failure: AuthFailure) {
+        let _ = failure;
+    }
 }

@@ -104,6 +104,22 @@ pub struct NodeArgs {
     /// Eviction brings the store down to this percentage of --cache-max [default: 90]
     #[arg(long, value_name = "PERCENT")]
     pub cache_low_watermark: Option<u8>,
+    /// Users who may pull through the gateway: an htpasswd file of bcrypt lines (`htpasswd -B`,
+    /// `shoal user add`). With it (or --gateway-access), clients other than this host need
+    /// credentials; re-read on SIGHUP [default: off]
+    #[arg(long, value_name = "FILE")]
+    pub gateway_htpasswd: Option<PathBuf>,
+    /// Which users may pull which repositories through the gateway (TOML; see
+    /// deploy/gateway-access.toml); re-read on SIGHUP [default: every user, everything]
+    #[arg(long, value_name = "FILE")]
+    pub gateway_access: Option<PathBuf>,
+    /// Require credentials from loopback clients too (by default this host's own runtime pulls
+    /// everything without them).
+    #[arg(long)]
+    pub gateway_auth_loopback: bool,
+    /// How long a gateway token lasts, such as 5m or 1h [default: 5m]
+    #[arg(long, value_name = "DURATION")]
+    pub gateway_token_lifetime: Option<Freshness>,
     /// Fault injection for tests: corrupt every chunk sent to peers.
     #[arg(long, hide = true)]
     pub hostile_corrupt_chunks: bool,
@@ -136,6 +152,10 @@ struct FileConfig {
     metrics_public: Option<bool>,
     cache_max: Option<ByteSize>,
     cache_low_watermark: Option<u8>,
+    gateway_htpasswd: Option<PathBuf>,
+    gateway_access: Option<PathBuf>,
+    gateway_auth_loopback: Option<bool>,
+    gateway_token_lifetime: Option<Freshness>,
     #[serde(default)]
     credentials: BTreeMap<String, Credentials>,
 }
@@ -163,6 +183,8 @@ pub struct NodeConfig {
     pub metrics: Option<SocketAddr>,
     pub metrics_public: bool,
     pub budget: Option<Budget>,
+    /// Credentials and access rules for the gateway; `None` serves everyone.
+    pub gateway_auth: Option<GatewayAuthFiles>,
     pub hostile_corrupt_chunks: bool,
     pub hostile_forge_announcements: bool,
 }
@@ -262,9 +284,54 @@ impl NodeConfig {
                 args.cache_max.or(file.cache_max),
                 args.cache_low_watermark.or(file.cache_low_watermark),
             )?,
+            gateway_auth: GatewayAuthFiles::configured(
+                args.gateway_htpasswd.or(file.gateway_htpasswd),
+                args.gateway_access.or(file.gateway_access),
+                args.gateway_auth_loopback || file.gateway_auth_loopback.unwrap_or(false),
+                args.gateway_token_lifetime.or(file.gateway_token_lifetime),
+            )?,
             hostile_corrupt_chunks: args.hostile_corrupt_chunks,
             hostile_forge_announcements: args.hostile_forge_announcements,
         })
+    }
+}
+
+/// Where the gateway's users and access rules are read from (at start and on SIGHUP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayAuthFiles {
+    pub htpasswd: Option<PathBuf>,
+    /// Without it, every user in the htpasswd file may pull everything.
+    pub access: Option<PathBuf>,
+    pub loopback: bool,
+    pub token_lifetime: Duration,
+}
+
+impl GatewayAuthFiles {
+    fn configured(
+        htpasswd: Option<PathBuf>,
+        access: Option<PathBuf>,
+        loopback: bool,
+        token_lifetime: Option<Freshness>,
+    ) -> anyhow::Result<Option<GatewayAuthFiles>> {
+        if htpasswd.is_none() && access.is_none() {
+            if loopback || token_lifetime.is_some() {
+                anyhow::bail!(
+                    "--gateway-auth-loopback and --gateway-token-lifetime need \
+                     --gateway-htpasswd or --gateway-access"
+                );
+            }
+            return Ok(None);
+        }
+        let token_lifetime = token_lifetime.map_or(shoal_gateway::auth::TOKEN_LIFETIME, |t| t.0);
+        if token_lifetime.is_zero() {
+            anyhow::bail!("--gateway-token-lifetime must be at least 1s");
+        }
+        Ok(Some(GatewayAuthFiles {
+            htpasswd,
+            access,
+            loopback,
+            token_lifetime,
+        }))
     }
 }
 
@@ -511,5 +578,42 @@ mod tests {
             ..NodeArgs::default()
         });
         assert!(no_max.is_err());
+    }
+
+    #[test]
+    fn gateway_auth_comes_from_the_file_or_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shoal.toml");
+        std::fs::write(
+            &file,
+            "gateway-htpasswd = \"/etc/shoal/htpasswd\"\ngateway-token-lifetime = \"1h\"\n",
+        )
+        .unwrap();
+        let config = NodeConfig::resolve(NodeArgs {
+            config: Some(file),
+            gateway_auth_loopback: true,
+            ..NodeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            config.gateway_auth,
+            Some(GatewayAuthFiles {
+                htpasswd: Some(PathBuf::from("/etc/shoal/htpasswd")),
+                access: None,
+                loopback: true,
+                token_lifetime: Duration::from_secs(3600),
+            })
+        );
+        assert_eq!(
+            NodeConfig::resolve(NodeArgs::default())
+                .unwrap()
+                .gateway_auth,
+            None
+        );
+        let loopback_alone = NodeConfig::resolve(NodeArgs {
+            gateway_auth_loopback: true,
+            ..NodeArgs::default()
+        });
+        assert!(loopback_alone.is_err());
     }
 }

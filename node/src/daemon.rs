@@ -22,6 +22,7 @@ use crate::config::NodeConfig;
 use crate::exchange::fetch::{self, FetchContext};
 use crate::exchange::rate::RateLimiter;
 use crate::exchange::serve::PeerService;
+use crate::gateway_auth;
 use crate::images::gateway_source::NodeSource;
 use crate::images::pull::Puller;
 use crate::images::{prefetch, tagger};
@@ -160,7 +161,23 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         Ok(())
     });
     let source = NodeSource::new(puller.clone(), counters.clone(), tagger);
-    let router = shoal_gateway::router(source, Some(config.default_namespace.clone()));
+    let auth = match &config.gateway_auth {
+        Some(files) => {
+            let auth = gateway_auth::start(files)?;
+            let reload =
+                gateway_auth::reload_on_hangup(auth.clone(), files.clone(), shutdown.clone());
+            tasks.spawn(reload);
+            Some(auth)
+        }
+        None => None,
+    };
+    counters.gateway.register(
+        &mut registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let router =
+        shoal_gateway::router_with_auth(source, Some(config.default_namespace.clone()), auth);
     let gateway_shutdown = shutdown.clone();
     tasks.spawn(async move {
         // Connection, header and stall limits: gateway/src/serve.rs.

@@ -18,6 +18,7 @@ mod daemon;
 mod exchange;
 #[doc(hidden)]
 pub mod fuzzing;
+mod gateway_auth;
 mod identity;
 mod images;
 mod import;
@@ -102,6 +103,9 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
         data: PathBuf,
     },
+    /// Manage the gateway's users (--gateway-htpasswd); no node needs to run.
+    #[command(subcommand)]
+    User(cli::users::UserCommand),
     /// Re-hash every stored blob; remove and report anything corrupt.
     Verify {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
@@ -151,6 +155,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Unpin { data, reference } => cli::commands::unpin(&data, &reference).await,
         Command::Gc { data } => cli::commands::gc(&data).await,
         Command::Verify { data } => cli::commands::verify(&data).await,
+        Command::User(command) => cli::users::run(command),
     }
 }
 

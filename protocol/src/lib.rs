@@ -13,6 +13,7 @@ pub mod bitmap;
 pub mod chunk;
 mod codec;
 pub mod digest;
+pub mod glob;
 pub mod manifest;
 pub mod media_type;
 pub mod reference;

@@ -8,7 +8,9 @@ use std::io::{Seek, SeekFrom};
 use std::ops::Range;
 use std::time::Instant;
 
-use shoal_gateway::{BlobStream, ContentSource, Manifest, OpenBlob, SourceError};
+use shoal_gateway::{
+    AuthFailure, BlobStream, ContentSource, Manifest, OpenBlob, PullKind, SourceError, Zone,
+};
 use shoal_protocol::{Descriptor, Digest, RepoName, Tag, TagOrDigest};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
@@ -84,6 +86,14 @@ fn stream_file(mut file: std::fs::File, range: Range<u64>) -> BlobStream {
 }
 
 impl ContentSource for NodeSource {
+    fn pulled(&self, kind: PullKind, zone: Zone) {
+        self.counters.gateway.pulled(kind.as_str(), zone.as_str());
+    }
+
+    fn auth_failed(&self, failure: AuthFailure) {
+        self.counters.gateway.auth_failed(failure.as_str());
+    }
+
     async fn manifest(
         &self,
         repo: &RepoName,

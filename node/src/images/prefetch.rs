@@ -4,6 +4,7 @@
 //! the name without its namespace (`library/alpine:3.20`).
 
 use shoal_protocol::announce::Announcement;
+use shoal_protocol::glob::glob_match;
 use shoal_protocol::{ImageRef, RepoName};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -13,30 +14,6 @@ use super::pull::Puller;
 /// Announcements waiting to be prefetched; more are dropped (and logged) rather than queued
 /// without bound.
 pub const PREFETCH_QUEUE_LEN: usize = 256;
-
-/// Whether `text` matches `pattern`, where `*` matches any run of characters and `?` one.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (pattern, text): (Vec<char>, Vec<char>) =
-        (pattern.chars().collect(), text.chars().collect());
-    let (mut p, mut t) = (0, 0);
-    let mut backtrack: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == '*' {
-            backtrack = Some((p, t));
-            p += 1;
-        } else if let Some((star, matched)) = backtrack {
-            p = star + 1;
-            t = matched + 1;
-            backtrack = Some((star, matched + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|c| *c == '*')
-}
 
 pub fn matches(patterns: &[String], repository: &RepoName, tag: &str) -> bool {
     let qualified = format!("{}:{tag}", repository.qualified());
@@ -83,20 +60,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs_match_like_a_shell() {
-        assert!(glob_match("*", "anything"));
-        assert!(glob_match("team/app:1", "team/app:1"));
-        assert!(glob_match("team/*:*", "team/app:1"));
-        assert!(glob_match(
-            "docker.io/library/*:3.?0",
-            "docker.io/library/alpine:3.20"
-        ));
-        assert!(!glob_match("team/app:1", "team/app:10"));
-        assert!(!glob_match("team/*:2", "team/app:1"));
-        assert!(glob_match("*a*b*", "xaybz b"));
-    }
 
     #[test]
     fn patterns_match_qualified_and_short_names() {

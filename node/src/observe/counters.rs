@@ -32,6 +32,8 @@ pub struct Counters {
     pub bytes_received_from_other_sites: AtomicU64,
     /// Latency and throughput histograms for `/metrics` (not in the snapshot).
     pub timings: super::Timings,
+    /// Gateway pulls per zone and auth failures, registered in the shared registry.
+    pub gateway: super::GatewayMetrics,
 }
 
 /// A copy of the counters at one moment.

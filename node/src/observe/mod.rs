@@ -7,6 +7,7 @@
 //! depends on the HTTP server.
 
 mod counters;
+mod gateway;
 mod histogram;
 mod response;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 
 pub use counters::{Counters, CountersSnapshot};
+pub use gateway::GatewayMetrics;
 pub use histogram::{Histogram, ResponseTimings, ServedFrom, Timings};
 pub use response::measured;
 

@@ -1,0 +1,153 @@
+//! The gateway with credentials and access rules, end to end: a real `shoal node` with
+//! `--gateway-htpasswd`, `--gateway-access` and `--gateway-auth-loopback` (so that clients on
+//! 127.0.0.1 stand in for remote ones), users written by the real `htpasswd -B` and by
+//! `shoal user add`, and skopeo (which follows the Bearer challenge to `/token`) and curl as
+//! clients.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, ensure};
+use shoal_tests::clients::{Credentials, Skopeo, require_tools, run_command};
+use shoal_tests::image::ImageSpec;
+use shoal_tests::node::{ShoalNode, shoal_binary};
+
+const ACCESS: &str = r#"
+[groups]
+team = ["alice"]
+
+[[rule]]
+repositories = ["team/*"]
+groups = ["team"]
+
+[[rule]]
+repositories = ["other/*"]
+users = ["bob"]
+"#;
+
+fn curl(args: &[&str]) -> Result<String> {
+    let output = run_command(Command::new("curl").args(["-sS"]).args(args))?;
+    Ok(output.stdout_text()?.to_owned())
+}
+
+#[test]
+fn credentials_and_rules_decide_what_real_clients_pull() -> Result<()> {
+    if !require_tools(&["skopeo", "htpasswd", "curl"])? {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let htpasswd = dir.path().join("htpasswd");
+    // alice by Apache's htpasswd, bob by shoal itself: the node reads both, and Apache's
+    // `htpasswd -v` reads shoal's line.
+    run_command(
+        Command::new("htpasswd")
+            .args(["-c", "-B", "-b", "-C", "10"])
+            .arg(&htpasswd)
+            .args(["alice", "wonderland"]),
+    )?;
+    let mut add = Command::new(shoal_binary()?)
+        .args(["user", "add", "--password-stdin", "--htpasswd"])
+        .arg(&htpasswd)
+        .arg("bob")
+        .stdin(Stdio::piped())
+        .spawn()?;
+    add.stdin.take().context("stdin")?.write_all(b"builder\n")?;
+    ensure!(add.wait()?.success(), "shoal user add failed");
+    run_command(
+        Command::new("htpasswd")
+            .args(["-v", "-b"])
+            .arg(&htpasswd)
+            .args(["bob", "builder"]),
+    )?;
+    let access = dir.path().join("access.toml");
+    std::fs::write(&access, ACCESS)?;
+
+    let node = ShoalNode::start(
+        &dir.path().join("data"),
+        &[
+            "--gateway-htpasswd",
+            htpasswd.to_str().context("path")?,
+            "--gateway-access",
+            access.to_str().context("path")?,
+            "--gateway-auth-loopback",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    )?;
+    for (seed, repository) in [(1, "team/app:1"), (2, "other/app:1")] {
+        let image = ImageSpec::new(seed)
+            .layer(300_000)
+            .write_oci_layout(&dir.path().join(format!("layout{seed}")), None)?;
+        node.import_ok(&image.path, Some(repository))?;
+    }
+    let gateway = node.gateway();
+    let alice = Skopeo::new().with_credentials(Credentials::new("alice", "wonderland"));
+    let bob = Skopeo::new().with_credentials(Credentials::new("bob", "builder"));
+
+    // Valid credentials pull (skopeo gets a 401 + Bearer challenge on /v2/ and asks /token).
+    alice.copy_to_oci(
+        &format!("{gateway}/team/app:1"),
+        &dir.path().join("a"),
+        false,
+    )?;
+    bob.copy_to_oci(
+        &format!("{gateway}/other/app:1"),
+        &dir.path().join("b"),
+        false,
+    )?;
+    // A team/* user cannot pull other/*; a wrong password and no credentials pull nothing.
+    let denied = alice.copy_to_oci(
+        &format!("{gateway}/other/app:1"),
+        &dir.path().join("c"),
+        false,
+    );
+    let wrong = Skopeo::new()
+        .with_credentials(Credentials::new("alice", "nope"))
+        .copy_to_oci(
+            &format!("{gateway}/team/app:1"),
+            &dir.path().join("d"),
+            false,
+        );
+    let anonymous = Skopeo::new().copy_to_oci(
+        &format!("{gateway}/team/app:1"),
+        &dir.path().join("e"),
+        false,
+    );
+    ensure!(
+        denied.is_err() && wrong.is_err() && anonymous.is_err(),
+        "{denied:?} {wrong:?} {anonymous:?}"
+    );
+    ensure!(format!("{:#}", denied.unwrap_err()).contains("denied"));
+
+    // curl: the catalog shows each user only what the rules grant; no credentials, a 401
+    // challenge naming the token endpoint.
+    let catalog = format!("http://{gateway}/v2/_catalog");
+    let seen = curl(&["-u", "alice:wonderland", &catalog])?;
+    ensure!(seen.trim() == r#"{"repositories":["team/app"]}"#, "{seen}");
+    let seen = curl(&["-u", "bob:builder", &catalog])?;
+    ensure!(seen.trim() == r#"{"repositories":["other/app"]}"#, "{seen}");
+    let head = curl(&["-i", &format!("http://{gateway}/v2/")])?;
+    ensure!(head.starts_with("HTTP/1.1 401"), "{head}");
+    ensure!(
+        head.to_ascii_lowercase().contains(&format!(
+            "www-authenticate: bearer realm=\"http://{gateway}/token\",service=\"shoal\""
+        )),
+        "{head}"
+    );
+
+    let metrics = node.metrics().context("metrics address")?;
+    let page = curl(&[&format!("http://{metrics}/metrics")])?;
+    ensure!(
+        page.contains("shoal_gateway_pulls_total{kind=\"blob\",zone=\"loopback\"}"),
+        "{page}"
+    );
+    ensure!(
+        page.contains("shoal_gateway_auth_failures_total{reason=\"credentials\"}"),
+        "{page}"
+    );
+    ensure!(
+        page.contains("shoal_gateway_auth_failures_total{reason=\"denied\"}"),
+        "{page}"
+    );
+    Ok(())
+}
