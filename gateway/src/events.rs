@@ -9,6 +9,8 @@ pub enum PullKind {
 }
 
 impl PullKind {
+    pub const ALL: [PullKind; 2] = [PullKind::Manifest, PullKind::Blob];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PullKind::Manifest => "manifest",
@@ -33,6 +35,14 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
+    pub const ALL: [AuthFailure; 5] = [
+        AuthFailure::Credentials,
+        AuthFailure::Token,
+        AuthFailure::Malformed,
+        AuthFailure::RateLimited,
+        AuthFailure::Denied,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AuthFailure::Credentials => "credentials",

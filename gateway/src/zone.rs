@@ -38,6 +38,8 @@ impl Zone {
         }
     }
 
+    pub const ALL: [Zone; 3] = [Zone::Loopback, Zone::Site, Zone::Other];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Zone::Loopback => "loopback",

@@ -6,6 +6,7 @@
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+use shoal_gateway::{AuthFailure, PullKind, Zone};
 
 type Labels = Vec<(&'static str, &'static str)>;
 
@@ -16,8 +17,20 @@ pub struct GatewayMetrics {
 }
 
 impl GatewayMetrics {
-    /// Adds the families to `registry` (names without `_total`, which the encoder adds).
+    /// Adds the families to `registry` (names without `_total`, which the encoder adds), every
+    /// label set at zero, so that a scrape sees each series from the start and `rate()` counts
+    /// its first increase.
     pub fn register(&self, registry: &mut Registry) {
+        for kind in PullKind::ALL {
+            for zone in Zone::ALL {
+                self.pulls
+                    .get_or_create(&vec![("kind", kind.as_str()), ("zone", zone.as_str())]);
+            }
+        }
+        for failure in AuthFailure::ALL {
+            self.auth_failures
+                .get_or_create(&vec![("reason", failure.as_str())]);
+        }
         registry.register(
             "shoal_gateway_pulls",
             "Manifests and blobs served by the gateway (GET), by client zone: loopback, site (private, unique-local, link-local and CGNAT addresses) or other.",
