@@ -722,6 +722,7 @@ pub struct Skopeo {
     credentials: Option<Credentials>,
     netns: Option<NetNs>,
     registries_conf: Option<PathBuf>,
+    cert_dir: Option<PathBuf>,
 }
 
 impl Skopeo {
@@ -740,6 +741,21 @@ impl Skopeo {
     pub fn in_netns(mut self, netns: &NetNs) -> Self {
         self.netns = Some(netns.clone());
         self
+    }
+
+    /// Verify the registry's TLS certificate against the CA in `dir` (a `ca.crt`), instead of
+    /// speaking plain HTTP or TLS without verification.
+    pub fn with_cert_dir(mut self, dir: &Path) -> Self {
+        self.cert_dir = Some(dir.to_owned());
+        self
+    }
+
+    /// The source's TLS flags: verified against [`Skopeo::with_cert_dir`], or off.
+    fn src_tls_args(&self) -> Vec<String> {
+        match &self.cert_dir {
+            Some(dir) => vec![format!("--src-cert-dir={}", dir.display())],
+            None => vec!["--src-tls-verify=false".to_owned()],
+        }
     }
 
     /// Use this `registries.conf` (mirrors) through `CONTAINERS_REGISTRIES_CONF`.
@@ -770,7 +786,8 @@ impl Skopeo {
     /// skopeo, so its digest changes; OCI sources keep theirs.
     pub fn copy_to_oci(&self, src: &str, dest_dir: &Path, all_platforms: bool) -> Result<String> {
         let mut cmd = self.command();
-        cmd.args(["copy", "--quiet", "--src-tls-verify=false"]);
+        cmd.args(["copy", "--quiet"]);
+        cmd.args(self.src_tls_args());
         cmd.args(self.creds_arg("--src-creds"));
         if all_platforms {
             cmd.arg("--all");
@@ -880,6 +897,8 @@ pub struct CtrPullOptions {
     pub all_platforms: bool,
     /// `--user user:password`.
     pub credentials: Option<Credentials>,
+    /// Speak HTTPS to registries without a hosts.toml scheme (no `--plain-http`).
+    pub https: bool,
 }
 
 /// Options for [`Containerd::start_with`].
@@ -995,7 +1014,10 @@ impl Containerd {
     /// `ctr image pull --plain-http` with mirrors, all platforms or credentials.
     pub fn pull_with(&self, reference: &str, options: &CtrPullOptions) -> Result<()> {
         let mut cmd = self.ctr();
-        cmd.args(["image", "pull", "--plain-http"]);
+        cmd.args(["image", "pull"]);
+        if !options.https {
+            cmd.arg("--plain-http");
+        }
         if let Some(hosts_dir) = &options.hosts_dir {
             cmd.arg("--hosts-dir").arg(hosts_dir);
         }

@@ -137,17 +137,19 @@ fn credentials_and_rules_decide_what_real_clients_pull() -> Result<()> {
 
     let metrics = node.metrics().context("metrics address")?;
     let page = curl(&[&format!("http://{metrics}/metrics")])?;
-    ensure!(
-        page.contains("shoal_gateway_pulls_total{kind=\"blob\",zone=\"loopback\"}"),
-        "{page}"
-    );
-    ensure!(
-        page.contains("shoal_gateway_auth_failures_total{reason=\"credentials\"}"),
-        "{page}"
-    );
-    ensure!(
-        page.contains("shoal_gateway_auth_failures_total{reason=\"denied\"}"),
-        "{page}"
-    );
+    // Every series exists from the start at zero: these must have counted.
+    for series in [
+        "shoal_gateway_pulls_total{kind=\"blob\",zone=\"loopback\"}",
+        "shoal_gateway_auth_failures_total{reason=\"credentials\"}",
+        "shoal_gateway_auth_failures_total{reason=\"denied\"}",
+    ] {
+        let value: f64 = page
+            .lines()
+            .find_map(|line| line.strip_prefix(series))
+            .with_context(|| format!("no {series} in\n{page}"))?
+            .trim()
+            .parse()?;
+        ensure!(value >= 1.0, "{series} is {value}");
+    }
     Ok(())
 }
