@@ -9,7 +9,8 @@
 //! the `/v2/<name>/...` path (names contain slashes, so the router's own patterns cannot), the
 //! handler asks the source, and [`error::GatewayError`] renders every failure as OCI error JSON.
 //! [`serve()`] runs the router on a listener within [`ServeLimits`], so no client can hold a
-//! connection or a task for ever.
+//! connection or a task for ever, over plain HTTP/1.1 or, with a [`GatewayTls`] certificate
+//! ([`tls`]), over TLS with HTTP/2 or HTTP/1.1.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod accept;
@@ -19,8 +20,10 @@ pub mod path;
 pub mod range;
 pub mod serve;
 mod source;
+pub mod tls;
 
 pub use error::GatewayError;
 pub use handlers::router;
 pub use serve::{ClientInfo, ServeLimits, serve};
 pub use source::{BlobStream, ContentSource, Manifest, OpenBlob, SourceError};
+pub use tls::{GatewayTls, TlsError, TlsFiles};

@@ -168,6 +168,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             gateway_listener,
             router,
             shoal_gateway::ServeLimits::default(),
+            None,
             gateway_shutdown.cancelled_owned(),
         )
         .await
