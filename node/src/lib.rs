@@ -18,6 +18,7 @@ mod daemon;
 mod exchange;
 #[doc(hidden)]
 pub mod fuzzing;
+mod gateway_tls;
 mod identity;
 mod images;
 mod import;
