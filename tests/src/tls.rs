@@ -3,8 +3,9 @@
 //! temporary directory (removed when the [`TestCa`] is dropped).
 //!
 //! Clients are made to trust the CA with its [`TestCa::cert_pem_path`] (curl `--cacert`,
-//! skopeo `--cert-dir`, docker's `certs.d`, containerd's `ca` in hosts.toml); the gateway is
-//! given an [`IssuedCert`]'s two files. Each certificate's subject common name is unique
+//! containerd's `ca` in hosts.toml) or with [`TestCa::cert_dir`], a directory holding only
+//! `ca.crt` (skopeo and podman `--cert-dir`, docker's `certs.d/HOST:PORT/`); the gateway is
+//! given an [`IssuedCert`]'s two files, written to another directory. Each certificate's subject common name is unique
 //! ([`IssuedCert::common_name`]), so a test can tell which certificate a server presented
 //! ([`served_certificate_subject`]).
 //!
@@ -75,7 +76,9 @@ impl TestCa {
         params.not_before = rcgen::date_time_ymd(2019, 1, 1);
         params.not_after = rcgen::date_time_ymd(2100, 1, 1);
         let cert = params.self_signed(&key)?;
-        let cert_pem_path = dir.path().join("ca.crt");
+        std::fs::create_dir(dir.path().join("ca"))?;
+        std::fs::create_dir(dir.path().join("issued"))?;
+        let cert_pem_path = dir.path().join("ca").join("ca.crt");
         std::fs::write(&cert_pem_path, cert.pem())?;
         Ok(TestCa {
             dir,
@@ -91,13 +94,14 @@ impl TestCa {
         &self.cert_pem_path
     }
 
-    /// The temporary directory every file is written to.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
+    /// A directory holding the CA certificate as `ca.crt` and nothing else: what skopeo,
+    /// podman and docker take as a directory of certificates to trust.
+    pub fn cert_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
     }
 
     /// Issues a server certificate for `names` (each an IP address or a DNS name), written to
-    /// `server-N.crt` and `server-N.key` in [`TestCa::dir`].
+    /// `server-N.crt` and `server-N.key` in a directory of their own.
     pub fn issue(&self, names: &[&str], validity: Validity) -> anyhow::Result<IssuedCert> {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
         let common_name = format!("shoal test server {serial}");
@@ -130,8 +134,9 @@ impl TestCa {
             ),
         };
         let cert = params.signed_by(&key, &self.cert, &self.key)?;
-        let cert_pem_path = self.dir().join(format!("server-{serial}.crt"));
-        let key_pem_path = self.dir().join(format!("server-{serial}.key"));
+        let issued = self.dir.path().join("issued");
+        let cert_pem_path = issued.join(format!("server-{serial}.crt"));
+        let key_pem_path = issued.join(format!("server-{serial}.key"));
         std::fs::write(&cert_pem_path, cert.pem() + &self.cert.pem())?;
         std::fs::write(&key_pem_path, key.serialize_pem())?;
         Ok(IssuedCert {
