@@ -9,7 +9,8 @@
 //! the `/v2/<name>/...` path (names contain slashes, so the router's own patterns cannot), the
 //! handler asks the source, and [`error::GatewayError`] renders every failure as OCI error JSON.
 //! [`serve()`] runs the router on a listener within [`ServeLimits`], so no client can hold a
-//! connection or a task for ever.
+//! connection or a task for ever, over plain HTTP/1.1 or, with a [`GatewayTls`] certificate
+//! ([`tls`]), over TLS with HTTP/2 or HTTP/1.1.
 //!
 //! With an [`Auth`] ([`router_with_auth`]), requests from other hosts need credentials (HTTP
 //! Basic or the registry token flow) and see only the repositories the access rules grant them
@@ -25,6 +26,7 @@ pub mod path;
 pub mod range;
 pub mod serve;
 mod source;
+pub mod tls;
 pub mod zone;
 
 pub use auth::{Auth, AuthConfig};
@@ -33,4 +35,5 @@ pub use events::{AuthFailure, PullKind};
 pub use handlers::{router, router_with_auth};
 pub use serve::{ClientInfo, ServeLimits, serve};
 pub use source::{BlobStream, ContentSource, Manifest, OpenBlob, SourceError};
+pub use tls::{GatewayTls, TlsError, TlsFiles};
 pub use zone::Zone;

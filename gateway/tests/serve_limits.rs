@@ -2,6 +2,8 @@
 //! limits on an ephemeral loopback port, driven by raw TCP clients that misbehave — silent,
 //! half-sent, oversized, not reading, too many — and a source that can be made to hang.
 
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -92,26 +94,11 @@ fn quick_limits() -> ServeLimits {
     }
 }
 
-/// Starts a gateway with `limits` on its own runtime thread, for the rest of the test process.
+/// Starts a gateway with `limits`, for the rest of the test process.
 fn start(limits: ServeLimits) -> (SocketAddr, Source) {
     let source = Source::default();
     let router = shoal_gateway::router(source.clone(), None);
-    let (address_sender, address) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            address_sender.send(listener.local_addr().unwrap()).unwrap();
-            shoal_gateway::serve(listener, router, limits, std::future::pending())
-                .await
-                .unwrap();
-        });
-    });
-    (address.recv().unwrap(), source)
+    (common::serve_in_background(router, limits, None), source)
 }
 
 fn connect(address: SocketAddr) -> TcpStream {

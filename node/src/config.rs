@@ -29,9 +29,23 @@ pub struct NodeArgs {
     /// Where the node keeps its blobs, metadata, identity and admin socket [default: ./shoal-data]
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Address of the read-only /v2/ registry API; port 0 picks a free port [default: 127.0.0.1:5050]
+    /// Address of the read-only /v2/ registry API; port 0 picks a free port [default: 127.0.0.1:5050].
+    /// Loopback only, unless with --gateway-tls-cert or --gateway-insecure.
     #[arg(long, value_name = "HOST:PORT")]
     pub gateway: Option<SocketAddr>,
+    // Gateway TLS (gateway/src/tls.rs, node/src/gateway_tls.rs).
+    /// Serve the gateway over HTTPS (HTTP/2 or HTTP/1.1) with this PEM certificate chain, the
+    /// server's certificate first; needs --gateway-tls-key. Both files are read again on SIGHUP
+    /// and when they change on disk; a bad replacement is logged and the old one kept.
+    #[arg(long, value_name = "FILE", requires = "gateway_tls_key")]
+    pub gateway_tls_cert: Option<PathBuf>,
+    /// The PEM private key (PKCS#8, RSA or SEC1) of --gateway-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "gateway_tls_cert")]
+    pub gateway_tls_key: Option<PathBuf>,
+    /// Allow --gateway on a non-loopback address without TLS: anyone on the path can read and
+    /// alter what clients pull (tags and manifests are not signed on the way to the client).
+    #[arg(long)]
+    pub gateway_insecure: bool,
     /// Registry namespace of requests without `?ns=` [default: docker.io]
     #[arg(long, value_name = "HOST")]
     pub default_namespace: Option<String>,
@@ -133,6 +147,10 @@ pub struct NodeArgs {
 struct FileConfig {
     data: Option<PathBuf>,
     gateway: Option<SocketAddr>,
+    // Gateway TLS.
+    gateway_tls_cert: Option<PathBuf>,
+    gateway_tls_key: Option<PathBuf>,
+    gateway_insecure: Option<bool>,
     default_namespace: Option<String>,
     log_level: Option<String>,
     listen: Option<Vec<Multiaddr>>,
@@ -165,6 +183,11 @@ struct FileConfig {
 pub struct NodeConfig {
     pub data: PathBuf,
     pub gateway: SocketAddr,
+    // Gateway TLS.
+    /// Serve the gateway over TLS with these files.
+    pub gateway_tls: Option<shoal_gateway::TlsFiles>,
+    /// Serve the gateway without TLS even on a non-loopback address.
+    pub gateway_insecure: bool,
     pub default_namespace: String,
     pub log_level: String,
     pub listen: Vec<Multiaddr>,
@@ -205,6 +228,19 @@ fn rate(flag: Option<ByteRate>, file: Option<String>) -> anyhow::Result<Option<B
     }
 }
 
+/// `--gateway-tls-cert` and `--gateway-tls-key`: both or neither.
+fn gateway_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> anyhow::Result<Option<shoal_gateway::TlsFiles>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(shoal_gateway::TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => anyhow::bail!("gateway-tls-cert is set without gateway-tls-key"),
+        (None, Some(_)) => anyhow::bail!("gateway-tls-key is set without gateway-tls-cert"),
+    }
+}
+
 fn read_psk(path: &Path) -> anyhow::Result<PreSharedKey> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read pre-shared key {}", path.display()))?;
@@ -230,6 +266,12 @@ impl NodeConfig {
                 .or(file.data)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             gateway: args.gateway.or(file.gateway).unwrap_or(default_gateway),
+            // Gateway TLS.
+            gateway_tls: gateway_tls(
+                args.gateway_tls_cert.or(file.gateway_tls_cert),
+                args.gateway_tls_key.or(file.gateway_tls_key),
+            )?,
+            gateway_insecure: args.gateway_insecure || file.gateway_insecure.unwrap_or(false),
             default_namespace: shoal_protocol::reference::normalize_namespace(&default_namespace)?,
             log_level: args
                 .log_level
@@ -493,6 +535,42 @@ mod tests {
         let defaults = NodeConfig::resolve(NodeArgs::default()).unwrap();
         assert_eq!(defaults.data, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(defaults.gateway.to_string(), DEFAULT_GATEWAY);
+    }
+
+    // Gateway TLS.
+    #[test]
+    fn gateway_tls_files_come_in_pairs_from_flags_or_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shoal.toml");
+        std::fs::write(
+            &file,
+            "gateway-tls-cert = \"/etc/shoal/gw.crt\"\ngateway-tls-key = \"/etc/shoal/gw.key\"\n\
+             gateway-insecure = true\n",
+        )
+        .unwrap();
+        let config = NodeConfig::resolve(NodeArgs {
+            config: Some(file.clone()),
+            gateway_tls_cert: Some("/flag/gw.crt".into()),
+            ..NodeArgs::default()
+        })
+        .unwrap();
+        let tls = config.gateway_tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/flag/gw.crt"));
+        assert_eq!(tls.key, PathBuf::from("/etc/shoal/gw.key"));
+        assert!(config.gateway_insecure);
+
+        std::fs::write(&file, "gateway-tls-key = \"/etc/shoal/gw.key\"\n").unwrap();
+        let error = NodeConfig::resolve(NodeArgs {
+            config: Some(file),
+            ..NodeArgs::default()
+        })
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("without gateway-tls-cert"),
+            "{error}"
+        );
+        let defaults = NodeConfig::resolve(NodeArgs::default()).unwrap();
+        assert!(defaults.gateway_tls.is_none() && !defaults.gateway_insecure);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `shoal node`: the daemon. It owns the data directory (by an exclusive lock), opens and
 //! repairs the store, wires the services together, serves the gateway and the admin socket
-//! (`admin/`), and shuts down gracefully on SIGINT or SIGTERM: stop accepting, let requests in
-//! flight finish (bounded), flush, exit.
+//! (`admin/`), reloads the gateway's TLS certificate on SIGHUP, and shuts down gracefully on
+//! SIGINT or SIGTERM: stop accepting, let requests in flight finish (bounded), flush, exit.
 
 use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -23,6 +23,7 @@ use crate::exchange::fetch::{self, FetchContext};
 use crate::exchange::rate::RateLimiter;
 use crate::exchange::serve::PeerService;
 use crate::gateway_auth;
+use crate::gateway_tls;
 use crate::images::gateway_source::NodeSource;
 use crate::images::pull::Puller;
 use crate::images::{prefetch, tagger};
@@ -49,6 +50,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the store in {}", config.data.display()))?;
     tracing::info!(?recovery, "store opened");
 
+    gateway_tls::check_exposure(
+        config.gateway,
+        config.gateway_tls.is_some(),
+        config.gateway_insecure,
+    )?;
+    let gateway_tls = gateway_tls::load(config.gateway_tls.clone())?;
     let gateway_listener = TcpListener::bind(config.gateway)
         .await
         .with_context(|| format!("cannot listen on gateway address {}", config.gateway))?;
@@ -179,12 +186,22 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let router =
         shoal_gateway::router_with_auth(source, Some(config.default_namespace.clone()), auth);
     let gateway_shutdown = shutdown.clone();
+    let gateway_scheme = if gateway_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tasks.spawn(gateway_tls::reload_on_sighup(
+        gateway_tls.clone(),
+        shutdown.clone(),
+    )?);
     tasks.spawn(async move {
         // Connection, header and stall limits: gateway/src/serve.rs.
         shoal_gateway::serve(
             gateway_listener,
             router,
             shoal_gateway::ServeLimits::default(),
+            gateway_tls,
             gateway_shutdown.cancelled_owned(),
         )
         .await
@@ -204,6 +221,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             peer_id: peer_id.clone(),
             data_dir: std::path::absolute(&config.data)?,
             gateway: gateway_addr.to_string(),
+            gateway_scheme,
             site: config.site.clone(),
         }),
     };
@@ -223,7 +241,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 
     tracing::info!(%gateway_addr, %peer_id, data = %config.data.display(), "node started");
     println!(
-        "ready gateway={gateway_addr} admin={} peer_id={peer_id}{metrics_field}",
+        "ready gateway={gateway_addr} admin={} peer_id={peer_id}{metrics_field} \
+         gateway_url={gateway_scheme}://{gateway_addr}",
         layout.socket().display()
     );
 

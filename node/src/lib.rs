@@ -19,6 +19,7 @@ mod exchange;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gateway_auth;
+mod gateway_tls;
 mod identity;
 mod images;
 mod import;

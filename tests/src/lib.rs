@@ -15,4 +15,5 @@ pub mod registry;
 pub mod run_check;
 pub mod sendfile_server;
 pub mod sites;
+pub mod tls;
 pub mod token_auth;

@@ -59,6 +59,8 @@ pub struct RegistryConfig {
     /// Run as a pull-through cache of the registry at this URL (distribution's proxy mode):
     /// what it lacks it fetches from there while streaming it to the client, and keeps.
     pub proxy_of: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain and key (`http.tls` in config.yml).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// A running `docker-registry` on `127.0.0.1:<port>` with its storage in a temp dir.
@@ -127,9 +129,15 @@ impl DockerRegistry {
         self.addr().to_string()
     }
 
-    /// `http://127.0.0.1:<port>`, e.g. for `--upstream NS=URL` or a mirror entry.
+    /// `http://127.0.0.1:<port>` (`https://` with TLS), e.g. for `--upstream NS=URL` or a
+    /// mirror entry.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
+        let scheme = if self.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr())
     }
 
     /// `127.0.0.1:<port>/<repo_and_tag>`.
@@ -223,7 +231,7 @@ fn start_on_port(
     .map_err(fatal)?;
     wait_listening(&mut child, &registry_log, ip, port)?;
     if config.netns.is_none() {
-        probe_v2(port, config.basic_auth.is_some()).map_err(|error| {
+        probe_v2(port, config).map_err(|error| {
             let log = fs::read_to_string(&registry_log).unwrap_or_default();
             fatal(error.context(format!("docker-registry log:\n{}", tail(&log))))
         })?;
@@ -264,11 +272,16 @@ fn wait_listening(
     }
 }
 
-/// `GET /v2/` must answer 200, or 401 when basic auth is on.
-fn probe_v2(port: u16, basic_auth: bool) -> Result<()> {
+/// `GET /v2/` must answer 200, or 401 when basic auth is on, or 400 (Go's answer to plain
+/// HTTP on its TLS port) with TLS.
+fn probe_v2(port: u16, config: &RegistryConfig) -> Result<()> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let deadline = Instant::now() + REGISTRY_START_TIMEOUT;
-    let expected = if basic_auth { 401 } else { 200 };
+    let expected = match (&config.tls, &config.basic_auth) {
+        (Some(_), _) => 400,
+        (None, Some(_)) => 401,
+        (None, None) => 200,
+    };
     loop {
         match http_get_status(addr, "/v2/") {
             Ok(status) if status == expected => return Ok(()),
@@ -311,6 +324,12 @@ fn registry_config_yaml(
          \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
          http:\n  addr: {ip}:{port}\n  secret: shoal-test-secret\n",
     );
+    if let Some((cert, key)) = &config.tls {
+        let (cert, key) = (quoted(path_str(cert)?), quoted(path_str(key)?));
+        yaml.push_str(&format!(
+            "  tls:\n    certificate: {cert}\n    key: {key}\n"
+        ));
+    }
     if config.basic_auth.is_some() {
         let htpasswd = quoted(path_str(&dir.join("htpasswd"))?);
         yaml.push_str(&format!(

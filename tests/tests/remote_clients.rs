@@ -135,9 +135,9 @@ fn skopeo(site: &Site, credentials: Option<(&str, &str)>) -> Skopeo {
         .in_netns(site.laptop())
         .with_cert_dir(&site.ca.cert_dir());
     match credentials {
-        Some((user, password)) => skopeo.with_credentials(
-            shoal_tests::clients::Credentials::new(user, password),
-        ),
+        Some((user, password)) => {
+            skopeo.with_credentials(shoal_tests::clients::Credentials::new(user, password))
+        }
         None => skopeo,
     }
 }
@@ -147,15 +147,18 @@ fn curl_codes(netns: &NetNs, ca: &TestCa, args: &[&str]) -> Result<Vec<String>> 
     let output = run_command(
         netns
             .command("curl")
-            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}\\n", "--cacert"])
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}\\n",
+                "--cacert",
+            ])
             .arg(ca.cert_pem_path())
             .args(args),
     )?;
-    Ok(output
-        .stdout_text()?
-        .lines()
-        .map(str::to_owned)
-        .collect())
+    Ok(output.stdout_text()?.lines().map(str::to_owned).collect())
 }
 
 #[test]
@@ -171,7 +174,11 @@ fn skopeo_and_curl_pull_with_credentials_and_get_nothing_without() -> Result<()>
         &site.path("pulled"),
         false,
     )?;
-    ensure!(digest == site.team_digest, "{digest} != {}", site.team_digest);
+    ensure!(
+        digest == site.team_digest,
+        "{digest} != {}",
+        site.team_digest
+    );
 
     let refused = [
         (skopeo(&site, None), team.clone(), "no credentials"),
@@ -188,7 +195,10 @@ fn skopeo_and_curl_pull_with_credentials_and_get_nothing_without() -> Result<()>
     ];
     for (index, (client, reference, what)) in refused.into_iter().enumerate() {
         let pulled = client.copy_to_oci(&reference, &site.path(&format!("no{index}")), false);
-        let error = format!("{:#}", pulled.err().with_context(|| format!("{what} pulled"))?);
+        let error = format!(
+            "{:#}",
+            pulled.err().with_context(|| format!("{what} pulled"))?
+        );
         ensure!(
             error.contains("unauthorized") || error.contains("denied"),
             "{what}: {error}"
@@ -214,7 +224,10 @@ fn skopeo_and_curl_pull_with_credentials_and_get_nothing_without() -> Result<()>
         .args(["-sS", "-o", "/dev/null"])
         .arg(format!("https://{gateway}/v2/"))
         .status()?;
-    ensure!(untrusted.code() == Some(60), "curl without the CA: {untrusted}");
+    ensure!(
+        untrusted.code() == Some(60),
+        "curl without the CA: {untrusted}"
+    );
 
     // 1,000 wrong passwords from the laptop: a few are checked, then the address is refused
     // without a check; the other machine still logs in.
@@ -260,7 +273,11 @@ fn podman_logs_in_and_pulls_through_the_tls_mirror_shoal_configure_wrote() -> Re
         ],
     )?;
     let cert_dir = certs.join(site.gateway());
-    ensure!(cert_dir.join("ca.crt").exists(), "no CA in {}", cert_dir.display());
+    ensure!(
+        cert_dir.join("ca.crt").exists(),
+        "no CA in {}",
+        cert_dir.display()
+    );
     let podman = Podman::with_config(PodmanConfig {
         netns: Some(site.laptop().clone()),
         registries_conf: Some(conf),
@@ -296,7 +313,11 @@ fn podman_logs_in_and_pulls_through_the_tls_mirror_shoal_configure_wrote() -> Re
     };
     pull("docker.io/team/app:1")?;
     let digest = podman.image_digest("docker.io/team/app:1")?;
-    ensure!(digest == site.team_digest, "{digest} != {}", site.team_digest);
+    ensure!(
+        digest == site.team_digest,
+        "{digest} != {}",
+        site.team_digest
+    );
     ensure!(
         pull(&format!("{}/other/app:1", site.gateway())).is_err(),
         "dev pulled another team's image"
@@ -340,7 +361,11 @@ fn ctr_pulls_through_the_hosts_toml_shoal_configure_wrote() -> Result<()> {
     ensure!(pull(&without).is_err(), "pulled without credentials");
     pull(&with_credentials)?;
     let digest = containerd.image_digest("docker.io/team/app:1")?;
-    ensure!(digest == site.team_digest, "{digest} != {}", site.team_digest);
+    ensure!(
+        digest == site.team_digest,
+        "{digest} != {}",
+        site.team_digest
+    );
     Ok(())
 }
 
@@ -380,7 +405,11 @@ fn docker_logs_in_and_pulls_over_tls() -> Result<()> {
     let team = format!("{gateway}/team/app:1");
     dockerd.pull(&team)?;
     let digest = dockerd.image_digest(&team)?;
-    ensure!(digest == site.team_digest, "{digest} != {}", site.team_digest);
+    ensure!(
+        digest == site.team_digest,
+        "{digest} != {}",
+        site.team_digest
+    );
     let other = dockerd.pull(&format!("{gateway}/other/app:1"));
     let error = format!("{:#}", other.err().context("dev pulled other/app")?);
     ensure!(error.contains("denied"), "{error}");

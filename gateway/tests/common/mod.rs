@@ -570,3 +570,32 @@ pub fn assert_manifest(response: &Response, manifest: &Manifest) {
         "registry/2.0"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A gateway on a real socket.
+// ---------------------------------------------------------------------------------------------
+
+/// Serves `router` within `limits` (over TLS with `tls`) on an ephemeral loopback port, on a
+/// runtime thread of its own, for the rest of the test process.
+pub fn serve_in_background(
+    router: Router,
+    limits: shoal_gateway::ServeLimits,
+    tls: Option<shoal_gateway::GatewayTls>,
+) -> std::net::SocketAddr {
+    let (address_sender, address) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            address_sender.send(listener.local_addr().unwrap()).unwrap();
+            shoal_gateway::serve(listener, router, limits, tls, std::future::pending())
+                .await
+                .unwrap();
+        });
+    });
+    address.recv().unwrap()
+}

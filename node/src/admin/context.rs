@@ -18,6 +18,8 @@ pub struct StatusBase {
     pub peer_id: String,
     pub data_dir: std::path::PathBuf,
     pub gateway: String,
+    /// `http` or `https`.
+    pub gateway_scheme: &'static str,
     pub site: Option<String>,
 }
 

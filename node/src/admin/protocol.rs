@@ -90,6 +90,9 @@ pub struct StatusReport {
     pub peer_id: String,
     pub data_dir: PathBuf,
     pub gateway: String,
+    /// `http` or `https` (TLS); absent from nodes older than the gateway's TLS.
+    #[serde(default = "http")]
+    pub gateway_scheme: String,
     pub listen_addresses: Vec<String>,
     pub connected_peers: Vec<String>,
     /// This node's site label, if any.
@@ -137,4 +140,8 @@ pub async fn write_event(
     line.push(b'\n');
     stream.write_all(&line).await?;
     Ok(())
+}
+
+fn http() -> String {
+    "http".to_owned()
 }

@@ -33,6 +33,7 @@ pub async fn status_report(context: &AdminContext) -> anyhow::Result<StatusRepor
             peer_id: base.peer_id.clone(),
             data_dir: base.data_dir.clone(),
             gateway: base.gateway.clone(),
+            gateway_scheme: base.gateway_scheme.to_owned(),
             listen_addresses: network.listen_addresses,
             connected_peers: network.connected_peers,
             site: base.site.clone(),

@@ -207,7 +207,7 @@ fn failure(event: AdminEvent) -> anyhow::Error {
 fn print_status(report: &StatusReport) {
     println!("peer id   {}", report.peer_id);
     println!("data      {}", report.data_dir.display());
-    println!("gateway   http://{}", report.gateway);
+    println!("gateway   {}://{}", report.gateway_scheme, report.gateway);
     println!("listening {}", report.listen_addresses.join(" "));
     if let Some(site) = &report.site {
         println!("site      {site}");

@@ -23,13 +23,17 @@ impl GatewayMetrics {
     pub fn register(&self, registry: &mut Registry) {
         for kind in PullKind::ALL {
             for zone in Zone::ALL {
-                self.pulls
-                    .get_or_create(&vec![("kind", kind.as_str()), ("zone", zone.as_str())]);
+                drop(
+                    self.pulls
+                        .get_or_create(&vec![("kind", kind.as_str()), ("zone", zone.as_str())]),
+                );
             }
         }
         for failure in AuthFailure::ALL {
-            self.auth_failures
-                .get_or_create(&vec![("reason", failure.as_str())]);
+            drop(
+                self.auth_failures
+                    .get_or_create(&vec![("reason", failure.as_str())]),
+            );
         }
         registry.register(
             "shoal_gateway_pulls",

@@ -14,6 +14,13 @@
 //! - skopeo: `skopeo copy docker://... dir:...` of the whole image into a fresh directory (the
 //!   registries only: the file servers are no registries); wall time of the process.
 //!
+//! Over TLS, a second `shoal node` serves the same image with a certificate from a throwaway
+//! CA (`--gateway-tls-cert`), and a second `docker-registry` with the same certificate
+//! (`http.tls` in its config.yml); curl trusts the CA (`--cacert`) and is measured against both
+//! with its default negotiation (HTTP/2 by ALPN, as both servers offer it) and with
+//! `--http1.1` (skopeo is not run against them). The summary adds the TLS ratios: Shoal over
+//! TLS against docker-registry over TLS, and against Shoal over plain HTTP.
+//!
 //! The summary gives per-server medians and their ratios. Benchmarks print, they do not assert
 //! timings; the program fails only when a server returned wrong bytes.
 //!
@@ -41,8 +48,10 @@ use shoal_tests::clients::find_tool;
 use shoal_tests::http;
 use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
 use shoal_tests::node::ShoalNode;
+use shoal_tests::registry::RegistryConfig;
 use shoal_tests::registry::{DockerRegistry, push_oci_layout};
 use shoal_tests::sendfile_server::{SendfileServer, Transfer};
+use shoal_tests::tls::{TestCa, Validity};
 
 const USAGE: &str = "\
 usage: bench_gateway [--rounds N] [--size-mib N] [--seed N] [--copy-buffer-kib N]
@@ -68,6 +77,8 @@ const TAG: &str = "v1";
 /// 1.5x it with curl.
 const GOAL_RATIO: f64 = 1.0;
 const CURL_AIM_RATIO: f64 = 1.5;
+/// The goal over TLS (issue 14): Shoal's TLS gateway at 1.2x docker-registry's TLS.
+const TLS_GOAL_RATIO: f64 = 1.2;
 /// How long a compared shoal node may take to print its `ready` line.
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
 const MB: f64 = 1e6;
@@ -179,6 +190,10 @@ enum Role {
     ReadWrite,
     /// A `--compare` shoal binary.
     Compared,
+    /// The shoal binary under test, its gateway over TLS.
+    ShoalTls,
+    /// docker-registry over TLS.
+    RegistryTls,
 }
 
 #[derive(Debug)]
@@ -193,32 +208,51 @@ struct Server {
 
 impl Server {
     fn is_registry(&self) -> bool {
-        matches!(self.role, Role::Shoal | Role::Registry | Role::Compared)
+        matches!(
+            self.role,
+            Role::Shoal | Role::Registry | Role::Compared | Role::ShoalTls | Role::RegistryTls
+        )
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self.role, Role::ShoalTls | Role::RegistryTls)
     }
 
     fn blob_url(&self, digest: &str) -> String {
-        format!("http://{}/v2/{REPO}/blobs/{digest}", self.host)
+        format!("{}/v2/{REPO}/blobs/{digest}", self.base_url())
+    }
+
+    fn base_url(&self) -> String {
+        let scheme = if self.is_tls() { "https" } else { "http" };
+        format!("{scheme}://{}", self.host)
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Client {
     Curl,
+    /// curl with `--http1.1`, against the TLS servers only (plain HTTP is HTTP/1.1 anyway).
+    CurlHttp11,
     Skopeo,
 }
 
 impl Client {
-    const ALL: [Client; 2] = [Self::Curl, Self::Skopeo];
+    const ALL: [Client; 3] = [Self::Curl, Self::CurlHttp11, Self::Skopeo];
 
     fn name(self) -> &'static str {
         match self {
             Self::Curl => "curl",
+            Self::CurlHttp11 => "curl-h1",
             Self::Skopeo => "skopeo",
         }
     }
 
     fn pulls_from(self, server: &Server) -> bool {
-        self == Self::Curl || server.is_registry()
+        match self {
+            Self::Curl => true,
+            Self::CurlHttp11 => server.is_tls(),
+            Self::Skopeo => server.is_registry() && !server.is_tls(),
+        }
     }
 }
 
@@ -301,8 +335,12 @@ struct Bench {
     options: Options,
     // Fields drop in declaration order: servers stop before the temp dir holding their data goes.
     _node: ShoalNode,
+    _tls_node: ShoalNode,
     _compared: Vec<ComparedNode>,
     _registry: DockerRegistry,
+    _tls_registry: DockerRegistry,
+    /// The CA the TLS servers' certificate comes from, which curl trusts.
+    ca: TestCa,
     _file_servers: Vec<SendfileServer>,
     servers: Vec<Server>,
     image: GeneratedImage,
@@ -374,6 +412,47 @@ impl Bench {
             started.elapsed().as_secs_f64()
         );
 
+        let started = Instant::now();
+        let ca = TestCa::new()?;
+        let cert = ca.issue(&["127.0.0.1"], Validity::Current)?;
+        let (cert_path, key_path) = (cert.cert_pem_path.to_str(), cert.key_pem_path.to_str());
+        let tls_node = ShoalNode::start(
+            &scratch.path().join("node-tls"),
+            &[
+                "--gateway-tls-cert",
+                cert_path.context("certificate path")?,
+                "--gateway-tls-key",
+                key_path.context("key path")?,
+            ],
+        )?;
+        tls_node.import_ok(&image.path, Some(&repo_and_tag))?;
+        servers.push(Server {
+            name: "shoal-tls".into(),
+            role: Role::ShoalTls,
+            host: tls_node.gateway().to_string(),
+            pid: tls_node.pid().context("shoal node not running")?,
+        });
+        let tls_registry = DockerRegistry::start_with(RegistryConfig {
+            tls: Some((cert.cert_pem_path.clone(), cert.key_pem_path.clone())),
+            ..RegistryConfig::default()
+        })?;
+        let pushed = push_oci_layout(&image.path, &tls_registry, &repo_and_tag)?;
+        ensure!(
+            pushed == image.manifest_digest,
+            "docker-registry over TLS stored manifest {pushed}, expected {}",
+            image.manifest_digest
+        );
+        servers.push(Server {
+            name: "docker-registry-tls".into(),
+            role: Role::RegistryTls,
+            host: tls_registry.host(),
+            pid: tls_registry.pid(),
+        });
+        eprintln!(
+            "started the TLS node and registry in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+
         let blob_dir = image.path.join("blobs").join("sha256");
         let copy_buffer = usize::try_from(options.copy_buffer_kib << 10)?;
         let mut file_servers = Vec::new();
@@ -398,8 +477,11 @@ impl Bench {
         Ok(Bench {
             options,
             _node: node,
+            _tls_node: tls_node,
             _compared: compared,
             _registry: registry,
+            _tls_registry: tls_registry,
+            ca,
             _file_servers: file_servers,
             servers,
             image,
@@ -456,7 +538,11 @@ impl Bench {
         for server in &self.servers {
             for blob in &self.blobs {
                 let url = server.blob_url(&blob.digest);
-                let (status, digest, size) = http::get_digest(&url)?;
+                let (status, digest, size) = if server.is_tls() {
+                    self.curl_digest(&url, &[])?
+                } else {
+                    http::get_digest(&url)?
+                };
                 ensure!(
                     (status, digest.as_str(), size) == (200, blob.digest.as_str(), blob.size),
                     "{} served {url} as status {status}, {size} bytes, {digest}; expected \
@@ -468,6 +554,8 @@ impl Bench {
             }
             if server.is_registry() {
                 self.check_manifest(server)?;
+            }
+            if Client::Skopeo.pulls_from(server) {
                 self.skopeo_copy(server)?;
             }
         }
@@ -480,18 +568,50 @@ impl Bench {
     }
 
     fn check_manifest(&self, server: &Server) -> Result<()> {
-        let url = format!("http://{}/v2/{REPO}/manifests/{TAG}", server.host);
+        let url = format!("{}/v2/{REPO}/manifests/{TAG}", server.base_url());
         let accept = self.image.manifest_media_type.as_str();
-        let fetched = http::get(&url, &[("Accept", accept)])?;
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&fetched.body)));
+        let (status, digest) = if server.is_tls() {
+            let accept = format!("Accept: {accept}");
+            let (status, digest, _) = self.curl_digest(&url, &["-H", &accept])?;
+            (status, digest)
+        } else {
+            let fetched = http::get(&url, &[("Accept", accept)])?;
+            let digest = format!("sha256:{}", hex::encode(Sha256::digest(&fetched.body)));
+            (fetched.status, digest)
+        };
         ensure!(
-            fetched.status == 200 && digest == self.image.manifest_digest,
-            "{} served manifest {url} as status {}, {digest}; expected {}",
+            status == 200 && digest == self.image.manifest_digest,
+            "{} served manifest {url} as status {status}, {digest}; expected {}",
             server.name,
-            fetched.status,
             self.image.manifest_digest
         );
         Ok(())
+    }
+
+    /// GETs `url` with curl trusting the test CA (over TLS, where the plain HTTP client cannot
+    /// go): status, sha256 digest and size of the body.
+    fn curl_digest(&self, url: &str, args: &[&str]) -> Result<(u16, String, u64)> {
+        let body = tempfile::NamedTempFile::new_in(self.scratch.path())?;
+        let output = Command::new("curl")
+            .args(["--silent", "--show-error", "--noproxy", "*", "--cacert"])
+            .arg(self.ca.cert_pem_path())
+            .args(args)
+            .args(["--write-out", "%{http_code}", "--output"])
+            .arg(body.path())
+            .arg(url)
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run curl")?;
+        ensure!(
+            output.status.success(),
+            "curl {url} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let status = String::from_utf8_lossy(&output.stdout).trim().parse()?;
+        let bytes = std::fs::read(body.path())?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        Ok((status, digest, bytes.len() as u64))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -522,7 +642,8 @@ impl Bench {
         let client_before = children_cpu_seconds()?;
         let started = Instant::now();
         let bytes = match client {
-            Client::Curl => self.curl_every_blob(server)?,
+            Client::Curl => self.curl_every_blob(server, &[])?,
+            Client::CurlHttp11 => self.curl_every_blob(server, &["--http1.1"])?,
             Client::Skopeo => self.skopeo_copy(server)?,
         };
         let seconds = started.elapsed().as_secs_f64();
@@ -539,9 +660,13 @@ impl Bench {
 
     /// One curl process GETs every blob to /dev/null, in order, over one connection; returns
     /// the bytes received, each blob's checked against its size.
-    fn curl_every_blob(&self, server: &Server) -> Result<u64> {
+    fn curl_every_blob(&self, server: &Server, args: &[&str]) -> Result<u64> {
         let mut command = Command::new("curl");
         command.args(["--silent", "--show-error", "--noproxy", "*"]);
+        if server.is_tls() {
+            command.arg("--cacert").arg(self.ca.cert_pem_path());
+        }
+        command.args(args);
         command.args(["--write-out", "%{http_code} %{size_download}\\n"]);
         for blob in &self.blobs {
             command.args(["--output", "/dev/null"]);
@@ -641,7 +766,7 @@ impl Bench {
             self.blob_bytes() as f64 / MB
         );
         println!(
-            "{:<7} {:<16} {:>7} {:>8} {:>17} {:>17}",
+            "{:<7} {:<20} {:>7} {:>8} {:>17} {:>17}",
             "client", "server", "MB/s", "seconds", "server CPU s/GB", "client CPU s/GB"
         );
         for client in Client::ALL {
@@ -650,7 +775,7 @@ impl Bench {
                     continue;
                 };
                 println!(
-                    "{:<7} {:<16} {:>7.0} {:>8.3} {:>17.2} {:>17.2}",
+                    "{:<7} {:<20} {:>7.0} {:>8.3} {:>17.2} {:>17.2}",
                     client.name(),
                     server.name,
                     median.mb_per_s,
@@ -675,7 +800,7 @@ impl Bench {
         let mut report = String::new();
         let mut line = |label: &str, value: Option<f64>, note: String| {
             if let Some(value) = value {
-                let text = format!("{label:<34} {value:>5.2}x  {note}");
+                let text = format!("{label:<40} {value:>5.2}x  {note}");
                 let _ = writeln!(report, "{}", text.trim_end());
             }
         };
@@ -715,6 +840,33 @@ impl Bench {
                 .map(|skopeo| format!("goal >= {GOAL_RATIO:.1}x {}", verdict(skopeo, GOAL_RATIO)))
                 .unwrap_or_default(),
         );
+        let shoal_tls = self.index_of(Role::ShoalTls);
+        let registry_tls = self.index_of(Role::RegistryTls);
+        for client in [Client::Curl, Client::CurlHttp11] {
+            let name = client.name();
+            let tls = ratio(client, shoal_tls, registry_tls);
+            line(
+                &format!("{name:<7} shoal-tls / docker-registry-tls"),
+                tls,
+                tls.map(|tls| {
+                    format!(
+                        "goal >= {TLS_GOAL_RATIO:.1}x {}",
+                        verdict(tls, TLS_GOAL_RATIO)
+                    )
+                })
+                .unwrap_or_default(),
+            );
+            // Plain HTTP is HTTP/1.1 in both cases: curl's plain runs are the reference.
+            line(
+                &format!("{name:<7} shoal-tls / shoal (plain)"),
+                (|| {
+                    let over = Median::of(runs, client, shoal_tls?)?;
+                    let under = Median::of(runs, Client::Curl, shoal?)?;
+                    Some(over.mb_per_s / under.mb_per_s)
+                })(),
+                "(the cost of TLS)".into(),
+            );
+        }
         for (index, server) in self.servers.iter().enumerate() {
             if server.role != Role::Compared {
                 continue;
@@ -765,7 +917,7 @@ impl Run {
 
     fn line(&self, server_name: &str) -> String {
         format!(
-            "round {:<2} {:<7} {:<16} {:>6.1} MB in {:>6.3} s {:>6.0} MB/s  CPU s: server {:>4.2} \
+            "round {:<2} {:<7} {:<20} {:>6.1} MB in {:>6.3} s {:>6.0} MB/s  CPU s: server {:>4.2} \
              client {:>4.2}",
             self.round,
             self.client.name(),
