@@ -174,7 +174,10 @@ impl ShoalNode {
             None => Command::new(&binary),
         };
         // Loopback only, ephemeral ports, no mDNS: test nodes meet only the peers a test names.
-        command.args(["node", "--gateway", "127.0.0.1:0", "--no-mdns"]);
+        command.args(["node", "--no-mdns"]);
+        if !extra.contains(&"--gateway") {
+            command.args(["--gateway", "127.0.0.1:0"]);
+        }
         if !extra.contains(&"--listen") {
             command.args(["--listen", "/ip4/127.0.0.1/tcp/0"]);
         }

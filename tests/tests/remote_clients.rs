@@ -142,22 +142,17 @@ fn skopeo(site: &Site, credentials: Option<(&str, &str)>) -> Skopeo {
     }
 }
 
-/// `curl` on `netns` trusting the test CA; prints the status code of each URL, one a line.
-fn curl_codes(netns: &NetNs, ca: &TestCa, args: &[&str]) -> Result<Vec<String>> {
-    let output = run_command(
-        netns
-            .command("curl")
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}\\n",
-                "--cacert",
-            ])
-            .arg(ca.cert_pem_path())
-            .args(args),
-    )?;
+/// `curl` on `netns` trusting the test CA, as `user:password`: the status code of each of
+/// `urls` (asked in order, over one connection where it stays open).
+fn curl_codes(netns: &NetNs, ca: &TestCa, credentials: &str, urls: &[&str]) -> Result<Vec<String>> {
+    let mut curl = netns.command("curl");
+    curl.args(["-sS", "-w", "%{http_code}\\n", "--cacert"])
+        .arg(ca.cert_pem_path())
+        .args(["-u", credentials]);
+    for url in urls {
+        curl.args(["-o", "/dev/null", url]);
+    }
+    let output = run_command(&mut curl)?;
     Ok(output.stdout_text()?.lines().map(str::to_owned).collect())
 }
 
@@ -232,9 +227,8 @@ fn skopeo_and_curl_pull_with_credentials_and_get_nothing_without() -> Result<()>
     // 1,000 wrong passwords from the laptop: a few are checked, then the address is refused
     // without a check; the other machine still logs in.
     let url = format!("https://{gateway}/v2/");
-    let mut guesses = vec!["-u", "dev:guess"];
-    guesses.extend(std::iter::repeat_n(url.as_str(), 1000));
-    let codes = curl_codes(site.laptop(), &site.ca, &guesses)?;
+    let guesses = vec![url.as_str(); 1000];
+    let codes = curl_codes(site.laptop(), &site.ca, "dev:guess", &guesses)?;
     ensure!(codes.len() == 1000, "{} answers", codes.len());
     let limited = codes.iter().filter(|code| *code == "429").count();
     let checked = codes.iter().filter(|code| *code == "401").count();
@@ -245,7 +239,8 @@ fn skopeo_and_curl_pull_with_credentials_and_get_nothing_without() -> Result<()>
     let other = curl_codes(
         site.lan.host(2),
         &site.ca,
-        &["-u", &format!("ci:{CI_PASSWORD}"), &url],
+        &format!("ci:{CI_PASSWORD}"),
+        &[&url],
     )?;
     ensure!(other == ["200"], "the other machine got {other:?}");
     ensure!(
