@@ -132,6 +132,20 @@ impl PeerZone {
         self.mode == ServePeers::Any || self.kind(peer) != PeerKind::Stranger
     }
 
+    /// Peers a `share-with` list names that cannot connect (outside the zone): never served.
+    pub fn shares_outside_zone(&self) -> Vec<PeerId> {
+        self.credentialed
+            .values()
+            .filter_map(|share| match share {
+                Share::With(peers) => Some(peers),
+                Share::Zone => None,
+            })
+            .flatten()
+            .filter(|peer| !self.admits_connection(peer))
+            .copied()
+            .collect()
+    }
+
     /// Whether any namespace has credentials (provenance matters only then).
     pub fn has_credentialed(&self) -> bool {
         !self.credentialed.is_empty()
@@ -412,6 +426,16 @@ mod tests {
         assert_eq!(PeerZone::default().mode(), ServePeers::Zone);
         assert!(PeerZone::default().is_closed());
         assert!(!zone(ServePeers::Zone, false, &p).is_closed());
+        let outside = PeerZone::new(
+            ServePeers::Zone,
+            [p.trusted],
+            false,
+            BTreeMap::from([(
+                PRIVATE.to_owned(),
+                Share::With(BTreeSet::from([p.trusted, p.other])),
+            )]),
+        );
+        assert_eq!(outside.shares_outside_zone(), vec![p.other]);
     }
 
     #[test]

@@ -338,6 +338,9 @@ fn log_zone(config: &NetworkConfig) {
              use --serve-peers any"
         );
     }
+    for peer in config.zone.shares_outside_zone() {
+        tracing::warn!(%peer, "a share-with peer is outside this node's zone and cannot connect");
+    }
     for address in &config.bootstrap {
         let peer = address.iter().find_map(|part| match part {
             libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
