@@ -20,6 +20,7 @@ use shoal_protocol::{
 
 use crate::observe::Counters;
 use crate::store::{Store, StoreError};
+use crate::zone::PeerZone;
 
 #[derive(Debug)]
 pub struct Announcements {
@@ -30,6 +31,8 @@ pub struct Announcements {
     counters: Arc<Counters>,
     /// Fault injection for tests: sign with a key other than the one announced.
     forge_signatures: bool,
+    /// Which namespaces' announcements may be gossiped (`zone.rs`); all without one.
+    zone: Option<Arc<PeerZone>>,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +60,7 @@ impl Announcements {
             store,
             counters,
             forge_signatures,
+            zone: None,
         };
         for (id, encoded) in announcements.store.announcements()? {
             let kept = SignedAnnouncement::decode(&encoded)
@@ -67,6 +71,13 @@ impl Announcements {
             }
         }
         Ok(announcements)
+    }
+
+    /// Gossips only the announcements the zone lets every connected peer see; the others are
+    /// kept, and go to the peers allowed them when they ask for the book.
+    pub fn with_zone(mut self, zone: Arc<PeerZone>) -> Announcements {
+        self.zone = Some(zone);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
@@ -175,7 +186,7 @@ impl Announcements {
     }
 
     /// Signs an announcement of `repo:tag` -> `manifest` and keeps it; returns the bytes to
-    /// gossip.
+    /// gossip, unless the zone keeps the namespace's announcements from gossip.
     pub fn announce(
         &self,
         repo: &RepoName,
@@ -218,6 +229,12 @@ impl Announcements {
         };
         let encoded = signed.encode().ok()?;
         self.insert(signed, true);
+        if let Some(zone) = &self.zone
+            && !zone.gossips_namespace(repo.namespace())
+        {
+            tracing::info!(%repo, %tag, "not gossiped: the namespace has credentials and peers it is not shared with may connect");
+            return None;
+        }
         Some(encoded)
     }
 }

@@ -11,6 +11,7 @@ use libp2p::pnet::PreSharedKey;
 use libp2p::{Multiaddr, PeerId};
 
 use crate::values::{Budget, ByteRate, ByteSize};
+use crate::zone::{PeerZone, ServePeers, Share};
 
 pub const DEFAULT_DATA_DIR: &str = "./shoal-data";
 pub const DEFAULT_GATEWAY: &str = "127.0.0.1:5050";
@@ -118,6 +119,7 @@ pub struct NodeArgs {
     /// Eviction brings the store down to this percentage of --cache-max [default: 90]
     #[arg(long, value_name = "PERCENT")]
     pub cache_low_watermark: Option<u8>,
+<<<<<<< HEAD
     /// Users who may pull through the gateway: an htpasswd file of bcrypt lines (`htpasswd -B`,
     /// `shoal user add`). With it (or --gateway-access), clients other than this host need
     /// credentials; re-read on SIGHUP [default: off]
@@ -134,6 +136,19 @@ pub struct NodeArgs {
     /// How long a gateway token lasts, such as 5m or 1h [default: 5m]
     #[arg(long, value_name = "DURATION")]
     pub gateway_token_lifetime: Option<Freshness>,
+=======
+    // Peer zones (`zone.rs`, docs/peer-zones.md).
+    /// Which peers this node serves: `zone` (only the peers named by --trust and
+    /// --serve-peer, and every peer of a --psk network; others cannot connect) or `any` (every
+    /// peer that reaches it gets public content, as on an open LAN; never upstream delegation,
+    /// nor content of a namespace with credentials) [default: zone]
+    #[arg(long, value_name = "zone|any")]
+    pub serve_peers: Option<ServePeers>,
+    /// Serve this peer (repeatable; the peer id `shoal id` prints): it may connect, fetch
+    /// content and ask this node to download from its upstreams, like a --trust publisher.
+    #[arg(long, value_name = "PEER_ID")]
+    pub serve_peer: Vec<PeerId>,
+>>>>>>> issue14-zones
     /// Fault injection for tests: corrupt every chunk sent to peers.
     #[arg(long, hide = true)]
     pub hostile_corrupt_chunks: bool,
@@ -176,6 +191,9 @@ struct FileConfig {
     gateway_token_lifetime: Option<Freshness>,
     #[serde(default)]
     credentials: BTreeMap<String, Credentials>,
+    // Peer zones.
+    serve_peers: Option<ServePeers>,
+    serve_peer: Option<Vec<String>>,
 }
 
 /// The resolved configuration the daemon runs with.
@@ -206,8 +224,14 @@ pub struct NodeConfig {
     pub metrics: Option<SocketAddr>,
     pub metrics_public: bool,
     pub budget: Option<Budget>,
+<<<<<<< HEAD
     /// Credentials and access rules for the gateway; `None` serves everyone.
     pub gateway_auth: Option<GatewayAuthFiles>,
+=======
+    // Peer zones.
+    pub serve_peers: ServePeers,
+    pub serve_peer: Vec<PeerId>,
+>>>>>>> issue14-zones
     pub hostile_corrupt_chunks: bool,
     pub hostile_forge_announcements: bool,
 }
@@ -290,12 +314,7 @@ impl NodeConfig {
             mdns: !args.no_mdns && file.mdns.unwrap_or(true),
             trust: match non_empty(args.trust) {
                 Some(trust) => trust,
-                None => file
-                    .trust
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|id| id.parse())
-                    .collect::<Result<_, _>>()?,
+                None => peer_ids(file.trust.unwrap_or_default())?,
             },
             psk: args
                 .psk
@@ -326,12 +345,20 @@ impl NodeConfig {
                 args.cache_max.or(file.cache_max),
                 args.cache_low_watermark.or(file.cache_low_watermark),
             )?,
+<<<<<<< HEAD
             gateway_auth: GatewayAuthFiles::configured(
                 args.gateway_htpasswd.or(file.gateway_htpasswd),
                 args.gateway_access.or(file.gateway_access),
                 args.gateway_auth_loopback || file.gateway_auth_loopback.unwrap_or(false),
                 args.gateway_token_lifetime.or(file.gateway_token_lifetime),
             )?,
+=======
+            serve_peers: args.serve_peers.or(file.serve_peers).unwrap_or_default(),
+            serve_peer: match non_empty(args.serve_peer) {
+                Some(peers) => peers,
+                None => peer_ids(file.serve_peer.unwrap_or_default())?,
+            },
+>>>>>>> issue14-zones
             hostile_corrupt_chunks: args.hostile_corrupt_chunks,
             hostile_forge_announcements: args.hostile_forge_announcements,
         })
@@ -417,6 +444,10 @@ impl TryFrom<String> for UpstreamSpec {
 pub struct Credentials {
     pub username: String,
     pub password: String,
+    /// The peers that may have this namespace's content (`share-with`); absent: the zone's
+    /// named and key members (`zone.rs`).
+    #[serde(default, rename = "share-with")]
+    pub share_with: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -424,6 +455,7 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("username", &self.username)
             .field("password", &"<hidden>")
+            .field("share_with", &self.share_with)
             .finish()
     }
 }
@@ -434,6 +466,41 @@ pub struct Upstream {
     pub namespace: String,
     pub url: String,
     pub credentials: Option<Credentials>,
+}
+
+fn peer_ids(ids: Vec<String>) -> anyhow::Result<Vec<PeerId>> {
+    ids.iter()
+        .map(|id| {
+            id.parse()
+                .with_context(|| format!("invalid peer id {id:?}"))
+        })
+        .collect()
+}
+
+impl NodeConfig {
+    /// The peers this node serves and what they may ask (`zone.rs`): `--trust` and
+    /// `--serve-peer` are named, a `--psk` makes every peer a member, and each upstream with
+    /// credentials is shared as its `share-with` says.
+    pub fn peer_zone(&self) -> anyhow::Result<PeerZone> {
+        let mut credentialed = BTreeMap::new();
+        for upstream in &self.upstreams {
+            let Some(credentials) = &upstream.credentials else {
+                continue;
+            };
+            let share = match &credentials.share_with {
+                None => Share::Zone,
+                Some(ids) => Share::With(peer_ids(ids.clone())?.into_iter().collect()),
+            };
+            credentialed.insert(upstream.namespace.clone(), share);
+        }
+        let named = self.trust.iter().chain(&self.serve_peer).copied();
+        Ok(PeerZone::new(
+            self.serve_peers,
+            named,
+            self.psk.is_some(),
+            credentialed,
+        ))
+    }
 }
 
 fn site(site: Option<String>) -> anyhow::Result<Option<String>> {
@@ -455,8 +522,12 @@ fn upstreams(
         if upstreams.iter().any(|u| u.namespace == spec.namespace) {
             anyhow::bail!("two upstreams for {}", spec.namespace);
         }
+        let credentials = credentials.remove(&spec.namespace);
+        if let Some(ids) = credentials.as_ref().and_then(|c| c.share_with.clone()) {
+            peer_ids(ids).with_context(|| format!("share-with of {}", spec.namespace))?;
+        }
         upstreams.push(Upstream {
-            credentials: credentials.remove(&spec.namespace),
+            credentials,
             namespace: spec.namespace,
             url: spec.url,
         });
@@ -659,6 +730,7 @@ mod tests {
     }
 
     #[test]
+<<<<<<< HEAD
     fn gateway_auth_comes_from_the_file_or_the_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("shoal.toml");
@@ -693,5 +765,56 @@ mod tests {
             ..NodeArgs::default()
         });
         assert!(loopback_alone.is_err());
+=======
+    fn the_zone_comes_from_the_flags_or_the_file_and_defaults_to_zone() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shoal.toml");
+        let (a, b) = (PeerId::random(), PeerId::random());
+        std::fs::write(
+            &file,
+            format!(
+                "serve-peers = \"any\"\nserve-peer = [\"{a}\"]\n\
+                 upstream = [\"ghcr.io=https://ghcr.io\"]\n\
+                 [credentials.\"ghcr.io\"]\nusername = \"u\"\npassword = \"p\"\n\
+                 share-with = [\"{b}\"]\n"
+            ),
+        )
+        .unwrap();
+        let config = NodeConfig::resolve(NodeArgs {
+            config: Some(file.clone()),
+            ..NodeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(config.serve_peers, ServePeers::Any);
+        assert_eq!(config.serve_peer, vec![a]);
+        let zone = config.peer_zone().unwrap();
+        assert!(zone.is_credentialed("ghcr.io") && !zone.gossips_namespace("ghcr.io"));
+        let flags = NodeConfig::resolve(NodeArgs {
+            config: Some(file.clone()),
+            serve_peers: Some(ServePeers::Zone),
+            serve_peer: vec![b],
+            ..NodeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(flags.serve_peers, ServePeers::Zone);
+        assert_eq!(flags.serve_peer, vec![b]);
+        let defaults = NodeConfig::resolve(NodeArgs::default()).unwrap();
+        assert_eq!(defaults.serve_peers, ServePeers::Zone);
+        assert!(defaults.peer_zone().unwrap().is_closed());
+
+        std::fs::write(
+            &file,
+            "upstream = [\"ghcr.io=https://ghcr.io\"]\n\
+             [credentials.\"ghcr.io\"]\nusername = \"u\"\npassword = \"p\"\n\
+             share-with = [\"not-a-peer\"]\n",
+        )
+        .unwrap();
+        let error = NodeConfig::resolve(NodeArgs {
+            config: Some(file),
+            ..NodeArgs::default()
+        })
+        .unwrap_err();
+        assert!(format!("{error:#}").contains("not-a-peer"), "{error:#}");
+>>>>>>> issue14-zones
     }
 }

@@ -20,6 +20,7 @@ use crate::announce::Announcements;
 use crate::budget::Evictor;
 use crate::config::NodeConfig;
 use crate::exchange::fetch::{self, FetchContext};
+use crate::exchange::provenance::ContentProvenance;
 use crate::exchange::rate::RateLimiter;
 use crate::exchange::serve::PeerService;
 use crate::gateway_auth;
@@ -70,13 +71,17 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
     let counters = Arc::new(Counters::default());
     let registry = observe::SharedRegistry::default();
-    let announcements = Arc::new(Announcements::load(
-        store.clone(),
-        identity.clone(),
-        &config.trust,
-        counters.clone(),
-        config.hostile_forge_announcements,
-    )?);
+    let zone = Arc::new(config.peer_zone()?);
+    let announcements = Arc::new(
+        Announcements::load(
+            store.clone(),
+            identity.clone(),
+            &config.trust,
+            counters.clone(),
+            config.hostile_forge_announcements,
+        )?
+        .with_zone(zone.clone()),
+    );
     let locality = Arc::new(Locality::new(config.site.clone()));
     let limiter =
         |rate: Option<crate::values::ByteRate>| rate.map(|rate| Arc::new(RateLimiter::new(rate)));
@@ -87,6 +92,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         psk: config.psk,
         locality: locality.clone(),
         registry: registry.clone(),
+        zone: zone.clone(),
+        counters: counters.clone(),
     };
     let (network, network_events, network_task) =
         network::start(identity, network_config, shutdown.clone()).await?;
@@ -153,6 +160,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         }),
         seeding: Arc::default(),
         upstreams,
+        provenance: Arc::new(ContentProvenance::new(zone)),
         corrupt_chunks: config.hostile_corrupt_chunks,
     };
     let peers_shutdown = shutdown.clone();

@@ -30,6 +30,7 @@ mod observe;
 mod store;
 mod upstream;
 mod values;
+mod zone;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

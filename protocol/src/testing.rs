@@ -122,5 +122,6 @@ pub fn arbitrary_response() -> impl Strategy<Value = Response> {
             }),
         Just(Response::NotFound),
         Just(Response::Busy),
+        Just(Response::Denied),
     ]
 }

@@ -105,7 +105,8 @@ pub enum Request {
     /// Fetch `blob` from your upstream registry for `repository` (a qualified name, such as
     /// `docker.io/library/alpine`; `manifest` says which endpoint holds it), so that a blob
     /// missing from the whole network crosses the uplink once: the requester then takes it
-    /// from you. Answered with [`Response::Fetching`], or `NotFound` without an upstream.
+    /// from you. Answered with [`Response::Fetching`], `NotFound` without an upstream, or
+    /// [`Response::Denied`] when the requester may not ask it of the responder (peer zones).
     Fetch {
         blob: Digest,
         repository: String,
@@ -140,6 +141,10 @@ pub enum Response {
     Busy,
     /// The responder is getting the blob asked for by [`Request::Fetch`].
     Fetching,
+    /// The responder's zone does not let the requester ask this (a [`Request::Fetch`] from a
+    /// peer it serves only public content to). Added last, so the other variants keep their
+    /// numbers; a node older than it fails to decode it, which it treats as a failed request.
+    Denied,
 }
 
 impl Request {

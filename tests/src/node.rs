@@ -13,6 +13,13 @@ use anyhow::{Context, bail};
 
 use crate::clients::{NetNs, wait_until};
 
+/// Not a `shoal node` flag: in a test's `extra`, starts the node with mDNS on (the harness
+/// passes `--no-mdns` otherwise).
+pub const MDNS: &str = "+mdns";
+/// Flags that set who a node serves: with one of them (or `--serve-peer`) in `extra` the
+/// harness leaves the zone to the test; otherwise it passes `--serve-peers any`.
+const ZONE_FLAGS: &[&str] = &["--psk"];
+
 /// How long a node may take to print its `ready` line.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on two nodes connecting after one is started with the other as its bootstrap peer.
@@ -69,6 +76,29 @@ pub fn shoal(data: &Path, subcommand: &str) -> anyhow::Result<Command> {
     let mut command = Command::new(shoal_binary()?);
     command.arg(subcommand).arg("--data").arg(data);
     Ok(command)
+}
+
+/// The peer id of the node that will run on `data` (`shoal id`, which creates the identity if
+/// needed), so that nodes started later can be named before they exist.
+pub fn peer_id_of(data: &Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(data)?;
+    let output = shoal(data, "id")?.output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "shoal id failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
+/// `--serve-peer` for the nodes that will run on each of `data`: nodes that ask each other to
+/// download from their upstream (`Request::Fetch`) must name each other.
+pub fn serving(data: &[&Path]) -> anyhow::Result<Vec<String>> {
+    let mut args = Vec::new();
+    for data in data {
+        args.extend(["--serve-peer".to_owned(), peer_id_of(data)?]);
+    }
+    Ok(args)
 }
 
 /// A running `shoal node`. Dropping it kills the process.
@@ -174,9 +204,21 @@ impl ShoalNode {
             None => Command::new(&binary),
         };
         // Loopback only, ephemeral ports, no mDNS: test nodes meet only the peers a test names.
-        command.args(["node", "--no-mdns"]);
+        command.arg("node");
         if !extra.contains(&"--gateway") {
             command.args(["--gateway", "127.0.0.1:0"]);
+        }
+        if !extra.contains(&MDNS) {
+            command.arg("--no-mdns");
+        }
+        // Test nodes serve every peer they meet, unless the test sets the zone itself: a test
+        // names its peers by bootstrap address, and the product's default (serve only the
+        // zone) would refuse a node joined to a seed that does not name it.
+        if !extra
+            .iter()
+            .any(|arg| ZONE_FLAGS.contains(arg) || arg.starts_with("--serve-peer"))
+        {
+            command.args(["--serve-peers", "any"]);
         }
         if !extra.contains(&"--listen") {
             command.args(["--listen", "/ip4/127.0.0.1/tcp/0"]);
@@ -184,7 +226,7 @@ impl ShoalNode {
         let mut child = command
             .arg("--data")
             .arg(data)
-            .args(extra)
+            .args(extra.iter().filter(|arg| **arg != MDNS))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

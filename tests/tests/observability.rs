@@ -71,6 +71,8 @@ const COUNTER_SERIES: &[(&str, &str)] = &[
     ),
     ("chunks_rejected", "shoal_chunks_rejected_total"),
     ("peers_banned", "shoal_peers_banned_total"),
+    ("peers_refused", "shoal_peers_refused_total"),
+    ("peer_requests_denied", "shoal_peer_requests_denied_total"),
     (
         "announcements_accepted",
         r#"shoal_announcements_total{result="accepted"}"#,
@@ -454,6 +456,8 @@ const NODE_FAMILIES: &[&str] = &[
     "shoal_transfers_active",
     "shoal_peers_connected",
     "shoal_peers_banned",
+    "shoal_peers_refused",
+    "shoal_peer_requests_denied",
     "shoal_chunks_rejected",
     "shoal_announcements",
     "shoal_evictions",

@@ -9,7 +9,7 @@ use serde_json::Value;
 use shoal_tests::clients::{Credentials, Skopeo, require_tools, wait_until};
 use shoal_tests::http;
 use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
-use shoal_tests::node::ShoalNode;
+use shoal_tests::node::{ShoalNode, serving};
 use shoal_tests::registry::{DockerRegistry, RegistryConfig, push_oci_layout};
 use shoal_tests::token_auth::{TokenAuthOptions, TokenAuthProxy, basic_authorization};
 
@@ -183,12 +183,19 @@ fn twenty_concurrent_pulls_through_three_nodes_take_each_blob_from_the_upstream_
     let registry = DockerRegistry::start().unwrap();
     let generated = image(dir.path(), "image", 41, &[12 << 20, 6 << 20, 1 << 20, 4096]);
     push_oci_layout(&generated.path, &registry, "library/rush:1").unwrap();
-    let upstream = ["--upstream", &format!("docker.io={}", registry.url())].map(str::to_owned);
+    // The nodes ask each other to download from the upstream: they serve each other.
+    let data = ["first", "second", "third"].map(|name| dir.path().join(name));
+    let serving = serving(&data.each_ref().map(|path| path.as_path())).unwrap();
+    let mut upstream = vec![
+        "--upstream".to_owned(),
+        format!("docker.io={}", registry.url()),
+    ];
+    upstream.extend(serving.iter().cloned());
     let upstream: Vec<&str> = upstream.iter().map(String::as_str).collect();
-    let first = upstream_node(dir.path(), "first", &registry.url(), &[]);
-    let second = ShoalNode::start_joined(&dir.path().join("second"), &[&first], &upstream).unwrap();
-    let third =
-        ShoalNode::start_joined(&dir.path().join("third"), &[&first, &second], &upstream).unwrap();
+    let serving: Vec<&str> = serving.iter().map(String::as_str).collect();
+    let first = upstream_node(dir.path(), "first", &registry.url(), &serving);
+    let second = ShoalNode::start_joined(&data[1], &[&first], &upstream).unwrap();
+    let third = ShoalNode::start_joined(&data[2], &[&first, &second], &upstream).unwrap();
     let nodes = [&first, &second, &third];
 
     let gateways: Vec<String> = nodes
@@ -240,13 +247,16 @@ fn with_the_upstream_down_cached_and_peer_held_images_still_pull_by_tag_and_dige
     let generated = image(dir.path(), "image", 42, &[3 << 20, 4096]);
     push_oci_layout(&generated.path, &registry, "library/keep:1").unwrap();
     // Freshness 0: every tag request asks the upstream, so the outage is really met.
-    let fresh_never = ["--tag-freshness", "0s"];
+    // The nodes ask each other to download from the upstream: they serve each other.
+    let serving = serving(&[&dir.path().join("cache"), &dir.path().join("peer")]).unwrap();
+    let serving: Vec<&str> = serving.iter().map(String::as_str).collect();
+    let fresh_never = [&["--tag-freshness", "0s"][..], &serving].concat();
     let cache = upstream_node(dir.path(), "cache", &registry.url(), &fresh_never);
     let upstream = format!("docker.io={}", registry.url());
     let peer = ShoalNode::start_joined(
         &dir.path().join("peer"),
         &[&cache],
-        &["--upstream", &upstream, "--tag-freshness", "0s"],
+        &[&["--upstream", &upstream][..], &fresh_never].concat(),
     )
     .unwrap();
     let by_tag = |node: &ShoalNode| format!("{}/library/keep:1", node.gateway());
@@ -513,11 +523,14 @@ fn a_second_node_streams_a_blob_from_the_node_downloading_it_while_it_arrives() 
     )
     .unwrap();
     let upstream = format!("docker.io={}", slow.url());
-    let first = upstream_node(dir.path(), "first", &slow.url(), &[]);
+    // The nodes ask each other to download from the upstream: they serve each other.
+    let serving = serving(&[&dir.path().join("first"), &dir.path().join("second")]).unwrap();
+    let serving: Vec<&str> = serving.iter().map(String::as_str).collect();
+    let first = upstream_node(dir.path(), "first", &slow.url(), &serving);
     let second = ShoalNode::start_joined(
         &dir.path().join("second"),
         &[&first],
-        &["--upstream", &upstream],
+        &[&["--upstream", &upstream][..], &serving].concat(),
     )
     .unwrap();
     let layer = &generated.platforms[0].layers[0].blob.digest;

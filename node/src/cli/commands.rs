@@ -246,6 +246,12 @@ fn print_status(report: &StatusReport) {
             counters.chunks_rejected, counters.peers_banned
         );
     }
+    if counters.peers_refused > 0 || counters.peer_requests_denied > 0 {
+        println!(
+            "zone      {} connections refused, {} requests denied",
+            counters.peers_refused, counters.peer_requests_denied
+        );
+    }
     for transfer in &report.transfers {
         let size = transfer
             .size

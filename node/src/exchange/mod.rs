@@ -14,6 +14,8 @@
 //! - [`serve`] (giving): answers peers' requests (have, index, chunk, fetch, announcements)
 //!   from the store and from transfers in progress, and serves the chunk links peers open to
 //!   this node. Chunks go out only once verified, and only as fast as the egress limit allows.
+//! - [`provenance`]: whether content a peer asks for is public or held only because of a
+//!   credentialed namespace, for the zone's decisions (`zone.rs`), which [`serve`] applies.
 //! - [`seeding`]: super-seeding, which chunk a whole-blob holder sends to which peer first.
 //! - [`rate`]: the egress and ingress token buckets (`--max-egress`, `--max-ingress`,
 //!   `--max-site-ingress`) both sides draw from.
@@ -23,6 +25,7 @@
 //! peers) → once the whole blob's sha256 matches, the store.
 
 pub mod fetch;
+pub mod provenance;
 pub mod rate;
 pub mod seeding;
 pub mod serve;

@@ -2,7 +2,10 @@
 //! progress, takes gossiped announcements, and syncs announcements with peers that connect.
 //!
 //! Each inbound request runs as its own task (bounded in number); the answer goes back to the
-//! swarm through [`NetworkHandle::respond`]. Chunks leave only after the egress limiter lets
+//! swarm through [`NetworkHandle::respond`]. Every request and every chunk asked on a link is
+//! first put to the zone's rules (`zone.rs`) with the provenance of the content it names
+//! ([`ContentProvenance`]): content a peer may not have is, to that peer, content this node
+//! lacks (`NotFound`), and a delegation it may not ask is answered `Denied`. Chunks leave only after the egress limiter lets
 //! them, and a chunk is only ever read from content verified against its digest or its index.
 
 use std::collections::HashMap;
@@ -22,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcements;
 use crate::exchange::fetch::{FetchHandle, Origin};
+use crate::exchange::provenance::ContentProvenance;
 use crate::exchange::rate::RateLimiter;
 use crate::exchange::seeding::SeedLedger;
 use crate::locality::Locality;
@@ -32,6 +36,7 @@ use crate::network::{
 use crate::observe::Counters;
 use crate::store::Store;
 use crate::upstream::Upstreams;
+use crate::zone::{Decision, Provenance};
 
 /// Inbound requests worked on at once; more wait in the network's queue.
 const INBOUND_CONCURRENCY: usize = 64;
@@ -70,6 +75,8 @@ pub struct PeerService {
     pub on_announcement: OnAnnouncement,
     pub seeding: Arc<SeedLedger>,
     pub upstreams: Upstreams,
+    /// The zone's rules, and where the content a request names comes from.
+    pub provenance: Arc<ContentProvenance>,
     /// Fault injection for tests: corrupt every chunk sent.
     pub corrupt_chunks: bool,
 }
@@ -164,19 +171,38 @@ impl PeerService {
 
     async fn answer(&self, inbound: InboundRequest) {
         tracing::trace!(peer = %inbound.peer, request = ?inbound.request, "answering");
+        if !self.permitted(inbound.peer, &inbound.request).await {
+            let refusal = match inbound.request {
+                Request::Fetch { .. } => Response::Denied,
+                _ => Response::NotFound,
+            };
+            self.network.respond(inbound.id, refusal).await;
+            return;
+        }
         let response = match inbound.request {
             Request::Have { blob } => self.have(blob).await,
             Request::Index { blob } => self.index(blob).await,
-            Request::Chunk { blob, chunk } => {
-                self.chunk(inbound.peer, blob, chunk).await.into_response()
-            }
+            Request::Chunk { blob, chunk } => self
+                .chunk_permitted(inbound.peer, blob, chunk)
+                .await
+                .into_response(),
             Request::Fetch {
                 blob,
                 repository,
                 manifest,
             } => self.fetch_for_peer(blob, &repository, manifest).await,
             Request::Announcements { after } => {
-                let page = self.announcements.page(after.as_ref());
+                let mut page = self.announcements.page(after.as_ref());
+                let zone = self.provenance.zone();
+                if zone.has_credentialed() {
+                    page.announcements.retain(|signed| {
+                        signed.verify().is_ok_and(|verified| {
+                            let repository = &verified.announcement().repository;
+                            let namespace = repository.split_once('/').map_or("", |(ns, _)| ns);
+                            zone.may_see_namespace(&inbound.peer, namespace)
+                        })
+                    });
+                }
                 Response::Announcements {
                     announcements: page.announcements,
                     next: page.next,
@@ -345,9 +371,66 @@ impl PeerService {
         }
     }
 
+    /// Whether the zone lets `peer` ask `request`, given where the content it names comes
+    /// from; a refusal is counted and logged.
+    async fn permitted(&self, peer: PeerId, request: &Request) -> bool {
+        let zone = self.provenance.zone();
+        let blob = match request {
+            Request::Have { blob }
+            | Request::Index { blob }
+            | Request::Chunk { blob, .. }
+            | Request::Fetch { blob, .. } => Some(*blob),
+            Request::Announcements { .. } => None,
+        };
+        let provenance = match blob {
+            Some(blob) if zone.has_credentialed() => self.provenance_of(blob).await,
+            _ => Provenance::Public,
+        };
+        match zone.decide(&peer, request, &provenance) {
+            Decision::Allow => true,
+            Decision::Deny => {
+                Counters::add(&self.counters.peer_requests_denied, 1);
+                tracing::debug!(%peer, ?request, ?provenance, "request denied by the zone's rules");
+                false
+            }
+        }
+    }
+
+    /// The provenance of `blob`: stored, else arriving for the repository its transfer names.
+    async fn provenance_of(&self, blob: Digest) -> Provenance {
+        let provenance = self.provenance.clone();
+        let stored = self
+            .blocking(move |store| Some(provenance.of(store, &blob, None)))
+            .await;
+        match stored {
+            Some(Provenance::Unattributed) => {}
+            Some(known) => return known,
+            None => return Provenance::Unattributed,
+        }
+        let origin = self
+            .fetch
+            .active()
+            .await
+            .into_iter()
+            .find(|transfer| transfer.blob == blob)
+            .and_then(|transfer| transfer.origin);
+        let provenance = self.provenance.clone();
+        self.blocking(move |store| Some(provenance.of(store, &blob, origin.as_ref())))
+            .await
+            .unwrap_or(Provenance::Unattributed)
+    }
+
     /// A chunk from the store (within super-seeding's rule) or from a transfer in progress,
-    /// once the egress limit lets it leave.
+    /// once the zone allows it and the egress limit lets it leave.
     async fn chunk(&self, peer: PeerId, blob: Digest, chunk: u32) -> ChunkAnswer {
+        if !self.permitted(peer, &Request::Chunk { blob, chunk }).await {
+            return ChunkAnswer::NotFound;
+        }
+        self.chunk_permitted(peer, blob, chunk).await
+    }
+
+    /// [`PeerService::chunk`] once the zone has allowed it.
+    async fn chunk_permitted(&self, peer: PeerId, blob: Digest, chunk: u32) -> ChunkAnswer {
         let seeding = self.seeding.clone();
         let held = self
             .blocking(move |store| {

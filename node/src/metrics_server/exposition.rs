@@ -225,6 +225,16 @@ fn write_families(report: &StatusReport, timings: &Timings, page: &mut Families)
         &[(&[], counters.peers_banned)],
     )?;
     page.counter(
+        "shoal_peers_refused",
+        "Connections refused because the peer is outside this node's zone.",
+        &[(&[], counters.peers_refused)],
+    )?;
+    page.counter(
+        "shoal_peer_requests_denied",
+        "Peer requests denied by the zone's rules (credentialed content, upstream delegation).",
+        &[(&[], counters.peer_requests_denied)],
+    )?;
+    page.counter(
         "shoal_announcements",
         "Signed announcements received, by result (dropped: bad signature, untrusted or stale).",
         &[

@@ -1,5 +1,5 @@
 //! The libp2p stack of a node: the transport (TCP, and QUIC unless a pre-shared key is set,
-//! with Noise and Yamux) and the combined behaviour (connection limits, identify, ping, mDNS,
+//! with Noise and Yamux) and the combined behaviour (the zone's gate, connection limits, identify, ping, mDNS,
 //! Kademlia, gossipsub, the request-response exchange, and the streams of chunk links).
 
 use std::time::Duration;
@@ -19,6 +19,7 @@ use libp2p::{
 };
 
 use super::codec::{ExchangeCodec, PROTOCOL};
+use super::gate::Gate;
 use super::muxer::YamuxConfig;
 
 /// Connections per remote peer; one is normal, two covers simultaneous dials.
@@ -44,6 +45,8 @@ const IDENTIFY_PROTOCOL: &str = "/shoal/id/1";
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First, so that a connection it refuses reaches no other behaviour.
+    pub gate: Gate,
     pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -61,6 +64,7 @@ impl Behaviour {
         keypair: &Keypair,
         mdns_enabled: bool,
         agent_version: String,
+        gate: Gate,
     ) -> anyhow::Result<Behaviour> {
         let peer_id = keypair.public().to_peer_id();
         let limits = connection_limits::ConnectionLimits::default()
@@ -105,6 +109,7 @@ impl Behaviour {
                 .with_max_concurrent_streams(EXCHANGE_STREAMS_MAX),
         );
         Ok(Behaviour {
+            gate,
             limits: connection_limits::Behaviour::new(limits),
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), keypair.public())

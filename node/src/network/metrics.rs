@@ -22,6 +22,7 @@ pub fn record(metrics: &Metrics, event: &BehaviourEvent) {
         BehaviourEvent::Kad(event) => metrics.record(event),
         BehaviourEvent::Identify(event) => metrics.record(event),
         BehaviourEvent::Ping(event) => metrics.record(event),
+        BehaviourEvent::Gate(never) => match *never {},
         BehaviourEvent::Limits(_)
         | BehaviourEvent::Mdns(_)
         | BehaviourEvent::Exchange(_)

@@ -11,6 +11,7 @@ mod bootstrap;
 mod buffers;
 mod chunks;
 mod codec;
+mod gate;
 mod metrics;
 mod muxer;
 
@@ -36,6 +37,8 @@ pub use chunks::ChunkLinks;
 pub use codec::{ChunkAnswer, read_request_frame, write_chunk_answer};
 
 use crate::locality::{self, Locality};
+use crate::observe::Counters;
+use crate::zone::PeerZone;
 
 /// Commands queued for the swarm task before senders wait.
 const COMMAND_QUEUE_LEN: usize = 1024;
@@ -62,6 +65,9 @@ pub struct NetworkConfig {
     pub locality: Arc<Locality>,
     /// Where libp2p's own metrics are registered, for `/metrics`.
     pub registry: Arc<Mutex<libp2p::metrics::Registry>>,
+    /// Which peers may connect (`zone.rs`); refusals are counted in `counters`.
+    pub zone: Arc<PeerZone>,
+    pub counters: Arc<Counters>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -261,10 +267,12 @@ pub async fn start(
 )> {
     let local_peer_id = keypair.public().to_peer_id();
     let transport = behaviour::transport(&keypair, config.psk)?;
+    log_zone(&config);
     let behaviour = Behaviour::new(
         &keypair,
         config.mdns,
         locality::agent_version(config.locality.own_site()),
+        gate::Gate::new(config.zone.clone(), config.counters.clone()),
     )?;
     let mut chunk_control = behaviour.chunks.new_control();
     let chunk_streams = chunk_control
@@ -316,6 +324,38 @@ pub async fn start(
         event_receiver,
         task,
     ))
+}
+
+/// Says at start who may connect. A `--bootstrap` address naming a peer outside the zone is
+/// dialled in vain: say so once. Addresses without a peer id (a DNS name) are checked when the
+/// connection tells the id.
+fn log_zone(config: &NetworkConfig) {
+    let mode = config.zone.mode();
+    tracing::info!(?mode, psk = config.psk.is_some(), "serving peers");
+    if config.zone.is_closed() {
+        tracing::warn!(
+            "no peer may connect: name peers with --serve-peer or --trust, share a --psk, or \
+             use --serve-peers any"
+        );
+    }
+    for peer in config.zone.shares_outside_zone() {
+        tracing::warn!(%peer, "a share-with peer is outside this node's zone and cannot connect");
+    }
+    for address in &config.bootstrap {
+        let peer = address.iter().find_map(|part| match part {
+            libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+            _ => None,
+        });
+        if let Some(peer) = peer
+            && !config.zone.admits_connection(&peer)
+        {
+            tracing::warn!(
+                %address,
+                "bootstrap peer is outside this node's zone and will be refused; name it with \
+                 --serve-peer or --trust, share a --psk, or use --serve-peers any"
+            );
+        }
+    }
 }
 
 struct ProviderLookup {
@@ -565,7 +605,10 @@ impl SwarmActor {
             }) => self.locality.record_rtt(peer, rtt),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, address) in found {
-                    if !self.banned.contains(&peer) && !self.swarm.is_connected(&peer) {
+                    if !self.banned.contains(&peer)
+                        && !self.swarm.is_connected(&peer)
+                        && self.swarm.behaviour_mut().gate.may_dial(&peer)
+                    {
                         self.swarm
                             .behaviour_mut()
                             .kad

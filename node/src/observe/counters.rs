@@ -30,6 +30,10 @@ pub struct Counters {
     /// Of the peer traffic, what crossed this node's site boundary (`--site`).
     pub bytes_sent_to_other_sites: AtomicU64,
     pub bytes_received_from_other_sites: AtomicU64,
+    /// Connections refused because the peer is outside this node's zone (`zone.rs`).
+    pub peers_refused: AtomicU64,
+    /// Requests from connected peers that the zone's rules denied.
+    pub peer_requests_denied: AtomicU64,
     /// Latency and throughput histograms for `/metrics` (not in the snapshot).
     pub timings: super::Timings,
     /// Gateway pulls per zone and auth failures, registered in the shared registry.
@@ -59,6 +63,8 @@ pub struct CountersSnapshot {
     pub upstream_errors: u64,
     pub bytes_sent_to_other_sites: u64,
     pub bytes_received_from_other_sites: u64,
+    pub peers_refused: u64,
+    pub peer_requests_denied: u64,
 }
 
 impl Counters {
@@ -88,6 +94,8 @@ impl Counters {
             upstream_errors: get(&self.upstream_errors),
             bytes_sent_to_other_sites: get(&self.bytes_sent_to_other_sites),
             bytes_received_from_other_sites: get(&self.bytes_received_from_other_sites),
+            peers_refused: get(&self.peers_refused),
+            peer_requests_denied: get(&self.peer_requests_denied),
         }
     }
 }

@@ -321,6 +321,7 @@ impl Store {
             return Ok(removed);
         }
         metadata::forget_blobs(self.db(), &removed)?;
+        self.next_generation();
         self.db().flush()?;
         self.inner.usage.shrank(bytes);
         for digest in &removed {

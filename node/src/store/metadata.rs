@@ -188,6 +188,23 @@ pub fn manifests(
     })
 }
 
+/// Every manifest recorded in a repository: the repository's namespace and the manifest.
+pub fn repo_manifests(
+    db: &sled::Db,
+) -> impl Iterator<Item = Result<(String, Digest), StoreError>> + '_ {
+    db.scan_prefix(REPO_MANIFEST).map(|entry| {
+        let (key, _) = entry?;
+        let rest = &key[REPO_MANIFEST.len()..];
+        let split = rest
+            .len()
+            .checked_sub(33)
+            .ok_or_else(|| corrupt(&key, "too short"))?;
+        let qualified = std::str::from_utf8(&rest[..split]).map_err(|e| corrupt(&key, e))?;
+        let namespace = qualified.split_once('/').map_or(qualified, |(ns, _)| ns);
+        Ok((namespace.to_owned(), digest_from(&key, &rest[split + 1..])?))
+    })
+}
+
 /// Last-use times recorded for eviction.
 pub fn last_uses(db: &sled::Db) -> impl Iterator<Item = Result<(Digest, u64), StoreError>> + '_ {
     db.scan_prefix(LAST_USE).map(|entry| {

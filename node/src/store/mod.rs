@@ -25,6 +25,7 @@ mod evict;
 mod layout;
 mod metadata;
 mod partial;
+mod provenance;
 mod space;
 mod staging;
 #[cfg(test)]
@@ -123,6 +124,9 @@ struct Inner {
     indexes: Mutex<HashMap<Digest, Arc<ChunkIndex>>>,
     usage: usage::Usage,
     space: DiskSpace,
+    /// Bumped whenever manifests or their repositories may have changed, so that what is
+    /// derived from them (`content_namespaces`) knows when to read them again.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -159,6 +163,7 @@ impl Store {
                 indexes: Mutex::new(HashMap::new()),
                 usage: usage::Usage::default(),
                 space: DiskSpace::new(root),
+                generation: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         let recovery = store.recover()?;
@@ -377,6 +382,7 @@ impl Store {
         let size = metadata::blob_size(&self.inner.db, digest)?.unwrap_or(0);
         metadata::forget_blob(&self.inner.db, digest)?;
         self.inner.db.flush()?;
+        self.next_generation();
         self.inner.usage.shrank(size);
         match std::fs::remove_file(&path) {
             Err(error) if error.kind() != io::ErrorKind::NotFound => Err(io_error(&path)(error)),

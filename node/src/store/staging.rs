@@ -231,6 +231,7 @@ impl Staging {
         }
         store.db().apply_batch(batch)?;
         store.db().flush()?;
+        store.next_generation();
         // Content named again (an import sharing layers, a pull re-recording a manifest) counts
         // as used, and is not evicted by a pass that chose it a moment ago.
         for digest in commit

@@ -14,6 +14,18 @@ pub(crate) fn store_image(
     with_layer: bool,
     tagged: bool,
 ) -> [Digest; 3] {
+    store_image_in(store, "docker.io", repo, layer, with_layer, tagged)
+}
+
+/// [`store_image`] in a repository of `namespace`.
+pub(crate) fn store_image_in(
+    store: &Store,
+    namespace: &str,
+    repo: &str,
+    layer: &[u8],
+    with_layer: bool,
+    tagged: bool,
+) -> [Digest; 3] {
     let mut staging = store.staging().unwrap();
     let (layer, layer_size) = staging.write_blob(layer, None, "layer").unwrap();
     let config_bytes = format!("{{\"layer\":\"{layer}\"}}");
@@ -32,7 +44,7 @@ pub(crate) fn store_image(
     let (manifest, size) = staging
         .write_blob(manifest_bytes.as_bytes(), None, "manifest")
         .unwrap();
-    let repo = RepoName::new("docker.io", repo).unwrap();
+    let repo = RepoName::new(namespace, repo).unwrap();
     let record = ManifestRecord {
         media_type: media_type::OCI_MANIFEST.to_owned(),
         size,

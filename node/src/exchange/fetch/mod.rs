@@ -90,6 +90,8 @@ pub struct Progress {
 #[derive(Debug, Clone)]
 pub struct Transfer {
     pub blob: Digest,
+    /// Where the transfer that started it asked for the blob.
+    pub origin: Option<Origin>,
     progress: watch::Receiver<Progress>,
     focus: mpsc::Sender<u32>,
 }
@@ -300,6 +302,7 @@ impl FetchActor {
         let (focus, focus_receiver) = mpsc::channel(FOCUS_QUEUE_LEN);
         let transfer = Transfer {
             blob,
+            origin: origin.clone(),
             progress,
             focus,
         };

@@ -532,6 +532,11 @@ impl Run<'_> {
                 self.asked.remove(&peer);
                 self.ask_have(peer);
             }
+            Outcome::Delegation(peer, Ok(Response::Denied)) => {
+                tracing::info!(%peer, "the peer does not fetch from the upstream for this node (peer zones)");
+                self.declined.insert(peer);
+                self.fallback = Fallback::Undecided;
+            }
             Outcome::Delegation(peer, _) => {
                 tracing::info!(%peer, "the peer cannot fetch from the upstream");
                 self.declined.insert(peer);
