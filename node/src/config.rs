@@ -119,7 +119,6 @@ pub struct NodeArgs {
     /// Eviction brings the store down to this percentage of --cache-max [default: 90]
     #[arg(long, value_name = "PERCENT")]
     pub cache_low_watermark: Option<u8>,
-<<<<<<< HEAD
     /// Users who may pull through the gateway: an htpasswd file of bcrypt lines (`htpasswd -B`,
     /// `shoal user add`). With it (or --gateway-access), clients other than this host need
     /// credentials; re-read on SIGHUP [default: off]
@@ -136,7 +135,6 @@ pub struct NodeArgs {
     /// How long a gateway token lasts, such as 5m or 1h [default: 5m]
     #[arg(long, value_name = "DURATION")]
     pub gateway_token_lifetime: Option<Freshness>,
-=======
     // Peer zones (`zone.rs`, docs/peer-zones.md).
     /// Which peers this node serves: `zone` (only the peers named by --trust and
     /// --serve-peer, and every peer of a --psk network; others cannot connect) or `any` (every
@@ -148,7 +146,6 @@ pub struct NodeArgs {
     /// content and ask this node to download from its upstreams, like a --trust publisher.
     #[arg(long, value_name = "PEER_ID")]
     pub serve_peer: Vec<PeerId>,
->>>>>>> issue14-zones
     /// Fault injection for tests: corrupt every chunk sent to peers.
     #[arg(long, hide = true)]
     pub hostile_corrupt_chunks: bool,
@@ -224,14 +221,11 @@ pub struct NodeConfig {
     pub metrics: Option<SocketAddr>,
     pub metrics_public: bool,
     pub budget: Option<Budget>,
-<<<<<<< HEAD
     /// Credentials and access rules for the gateway; `None` serves everyone.
     pub gateway_auth: Option<GatewayAuthFiles>,
-=======
     // Peer zones.
     pub serve_peers: ServePeers,
     pub serve_peer: Vec<PeerId>,
->>>>>>> issue14-zones
     pub hostile_corrupt_chunks: bool,
     pub hostile_forge_announcements: bool,
 }
@@ -345,20 +339,17 @@ impl NodeConfig {
                 args.cache_max.or(file.cache_max),
                 args.cache_low_watermark.or(file.cache_low_watermark),
             )?,
-<<<<<<< HEAD
             gateway_auth: GatewayAuthFiles::configured(
                 args.gateway_htpasswd.or(file.gateway_htpasswd),
                 args.gateway_access.or(file.gateway_access),
                 args.gateway_auth_loopback || file.gateway_auth_loopback.unwrap_or(false),
                 args.gateway_token_lifetime.or(file.gateway_token_lifetime),
             )?,
-=======
             serve_peers: args.serve_peers.or(file.serve_peers).unwrap_or_default(),
             serve_peer: match non_empty(args.serve_peer) {
                 Some(peers) => peers,
                 None => peer_ids(file.serve_peer.unwrap_or_default())?,
             },
->>>>>>> issue14-zones
             hostile_corrupt_chunks: args.hostile_corrupt_chunks,
             hostile_forge_announcements: args.hostile_forge_announcements,
         })
@@ -730,7 +721,6 @@ mod tests {
     }
 
     #[test]
-<<<<<<< HEAD
     fn gateway_auth_comes_from_the_file_or_the_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("shoal.toml");
@@ -765,7 +755,9 @@ mod tests {
             ..NodeArgs::default()
         });
         assert!(loopback_alone.is_err());
-=======
+    }
+
+    #[test]
     fn the_zone_comes_from_the_flags_or_the_file_and_defaults_to_zone() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("shoal.toml");
@@ -815,6 +807,5 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{error:#}").contains("not-a-peer"), "{error:#}");
->>>>>>> issue14-zones
     }
 }
