@@ -135,7 +135,7 @@ pub struct NodeArgs {
     /// How long a gateway token lasts, such as 5m or 1h [default: 5m]
     #[arg(long, value_name = "DURATION")]
     pub gateway_token_lifetime: Option<Freshness>,
-    // Peer zones (`zone.rs`, docs/peer-zones.md).
+    // Peer zones (`zone.rs`, README "Who may fetch from a node").
     /// Which peers this node serves: `zone` (only the peers named by --trust and
     /// --serve-peer, and every peer of a --psk network; others cannot connect) or `any` (every
     /// peer that reaches it gets public content, as on an open LAN; never upstream delegation,
