@@ -253,14 +253,36 @@ fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         key: files.key.clone(),
         source,
     };
-    let mut config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_safe_default_protocol_versions()
         .map_err(unusable)?
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(unusable)?;
     config.alpn_protocols = ALPN.iter().map(|protocol| protocol.to_vec()).collect();
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
+}
+
+/// aws-lc-rs with the AES-128-GCM suites first, chosen over the client's order. OpenSSL
+/// clients (curl, and the runtimes built on it) list AES-256-GCM first; AES-128-GCM is as safe
+/// for this purpose, cheaper on both ends, and what Go's servers (docker-registry) pick on
+/// hardware with AES instructions: measured with bench_gateway (docs/benchmarks.md).
+fn provider() -> rustls::crypto::CryptoProvider {
+    let mut provider = aws_lc_rs::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| !is_aes_128_gcm(suite.suite()));
+    provider
+}
+
+fn is_aes_128_gcm(suite: rustls::CipherSuite) -> bool {
+    matches!(
+        suite,
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+            | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    )
 }
 
 #[cfg(test)]

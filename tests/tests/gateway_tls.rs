@@ -135,6 +135,19 @@ fn a_verifying_client_pulls_a_manifest_and_a_blob_over_http2_and_http11() {
         }
     }
 
+    // The server picks AES-128-GCM although curl (OpenSSL) lists AES-256-GCM first.
+    let verbose = Command::new("curl")
+        .args(["--silent", "--verbose", "--output", "/dev/null", "--cacert"])
+        .arg(ca.cert_pem_path())
+        .arg(format!("https://{gateway}/v2/"))
+        .output()
+        .unwrap();
+    let handshake = String::from_utf8_lossy(&verbose.stderr);
+    assert!(
+        handshake.contains("TLSv1.3 / TLS_AES_128_GCM_SHA256"),
+        "{handshake}"
+    );
+
     // Plain HTTP on the TLS port is told what to do.
     let (code, out) = curl(
         &ca,
