@@ -153,3 +153,90 @@ fn credentials_and_rules_decide_what_real_clients_pull() -> Result<()> {
     }
     Ok(())
 }
+
+/// `curl -u USER:PASSWORD` for the catalog; the body, trimmed.
+fn catalog_as(gateway: std::net::SocketAddr, user_password: &str) -> Result<String> {
+    Ok(curl(&[
+        "-u",
+        user_password,
+        &format!("http://{gateway}/v2/_catalog"),
+    ])?
+    .trim()
+    .to_owned())
+}
+
+#[test]
+fn users_and_rules_change_on_sighup_without_a_restart() -> Result<()> {
+    if !require_tools(&["curl", "kill"])? {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let htpasswd = dir.path().join("htpasswd");
+    let add_user = |user: &str, password: &str| -> Result<()> {
+        let mut add = Command::new(shoal_binary()?)
+            .args(["user", "add", "--password-stdin", "--htpasswd"])
+            .arg(&htpasswd)
+            .arg(user)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        add.stdin
+            .take()
+            .context("stdin")?
+            .write_all(format!("{password}\n").as_bytes())?;
+        ensure!(add.wait()?.success(), "shoal user add {user} failed");
+        Ok(())
+    };
+    add_user("alice", "wonderland")?;
+    let access = dir.path().join("access.toml");
+    std::fs::write(&access, ACCESS)?;
+    let node = ShoalNode::start(
+        &dir.path().join("data"),
+        &[
+            "--gateway-htpasswd",
+            htpasswd.to_str().context("path")?,
+            "--gateway-access",
+            access.to_str().context("path")?,
+            "--gateway-auth-loopback",
+        ],
+    )?;
+    for (seed, repository) in [(3, "team/app:1"), (4, "other/app:1")] {
+        let image = ImageSpec::new(seed)
+            .layer(10_000)
+            .write_oci_layout(&dir.path().join(format!("layout{seed}")), None)?;
+        node.import_ok(&image.path, Some(repository))?;
+    }
+    let gateway = node.gateway();
+    ensure!(catalog_as(gateway, "alice:wonderland")? == r#"{"repositories":["team/app"]}"#);
+    let carol = catalog_as(gateway, "carol:secret")?;
+    ensure!(carol.contains("UNAUTHORIZED"), "{carol}");
+
+    // A new user, and alice given every repository; then SIGHUP.
+    add_user("carol", "secret")?;
+    std::fs::write(
+        &access,
+        "[[rule]]\nrepositories = [\"*\"]\nusers = [\"alice\", \"carol\"]\n",
+    )?;
+    let pid = node.pid().context("the node's pid")?;
+    run_command(Command::new("kill").args(["-HUP", &pid.to_string()]))?;
+    shoal_tests::clients::wait_until(
+        "the new rules to apply",
+        std::time::Duration::from_secs(30),
+        || Ok(catalog_as(gateway, "alice:wonderland")?.contains("other/app")),
+    )?;
+    let both = r#"{"repositories":["other/app","team/app"]}"#;
+    ensure!(catalog_as(gateway, "alice:wonderland")? == both);
+    ensure!(catalog_as(gateway, "carol:secret")? == both);
+
+    // A broken access file on SIGHUP keeps the rules in force, and the node serving.
+    std::fs::write(&access, "[[rule]\nthis is not toml")?;
+    run_command(Command::new("kill").args(["-HUP", &pid.to_string()]))?;
+    shoal_tests::clients::wait_until(
+        "the failed reload to be logged",
+        std::time::Duration::from_secs(30),
+        || Ok(node.logs().contains("not reloaded; the previous ones stay")),
+    )?;
+    ensure!(catalog_as(gateway, "carol:secret")? == both);
+    ensure!(node.pid() == Some(pid), "the node ended on SIGHUP");
+    Ok(())
+}
