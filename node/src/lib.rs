@@ -6,7 +6,8 @@
 //! wires the store, the importer and the gateway together.
 //!
 //! It is a library with a one-line binary (`src/main.rs`) only so that the fuzz targets in
-//! `fuzz/` can reach the import path ([`fuzzing`]); [`main`] is the whole public API.
+//! `fuzz/` can reach the import path ([`fuzzing`]), and the simulator's tests the node's
+//! serving driver ([`serving_driver`]); [`main`] is the whole public API.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod admin;
@@ -27,6 +28,13 @@ mod locality;
 mod metrics_server;
 mod network;
 mod observe;
+/// The node's driver of the serving policy, public only so that the simulator's tests can
+/// replay one request sequence through both drivers (`simulations/tests/serving.rs`).
+#[doc(hidden)]
+pub mod serving_driver {
+    pub use crate::exchange::seeding::SeedLedger;
+    pub use libp2p::PeerId;
+}
 mod store;
 mod upstream;
 mod values;

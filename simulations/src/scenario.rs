@@ -50,10 +50,6 @@ pub struct Scenario {
 pub struct OriginSpec {
     /// The origin's (seed's or upstream registry's) upload capacity.
     pub up_mbps: f64,
-    /// Super-seeding: until the origin has sent every chunk once, it answers `Busy` to
-    /// requests for chunks it has already sent. The node does not do this (an experiment).
-    #[serde(default)]
-    pub super_seed: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

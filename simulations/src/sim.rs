@@ -6,9 +6,11 @@
 //!   `PeerJoined` (later ones `PeerHave`); a peer that has not started yet is asked again
 //!   after 500 ms (the node's `PEER_REFRESH`);
 //! - `Request` → the request travels one latency; the sender answers `NotFound` if it lacks
-//!   the chunk, `Busy` if its uplink already has more than a second queued (`exchange/serve.rs`,
-//!   `EGRESS_BACKLOG_MAX`), else the chunk, over its uplink, the site links crossed and the
-//!   receiver's downlink; a hostile sender sends garbage the same way;
+//!   the chunk, else what the node's serving policy says ([`shoal_protocol::Serving`], the
+//!   very machine `exchange/serve.rs` asks, fed the sender's uplink backlog and the virtual
+//!   clock): `Busy` past the egress bound or under super-seeding, else the chunk, over its
+//!   uplink, the site links crossed and the receiver's downlink; a hostile sender sends garbage
+//!   the same way;
 //! - on a response, as `Run::on_chunk`: failures of cancelled requests are dropped, `Busy`
 //!   → `PeerBusy`, other failures → `RequestFailed`, a chunk already had is ignored, else it
 //!   is verified (honest senders' chunks pass, hostile ones' fail) → `ChunkArrived`;
@@ -25,7 +27,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use shoal_protocol::{Action, Bitmap, Event, Scheduler, SchedulerConfig};
+use shoal_protocol::{
+    Action, Answer, Bitmap, ChunkRequest, Digest, Event, Holding, Scheduler, SchedulerConfig,
+    Serving,
+};
 
 use crate::link::{Link, Micros, micros, site_links};
 use crate::queue::EventQueue;
@@ -33,8 +38,6 @@ use crate::rng::Rng;
 use crate::scenario::Scenario;
 use crate::topology::{ORIGIN, Role, Topology};
 
-/// A sender answers `Busy` when its uplink has more than this queued: `EGRESS_BACKLOG_MAX`.
-const BUSY_BACKLOG: Micros = 1_000_000;
 /// The node's `TICK`: it sees time pass on this grid.
 const TICK: Micros = 100_000;
 /// The node's `PEER_REFRESH`: peers without the blob are asked again this often.
@@ -100,6 +103,8 @@ struct NodeState {
     cancelled: HashSet<(u32, u32)>,
     /// Peers this host banned: the node disconnects them, so their later answers fail.
     banned: HashSet<u32>,
+    /// What it answers the chunk requests it gets: the node's own serving policy.
+    serving: Serving<u32>,
 }
 
 /// Counts over the whole run.
@@ -144,9 +149,8 @@ pub struct Simulation<'a> {
     remote_latency: Micros,
     hosts_pending: usize,
     counters: Counters,
-    /// With `origin.super_seed`: which chunks the origin has sent, and how many.
-    origin_sent: Bitmap,
-    origin_sent_count: u32,
+    /// The simulated blob's digest, as the serving policy keys its ledger by blob.
+    blob: Digest,
 }
 
 impl std::fmt::Debug for Simulation<'_> {
@@ -207,6 +211,7 @@ impl<'a> Simulation<'a> {
                     joined: HashSet::new(),
                     cancelled: HashSet::new(),
                     banned: HashSet::new(),
+                    serving: Serving::default(),
                 }
             })
             .collect();
@@ -225,8 +230,7 @@ impl<'a> Simulation<'a> {
             remote_latency: micros(scenario.latency.remote_ms / 1e3),
             hosts_pending: 0,
             counters: Counters::default(),
-            origin_sent: Bitmap::new(chunk_count),
-            origin_sent_count: 0,
+            blob: Digest::of(scenario.name.as_bytes()),
         };
         for (id, spec) in topology.hosts() {
             simulation.hosts_pending += 1;
@@ -335,6 +339,8 @@ impl<'a> Simulation<'a> {
         state.tick_at = None;
         state.joined.clear();
         state.cancelled.clear();
+        // The node's serving ledger lives only as long as its process.
+        state.serving = Serving::default();
     }
 
     fn start(&mut self, node: u32) {
@@ -448,21 +454,29 @@ impl<'a> Simulation<'a> {
     fn chunk_ask(&mut self, from: u32, to: u32, chunk: u32) {
         let latency = self.latency(from, to);
         let now = self.now + latency;
-        let sender = &self.nodes[to as usize];
+        let blob = self.blob;
+        let sender = &mut self.nodes[to as usize];
         let reply = if !sender.online {
             Reply::Failed
         } else if sender.role == Role::Hostile {
             Reply::Bad
         } else if !sender.have.get(chunk) {
             Reply::NotFound
-        } else if sender.up.backlog(now) > BUSY_BACKLOG || self.super_seed_refuses(to, chunk) {
-            Reply::Busy
         } else {
-            Reply::Data
+            let backlog = sender.up.backlog(now);
+            match serve(
+                &mut sender.serving,
+                blob,
+                from,
+                chunk,
+                &sender.have,
+                backlog,
+                now,
+            ) {
+                Answer::Send => Reply::Data,
+                Answer::Busy(_) => Reply::Busy,
+            }
         };
-        if to == ORIGIN && reply == Reply::Data && self.origin_sent.set(chunk) {
-            self.origin_sent_count += 1;
-        }
         let at = match reply {
             Reply::Data | Reply::Bad => self.send(to, from, chunk, now) + latency,
             _ => now + latency,
@@ -480,13 +494,6 @@ impl<'a> Simulation<'a> {
                 reply,
             },
         );
-    }
-
-    fn super_seed_refuses(&self, sender: u32, chunk: u32) -> bool {
-        sender == ORIGIN
-            && self.scenario.origin.super_seed
-            && self.origin_sent_count < self.chunk_count
-            && self.origin_sent.get(chunk)
     }
 
     /// Reserves every link a chunk crosses from `sender` to `receiver`; returns when it has
@@ -672,6 +679,37 @@ impl<'a> Simulation<'a> {
             end_s: crate::link::seconds(self.now),
         }
     }
+}
+
+/// The simulator's driver of the serving policy, as `exchange/serve.rs` is the node's: a
+/// sender holding `have` (with `chunk` in it) answers `peer`'s request arriving at `now`, its
+/// uplink busy for `backlog` more (the egress queued ahead of the chunk). A host with every
+/// chunk holds the blob whole, as the node's store does once a transfer completes, and
+/// super-seeds it.
+pub fn serve(
+    serving: &mut Serving<u32>,
+    blob: Digest,
+    peer: u32,
+    chunk: u32,
+    have: &Bitmap,
+    backlog: Micros,
+    now: Micros,
+) -> Answer {
+    let holding = if have.is_full() {
+        Holding::Whole {
+            chunk_count: have.len(),
+        }
+    } else {
+        Holding::Partial
+    };
+    let request = ChunkRequest {
+        peer,
+        blob,
+        chunk,
+        holding,
+        egress_ahead: Duration::from_micros(backlog),
+    };
+    serving.decide(&request, Duration::from_micros(now))
 }
 
 /// A host's rank key for choosing chunk owners within its site: the same on every host, as a

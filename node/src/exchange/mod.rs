@@ -16,7 +16,9 @@
 //!   this node. Chunks go out only once verified, and only as fast as the egress limit allows.
 //! - [`provenance`]: whether content a peer asks for is public or held only because of a
 //!   credentialed namespace, for the zone's decisions (`zone.rs`), which [`serve`] applies.
-//! - [`seeding`]: super-seeding, which chunk a whole-blob holder sends to which peer first.
+//! - [`seeding`]: the node's handle on the protocol's serving policy
+//!   (`shoal_protocol::serving`: super-seeding and the `Busy` rule), which [`serve`] asks
+//!   before it reads a chunk; the simulator drives the same policy.
 //! - [`rate`]: the egress and ingress token buckets (`--max-egress`, `--max-ingress`,
 //!   `--max-site-ingress`) both sides draw from.
 //!

@@ -5,20 +5,24 @@
 //! swarm through [`NetworkHandle::respond`]. Every request and every chunk asked on a link is
 //! first put to the zone's rules (`zone.rs`) with the provenance of the content it names
 //! ([`ContentProvenance`]): content a peer may not have is, to that peer, content this node
-//! lacks (`NotFound`), and a delegation it may not ask is answered `Denied`. Chunks leave only after the egress limiter lets
-//! them, and a chunk is only ever read from content verified against its digest or its index.
+//! lacks (`NotFound`), and a delegation it may not ask is answered `Denied`. Whether a chunk
+//! goes or the peer is told `Busy` (super-seeding, a full uplink) is the protocol's serving
+//! policy ([`shoal_protocol::serving`], through [`SeedLedger`]), the same machine the simulator
+//! runs; this module feeds it what the store holds and what the egress limiters have queued.
+//! Chunks leave only after the egress limiter lets them, and a chunk is only ever read from
+//! content verified against its digest or its index.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
 use shoal_protocol::wire::{Request, Response};
-use shoal_protocol::{Bitmap, ChunkLayout, Digest};
+use shoal_protocol::{Answer, Bitmap, ChunkLayout, Digest, Holding};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::announce::Announcements;
 use crate::exchange::fetch::{FetchHandle, Origin};
 use crate::exchange::provenance::ContentProvenance;
-use crate::exchange::rate::RateLimiter;
+use crate::exchange::rate::{Booking, RateLimiter};
 use crate::exchange::seeding::SeedLedger;
 use crate::locality::Locality;
 use crate::network::{
@@ -40,14 +44,6 @@ use crate::zone::{Decision, Provenance};
 
 /// Inbound requests worked on at once; more wait in the network's queue.
 const INBOUND_CONCURRENCY: usize = 64;
-/// Egress already queued ahead of a chunk beyond which its request is answered `Busy` (the
-/// chunk's own time on the link is not counted, so a slow link still sends). 150 ms: one and a
-/// half 1 MiB chunks at 10 MiB/s. A short queue sends the requester to another holder at once
-/// instead of behind a full uplink, and what it asks for stays fresh. bench_swarm fanout
-/// (16 nodes at 10 MiB/s, docs/benchmarks.md), as a limit on the whole wait including the
-/// chunk's own 100 ms: 2 s 1.52-1.54x T_min, 1 s 1.38-1.39x, 500 ms 1.27-1.32x, 250 ms 1.21x;
-/// as this limit, 150 ms 1.19-1.22x and 50 ms 1.20-1.21x.
-const EGRESS_AHEAD_MAX: Duration = Duration::from_millis(150);
 /// Pages of announcements taken from one peer at a time; bounds a hostile peer's cursor loop.
 const SYNC_PAGES_MAX: usize = 1_000;
 /// Chunk requests of one link worked on at once: the next chunk is read while the one before
@@ -262,20 +258,45 @@ impl PeerService {
         tokio::join!(read, answer);
     }
 
-    /// Waits until `length` bytes may leave within the egress limit, or returns `false` at
-    /// once when the link already has [`EGRESS_AHEAD_MAX`] of work queued: the requester
-    /// then asks another peer instead of waiting behind a saturated uplink. Decided before
-    /// the chunk is read, so a refusal costs no read and no buffer.
-    /// A peer outside this node's site also waits for `--max-site-egress`.
-    async fn pace(&self, peer: PeerId, length: u64) -> bool {
+    /// Asks the serving policy whether `chunk` goes to `peer`, with the egress queued ahead on
+    /// the limiters it would cross (`--max-egress`, and `--max-site-egress` for a peer outside
+    /// this node's site; the longer queue counts), and books its `length` bytes on them in the
+    /// same step if it does. Decided before the chunk is read, so a `Busy` costs no read and no
+    /// buffer. Returns how long to wait before sending.
+    fn decide(
+        &self,
+        peer: PeerId,
+        blob: Digest,
+        chunk: u32,
+        holding: Holding,
+        length: u64,
+    ) -> Result<Duration, ChunkAnswer> {
         let outside = self.locality.outside(&peer);
         let site_egress = self.site_egress.as_ref().filter(|_| outside);
-        for limiter in [self.egress.as_ref(), site_egress].into_iter().flatten() {
-            if !limiter.acquire_behind(length, EGRESS_AHEAD_MAX).await {
-                return false;
+        let bookings: Vec<Booking<'_>> = [self.egress.as_ref(), site_egress]
+            .into_iter()
+            .flatten()
+            .map(|limiter| limiter.lock())
+            .collect();
+        let egress_ahead = bookings
+            .iter()
+            .map(Booking::ahead)
+            .max()
+            .unwrap_or_default();
+        let answer = self
+            .seeding
+            .decide(peer, blob, chunk, holding, egress_ahead, Instant::now());
+        match answer {
+            Answer::Send => Ok(bookings
+                .into_iter()
+                .map(|booking| booking.book(length))
+                .max()
+                .unwrap_or_default()),
+            Answer::Busy(reason) => {
+                tracing::trace!(%peer, %blob, chunk, ?reason, "chunk request answered busy");
+                Err(ChunkAnswer::Busy)
             }
         }
-        true
     }
 
     /// Counts a chunk of `length` bytes sent to `peer`.
@@ -431,22 +452,15 @@ impl PeerService {
 
     /// [`PeerService::chunk`] once the zone has allowed it.
     async fn chunk_permitted(&self, peer: PeerId, blob: Digest, chunk: u32) -> ChunkAnswer {
-        let seeding = self.seeding.clone();
-        let held = self
-            .blocking(move |store| {
-                let index = store.chunk_index(&blob).ok().flatten()?;
-                Some(if seeding.admit(peer, blob, chunk, index.chunk_count()) {
-                    Held::Whole(index.layout())
-                } else {
-                    Held::Refused
-                })
-            })
+        let whole = self
+            .blocking(move |store| Some(store.chunk_index(&blob).ok().flatten()?.layout()))
             .await;
-        let bytes = match held {
-            Some(Held::Refused) => return ChunkAnswer::Busy,
-            Some(Held::Whole(layout)) => {
-                if let Some(refusal) = self.refusal(peer, &layout, chunk).await {
-                    self.seeding.unrecord(blob, chunk);
+        let bytes = match whole {
+            Some(layout) => {
+                let holding = Holding::Whole {
+                    chunk_count: layout.chunk_count(),
+                };
+                if let Some(refusal) = self.refusal(peer, blob, &layout, chunk, holding).await {
                     return refusal;
                 }
                 let buffers = self.network.chunk_buffers().clone();
@@ -458,7 +472,7 @@ impl PeerService {
                     })
                     .await;
                 if read.is_none() {
-                    self.seeding.unrecord(blob, chunk);
+                    self.seeding.unsent(blob, chunk);
                 }
                 read
             }
@@ -469,7 +483,8 @@ impl PeerService {
                     let (Some(layout), Some(file)) = (progress.layout, progress.file) else {
                         return ChunkAnswer::NotFound;
                     };
-                    if let Some(refusal) = self.refusal(peer, &layout, chunk).await {
+                    let partial = Holding::Partial;
+                    if let Some(refusal) = self.refusal(peer, blob, &layout, chunk, partial).await {
                         return refusal;
                     }
                     match progress.verified.get(chunk) {
@@ -505,16 +520,29 @@ impl PeerService {
         ChunkAnswer::Chunk(bytes)
     }
 
-    /// Books the egress for `chunk` of a blob laid out as `layout`, before it is read; the
-    /// answer to send instead when it does not exist or the link is too busy.
-    async fn refusal(&self, peer: PeerId, layout: &ChunkLayout, chunk: u32) -> Option<ChunkAnswer> {
+    /// Decides on `chunk` of `blob`, laid out as `layout` and held as `holding`, and waits
+    /// for its egress, before it is read; the answer to send instead when it does not exist
+    /// or the serving policy says `Busy`.
+    async fn refusal(
+        &self,
+        peer: PeerId,
+        blob: Digest,
+        layout: &ChunkLayout,
+        chunk: u32,
+        holding: Holding,
+    ) -> Option<ChunkAnswer> {
         let Ok(length) = layout.chunk_len(chunk) else {
             return Some(ChunkAnswer::NotFound);
         };
-        if !self.pace(peer, length.into()).await {
-            return Some(ChunkAnswer::Busy);
+        match self.decide(peer, blob, chunk, holding, length.into()) {
+            Ok(wait) => {
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                None
+            }
+            Err(refusal) => Some(refusal),
         }
-        None
     }
 }
 
@@ -563,14 +591,6 @@ impl Drop for AdmittedLink {
             }
         }
     }
-}
-
-/// What the store says of a chunk request for a blob it holds whole.
-enum Held {
-    /// Super-seeding refuses it for now.
-    Refused,
-    /// It may go; the blob's layout.
-    Whole(ChunkLayout),
 }
 
 /// Reads chunk `chunk` of `file` into a buffer of `buffers`.

@@ -1,0 +1,249 @@
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn blob() -> Digest {
+    Digest::of(b"blob")
+}
+
+fn whole(peer: u32, chunk: u32, chunk_count: u32) -> ChunkRequest<u32> {
+    ChunkRequest {
+        peer,
+        blob: blob(),
+        chunk,
+        holding: Holding::Whole { chunk_count },
+        egress_ahead: Duration::ZERO,
+    }
+}
+
+const SEEDING: Answer = Answer::Busy(BusyReason::SuperSeeding);
+const EGRESS: Answer = Answer::Busy(BusyReason::Egress);
+
+#[test]
+fn every_chunk_leaves_once_before_any_leaves_twice() {
+    let mut serving = Serving::<u32>::default();
+    let (a, b) = (1, 2);
+    let at = |secs: u64| Duration::from_secs(secs);
+    assert_eq!(serving.decide(&whole(a, 0, 3), at(0)), Answer::Send);
+    assert_eq!(
+        serving.decide(&whole(b, 0, 3), at(0)),
+        SEEDING,
+        "chunk 0 again while 1 and 2 never left"
+    );
+    assert_eq!(
+        serving.decide(&whole(b, 0, 3), at(1)),
+        SEEDING,
+        "not yet to a peer that insists: the chunk is still spreading"
+    );
+    assert_eq!(
+        serving.decide(&whole(b, 0, 3), REPEAT_AFTER),
+        Answer::Send,
+        "but to one that still insists once it had time to spread"
+    );
+    assert_eq!(
+        serving.decide(&whole(a, 0, 3), REPEAT_AFTER),
+        SEEDING,
+        "a peer never refused is refused"
+    );
+    assert_eq!(serving.decide(&whole(a, 1, 3), at(0)), Answer::Send);
+    serving.unsent(blob(), 1);
+    assert_eq!(
+        serving.decide(&whole(b, 1, 3), at(0)),
+        Answer::Send,
+        "an unsent chunk may go again"
+    );
+    assert_eq!(serving.decide(&whole(a, 2, 3), at(0)), Answer::Send);
+    assert_eq!(serving.blobs_seeding(), 0, "sent whole once: forgotten");
+    assert_eq!(serving.decide(&whole(a, 0, 3), at(0)), Answer::Send);
+    assert_eq!(serving.decide(&whole(b, 0, 3), at(0)), Answer::Send);
+}
+
+#[test]
+fn a_refused_repeat_is_served_after_repeat_after_and_only_once() {
+    let mut serving = Serving::<u32>::default();
+    assert_eq!(
+        serving.decide(&whole(1, 0, 2), Duration::ZERO),
+        Answer::Send
+    );
+    let refused_at = Duration::from_secs(3);
+    assert_eq!(serving.decide(&whole(2, 0, 2), refused_at), SEEDING);
+    // REPEAT_AFTER counts from when the chunk left, not from the refusal.
+    let due = REPEAT_AFTER;
+    assert_eq!(
+        serving.decide(&whole(2, 0, 2), due - Duration::from_millis(1)),
+        SEEDING
+    );
+    assert_eq!(serving.decide(&whole(2, 0, 2), due), Answer::Send);
+    assert_eq!(
+        serving.decide(&whole(2, 0, 2), due),
+        SEEDING,
+        "the refusal was used up: a third ask is a new refusal"
+    );
+}
+
+#[test]
+fn busy_when_the_egress_ahead_exceeds_the_bound() {
+    let mut serving = Serving::<u32>::default();
+    let partial = |egress_ahead| ChunkRequest {
+        peer: 1,
+        blob: blob(),
+        chunk: 0,
+        holding: Holding::Partial,
+        egress_ahead,
+    };
+    let now = Duration::ZERO;
+    assert_eq!(
+        serving.decide(&partial(EGRESS_AHEAD_MAX), now),
+        Answer::Send
+    );
+    assert_eq!(
+        serving.decide(&partial(EGRESS_AHEAD_MAX + Duration::from_micros(1)), now),
+        EGRESS
+    );
+    assert_eq!(
+        serving.decide(&partial(Duration::from_secs(60)), now),
+        EGRESS
+    );
+    // A whole blob's chunk refused for the egress is not counted as sent...
+    let mut busy = whole(1, 0, 2);
+    busy.egress_ahead = Duration::from_secs(1);
+    assert_eq!(serving.decide(&busy, now), EGRESS);
+    // ...so another peer still gets its first copy once the uplink has room.
+    assert_eq!(serving.decide(&whole(2, 0, 2), now), Answer::Send);
+    // Super-seeding is judged first: a repeat is refused for seeding even on a busy uplink,
+    // and remembered as a refusal.
+    let mut repeat = whole(3, 0, 2);
+    repeat.egress_ahead = Duration::from_secs(1);
+    assert_eq!(serving.decide(&repeat, now), SEEDING);
+    assert_eq!(serving.refusals(), 1);
+}
+
+#[test]
+fn a_partial_blob_is_not_restricted() {
+    let mut serving = Serving::<u32>::default();
+    for peer in 0..5 {
+        let request = ChunkRequest {
+            peer,
+            blob: blob(),
+            chunk: 0,
+            holding: Holding::Partial,
+            egress_ahead: Duration::ZERO,
+        };
+        assert_eq!(serving.decide(&request, Duration::ZERO), Answer::Send);
+    }
+    assert_eq!(serving.blobs_seeding(), 0);
+}
+
+#[test]
+fn refusal_memory_is_bounded() {
+    let config = ServingConfig {
+        refusals_max: 8,
+        ..ServingConfig::default()
+    };
+    let mut serving = Serving::<u32>::new(config);
+    assert_eq!(
+        serving.decide(&whole(0, 0, 2), Duration::ZERO),
+        Answer::Send
+    );
+    for peer in 1..1_000 {
+        assert_eq!(serving.decide(&whole(peer, 0, 2), Duration::ZERO), SEEDING);
+        assert!(serving.refusals() <= 8, "{}", serving.refusals());
+    }
+    // The default bound is the constant.
+    assert_eq!(ServingConfig::default().refusals_max, REFUSALS_MAX);
+}
+
+#[test]
+fn a_chunk_beyond_the_blob_is_not_tracked() {
+    let mut serving = Serving::<u32>::default();
+    assert_eq!(
+        serving.decide(&whole(1, 7, 3), Duration::ZERO),
+        Answer::Send
+    );
+    assert_eq!(
+        serving.decide(&whole(2, 7, 3), Duration::ZERO),
+        Answer::Send
+    );
+    assert_eq!(serving.blobs_seeding(), 0);
+}
+
+proptest! {
+    /// Requests from a few peers in any order, all within `REPEAT_AFTER`: no chunk leaves twice
+    /// before every chunk has left once, and once every peer has asked for every chunk, every
+    /// chunk has left.
+    #[test]
+    fn any_request_order_sends_each_chunk_once_before_any_twice(
+        chunk_count in 1u32..40,
+        requests in proptest::collection::vec((0u32..6, 0u32..40, 0u64..500), 0..400),
+        busy in proptest::collection::vec(any::<bool>(), 0..400),
+    ) {
+        let mut serving = Serving::<u32>::default();
+        let mut sends = vec![0u32; chunk_count as usize];
+        let mut now = Duration::ZERO;
+        let mut check = |serving: &mut Serving<u32>, peer, chunk, egress_busy, now: Duration| {
+            let mut request = whole(peer, chunk, chunk_count);
+            if egress_busy {
+                request.egress_ahead = EGRESS_AHEAD_MAX * 2;
+            }
+            let all_sent_once = sends.iter().all(|&n| n > 0);
+            if serving.decide(&request, now) == Answer::Send {
+                prop_assert!(!egress_busy, "sent past the egress bound");
+                let sent = &mut sends[chunk as usize];
+                prop_assert!(
+                    *sent == 0 || all_sent_once,
+                    "chunk {chunk} sent twice before every chunk was sent once: {sends:?}"
+                );
+                *sent += 1;
+            }
+            Ok(())
+        };
+        for (i, &(peer, chunk, step_ms)) in requests.iter().enumerate() {
+            // Time moves, but never as far as REPEAT_AFTER in all.
+            now = (now + Duration::from_millis(step_ms / 50)).min(REPEAT_AFTER / 2);
+            let egress_busy = busy.get(i).copied().unwrap_or(false);
+            check(&mut serving, peer, chunk % chunk_count, egress_busy, now)?;
+        }
+        for peer in 0..6 {
+            for chunk in 0..chunk_count {
+                check(&mut serving, peer, chunk, false, now)?;
+            }
+        }
+        prop_assert!(sends.iter().all(|&n| n > 0), "a chunk never left: {sends:?}");
+        prop_assert_eq!(serving.blobs_seeding(), 0);
+    }
+
+    /// With time running past `REPEAT_AFTER`: a chunk leaves a second time before all have
+    /// left only to a peer refused it before, at least `REPEAT_AFTER` after its first send.
+    #[test]
+    fn a_second_copy_before_all_have_left_goes_only_to_an_insisting_peer(
+        chunk_count in 1u32..20,
+        requests in proptest::collection::vec((0u32..4, 0u32..20, 0u64..3_000), 0..300),
+    ) {
+        let mut serving = Serving::<u32>::default();
+        let mut first_sent: Vec<Option<Duration>> = vec![None; chunk_count as usize];
+        let mut refused = std::collections::HashSet::new();
+        let mut now = Duration::ZERO;
+        for &(peer, chunk, step_ms) in &requests {
+            now += Duration::from_millis(step_ms);
+            let chunk = chunk % chunk_count;
+            let all_sent_once = first_sent.iter().all(Option::is_some);
+            match serving.decide(&whole(peer, chunk, chunk_count), now) {
+                Answer::Send => match first_sent[chunk as usize] {
+                    None => first_sent[chunk as usize] = Some(now),
+                    Some(left) if !all_sent_once => {
+                        prop_assert!(refused.remove(&(peer, chunk)), "never refused");
+                        prop_assert!(now - left >= REPEAT_AFTER);
+                    }
+                    Some(_) => {}
+                },
+                Answer::Busy(reason) => {
+                    prop_assert_eq!(reason, BusyReason::SuperSeeding);
+                    prop_assert!(first_sent[chunk as usize].is_some());
+                    refused.insert((peer, chunk));
+                }
+            }
+        }
+    }
+}
