@@ -24,9 +24,11 @@
 //! read after all, it calls [`Serving::unsent`]. The refusal was decided before any read, so a
 //! `Busy` costs no disk read and no buffer.
 //!
-//! Memory: one first-send time per chunk of each blob being seeded (dropped once the blob has
-//! been sent whole once), the digests of blobs seeded whole, and at most
-//! [`REFUSALS_MAX`] remembered refusals.
+//! Memory: one first-send time per chunk of at most [`SEEDING_BLOBS_MAX`] blobs being seeded
+//! (dropped once the blob has been sent whole once), the digests of at most [`SEEDED_MAX`]
+//! blobs seeded whole, and at most [`REFUSALS_MAX`] remembered refusals. Past a bound the
+//! memory is cleared: super-seeding then starts again for the blobs it forgot, which costs at
+//! most a few chunks sent twice.
 //!
 //! Not for: the zone's rules (who may ask for what), reading chunks, or rate limiting itself.
 
@@ -59,6 +61,14 @@ pub const REPEAT_AFTER: Duration = Duration::from_secs(5);
 /// few MiB.
 pub const REFUSALS_MAX: usize = 65_536;
 
+/// Blobs whose first sends are tracked at once. A blob held whole that peers stop asking for
+/// before every chunk left (they found it elsewhere) would otherwise stay for ever; 1,024
+/// blobs of 1,024 chunks are 16 MiB.
+pub const SEEDING_BLOBS_MAX: usize = 1_024;
+
+/// Blobs remembered as seeded whole: 65,536 digests are about 4 MiB.
+pub const SEEDED_MAX: usize = 65_536;
+
 /// The serving side's tunables. `Default` gives the constants above, which the node uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServingConfig {
@@ -68,6 +78,10 @@ pub struct ServingConfig {
     pub repeat_after: Duration,
     /// See [`REFUSALS_MAX`].
     pub refusals_max: usize,
+    /// See [`SEEDING_BLOBS_MAX`].
+    pub seeding_blobs_max: usize,
+    /// See [`SEEDED_MAX`].
+    pub seeded_max: usize,
 }
 
 impl Default for ServingConfig {
@@ -76,6 +90,8 @@ impl Default for ServingConfig {
             egress_ahead_max: EGRESS_AHEAD_MAX,
             repeat_after: REPEAT_AFTER,
             refusals_max: REFUSALS_MAX,
+            seeding_blobs_max: SEEDING_BLOBS_MAX,
+            seeded_max: SEEDED_MAX,
         }
     }
 }
@@ -211,6 +227,9 @@ impl<P: Eq + Hash + Clone> Serving<P> {
     }
 
     fn record_first(&mut self, blob: Digest, chunk: u32, chunk_count: u32, now: Duration) {
+        if !self.sent.contains_key(&blob) && self.sent.len() >= self.config.seeding_blobs_max {
+            self.sent.clear();
+        }
         let sent = self.sent.entry(blob).or_insert_with(|| FirstSends {
             at: vec![None; chunk_count as usize],
             count: 0,
@@ -221,6 +240,9 @@ impl<P: Eq + Hash + Clone> Serving<P> {
         }
         if sent.count == sent.at.len() {
             self.sent.remove(&blob);
+            if self.seeded.len() >= self.config.seeded_max {
+                self.seeded.clear();
+            }
             self.seeded.insert(blob);
         }
     }
@@ -244,6 +266,11 @@ impl<P: Eq + Hash + Clone> Serving<P> {
     /// Blobs whose first sends are being tracked (held whole, not yet sent whole once).
     pub fn blobs_seeding(&self) -> usize {
         self.sent.len()
+    }
+
+    /// Blobs remembered as sent whole once; never more than `seeded_max`.
+    pub fn blobs_seeded(&self) -> usize {
+        self.seeded.len()
     }
 }
 

@@ -155,6 +155,58 @@ fn refusal_memory_is_bounded() {
     assert_eq!(ServingConfig::default().refusals_max, REFUSALS_MAX);
 }
 
+/// A request for chunk `chunk` of a whole blob of `chunk_count` chunks numbered `n`.
+fn whole_of(n: u32, chunk: u32, chunk_count: u32) -> ChunkRequest<u32> {
+    ChunkRequest {
+        blob: Digest::of(&n.to_le_bytes()),
+        ..whole(0, chunk, chunk_count)
+    }
+}
+
+#[test]
+fn blobs_tracked_and_blobs_seeded_are_bounded_and_forgetting_only_restarts_seeding() {
+    let config = ServingConfig {
+        seeding_blobs_max: 4,
+        seeded_max: 4,
+        ..ServingConfig::default()
+    };
+    let mut serving = Serving::<u32>::new(config);
+    // Blobs of which one chunk of two left, never the other: each would be tracked for ever.
+    for n in 0..100 {
+        assert_eq!(
+            serving.decide(&whole_of(n, 0, 2), Duration::ZERO),
+            Answer::Send
+        );
+        assert!(serving.blobs_seeding() <= 4, "{}", serving.blobs_seeding());
+    }
+    // Blobs sent whole: each remembered as seeded, up to the bound.
+    for n in 100..200 {
+        for chunk in 0..2 {
+            assert_eq!(
+                serving.decide(&whole_of(n, chunk, 2), Duration::ZERO),
+                Answer::Send
+            );
+        }
+        assert!(serving.blobs_seeded() <= 4, "{}", serving.blobs_seeded());
+    }
+    // A blob forgotten is seeded again from the start: its chunk 0 is refused to a second
+    // peer until chunk 1 has left too.
+    assert_eq!(
+        serving.decide(&whole_of(100, 0, 2), Duration::ZERO),
+        Answer::Send
+    );
+    let second = ChunkRequest {
+        peer: 1,
+        ..whole_of(100, 0, 2)
+    };
+    assert_eq!(serving.decide(&second, Duration::ZERO), SEEDING);
+    let defaults = ServingConfig::default();
+    assert_eq!(
+        (defaults.seeding_blobs_max, defaults.seeded_max),
+        (SEEDING_BLOBS_MAX, SEEDED_MAX)
+    );
+}
+
 #[test]
 fn a_chunk_beyond_the_blob_is_not_tracked() {
     let mut serving = Serving::<u32>::default();
