@@ -9,7 +9,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use anyhow::Context;
+use shoal_gateway::{Auth, GatewayTls};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
@@ -18,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminContext, StatusBase, StatusReport};
 use crate::announce::Announcements;
 use crate::budget::Evictor;
-use crate::config::NodeConfig;
+use crate::config::{GatewayAuthFiles, NodeConfig};
 use crate::exchange::fetch::{self, FetchContext};
 use crate::exchange::provenance::ContentProvenance;
 use crate::exchange::rate::RateLimiter;
@@ -177,13 +180,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     });
     let source = NodeSource::new(puller.clone(), counters.clone(), tagger);
     let auth = match &config.gateway_auth {
-        Some(files) => {
-            let auth = gateway_auth::start(files)?;
-            let reload =
-                gateway_auth::reload_on_hangup(auth.clone(), files.clone(), shutdown.clone());
-            tasks.spawn(reload);
-            Some(auth)
-        }
+        Some(files) => Some((gateway_auth::start(files)?, files.clone())),
         None => None,
     };
     counters.gateway.register(
@@ -191,16 +188,20 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
-    let router =
-        shoal_gateway::router_with_auth(source, Some(config.default_namespace.clone()), auth);
+    let router = shoal_gateway::router_with_auth(
+        source,
+        Some(config.default_namespace.clone()),
+        auth.as_ref().map(|(auth, _)| auth.clone()),
+    );
     let gateway_shutdown = shutdown.clone();
     let gateway_scheme = if gateway_tls.is_some() {
         "https"
     } else {
         "http"
     };
-    tasks.spawn(gateway_tls::reload_on_sighup(
+    tasks.spawn(reload_on_hangup(
         gateway_tls.clone(),
+        auth,
         shutdown.clone(),
     )?);
     tasks.spawn(async move {
@@ -322,4 +323,33 @@ impl metrics_server::StatusSource for AdminContext {
             .await
             .map_err(|error| anyhow::anyhow!("{error:#}"))
     }
+}
+
+/// Takes over SIGHUP now (its default action ends the process), and returns the task that, on
+/// every one until `shutdown`, re-reads what changes without a restart: the gateway's TLS
+/// certificate and its users and access rules. The task runs until `shutdown`, so it can sit
+/// among the daemon's tasks, any of which ending stops the node.
+fn reload_on_hangup(
+    tls: Option<GatewayTls>,
+    auth: Option<(Auth, GatewayAuthFiles)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<impl Future<Output = anyhow::Result<()>> + Send + 'static> {
+    let mut hangups = signal(SignalKind::hangup())?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                Some(()) = hangups.recv() => {}
+            }
+            if tls.is_none() && auth.is_none() {
+                tracing::info!(signal = "SIGHUP", "nothing to reload");
+            }
+            if let Some(tls) = &tls {
+                gateway_tls::reload(tls).await?;
+            }
+            if let Some((auth, files)) = &auth {
+                gateway_auth::reload(auth, files).await?;
+            }
+        }
+    })
 }

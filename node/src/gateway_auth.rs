@@ -7,8 +7,6 @@ use anyhow::Context;
 use shoal_gateway::auth::access::AccessRules;
 use shoal_gateway::auth::htpasswd::Htpasswd;
 use shoal_gateway::{Auth, AuthConfig};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayAuthFiles;
 
@@ -40,33 +38,24 @@ pub fn start(files: &GatewayAuthFiles) -> anyhow::Result<Auth> {
     .context("no random bytes for the gateway's token key")
 }
 
-/// Re-reads the files on every SIGHUP until `shutdown`.
-pub async fn reload_on_hangup(
-    auth: Auth,
-    files: GatewayAuthFiles,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut hangup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = hangup.recv() => {}
+/// Re-reads the files (on SIGHUP): new users and rules apply to the next request, tokens
+/// already issued included; a bad file keeps the rules in force and logs why.
+pub async fn reload(auth: &Auth, files: &GatewayAuthFiles) -> anyhow::Result<()> {
+    let reading = files.clone();
+    match tokio::task::spawn_blocking(move || load(&reading)).await? {
+        Ok((htpasswd, rules)) => {
+            tracing::info!(
+                users = htpasswd.len(),
+                "gateway users and access rules reloaded"
+            );
+            auth.reload(htpasswd, rules);
         }
-        let reading = files.clone();
-        match tokio::task::spawn_blocking(move || load(&reading)).await? {
-            Ok((htpasswd, rules)) => {
-                tracing::info!(
-                    users = htpasswd.len(),
-                    "gateway users and access rules reloaded"
-                );
-                auth.reload(htpasswd, rules);
-            }
-            Err(error) => {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "gateway users and access rules not reloaded; the previous ones stay"
-                )
-            }
+        Err(error) => {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "gateway users and access rules not reloaded; the previous ones stay"
+            )
         }
     }
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! How the daemon exposes its gateway: which addresses it may serve plain HTTP on, the TLS
-//! certificate it loads at startup, and the certificate reload on SIGHUP.
+//! certificate it loads at startup, and its reload on SIGHUP (`daemon.rs` owns the signal).
 //!
-//! For: the startup checks and the signal wiring. Not for: TLS itself (the gateway's
+//! For: the startup checks and the reload. Not for: TLS itself (the gateway's
 //! `tls` module loads, swaps and watches the certificate; `serve` speaks TLS).
 //!
 //! Plain HTTP is for loopback: a client on this host reaches the gateway without crossing a
@@ -12,8 +12,6 @@
 use std::net::SocketAddr;
 
 use shoal_gateway::{GatewayTls, TlsFiles};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
 
 /// Checks that the gateway on `address` is either on loopback, over TLS, or allowed to be
 /// neither.
@@ -38,37 +36,18 @@ pub fn load(files: Option<TlsFiles>) -> anyhow::Result<Option<GatewayTls>> {
     Ok(Some(tls))
 }
 
-/// Takes over SIGHUP now (its default action ends the process), and returns the task that
-/// reloads the certificate on every one until `shutdown`; a node without TLS notes the signal
-/// and carries on. The task runs until `shutdown`, so it can sit among the daemon's tasks, any
-/// of which ending stops the node.
-pub fn reload_on_sighup(
-    tls: Option<GatewayTls>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<impl Future<Output = anyhow::Result<()>> + Send + 'static> {
-    let mut hangups = signal(SignalKind::hangup())?;
-    Ok(async move {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                Some(()) = hangups.recv() => {}
-            }
-            match &tls {
-                Some(tls) => {
-                    let tls = tls.clone();
-                    // Reading two small files; the outcome is logged by the gateway.
-                    let result = tokio::task::spawn_blocking(move || tls.reload()).await?;
-                    if result.is_ok() {
-                        tracing::info!(signal = "SIGHUP", "gateway TLS certificate reloaded");
-                    }
-                }
-                None => tracing::info!(
-                    signal = "SIGHUP",
-                    "nothing to reload: the gateway has no TLS"
-                ),
-            }
-        }
-    })
+/// Re-reads the certificate (on SIGHUP); a failure is logged by the gateway, which keeps the
+/// certificate it has.
+pub async fn reload(tls: &GatewayTls) -> anyhow::Result<()> {
+    let tls = tls.clone();
+    // Reading two small files.
+    if tokio::task::spawn_blocking(move || tls.reload())
+        .await?
+        .is_ok()
+    {
+        tracing::info!(signal = "SIGHUP", "gateway TLS certificate reloaded");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -91,6 +91,24 @@ pub fn peer_id_of(data: &Path) -> anyhow::Result<String> {
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
 }
 
+/// `shoal user add --password-stdin --htpasswd HTPASSWD USER`: a gateway user with `password`.
+pub fn add_gateway_user(htpasswd: &Path, user: &str, password: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut add = Command::new(shoal_binary()?)
+        .args(["user", "add", "--password-stdin", "--htpasswd"])
+        .arg(htpasswd)
+        .arg(user)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    add.stdin
+        .take()
+        .context("no stdin")?
+        .write_all(format!("{password}\n").as_bytes())?;
+    anyhow::ensure!(add.wait()?.success(), "shoal user add {user} failed");
+    Ok(())
+}
+
 /// `--serve-peer` for the nodes that will run on each of `data`: nodes that ask each other to
 /// download from their upstream (`Request::Fetch`) must name each other.
 pub fn serving(data: &[&Path]) -> anyhow::Result<Vec<String>> {

@@ -4,13 +4,12 @@
 //! `shoal user add`, and skopeo (which follows the Bearer challenge to `/token`) and curl as
 //! clients.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 use shoal_tests::clients::{Credentials, Skopeo, require_tools, run_command};
 use shoal_tests::image::ImageSpec;
-use shoal_tests::node::{ShoalNode, shoal_binary};
+use shoal_tests::node::{ShoalNode, add_gateway_user};
 
 const ACCESS: &str = r#"
 [groups]
@@ -45,14 +44,7 @@ fn credentials_and_rules_decide_what_real_clients_pull() -> Result<()> {
             .arg(&htpasswd)
             .args(["alice", "wonderland"]),
     )?;
-    let mut add = Command::new(shoal_binary()?)
-        .args(["user", "add", "--password-stdin", "--htpasswd"])
-        .arg(&htpasswd)
-        .arg("bob")
-        .stdin(Stdio::piped())
-        .spawn()?;
-    add.stdin.take().context("stdin")?.write_all(b"builder\n")?;
-    ensure!(add.wait()?.success(), "shoal user add failed");
+    add_gateway_user(&htpasswd, "bob", "builder")?;
     run_command(
         Command::new("htpasswd")
             .args(["-v", "-b"])
@@ -172,22 +164,7 @@ fn users_and_rules_change_on_sighup_without_a_restart() -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let htpasswd = dir.path().join("htpasswd");
-    let add_user = |user: &str, password: &str| -> Result<()> {
-        let mut add = Command::new(shoal_binary()?)
-            .args(["user", "add", "--password-stdin", "--htpasswd"])
-            .arg(&htpasswd)
-            .arg(user)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()?;
-        add.stdin
-            .take()
-            .context("stdin")?
-            .write_all(format!("{password}\n").as_bytes())?;
-        ensure!(add.wait()?.success(), "shoal user add {user} failed");
-        Ok(())
-    };
-    add_user("alice", "wonderland")?;
+    add_gateway_user(&htpasswd, "alice", "wonderland")?;
     let access = dir.path().join("access.toml");
     std::fs::write(&access, ACCESS)?;
     let node = ShoalNode::start(
@@ -212,7 +189,7 @@ fn users_and_rules_change_on_sighup_without_a_restart() -> Result<()> {
     ensure!(carol.contains("UNAUTHORIZED"), "{carol}");
 
     // A new user, and alice given every repository; then SIGHUP.
-    add_user("carol", "secret")?;
+    add_gateway_user(&htpasswd, "carol", "secret")?;
     std::fs::write(
         &access,
         "[[rule]]\nrepositories = [\"*\"]\nusers = [\"alice\", \"carol\"]\n",

@@ -5,9 +5,8 @@
 //! configured the way `shoal configure` writes it. Users come from `shoal user add`; the
 //! access rules give `dev` the `team/*` repositories and `ci` the `other/*` ones.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 use shoal_tests::clients::{
@@ -16,7 +15,7 @@ use shoal_tests::clients::{
 };
 use shoal_tests::image::ImageSpec;
 use shoal_tests::lan::Lan;
-use shoal_tests::node::{ShoalNode, shoal_binary};
+use shoal_tests::node::{ShoalNode, add_gateway_user, shoal_binary};
 use shoal_tests::tls::{TestCa, Validity};
 
 const ACCESS: &str = r#"
@@ -52,17 +51,7 @@ impl Site {
         let cert = ca.issue(&[&Lan::address(0)], Validity::Current)?;
         let htpasswd = dir.path().join("htpasswd");
         for (user, password) in [("dev", DEV_PASSWORD), ("ci", CI_PASSWORD)] {
-            let mut add = Command::new(shoal_binary()?)
-                .args(["user", "add", "--password-stdin", "--htpasswd"])
-                .arg(&htpasswd)
-                .arg(user)
-                .stdin(Stdio::piped())
-                .spawn()?;
-            add.stdin
-                .take()
-                .context("stdin")?
-                .write_all(format!("{password}\n").as_bytes())?;
-            ensure!(add.wait()?.success(), "shoal user add {user} failed");
+            add_gateway_user(&htpasswd, user, password)?;
         }
         let access = dir.path().join("access.toml");
         std::fs::write(&access, ACCESS)?;
