@@ -4,6 +4,7 @@
 //! `shoal user add`, and skopeo (which follows the Bearer challenge to `/token`) and curl as
 //! clients.
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
@@ -29,6 +30,31 @@ fn curl(args: &[&str]) -> Result<String> {
     Ok(output.stdout_text()?.to_owned())
 }
 
+/// A node in `dir/data` whose gateway asks loopback clients too for credentials, with the
+/// users of `dir/htpasswd` and the rules [`ACCESS`] (written to `dir/access.toml`), holding
+/// `team/app:1` and `other/app:1`; `extra` adds flags.
+fn node_with_team_and_other(dir: &Path, extra: &[&str]) -> Result<ShoalNode> {
+    let access = dir.join("access.toml");
+    std::fs::write(&access, ACCESS)?;
+    let htpasswd = dir.join("htpasswd");
+    let mut args = vec![
+        "--gateway-htpasswd",
+        htpasswd.to_str().context("path")?,
+        "--gateway-access",
+        access.to_str().context("path")?,
+        "--gateway-auth-loopback",
+    ];
+    args.extend(extra);
+    let node = ShoalNode::start(&dir.join("data"), &args)?;
+    for (seed, repository) in [(1, "team/app:1"), (2, "other/app:1")] {
+        let image = ImageSpec::new(seed)
+            .layer(300_000)
+            .write_oci_layout(&dir.join(format!("layout{seed}")), None)?;
+        node.import_ok(&image.path, Some(repository))?;
+    }
+    Ok(node)
+}
+
 #[test]
 fn credentials_and_rules_decide_what_real_clients_pull() -> Result<()> {
     if !require_tools(&["skopeo", "htpasswd", "curl"])? {
@@ -51,27 +77,7 @@ fn credentials_and_rules_decide_what_real_clients_pull() -> Result<()> {
             .arg(&htpasswd)
             .args(["bob", "builder"]),
     )?;
-    let access = dir.path().join("access.toml");
-    std::fs::write(&access, ACCESS)?;
-
-    let node = ShoalNode::start(
-        &dir.path().join("data"),
-        &[
-            "--gateway-htpasswd",
-            htpasswd.to_str().context("path")?,
-            "--gateway-access",
-            access.to_str().context("path")?,
-            "--gateway-auth-loopback",
-            "--metrics",
-            "127.0.0.1:0",
-        ],
-    )?;
-    for (seed, repository) in [(1, "team/app:1"), (2, "other/app:1")] {
-        let image = ImageSpec::new(seed)
-            .layer(300_000)
-            .write_oci_layout(&dir.path().join(format!("layout{seed}")), None)?;
-        node.import_ok(&image.path, Some(repository))?;
-    }
+    let node = node_with_team_and_other(dir.path(), &["--metrics", "127.0.0.1:0"])?;
     let gateway = node.gateway();
     let alice = Skopeo::new().with_credentials(Credentials::new("alice", "wonderland"));
     let bob = Skopeo::new().with_credentials(Credentials::new("bob", "builder"));
@@ -166,23 +172,7 @@ fn users_and_rules_change_on_sighup_without_a_restart() -> Result<()> {
     let htpasswd = dir.path().join("htpasswd");
     add_gateway_user(&htpasswd, "alice", "wonderland")?;
     let access = dir.path().join("access.toml");
-    std::fs::write(&access, ACCESS)?;
-    let node = ShoalNode::start(
-        &dir.path().join("data"),
-        &[
-            "--gateway-htpasswd",
-            htpasswd.to_str().context("path")?,
-            "--gateway-access",
-            access.to_str().context("path")?,
-            "--gateway-auth-loopback",
-        ],
-    )?;
-    for (seed, repository) in [(3, "team/app:1"), (4, "other/app:1")] {
-        let image = ImageSpec::new(seed)
-            .layer(10_000)
-            .write_oci_layout(&dir.path().join(format!("layout{seed}")), None)?;
-        node.import_ok(&image.path, Some(repository))?;
-    }
+    let node = node_with_team_and_other(dir.path(), &[])?;
     let gateway = node.gateway();
     ensure!(catalog_as(gateway, "alice:wonderland")? == r#"{"repositories":["team/app"]}"#);
     let carol = catalog_as(gateway, "carol:secret")?;
