@@ -10,6 +10,7 @@ use anyhow::Context;
 use libp2p::pnet::PreSharedKey;
 use libp2p::{Multiaddr, PeerId};
 
+use crate::network::LaneListen;
 use crate::values::{Budget, ByteRate, ByteSize};
 use crate::zone::{PeerZone, ServePeers, Share};
 
@@ -146,6 +147,12 @@ pub struct NodeArgs {
     /// content and ask this node to download from its upstreams, like a --trust publisher.
     #[arg(long, value_name = "PEER_ID")]
     pub serve_peer: Vec<PeerId>,
+    /// Where peers connect to fetch chunks on lanes, TCP connections of their own beside the
+    /// libp2p connection (keyed through it), such as 0.0.0.0:4051, or `off` (peers then fetch
+    /// over libp2p streams) [default: the first --listen address's IP, its port + 1 (port 0
+    /// stays 0)]
+    #[arg(long, value_name = "ADDR|off")]
+    pub lane_listen: Option<LaneListenArg>,
     /// Fault injection for tests: corrupt every chunk sent to peers.
     #[arg(long, hide = true)]
     pub hostile_corrupt_chunks: bool,
@@ -191,6 +198,7 @@ struct FileConfig {
     // Peer zones.
     serve_peers: Option<ServePeers>,
     serve_peer: Option<Vec<String>>,
+    lane_listen: Option<LaneListenArg>,
 }
 
 /// The resolved configuration the daemon runs with.
@@ -226,6 +234,8 @@ pub struct NodeConfig {
     // Peer zones.
     pub serve_peers: ServePeers,
     pub serve_peer: Vec<PeerId>,
+    /// Where the lane listener binds; `None`: off.
+    pub lane_listen: Option<LaneListen>,
     pub hostile_corrupt_chunks: bool,
     pub hostile_forge_announcements: bool,
 }
@@ -278,6 +288,14 @@ impl NodeConfig {
             .default_namespace
             .or(file.default_namespace)
             .unwrap_or_else(|| shoal_protocol::reference::DEFAULT_NAMESPACE.to_owned());
+        let listen: Vec<Multiaddr> = match non_empty(args.listen).or(file.listen) {
+            Some(listen) => listen,
+            None => DEFAULT_LISTEN
+                .iter()
+                .map(|a| a.parse())
+                .collect::<Result<_, _>>()?,
+        };
+        let lane_listen = lane_listen(args.lane_listen.or(file.lane_listen), &listen);
         Ok(NodeConfig {
             data: args
                 .data
@@ -295,13 +313,7 @@ impl NodeConfig {
                 .log_level
                 .or(file.log_level)
                 .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned()),
-            listen: match non_empty(args.listen).or(file.listen) {
-                Some(listen) => listen,
-                None => DEFAULT_LISTEN
-                    .iter()
-                    .map(|a| a.parse())
-                    .collect::<Result<_, _>>()?,
-            },
+            listen,
             bootstrap: non_empty(args.bootstrap)
                 .or(file.bootstrap)
                 .unwrap_or_default(),
@@ -350,6 +362,7 @@ impl NodeConfig {
                 Some(peers) => peers,
                 None => peer_ids(file.serve_peer.unwrap_or_default())?,
             },
+            lane_listen,
             hostile_corrupt_chunks: args.hostile_corrupt_chunks,
             hostile_forge_announcements: args.hostile_forge_announcements,
         })
@@ -492,6 +505,68 @@ impl NodeConfig {
             credentialed,
         ))
     }
+}
+
+/// `--lane-listen`: off, or where to listen for lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum LaneListenArg {
+    Off,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for LaneListenArg {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<LaneListenArg, String> {
+        if text == "off" {
+            return Ok(LaneListenArg::Off);
+        }
+        text.parse()
+            .map(LaneListenArg::At)
+            .map_err(|_| format!("{text:?} is neither an address such as 0.0.0.0:4051 nor `off`"))
+    }
+}
+
+impl TryFrom<String> for LaneListenArg {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<LaneListenArg, String> {
+        text.parse()
+    }
+}
+
+/// Where lanes are listened for: as asked, else beside the first `--listen` address with an
+/// IP (its port + 1, so the default 4050 gives 4051; port 0 stays 0).
+fn lane_listen(arg: Option<LaneListenArg>, listen: &[Multiaddr]) -> Option<LaneListen> {
+    match arg {
+        Some(LaneListenArg::Off) => None,
+        Some(LaneListenArg::At(address)) => Some(LaneListen {
+            address,
+            explicit: true,
+        }),
+        None => listen.iter().find_map(beside).map(|address| LaneListen {
+            address,
+            explicit: false,
+        }),
+    }
+}
+
+/// The socket address beside a `--listen` address: its IP, its port + 1.
+fn beside(address: &Multiaddr) -> Option<SocketAddr> {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = address.iter();
+    let ip: std::net::IpAddr = match parts.next()? {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    let port = match parts.next()? {
+        Protocol::Tcp(port) | Protocol::Udp(port) => port,
+        _ => return None,
+    };
+    let port = if port == 0 { 0 } else { port.checked_add(1)? };
+    Some(SocketAddr::new(ip, port))
 }
 
 fn site(site: Option<String>) -> anyhow::Result<Option<String>> {
@@ -755,6 +830,59 @@ mod tests {
             ..NodeArgs::default()
         });
         assert!(loopback_alone.is_err());
+    }
+
+    #[test]
+    fn lanes_listen_beside_the_first_listen_address_unless_told_otherwise() {
+        let lane = |address: &str, explicit| {
+            Some(LaneListen {
+                address: address.parse().unwrap(),
+                explicit,
+            })
+        };
+        let defaults = NodeConfig::resolve(NodeArgs::default()).unwrap();
+        assert_eq!(defaults.lane_listen, lane("0.0.0.0:4051", false));
+        let listen = |addresses: &[&str]| NodeArgs {
+            listen: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+            ..NodeArgs::default()
+        };
+        let resolved = |args| NodeConfig::resolve(args).unwrap().lane_listen;
+        assert_eq!(
+            resolved(listen(&["/ip4/127.0.0.1/tcp/0"])),
+            lane("127.0.0.1:0", false)
+        );
+        assert_eq!(
+            resolved(listen(&[
+                "/ip6/::1/udp/7000/quic-v1",
+                "/ip4/10.0.0.1/tcp/9"
+            ])),
+            lane("[::1]:7001", false)
+        );
+        assert_eq!(resolved(listen(&["/ip4/10.0.0.1/tcp/65535"])), None);
+        let flag = |value: &str| NodeArgs {
+            lane_listen: Some(value.parse().unwrap()),
+            ..NodeArgs::default()
+        };
+        assert_eq!(resolved(flag("off")), None);
+        assert_eq!(resolved(flag("10.0.0.2:5000")), lane("10.0.0.2:5000", true));
+        assert!("somewhere".parse::<LaneListenArg>().is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shoal.toml");
+        std::fs::write(&file, "lane-listen = \"off\"\n").unwrap();
+        let from_file = NodeArgs {
+            config: Some(file.clone()),
+            ..NodeArgs::default()
+        };
+        assert_eq!(resolved(from_file), None);
+        std::fs::write(&file, "lane-listen = \"nowhere\"\n").unwrap();
+        assert!(
+            NodeConfig::resolve(NodeArgs {
+                config: Some(file),
+                ..NodeArgs::default()
+            })
+            .is_err()
+        );
     }
 
     #[test]

@@ -97,6 +97,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         registry: registry.clone(),
         zone: zone.clone(),
         counters: counters.clone(),
+        lane_listen: config.lane_listen,
     };
     let (network, network_events, network_task) =
         network::start(identity, network_config, shutdown.clone()).await?;

@@ -68,7 +68,7 @@ fn the_rules_pass_promtool_check_and_their_unit_tests() {
     )
     .unwrap();
     let text = checked.stdout_text().unwrap();
-    assert!(text.contains("SUCCESS: 7 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 8 rules found"), "{text}");
     let tested = run_command(
         Command::new("promtool")
             .current_dir(deploy_dir().join("prometheus"))

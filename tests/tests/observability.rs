@@ -74,6 +74,14 @@ const COUNTER_SERIES: &[(&str, &str)] = &[
     ("peers_refused", "shoal_peers_refused_total"),
     ("peer_requests_denied", "shoal_peer_requests_denied_total"),
     (
+        "chunk_links_lane",
+        r#"shoal_chunk_links_total{kind="lane"}"#,
+    ),
+    (
+        "chunk_links_stream",
+        r#"shoal_chunk_links_total{kind="stream"}"#,
+    ),
+    (
         "announcements_accepted",
         r#"shoal_announcements_total{result="accepted"}"#,
     ),
@@ -458,6 +466,7 @@ const NODE_FAMILIES: &[&str] = &[
     "shoal_peers_banned",
     "shoal_peers_refused",
     "shoal_peer_requests_denied",
+    "shoal_chunk_links",
     "shoal_chunks_rejected",
     "shoal_announcements",
     "shoal_evictions",

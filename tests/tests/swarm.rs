@@ -337,7 +337,7 @@ fn untrusted_or_badly_signed_announcements_never_change_what_a_tag_resolves_to()
 }
 
 #[test]
-fn a_node_without_the_pre_shared_key_cannot_connect() {
+fn a_node_without_the_pre_shared_key_cannot_connect_and_members_exchange_on_lanes() {
     let dir = tempfile::tempdir().unwrap();
     let key = |name: &str, byte: &str| {
         let path = dir.path().join(name);
@@ -371,6 +371,19 @@ fn a_node_without_the_pre_shared_key_cannot_connect() {
             "a node without the key connected"
         );
     }
+    // Inside the key's network, chunks go on lanes keyed through the protected connection.
+    let generated = image(dir.path(), "image", 11, &[3 << 20]);
+    member
+        .import_ok(&generated.path, Some("psk/app:1"))
+        .unwrap();
+    wait_until("the tag to resolve", EVENT_TIMEOUT, || {
+        Ok(knows_tag(&insider, "docker.io/psk/app", "1"))
+    })
+    .unwrap();
+    let output = pull_ok(&insider, "psk/app:1");
+    assert!(output.contains(&generated.manifest_digest), "{output}");
+    let status = insider.status().unwrap();
+    assert!(counter(&status, "chunk_links_lane") > 0, "{status}");
 }
 
 #[test]
@@ -436,7 +449,50 @@ fn nodes_exchange_images_over_quic() {
     .unwrap();
     let output = pull_ok(&edge, "quic/app:1");
     assert!(output.contains(&generated.manifest_digest), "{output}");
-    assert!(counter(&edge.status().unwrap(), "bytes_received_from_peers") >= 2 << 20);
+    let status = edge.status().unwrap();
+    assert!(counter(&status, "bytes_received_from_peers") >= 2 << 20);
+    // The chunks went on a lane beside the QUIC connection, at the connection's address.
+    assert!(counter(&status, "chunk_links_lane") > 0, "{status}");
+}
+
+#[test]
+fn chunks_travel_on_lanes_and_on_libp2p_streams_from_a_node_that_offers_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let laned = start(dir.path(), "laned", &[]);
+    let laneless = start(dir.path(), "laneless", &["--lane-listen", "off"]);
+    let edge = start_joined(dir.path(), "edge", &[&laned, &laneless], &[]);
+    let first = image(dir.path(), "first", 21, &[6 << 20]);
+    let second = image(dir.path(), "second", 22, &[6 << 20]);
+    laned.import_ok(&first.path, Some("lanes/first:1")).unwrap();
+    laneless
+        .import_ok(&second.path, Some("lanes/second:1"))
+        .unwrap();
+    wait_until("both tags to resolve", EVENT_TIMEOUT, || {
+        Ok(knows_tag(&edge, "docker.io/lanes/first", "1")
+            && knows_tag(&edge, "docker.io/lanes/second", "1"))
+    })
+    .unwrap();
+
+    let output = pull_ok(&edge, "lanes/first:1");
+    assert!(output.contains(&first.manifest_digest), "{output}");
+    let status = edge.status().unwrap();
+    assert!(counter(&status, "chunk_links_lane") > 0, "{status}");
+    assert_eq!(counter(&status, "chunk_links_stream"), 0, "{status}");
+
+    let output = pull_ok(&edge, "lanes/second:1");
+    assert!(output.contains(&second.manifest_digest), "{output}");
+    let status = edge.status().unwrap();
+    assert!(counter(&status, "chunk_links_stream") > 0, "{status}");
+    assert!(
+        edge.logs().contains("listening for lanes"),
+        "{}",
+        edge.logs()
+    );
+    assert!(
+        !laneless.logs().contains("listening for lanes"),
+        "{}",
+        laneless.logs()
+    );
 }
 
 #[test]

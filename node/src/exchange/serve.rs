@@ -34,8 +34,8 @@ use crate::exchange::rate::{Booking, RateLimiter};
 use crate::exchange::seeding::SeedLedger;
 use crate::locality::Locality;
 use crate::network::{
-    ChunkAnswer, ChunkBuffers, InboundRequest, NetworkEvent, NetworkHandle, read_request_frame,
-    write_chunk_answer,
+    ChunkAnswer, ChunkBuffers, InboundRequest, LinkStream, NetworkEvent, NetworkHandle,
+    read_request_frame, write_chunk_answer,
 };
 use crate::observe::Counters;
 use crate::store::Store;
@@ -211,7 +211,7 @@ impl PeerService {
     /// Answers the chunk requests a peer sends on its chunk link, in order, working on up to
     /// [`LINK_ANSWERS_AHEAD`] at once (reads from disk overlap with sending), until the peer
     /// closes the stream or it breaks.
-    async fn serve_chunk_link(&self, peer: PeerId, stream: libp2p::Stream) {
+    async fn serve_chunk_link(&self, peer: PeerId, stream: Box<dyn LinkStream>) {
         let (mut reader, mut writer) = stream.split();
         let (requests, mut queued) = mpsc::channel(LINK_ANSWERS_AHEAD);
         let read = async move {

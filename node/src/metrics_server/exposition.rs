@@ -209,6 +209,15 @@ fn write_families(report: &StatusReport, timings: &Timings, page: &mut Families)
         ],
     )?;
     page.counter(
+        "shoal_chunk_links",
+        "Chunk links opened to peers, by kind (lane: a TCP connection of its own; stream: a \
+         libp2p stream, where the peer gave no lane).",
+        &[
+            (&[("kind", "lane")], counters.chunk_links_lane),
+            (&[("kind", "stream")], counters.chunk_links_stream),
+        ],
+    )?;
+    page.counter(
         "shoal_chunks_rejected",
         "Chunks from peers that failed their BLAKE3 check.",
         &[(&[], counters.chunks_rejected)],

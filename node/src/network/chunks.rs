@@ -7,12 +7,15 @@
 //! as they come and reads the answers, which the serving side sends in the order of the
 //! requests. A broken stream fails every request on it; the next request opens a new one. The serving side gets each inbound
 //! stream as a [`NetworkEvent::ChunkStream`](super::NetworkEvent) and answers it (`exchange/serve.rs`).
+//!
+//! A link is a lane (`lane/`: its own TCP connection, sealed records) when the peer offers one,
+//! else a libp2p stream.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{AsyncReadExt, AsyncWriteExt};
+use futures_util::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{PeerId, StreamProtocol};
 use shoal_protocol::Digest;
 use shoal_protocol::wire::Request;
@@ -22,6 +25,8 @@ use tokio::task::AbortHandle;
 use super::RequestError;
 use super::buffers::ChunkBuffers;
 use super::codec::{ChunkAnswer, read_chunk_answer, write_request_frame};
+use super::lane::Lanes;
+use crate::observe::Counters;
 
 pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/chunks/1");
 
@@ -33,6 +38,9 @@ pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/chunks/1"
 /// pull: 4 links 267-318 MB/s, 8 links 369-381, 16 links no better than 8
 /// (docs/benchmarks.md).
 const LINKS_PER_PEER: usize = 8;
+/// Links to one peer when they are lanes: a TCP connection has no per-stream window, so one
+/// would carry all 8 requests; two let the serving node seal on both cores.
+const LANES_PER_PEER: usize = 2;
 /// Peers whose links are remembered before those whose links have all ended are forgotten:
 /// peers come and go in a large swarm, and a departed peer's links end with its connection.
 const PEERS_KEPT_MAX: usize = 256;
@@ -50,6 +58,11 @@ const LINK_IN_FLIGHT_MAX: usize = 64;
 /// A link whose peer sends nothing for this long while requests wait is broken: the same
 /// bound as a request-response request.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a chunk link runs on: a libp2p stream or a lane.
+pub trait LinkStream: AsyncRead + AsyncWrite + Send + Unpin + std::fmt::Debug {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + std::fmt::Debug> LinkStream for T {}
 
 /// One pending request: what to ask, and where the answer goes.
 struct LinkRequest {
@@ -84,6 +97,8 @@ pub struct ChunkLinks {
     control: libp2p_stream::Control,
     links: Arc<Mutex<HashMap<PeerId, PeerLinks>>>,
     buffers: ChunkBuffers,
+    lanes: Lanes,
+    counters: Arc<Counters>,
 }
 
 /// The links to one peer, and which one the next request takes.
@@ -100,11 +115,17 @@ impl std::fmt::Debug for ChunkLinks {
 }
 
 impl ChunkLinks {
-    pub fn new(control: libp2p_stream::Control) -> ChunkLinks {
+    pub fn new(
+        control: libp2p_stream::Control,
+        lanes: Lanes,
+        counters: Arc<Counters>,
+    ) -> ChunkLinks {
         ChunkLinks {
             control,
             links: Arc::default(),
             buffers: ChunkBuffers::default(),
+            lanes,
+            counters,
         }
     }
 
@@ -159,8 +180,13 @@ impl ChunkLinks {
         if links.len() >= PEERS_KEPT_MAX && !links.contains_key(&peer) {
             links.retain(|_, peer_links| peer_links.links.iter().any(Link::is_open));
         }
+        let width = if self.lanes.expected(&peer) {
+            LANES_PER_PEER
+        } else {
+            LINKS_PER_PEER
+        };
         let peer_links = links.entry(peer).or_default();
-        let turn = peer_links.next % LINKS_PER_PEER;
+        let turn = peer_links.next % width;
         peer_links.next = peer_links.next.wrapping_add(1);
         if let Some(link) = peer_links.links.get(turn)
             && link.is_open()
@@ -168,7 +194,13 @@ impl ChunkLinks {
             return link.requests.clone();
         }
         let (requests, queue) = mpsc::channel(LINK_QUEUE_LEN);
-        let run = run_link(self.control.clone(), self.buffers.clone(), peer, queue);
+        let opening = open_link(
+            self.control.clone(),
+            self.lanes.clone(),
+            self.counters.clone(),
+            peer,
+        );
+        let run = run_link(opening, self.buffers.clone(), peer, queue);
         let link = Link {
             requests: requests.clone(),
             task: tokio::spawn(run).abort_handle(),
@@ -181,20 +213,41 @@ impl ChunkLinks {
     }
 }
 
-/// Opens the stream to `peer` and carries the requests of `queue` over it until either side
+/// Opens a link to `peer`: a lane if it gives one, else a libp2p stream.
+async fn open_link(
+    mut control: libp2p_stream::Control,
+    lanes: Lanes,
+    counters: Arc<Counters>,
+    peer: PeerId,
+) -> Option<Box<dyn LinkStream>> {
+    if lanes.expected(&peer)
+        && let Some(lane) = lanes.open(&mut control, peer).await
+    {
+        Counters::add(&counters.chunk_links_lane, 1);
+        return Some(Box::new(lane));
+    }
+    match control.open_stream(peer, CHUNK_PROTOCOL).await {
+        Ok(stream) => {
+            Counters::add(&counters.chunk_links_stream, 1);
+            Some(Box::new(stream))
+        }
+        Err(error) => {
+            tracing::debug!(%peer, %error, "cannot open a chunk link");
+            None
+        }
+    }
+}
+
+/// Opens the link to `peer` and carries the requests of `queue` over it until either side
 /// stops. Requests still queued or unanswered when it ends fail (their reply senders drop).
 async fn run_link(
-    mut control: libp2p_stream::Control,
+    opening: impl Future<Output = Option<Box<dyn LinkStream>>>,
     buffers: ChunkBuffers,
     peer: PeerId,
     mut queue: mpsc::Receiver<LinkRequest>,
 ) {
-    let stream = match control.open_stream(peer, CHUNK_PROTOCOL).await {
-        Ok(stream) => stream,
-        Err(error) => {
-            tracing::debug!(%peer, %error, "cannot open a chunk link");
-            return;
-        }
+    let Some(stream) = opening.await else {
+        return;
     };
     let (mut reader, mut writer) = stream.split();
     let (sent, mut unanswered) = mpsc::channel::<oneshot::Sender<_>>(LINK_IN_FLIGHT_MAX);

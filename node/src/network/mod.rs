@@ -12,10 +12,12 @@ mod buffers;
 mod chunks;
 mod codec;
 mod gate;
+mod lane;
 mod metrics;
 mod muxer;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use behaviour::{ANNOUNCEMENT_TOPIC, Behaviour, BehaviourEvent};
 pub use buffers::ChunkBuffers;
-pub use chunks::ChunkLinks;
+pub use chunks::{ChunkLinks, LinkStream};
 pub use codec::{ChunkAnswer, read_request_frame, write_chunk_answer};
 
 use crate::locality::{self, Locality};
@@ -68,6 +70,16 @@ pub struct NetworkConfig {
     /// Which peers may connect (`zone.rs`); refusals are counted in `counters`.
     pub zone: Arc<PeerZone>,
     pub counters: Arc<Counters>,
+    /// Where peers connect for lanes (`lane/`); `None`: this node offers none.
+    pub lane_listen: Option<LaneListen>,
+}
+
+/// Where the lane listener binds, and whether failing to is fatal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneListen {
+    pub address: SocketAddr,
+    /// Asked for by name (`--lane-listen`), rather than derived from `--listen`.
+    pub explicit: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +111,7 @@ pub enum NetworkEvent {
     /// A peer opened a chunk link: chunk requests to answer in order on `stream`.
     ChunkStream {
         peer: PeerId,
-        stream: libp2p::Stream,
+        stream: Box<dyn LinkStream>,
     },
 }
 
@@ -278,6 +290,31 @@ pub async fn start(
     let chunk_streams = chunk_control
         .accept(chunks::CHUNK_PROTOCOL)
         .context("cannot accept chunk links")?;
+    let (events, event_receiver) = mpsc::channel(EVENT_QUEUE_LEN);
+    let lanes = lane::Lanes::default();
+    if let Some(listen) = config.lane_listen {
+        match lanes
+            .listen(listen.address, events.clone(), shutdown.clone())
+            .await
+        {
+            Ok(bound) => {
+                tracing::info!(address = %bound, "listening for lanes");
+                let offers = chunk_control
+                    .accept(lane::LANE_PROTOCOL)
+                    .context("cannot accept lane requests")?;
+                tokio::spawn(lanes.clone().answer_offers(offers, shutdown.clone()));
+            }
+            Err(error) if listen.explicit => {
+                return Err(error)
+                    .with_context(|| format!("cannot listen for lanes on {}", listen.address));
+            }
+            Err(error) => tracing::warn!(
+                address = %listen.address,
+                %error,
+                "cannot listen for lanes; peers fetch from this node over libp2p streams (set --lane-listen)"
+            ),
+        }
+    }
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(|_| transport)
@@ -295,7 +332,6 @@ pub async fn start(
     }
     let resolver = bootstrap::Resolver::spawn(config.bootstrap.clone(), shutdown.clone());
     let (commands, command_receiver) = mpsc::channel(COMMAND_QUEUE_LEN);
-    let (events, event_receiver) = mpsc::channel(EVENT_QUEUE_LEN);
     let mut actor = SwarmActor {
         swarm,
         events,
@@ -309,6 +345,7 @@ pub async fn start(
         locality: config.locality.clone(),
         bootstrap: bootstrap::Bootstrap::default(),
         metrics: metrics::register(&config.registry),
+        lanes: lanes.clone(),
     };
     let task = tokio::spawn(async move {
         actor
@@ -319,7 +356,7 @@ pub async fn start(
         NetworkHandle {
             commands,
             local_peer_id,
-            chunk_links: ChunkLinks::new(chunk_control),
+            chunk_links: ChunkLinks::new(chunk_control, lanes, config.counters.clone()),
         },
         event_receiver,
         task,
@@ -379,6 +416,7 @@ struct SwarmActor {
     locality: Arc<Locality>,
     bootstrap: bootstrap::Bootstrap,
     metrics: libp2p::metrics::Metrics,
+    lanes: lane::Lanes,
 }
 
 impl SwarmActor {
@@ -396,6 +434,7 @@ impl SwarmActor {
                 Some(command) = commands.recv() => self.on_command(command),
                 Some((peer, stream)) = chunk_streams.next() => {
                     if !self.banned.contains(&peer) {
+                        let stream = Box::new(stream);
                         self.emit(NetworkEvent::ChunkStream { peer, stream }).await;
                     }
                 }
@@ -527,6 +566,7 @@ impl SwarmActor {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
+                self.lanes.connected(peer_id, endpoint.get_remote_address());
                 if endpoint.is_dialer() {
                     self.bootstrap
                         .on_dialed(endpoint.get_remote_address(), peer_id);
@@ -546,6 +586,7 @@ impl SwarmActor {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, "peer disconnected");
+                self.lanes.disconnected(&peer_id);
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event).await,
             _ => {}

@@ -34,6 +34,10 @@ pub struct Counters {
     pub peers_refused: AtomicU64,
     /// Requests from connected peers that the zone's rules denied.
     pub peer_requests_denied: AtomicU64,
+    /// Chunk links this node opened to peers: lanes (`network/lane/`), and libp2p streams
+    /// where the peer gave no lane.
+    pub chunk_links_lane: AtomicU64,
+    pub chunk_links_stream: AtomicU64,
     /// Latency and throughput histograms for `/metrics` (not in the snapshot).
     pub timings: super::Timings,
     /// Gateway pulls per zone and auth failures, registered in the shared registry.
@@ -65,6 +69,8 @@ pub struct CountersSnapshot {
     pub bytes_received_from_other_sites: u64,
     pub peers_refused: u64,
     pub peer_requests_denied: u64,
+    pub chunk_links_lane: u64,
+    pub chunk_links_stream: u64,
 }
 
 impl Counters {
@@ -96,6 +102,8 @@ impl Counters {
             bytes_received_from_other_sites: get(&self.bytes_received_from_other_sites),
             peers_refused: get(&self.peers_refused),
             peer_requests_denied: get(&self.peer_requests_denied),
+            chunk_links_lane: get(&self.chunk_links_lane),
+            chunk_links_stream: get(&self.chunk_links_stream),
         }
     }
 }

@@ -2,8 +2,8 @@
 //! requires costs on this machine, measured in this run, so that each node's measured CPU can
 //! be read as a distance to it.
 //!
-//! Per byte, the sending node reads the blob from the page cache, seals it (ChaCha20-Poly1305,
-//! Noise) and writes it to a TCP socket; the receiving node reads it from the socket, opens
+//! Per byte, the sending node reads the blob from the page cache, seals it (AES-128-GCM, a
+//! lane's records) and writes it to a TCP socket; the receiving node reads it from the socket, opens
 //! it, checks it with BLAKE3 (the chunk index) and SHA-256 (the digest), and — when a client
 //! pulls through its gateway — writes it to the client's socket. Everything else (framing,
 //! multiplexing, copies between layers, scheduling, disk writes) is overhead over this floor.

@@ -30,9 +30,11 @@
 //!   printed per GB moved.
 //!
 //!   The summary also gives the CPU ceiling of one core, measured in this process: SHA-256
-//!   (sha2, as the node uses it), BLAKE3 (single thread), and ChaCha20-Poly1305 encryption and
-//!   decryption over Noise-sized frames with ring, which is what libp2p-noise runs (snow's ring
-//!   resolver). Each byte moved between two nodes is encrypted once by the sender, decrypted
+//!   (sha2, as the node uses it), BLAKE3 (single thread), and the AES-128-GCM sealing and
+//!   opening of 256 KiB records with aws-lc-rs, which is what a lane runs (chunks travel on
+//!   lanes, `node/src/network/lane/`); ChaCha20-Poly1305 over Noise-sized frames with ring,
+//!   which libp2p-noise runs (snow's ring resolver), is printed beside it for chunk links on
+//!   libp2p streams. Each byte moved between two nodes is encrypted once by the sender, decrypted
 //!   once by the receiver, BLAKE3-hashed once (chunk check) and SHA-256-hashed once (blob
 //!   check), so one core doing all of it moves at most
 //!   `1 / (1/sha256 + 1/blake3 + 1/encrypt + 1/decrypt)` bytes per second. Copies, syscalls,
@@ -429,6 +431,8 @@ const CPU_ATTEMPT: Duration = Duration::from_millis(400);
 const CPU_ATTEMPTS: usize = 3;
 /// libp2p-noise frames carry at most 65535 bytes, 16 of them the Poly1305 tag.
 const NOISE_PAYLOAD_BYTES: usize = 65_535 - 16;
+/// A lane's records carry up to 256 KiB (node/src/network/lane/record.rs).
+const LANE_RECORD_BYTES: usize = 256 * 1024;
 /// Input of each hashing call: a 1 MiB chunk, as the node hashes chunks.
 const HASH_INPUT_BYTES: usize = 1 << 20;
 
@@ -437,8 +441,12 @@ const HASH_INPUT_BYTES: usize = 1 << 20;
 struct CpuCeiling {
     sha256: f64,
     blake3: f64,
+    /// The lane's AES-128-GCM (aws-lc-rs, 256 KiB records): what chunks are sealed with.
     encrypt: f64,
     decrypt: f64,
+    /// Noise's ChaCha20-Poly1305 (ring, 64 KiB frames): what libp2p streams are sealed with.
+    noise_encrypt: f64,
+    noise_decrypt: f64,
 }
 
 impl CpuCeiling {
@@ -446,8 +454,10 @@ impl CpuCeiling {
         Ok(CpuCeiling {
             sha256: sha256_rate(),
             blake3: blake3_rate(),
-            encrypt: encrypt_rate()?,
-            decrypt: decrypt_rate()?,
+            encrypt: lane_seal_rate()?,
+            decrypt: lane_open_rate()?,
+            noise_encrypt: noise_seal_rate()?,
+            noise_decrypt: noise_open_rate()?,
         })
     }
 
@@ -468,12 +478,20 @@ impl CpuCeiling {
             self.blake3 / MB
         );
         println!(
-            "  ChaCha20-Poly1305 encrypt (ring)     {:>7.0} MB/s",
+            "  AES-128-GCM seal, lanes (aws-lc-rs)  {:>7.0} MB/s",
             self.encrypt / MB
         );
         println!(
-            "  ChaCha20-Poly1305 decrypt (ring)     {:>7.0} MB/s",
+            "  AES-128-GCM open, lanes (aws-lc-rs)  {:>7.0} MB/s",
             self.decrypt / MB
+        );
+        println!(
+            "  ChaCha20-Poly1305 seal, Noise (ring) {:>7.0} MB/s",
+            self.noise_encrypt / MB
+        );
+        println!(
+            "  ChaCha20-Poly1305 open, Noise (ring) {:>7.0} MB/s",
+            self.noise_decrypt / MB
         );
         println!(
             "  ceiling 1/(1/sha + 1/blake3 + 1/enc + 1/dec) = {:.0} MB/s per core, {:.0} MB/s \
@@ -532,34 +550,84 @@ fn noise_nonce(counter: u64) -> ring::aead::Nonce {
     ring::aead::Nonce::assume_unique_for_key(nonce)
 }
 
-fn encrypt_rate() -> Result<f64> {
-    let key = noise_key()?;
-    let mut frame = vec![0x5a_u8; NOISE_PAYLOAD_BYTES];
+/// Seals one buffer of `bytes` again and again with `seal` (given the record's number).
+fn seal_rate(bytes: usize, mut seal: impl FnMut(u64, &mut [u8]) -> Result<()>) -> Result<f64> {
+    let mut record = vec![0x5a_u8; bytes];
     let mut counter = 0u64;
     best_rate(|| {
         counter += 1;
-        let tag = key
-            .seal_in_place_separate_tag(noise_nonce(counter), ring::aead::Aad::empty(), &mut frame)
-            .map_err(|_| anyhow!("encryption failed"))?;
-        let _ = black_box(tag);
-        Ok(frame.len())
+        seal(counter, &mut record)?;
+        Ok(black_box(&record).len())
     })
 }
 
-/// Decrypts one sealed frame again and again; each round copies the ciphertext into the work
-/// buffer first, as snow copies each frame from its input to its output buffer.
-fn decrypt_rate() -> Result<f64> {
+/// Opens one sealed record again and again with `open`; each round copies the ciphertext into
+/// the work buffer first, as snow copies each frame from its input to its output buffer (the
+/// lane's records are opened where they were read, so there the copy stands for the one out).
+fn open_rate(sealed: Vec<u8>, mut open: impl FnMut(&mut [u8]) -> Result<usize>) -> Result<f64> {
+    let mut work = sealed.clone();
+    best_rate(|| {
+        work.copy_from_slice(&sealed);
+        open(&mut work)
+    })
+}
+
+fn noise_seal_rate() -> Result<f64> {
+    let key = noise_key()?;
+    seal_rate(NOISE_PAYLOAD_BYTES, |counter, frame| {
+        key.seal_in_place_separate_tag(noise_nonce(counter), ring::aead::Aad::empty(), frame)
+            .map(|tag| {
+                let _ = black_box(tag);
+            })
+            .map_err(|_| anyhow!("encryption failed"))
+    })
+}
+
+fn noise_open_rate() -> Result<f64> {
     let key = noise_key()?;
     let mut sealed = vec![0x5a_u8; NOISE_PAYLOAD_BYTES];
     key.seal_in_place_append_tag(noise_nonce(0), ring::aead::Aad::empty(), &mut sealed)
         .map_err(|_| anyhow!("encryption failed"))?;
-    let mut work = sealed.clone();
-    best_rate(|| {
-        work.copy_from_slice(&sealed);
-        let plain = key
-            .open_in_place(noise_nonce(0), ring::aead::Aad::empty(), &mut work)
-            .map_err(|_| anyhow!("decryption failed"))?;
-        Ok(black_box(plain).len())
+    open_rate(sealed, |work| {
+        key.open_in_place(noise_nonce(0), ring::aead::Aad::empty(), work)
+            .map(|plain| black_box(plain).len())
+            .map_err(|_| anyhow!("decryption failed"))
+    })
+}
+
+fn lane_key() -> Result<aws_lc_rs::aead::LessSafeKey> {
+    let key = aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_128_GCM, &[7u8; 16])
+        .map_err(|_| anyhow!("aws-lc-rs refused an AES-128-GCM key"))?;
+    Ok(aws_lc_rs::aead::LessSafeKey::new(key))
+}
+
+/// A lane record's nonce: four zero bytes, then the record's number, big-endian.
+fn lane_nonce(counter: u64) -> aws_lc_rs::aead::Nonce {
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&counter.to_be_bytes());
+    aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce)
+}
+
+fn lane_seal_rate() -> Result<f64> {
+    let key = lane_key()?;
+    seal_rate(LANE_RECORD_BYTES, |counter, record| {
+        key.seal_in_place_separate_tag(lane_nonce(counter), aws_lc_rs::aead::Aad::empty(), record)
+            .map(|tag| {
+                let _ = black_box(tag);
+            })
+            .map_err(|_| anyhow!("encryption failed"))
+    })
+}
+
+fn lane_open_rate() -> Result<f64> {
+    let key = lane_key()?;
+    let mut sealed = vec![0x5a_u8; LANE_RECORD_BYTES];
+    key.seal_in_place_append_tag(lane_nonce(0), aws_lc_rs::aead::Aad::empty(), &mut sealed)
+        .map_err(|_| anyhow!("encryption failed"))?;
+    open_rate(sealed, |work| {
+        key.open_in_place(lane_nonce(0), aws_lc_rs::aead::Aad::empty(), work)
+            .map(|plain| black_box(plain).len())
+            .map_err(|_| anyhow!("decryption failed"))
     })
 }
 

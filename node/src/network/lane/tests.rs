@@ -1,0 +1,122 @@
+use futures_util::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::*;
+
+/// A listening `Lanes` on loopback, and the chunk links it hands out.
+async fn listening() -> (
+    Lanes,
+    SocketAddr,
+    mpsc::Receiver<NetworkEvent>,
+    CancellationToken,
+) {
+    let lanes = Lanes::default();
+    let (events, received) = mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    let bound = lanes
+        .listen("127.0.0.1:0".parse().unwrap(), events, shutdown.clone())
+        .await
+        .unwrap();
+    (lanes, bound, received, shutdown)
+}
+
+#[tokio::test]
+async fn a_live_token_makes_the_connection_that_peers_sealed_chunk_link() {
+    let (lanes, bound, mut events, shutdown) = listening().await;
+    let peer = PeerId::random();
+    let offer = lanes.offer(peer).unwrap();
+    assert_eq!(offer.port, bound.port());
+    let mut tcp = TcpStream::connect(bound).await.unwrap();
+    tcp.write_all(&offer.token).await.unwrap();
+    let mut asker = SealedStream::new(tcp, &offer.keys, End::Asker);
+    let Some(NetworkEvent::ChunkStream {
+        peer: from,
+        mut stream,
+    }) = events.recv().await
+    else {
+        panic!("no chunk link");
+    };
+    assert_eq!(from, peer);
+    asker.write_all(b"request").await.unwrap();
+    asker.flush().await.unwrap();
+    let mut request = [0u8; 7];
+    stream.read_exact(&mut request).await.unwrap();
+    assert_eq!(&request, b"request");
+    stream.write_all(b"answer").await.unwrap();
+    stream.flush().await.unwrap();
+    let mut answer = [0u8; 6];
+    asker.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"answer");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_token_is_good_once_and_a_wrong_one_is_closed_unread() {
+    let (lanes, bound, mut events, shutdown) = listening().await;
+    let offer = lanes.offer(PeerId::random()).unwrap();
+    let mut first = TcpStream::connect(bound).await.unwrap();
+    first.write_all(&offer.token).await.unwrap();
+    assert!(events.recv().await.is_some());
+    let mut forged = offer.token;
+    forged[0] ^= 1;
+    for token in [offer.token, forged] {
+        let mut again = TcpStream::connect(bound).await.unwrap();
+        again.write_all(&token).await.unwrap();
+        let closed = again.read(&mut [0u8; 1]).await;
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    }
+    assert!(events.try_recv().is_err());
+    shutdown.cancel();
+}
+
+#[test]
+fn an_offer_expires() {
+    let lanes = Lanes::default();
+    lanes.lock().port = Some(4051);
+    let offer = lanes.offer(PeerId::random()).unwrap();
+    let mut expired = lanes.lock().offers.remove(&offer.token).unwrap();
+    expired.expires = Instant::now() - Duration::from_secs(1);
+    lanes.lock().offers.insert(offer.token, expired);
+    assert!(lanes.redeem(&offer.token).is_none());
+}
+
+#[test]
+fn a_node_without_a_listener_offers_nothing() {
+    assert!(Lanes::default().offer(PeerId::random()).is_none());
+}
+
+#[test]
+fn waiting_offers_are_bounded_and_the_oldest_go_first() {
+    let lanes = Lanes::default();
+    lanes.lock().port = Some(4051);
+    let first = lanes.offer(PeerId::random()).unwrap();
+    for _ in 0..OFFERS_MAX {
+        lanes.offer(PeerId::random()).unwrap();
+    }
+    assert_eq!(lanes.lock().offers.len(), OFFERS_MAX);
+    assert!(lanes.redeem(&first.token).is_none());
+}
+
+#[test]
+fn a_peer_that_gave_no_lane_is_not_asked_again_for_a_while() {
+    let lanes = Lanes::default();
+    let peer = PeerId::random();
+    assert!(lanes.expected(&peer));
+    lanes.give_up_on(peer, "test");
+    assert!(!lanes.expected(&peer));
+    lanes.lock().without.insert(peer, Instant::now());
+    assert!(lanes.expected(&peer));
+}
+
+#[test]
+fn the_address_of_a_connection_is_its_ip() {
+    let lanes = Lanes::default();
+    let peer = PeerId::random();
+    lanes.connected(peer, &"/ip4/10.1.2.3/udp/4050/quic-v1".parse().unwrap());
+    assert_eq!(
+        lanes.lock().addresses.get(&peer),
+        Some(&"10.1.2.3".parse::<IpAddr>().unwrap())
+    );
+    lanes.disconnected(&peer);
+    assert!(lanes.lock().addresses.is_empty());
+}
