@@ -45,11 +45,13 @@ use std::time::Duration;
 
 use crate::bitmap::Bitmap;
 use crate::rng::SplitMix64;
+use sorted::SortedMap;
 
 mod pick;
 #[cfg(test)]
 mod sim_tests;
 mod site;
+mod sorted;
 #[cfg(test)]
 mod tests;
 
@@ -202,11 +204,8 @@ struct PeerState {
     have: Bitmap,
     /// `have.is_full()`, cached: it is checked for every peer on every event.
     complete: bool,
-    /// How many chunks this peer has that are needed and not in flight: a peer with none is
-    /// skipped without scanning (late in a transfer, most idle peers are).
-    useful: u32,
     /// Chunk → when it was requested.
-    in_flight: BTreeMap<u32, Duration>,
+    in_flight: SortedMap<u32, Duration>,
     limit: usize,
     paused_until: Duration,
     consecutive_failures: u32,
@@ -215,6 +214,15 @@ struct PeerState {
     /// Smoothed time from request to arrival of this peer's chunks, once one has arrived.
     latency: Option<Duration>,
     stats: PeerStats,
+}
+
+/// A chunk in flight: since when it has been continuously, and the peers asked for it now
+/// (at most `endgame_duplicates_max`), so that its copies are found without visiting every
+/// peer.
+#[derive(Debug, Clone)]
+struct Flight<P> {
+    since: Duration,
+    holders: Vec<P>,
 }
 
 /// The scheduler of one blob's transfer. See the module documentation.
@@ -227,8 +235,8 @@ pub struct Scheduler<P> {
     have_count: u32,
     /// Chunks with at least one request in flight.
     in_flight_chunks: Bitmap,
-    /// The same chunks, with the time since which each has been continuously in flight.
-    in_flight_since: BTreeMap<u32, Duration>,
+    /// The same chunks: since when each has been continuously in flight, and to whom.
+    in_flight_since: BTreeMap<u32, Flight<P>>,
     /// Every request in flight as (sent at, peer, chunk), so expiry looks only at the oldest.
     requests_by_age: BTreeSet<(Duration, P, u32)>,
     /// Requests in flight per chunk.
@@ -241,7 +249,12 @@ pub struct Scheduler<P> {
     in_order: bool,
     /// `(availability, tiebreak, chunk)` of every chunk that is needed and not in flight.
     rarity: BTreeSet<(u32, u32, u32)>,
-    peers: BTreeMap<P, PeerState>,
+    peers: SortedMap<P, PeerState>,
+    /// No peer that is still downloading is due a poll before this: most events end
+    /// `poll_peers` here, without visiting every peer.
+    polls_due_from: Duration,
+    /// `fill`'s list of peers with spare capacity, kept to reuse its allocation.
+    fill_order: Vec<(P, i32)>,
     banned: BTreeSet<P>,
     focus: Option<u32>,
     rng: SplitMix64,
@@ -274,7 +287,9 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             tiebreak,
             in_order: false,
             rarity,
-            peers: BTreeMap::new(),
+            peers: SortedMap::default(),
+            polls_due_from: Duration::MAX,
+            fill_order: Vec::new(),
             banned: BTreeSet::new(),
             focus: None,
             rng,
@@ -493,7 +508,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         earliest
     }
 
-    // ---- bookkeeping that keeps `rarity`, `copies`, `in_flight_*` and `useful` consistent ----
+    // ---- bookkeeping that keeps `rarity`, `copies` and `in_flight_*` consistent ----
 
     fn unrequested(&self, chunk: u32) -> bool {
         !self.have.get(chunk) && self.copies[chunk as usize] == 0
@@ -504,64 +519,54 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         (self.availability[i], self.tiebreak[i], chunk)
     }
 
-    /// A chunk stops being needed-and-unrequested.
-    fn leave_unrequested(&mut self, chunk: u32) {
-        self.rarity.remove(&self.rarity_key(chunk));
-        for state in self.peers.values_mut() {
-            if state.have.get(chunk) {
-                state.useful = state.useful.saturating_sub(1);
-            }
-        }
-    }
-
-    /// A chunk becomes needed-and-unrequested again.
-    fn enter_unrequested(&mut self, chunk: u32) {
-        self.rarity.insert(self.rarity_key(chunk));
-        for state in self.peers.values_mut() {
-            if state.have.get(chunk) {
-                state.useful += 1;
-            }
-        }
-    }
-
-    /// How many chunks of `have` are needed and not in flight.
-    fn count_useful(&self, have: &Bitmap) -> u32 {
+    /// Whether `have` holds a chunk that is needed and not in flight: a peer without one is
+    /// skipped without walking the rarity order (late in a transfer, most idle peers are). A
+    /// pass over the words, with no state to keep for every peer on every chunk change.
+    fn has_useful(&self, have: &Bitmap) -> bool {
         have.words()
             .iter()
             .zip(self.have.words())
             .zip(self.in_flight_chunks.words())
-            .map(|((theirs, ours), in_flight)| (theirs & !ours & !in_flight).count_ones())
-            .sum()
+            .any(|((theirs, ours), in_flight)| theirs & !ours & !in_flight != 0)
     }
 
     fn acquire(&mut self, chunk: u32) {
         if self.unrequested(chunk) {
-            self.leave_unrequested(chunk);
+            self.rarity.remove(&self.rarity_key(chunk));
         }
         if self.have.set(chunk) {
             self.have_count += 1;
         }
     }
 
-    fn add_copy(&mut self, chunk: u32) {
+    fn add_copy(&mut self, peer: &P, chunk: u32) {
         if self.unrequested(chunk) {
-            self.leave_unrequested(chunk);
+            self.rarity.remove(&self.rarity_key(chunk));
         }
         self.copies[chunk as usize] += 1;
-        if self.in_flight_chunks.set(chunk) {
-            self.in_flight_since.insert(chunk, self.now);
-        }
+        self.in_flight_chunks.set(chunk);
+        let now = self.now;
+        self.in_flight_since
+            .entry(chunk)
+            .or_insert_with(|| Flight {
+                since: now,
+                holders: Vec::new(),
+            })
+            .holders
+            .push(peer.clone());
     }
 
-    fn remove_copy(&mut self, chunk: u32) {
+    fn remove_copy(&mut self, peer: &P, chunk: u32) {
         let copies = &mut self.copies[chunk as usize];
         *copies = copies.saturating_sub(1);
         if *copies == 0 {
             self.in_flight_chunks.clear(chunk);
             self.in_flight_since.remove(&chunk);
             if !self.have.get(chunk) {
-                self.enter_unrequested(chunk);
+                self.rarity.insert(self.rarity_key(chunk));
             }
+        } else if let Some(flight) = self.in_flight_since.get_mut(&chunk) {
+            flight.holders.retain(|holder| holder != peer);
         }
     }
 
@@ -619,6 +624,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             return;
         }
         let next_poll = self.now + self.config.have_poll_interval;
+        self.polls_due_from = self.polls_due_from.min(next_poll);
         let (gained, lost) = match self.peers.get_mut(&peer) {
             Some(state) => {
                 let gained: Vec<u32> = have
@@ -631,8 +637,6 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 state.complete = have.is_full();
                 state.have = have;
                 state.next_poll = next_poll;
-                // Recounted below, once availability is updated.
-                state.useful = 0;
                 (gained, lost)
             }
             None => {
@@ -641,9 +645,8 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                     peer.clone(),
                     PeerState {
                         complete: have.is_full(),
-                        useful: 0,
                         have,
-                        in_flight: BTreeMap::new(),
+                        in_flight: SortedMap::default(),
                         limit: self
                             .config
                             .requests_per_peer_initial
@@ -665,12 +668,6 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             && site.is_member(&peer)
         {
             site.progressed(self.now);
-        }
-        if let Some(state) = self.peers.get(&peer) {
-            let useful = self.count_useful(&state.have);
-            if let Some(state) = self.peers.get_mut(&peer) {
-                state.useful = useful;
-            }
         }
     }
 
@@ -718,13 +715,9 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             site.progressed(self.now);
         }
         // The other copies of an endgame duplicate are no longer wanted.
-        if self.copies[chunk as usize] > 0 {
-            let holders: Vec<P> = self
-                .peers
-                .iter()
-                .filter(|(_, state)| state.in_flight.contains_key(&chunk))
-                .map(|(p, _)| p.clone())
-                .collect();
+        if let Some(flight) = self.in_flight_since.get(&chunk) {
+            let mut holders = flight.holders.clone();
+            holders.sort_unstable();
             for holder in holders {
                 self.end_request(&holder, chunk);
                 actions.push(Action::Cancel {
@@ -806,9 +799,9 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         };
         let lost: Vec<u32> = state.have.iter_ones().collect();
         self.apply_availability(&[], &lost);
-        for (&chunk, &sent) in &state.in_flight {
+        for (&chunk, &sent) in state.in_flight.iter() {
             self.requests_by_age.remove(&(sent, peer.clone(), chunk));
-            self.remove_copy(chunk);
+            self.remove_copy(peer, chunk);
         }
     }
 
@@ -817,7 +810,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         if let Some(state) = self.peers.get_mut(peer) {
             state.in_flight.insert(chunk, now);
             self.requests_by_age.insert((now, peer.clone(), chunk));
-            self.add_copy(chunk);
+            self.add_copy(peer, chunk);
         }
     }
 
@@ -831,7 +824,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             return false;
         };
         self.requests_by_age.remove(&(sent, peer.clone(), chunk));
-        self.remove_copy(chunk);
+        self.remove_copy(peer, chunk);
         true
     }
 
@@ -846,13 +839,22 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             return;
         }
         let now = self.now;
+        if now < self.polls_due_from {
+            return;
+        }
         let interval = self.config.have_poll_interval;
-        for (peer, state) in &mut self.peers {
-            if !state.complete && state.next_poll <= now {
+        let mut due_from = Duration::MAX;
+        for (peer, state) in self.peers.iter_mut() {
+            if state.complete {
+                continue;
+            }
+            if state.next_poll <= now {
                 state.next_poll = now + interval;
                 actions.push(Action::PollHave { peer: peer.clone() });
             }
+            due_from = due_from.min(state.next_poll);
         }
+        self.polls_due_from = due_from;
     }
 
     /// Checks the internal invariants; tests call it after every event.
@@ -874,6 +876,17 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 copies > 0,
                 "since {c}"
             );
+            if let Some(flight) = self.in_flight_since.get(&c) {
+                let mut holders = flight.holders.clone();
+                holders.sort_unstable();
+                let expected: Vec<P> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.in_flight.contains_key(&c))
+                    .map(|(peer, _)| peer.clone())
+                    .collect();
+                assert_eq!(holders, expected, "holders of {c}");
+            }
             assert_eq!(
                 self.rarity.contains(&self.rarity_key(c)),
                 self.unrequested(c),
@@ -891,14 +904,10 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             .filter(|&c| self.unrequested(c))
             .count();
         assert_eq!(self.rarity.len(), needed_unrequested);
-        for (peer, state) in &self.peers {
+        for (peer, state) in self.peers.iter() {
             assert!(!self.banned.contains(peer), "banned peer {peer:?} kept");
             assert_eq!(state.complete, state.have.is_full());
-            assert_eq!(
-                state.useful,
-                self.count_useful(&state.have),
-                "useful of {peer:?}"
-            );
+            assert!(state.complete || state.next_poll >= self.polls_due_from);
             assert!(state.limit >= 1 && state.limit <= self.config.requests_per_peer_max);
             assert!(state.in_flight.len() <= self.config.requests_per_peer_max);
             assert!(state.in_flight.keys().all(|&c| c < self.chunk_count));

@@ -4,6 +4,7 @@
 use std::cmp::Reverse;
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::time::Duration;
 
 use super::{Action, PeerState, RARITY_WALK_STEPS, SCAN_SAMPLE_CHUNKS, Scheduler};
 
@@ -18,13 +19,16 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             return;
         }
         let now = self.now;
-        let mut order: Vec<(P, i32)> = self
-            .peers
-            .iter()
-            .filter(|(_, s)| s.in_flight.len() < s.limit && s.paused_until <= now)
-            .map(|(p, s)| (p.clone(), s.preference))
-            .collect();
+        let mut order = std::mem::take(&mut self.fill_order);
+        order.clear();
+        order.extend(
+            self.peers
+                .iter()
+                .filter(|(_, s)| s.in_flight.len() < s.limit && s.paused_until <= now)
+                .map(|(p, s)| (p.clone(), s.preference)),
+        );
         if order.is_empty() {
+            self.fill_order = order;
             return;
         }
         // A random rotation spreads equal peers fairly; the stable sort then puts preferred
@@ -33,7 +37,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         order.rotate_left(start);
         order.sort_by_key(|(_, preference)| Reverse(*preference));
         let fetchers = self.site_fetchers();
-        for (peer, _) in order {
+        for (peer, _) in order.drain(..) {
             let owners_only = self.owners_only(&peer).then_some(fetchers.as_deref());
             while let Some(state) = self.peers.get(&peer) {
                 if state.in_flight.len() >= state.limit {
@@ -50,6 +54,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 });
             }
         }
+        self.fill_order = order;
     }
 
     /// A chunk to ask `peer` for; with `owners_only` (a peer outside this node's site: the
@@ -90,7 +95,8 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         random: u64,
         allowed: &impl Fn(u32) -> bool,
     ) -> Option<u32> {
-        if peer.useful == 0 {
+        // In the endgame no peer has a needed chunk that is not in flight: no need to look.
+        if self.endgame() || !self.has_useful(&peer.have) {
             return None;
         }
         let mut walked = 0;
@@ -146,6 +152,14 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         best.map(|(_, _, chunk)| chunk)
     }
 
+    /// Whether no needed chunk is both un-requested and available from anyone: the rarity
+    /// order ends with the most available one.
+    fn endgame(&self) -> bool {
+        self.rarity
+            .last()
+            .is_none_or(|&(available, _, _)| available == 0)
+    }
+
     /// In the endgame (no needed chunk is both un-requested and available from anyone),
     /// duplicates a chunk in flight elsewhere: fewest copies first, then the one in flight
     /// the longest (the likeliest to be stuck). Only an *overdue* chunk is duplicated: one
@@ -153,38 +167,43 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     /// (at once for a peer that has delivered nothing yet). A healthy request on a slow link
     /// is left alone, which is what keeps a site's shared uplink at one copy.
     fn pick_endgame(&self, peer: &PeerState, allowed: &impl Fn(u32) -> bool) -> Option<u32> {
-        let endgame = self
-            .rarity
-            .last()
-            .is_none_or(|&(available, _, _)| available == 0);
-        if !endgame {
+        if !self.endgame() {
             return None;
         }
         let copies_max = self.config.endgame_duplicates_max as u32;
-        self.in_flight_since
-            .iter()
-            .filter(|&(&chunk, _)| {
-                self.copies[chunk as usize] < copies_max
-                    && peer.have.get(chunk)
-                    && !peer.in_flight.contains_key(&chunk)
-                    && !self.have.get(chunk)
-                    && allowed(chunk)
-                    && self.overdue(chunk)
-            })
-            .min_by_key(|&(&chunk, &since)| (self.copies[chunk as usize], since, chunk))
-            .map(|(&chunk, _)| chunk)
+        // The least key among the candidates; the costly checks only for keys that beat the
+        // best so far.
+        let mut best: Option<(u32, Duration, u32)> = None;
+        for (&chunk, flight) in &self.in_flight_since {
+            let key = (self.copies[chunk as usize], flight.since, chunk);
+            if key.0 >= copies_max || best.is_some_and(|best| best <= key) {
+                continue;
+            }
+            if peer.have.get(chunk)
+                && !peer.in_flight.contains_key(&chunk)
+                && !self.have.get(chunk)
+                && allowed(chunk)
+                && self.overdue(chunk, &flight.holders)
+            {
+                best = Some(key);
+            }
+        }
+        best.map(|(_, _, chunk)| chunk)
     }
 
-    /// Whether every request in flight for `chunk` has taken more than
+    /// Whether every request in flight for `chunk` (to `holders`) has taken more than
     /// [`ENDGAME_OVERDUE_FACTOR`] times its peer's smoothed delivery time.
-    fn overdue(&self, chunk: u32) -> bool {
-        self.peers
-            .values()
-            .all(|state| match (state.in_flight.get(&chunk), state.latency) {
+    fn overdue(&self, chunk: u32, holders: &[P]) -> bool {
+        holders.iter().all(|holder| {
+            let Some(state) = self.peers.get(holder) else {
+                return true;
+            };
+            match (state.in_flight.get(&chunk), state.latency) {
                 (Some(&sent), Some(latency)) => {
                     self.now.saturating_sub(sent) > latency.saturating_mul(ENDGAME_OVERDUE_FACTOR)
                 }
                 _ => true,
-            })
+            }
+        })
     }
 }
