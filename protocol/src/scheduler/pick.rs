@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Duration;
 
+use super::rarity::Walk;
 use super::{Action, PeerState, RARITY_WALK_STEPS, SCAN_SAMPLE_CHUNKS, Scheduler};
 
 /// How many times its peer's usual delivery time a request may take before the endgame sends
@@ -99,17 +100,14 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         if self.endgame() || !self.has_useful(&peer.have) {
             return None;
         }
-        let mut walked = 0;
-        for &(_, _, chunk) in &self.rarity {
-            if peer.have.get(chunk) && allowed(chunk) {
-                return Some(chunk);
-            }
-            walked += 1;
-            if walked == RARITY_WALK_STEPS {
-                return self.scan_rarest(peer, random, allowed);
-            }
+        match self
+            .rarity
+            .first_held(&peer.have_ranked, RARITY_WALK_STEPS, allowed)
+        {
+            Walk::Found(chunk) => Some(chunk),
+            Walk::Walked => self.scan_rarest(peer, random, allowed),
+            Walk::Exhausted => None,
         }
-        None
     }
 
     /// The rarest of a sample of the peer's useful chunks, scanning its bitfield from a
@@ -155,9 +153,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     /// Whether no needed chunk is both un-requested and available from anyone: the rarity
     /// order ends with the most available one.
     fn endgame(&self) -> bool {
-        self.rarity
-            .last()
-            .is_none_or(|&(available, _, _)| available == 0)
+        self.rarity.max_availability().is_none_or(|a| a == 0)
     }
 
     /// In the endgame (no needed chunk is both un-requested and available from anyone),
@@ -174,8 +170,12 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         // The least key among the candidates; the costly checks only for keys that beat the
         // best so far.
         let mut best: Option<(u32, Duration, u32)> = None;
-        for (&chunk, flight) in &self.in_flight_since {
-            let key = (self.copies[chunk as usize], flight.since, chunk);
+        for chunk in self.in_flight_chunks.iter_ones() {
+            let key = (
+                self.copies[chunk as usize],
+                self.in_flight_since[chunk as usize],
+                chunk,
+            );
             if key.0 >= copies_max || best.is_some_and(|best| best <= key) {
                 continue;
             }
@@ -183,7 +183,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 && !peer.in_flight.contains_key(&chunk)
                 && !self.have.get(chunk)
                 && allowed(chunk)
-                && self.overdue(chunk, &flight.holders)
+                && self.overdue(chunk)
             {
                 best = Some(key);
             }
@@ -191,19 +191,16 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         best.map(|(_, _, chunk)| chunk)
     }
 
-    /// Whether every request in flight for `chunk` (to `holders`) has taken more than
+    /// Whether every request in flight for `chunk` has taken more than
     /// [`ENDGAME_OVERDUE_FACTOR`] times its peer's smoothed delivery time.
-    fn overdue(&self, chunk: u32, holders: &[P]) -> bool {
-        holders.iter().all(|holder| {
-            let Some(state) = self.peers.get(holder) else {
-                return true;
-            };
-            match (state.in_flight.get(&chunk), state.latency) {
+    fn overdue(&self, chunk: u32) -> bool {
+        self.peers
+            .values()
+            .all(|state| match (state.in_flight.get(&chunk), state.latency) {
                 (Some(&sent), Some(latency)) => {
                     self.now.saturating_sub(sent) > latency.saturating_mul(ENDGAME_OVERDUE_FACTOR)
                 }
                 _ => true,
-            }
-        })
+            })
     }
 }
