@@ -72,7 +72,12 @@ impl Link {
             self.busy.pop_front();
         }
         let duration = ((bytes as f64 / self.rate).ceil() as Micros).max(1);
-        let first = self.busy.partition_point(|&(_, end)| end <= earliest);
+        // Most chunks go after everything reserved: no search then.
+        let first = if self.busy.back().is_none_or(|&(_, end)| end <= earliest) {
+            self.busy.len()
+        } else {
+            self.busy.partition_point(|&(_, end)| end <= earliest)
+        };
         let mut start = earliest;
         let mut at = first;
         while at < self.busy.len() {

@@ -38,18 +38,22 @@
 //! choosing which blobs to fetch, rate limiting bytes (the node's transport does), or deciding
 //! whom to connect to.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Duration;
 
 use crate::bitmap::Bitmap;
 use crate::rng::SplitMix64;
+use rarity::Rarity;
+use sorted::SortedMap;
 
 mod pick;
+mod rarity;
 #[cfg(test)]
 mod sim_tests;
 mod site;
+mod sorted;
 #[cfg(test)]
 mod tests;
 
@@ -57,10 +61,6 @@ mod tests;
 /// bitfield instead: the walk finds a chunk at once for peers that have most chunks (seeds),
 /// and gives the exact rarest choice whenever one of the 64 rarest needed chunks is theirs.
 const RARITY_WALK_STEPS: usize = 64;
-
-/// Bitfield changes of at least this many chunks (and a quarter of the rarity order) rebuild
-/// the order instead of updating it chunk by chunk.
-const RARITY_REBUILD_CHANGES_MIN: usize = 64;
 
 /// How many of a peer's useful chunks the fallback scan compares. Rarest-first only needs to
 /// be approximately right (every node's view of rarity is local anyway); an exact scan would
@@ -202,11 +202,11 @@ struct PeerState {
     have: Bitmap,
     /// `have.is_full()`, cached: it is checked for every peer on every event.
     complete: bool,
-    /// How many chunks this peer has that are needed and not in flight: a peer with none is
-    /// skipped without scanning (late in a transfer, most idle peers are).
-    useful: u32,
+    /// `have` by rarity rank (see the `rarity` module), so that the rarest-first walk meets
+    /// only the chunks the peer has.
+    have_ranked: Vec<u64>,
     /// Chunk → when it was requested.
-    in_flight: BTreeMap<u32, Duration>,
+    in_flight: SortedMap<u32, Duration>,
     limit: usize,
     paused_until: Duration,
     consecutive_failures: u32,
@@ -227,8 +227,9 @@ pub struct Scheduler<P> {
     have_count: u32,
     /// Chunks with at least one request in flight.
     in_flight_chunks: Bitmap,
-    /// The same chunks, with the time since which each has been continuously in flight.
-    in_flight_since: BTreeMap<u32, Duration>,
+    /// Per chunk, for those in `in_flight_chunks`: since when it has been continuously in
+    /// flight.
+    in_flight_since: Vec<Duration>,
     /// Every request in flight as (sent at, peer, chunk), so expiry looks only at the oldest.
     requests_by_age: BTreeSet<(Duration, P, u32)>,
     /// Requests in flight per chunk.
@@ -239,9 +240,15 @@ pub struct Scheduler<P> {
     /// number when `in_order`.
     tiebreak: Vec<u32>,
     in_order: bool,
-    /// `(availability, tiebreak, chunk)` of every chunk that is needed and not in flight.
-    rarity: BTreeSet<(u32, u32, u32)>,
-    peers: BTreeMap<P, PeerState>,
+    /// Every chunk that is needed and not in flight, in `(availability, tiebreak, chunk)`
+    /// order.
+    rarity: Rarity,
+    peers: SortedMap<P, PeerState>,
+    /// No peer that is still downloading is due a poll before this: most events end
+    /// `poll_peers` here, without visiting every peer.
+    polls_due_from: Duration,
+    /// `fill`'s list of peers with spare capacity, kept to reuse its allocation.
+    fill_order: Vec<(P, i32)>,
     banned: BTreeSet<P>,
     focus: Option<u32>,
     rng: SplitMix64,
@@ -258,23 +265,26 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         config.endgame_duplicates_max = config.endgame_duplicates_max.max(1);
         let mut rng = SplitMix64::new(seed);
         let tiebreak: Vec<u32> = (0..chunk_count).map(|_| rng.next_u64() as u32).collect();
-        let rarity = (0..chunk_count)
-            .map(|c| (0, tiebreak[c as usize], c))
-            .collect();
+        let mut rarity = Rarity::new(&tiebreak);
+        for chunk in 0..chunk_count {
+            rarity.insert(0, chunk);
+        }
         Scheduler {
             config,
             chunk_count,
             have: Bitmap::new(chunk_count),
             have_count: 0,
             in_flight_chunks: Bitmap::new(chunk_count),
-            in_flight_since: BTreeMap::new(),
+            in_flight_since: vec![Duration::ZERO; chunk_count as usize],
             requests_by_age: BTreeSet::new(),
             copies: vec![0; chunk_count as usize],
             availability: vec![0; chunk_count as usize],
             tiebreak,
             in_order: false,
             rarity,
-            peers: BTreeMap::new(),
+            peers: SortedMap::default(),
+            polls_due_from: Duration::MAX,
+            fill_order: Vec::new(),
             banned: BTreeSet::new(),
             focus: None,
             rng,
@@ -336,10 +346,19 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 self.rng.next_u64() as u32
             };
         }
-        self.rarity = (0..self.chunk_count)
-            .filter(|&chunk| self.unrequested(chunk))
-            .map(|chunk| self.rarity_key(chunk))
-            .collect();
+        self.rarity.reset(&self.tiebreak);
+        for chunk in 0..self.chunk_count {
+            if self.unrequested(chunk) {
+                self.rarity.insert(self.availability[chunk as usize], chunk);
+            }
+        }
+        for (_, state) in self.peers.iter_mut() {
+            state.have_ranked.iter_mut().for_each(|w| *w = 0);
+            for chunk in state.have.iter_ones() {
+                let (word, bit) = self.rarity.ranked(chunk);
+                state.have_ranked[word] |= bit;
+            }
+        }
     }
 
     /// Turns on one copy per site (see the `site` module): this node's rank key for this
@@ -493,7 +512,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         earliest
     }
 
-    // ---- bookkeeping that keeps `rarity`, `copies`, `in_flight_*` and `useful` consistent ----
+    // ---- bookkeeping that keeps `rarity`, `copies` and `in_flight_*` consistent ----
 
     fn unrequested(&self, chunk: u32) -> bool {
         !self.have.get(chunk) && self.copies[chunk as usize] == 0
@@ -504,39 +523,20 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         (self.availability[i], self.tiebreak[i], chunk)
     }
 
-    /// A chunk stops being needed-and-unrequested.
-    fn leave_unrequested(&mut self, chunk: u32) {
-        self.rarity.remove(&self.rarity_key(chunk));
-        for state in self.peers.values_mut() {
-            if state.have.get(chunk) {
-                state.useful = state.useful.saturating_sub(1);
-            }
-        }
-    }
-
-    /// A chunk becomes needed-and-unrequested again.
-    fn enter_unrequested(&mut self, chunk: u32) {
-        self.rarity.insert(self.rarity_key(chunk));
-        for state in self.peers.values_mut() {
-            if state.have.get(chunk) {
-                state.useful += 1;
-            }
-        }
-    }
-
-    /// How many chunks of `have` are needed and not in flight.
-    fn count_useful(&self, have: &Bitmap) -> u32 {
+    /// Whether `have` holds a chunk that is needed and not in flight: a peer without one is
+    /// skipped without walking the rarity order (late in a transfer, most idle peers are). A
+    /// pass over the words, with no state to keep for every peer on every chunk change.
+    fn has_useful(&self, have: &Bitmap) -> bool {
         have.words()
             .iter()
             .zip(self.have.words())
             .zip(self.in_flight_chunks.words())
-            .map(|((theirs, ours), in_flight)| (theirs & !ours & !in_flight).count_ones())
-            .sum()
+            .any(|((theirs, ours), in_flight)| theirs & !ours & !in_flight != 0)
     }
 
     fn acquire(&mut self, chunk: u32) {
         if self.unrequested(chunk) {
-            self.leave_unrequested(chunk);
+            self.rarity.remove(self.availability[chunk as usize], chunk);
         }
         if self.have.set(chunk) {
             self.have_count += 1;
@@ -545,11 +545,11 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
 
     fn add_copy(&mut self, chunk: u32) {
         if self.unrequested(chunk) {
-            self.leave_unrequested(chunk);
+            self.rarity.remove(self.availability[chunk as usize], chunk);
         }
         self.copies[chunk as usize] += 1;
         if self.in_flight_chunks.set(chunk) {
-            self.in_flight_since.insert(chunk, self.now);
+            self.in_flight_since[chunk as usize] = self.now;
         }
     }
 
@@ -558,53 +558,51 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         *copies = copies.saturating_sub(1);
         if *copies == 0 {
             self.in_flight_chunks.clear(chunk);
-            self.in_flight_since.remove(&chunk);
             if !self.have.get(chunk) {
-                self.enter_unrequested(chunk);
+                self.rarity.insert(self.availability[chunk as usize], chunk);
             }
         }
     }
 
     fn change_availability(&mut self, chunk: u32, gained: bool) {
-        let member = self.unrequested(chunk);
-        if member {
-            self.rarity.remove(&self.rarity_key(chunk));
-        }
-        let count = &mut self.availability[chunk as usize];
-        *count = if gained {
-            *count + 1
+        let count = self.availability[chunk as usize];
+        let next = if gained {
+            count + 1
         } else {
             count.saturating_sub(1)
         };
-        if member {
-            self.rarity.insert(self.rarity_key(chunk));
+        if self.unrequested(chunk) {
+            self.rarity.remove(count, chunk);
+            self.rarity.insert(next, chunk);
         }
+        self.availability[chunk as usize] = next;
     }
 
-    /// Applies a peer's bitfield change to availability. A large change (a seed joining or
-    /// leaving) rebuilds the rarity order in one sorted pass instead of moving every chunk.
-    fn apply_availability(&mut self, gained: &[u32], lost: &[u32]) {
-        let changed = gained.len() + lost.len();
-        if changed < RARITY_REBUILD_CHANGES_MIN || changed * 4 < self.rarity.len() {
-            for &chunk in gained {
+    /// Applies the change from `old` to `new` (a peer's bitfields; `old` may have no bits) to
+    /// availability and to the peer's bitfield by rank; whether the peer gained any chunk.
+    fn apply_availability(&mut self, old: &Bitmap, new: &Bitmap, ranked: &mut [u64]) -> bool {
+        let mut gained_any = false;
+        for (i, &now_word) in new.words().iter().enumerate() {
+            let before = old.words().get(i).copied().unwrap_or(0);
+            let mut gained = now_word & !before;
+            let mut lost = before & !now_word;
+            gained_any |= gained != 0;
+            while gained != 0 {
+                let chunk = i as u32 * 64 + gained.trailing_zeros();
                 self.change_availability(chunk, true);
+                let (word, bit) = self.rarity.ranked(chunk);
+                ranked[word] |= bit;
+                gained &= gained - 1;
             }
-            for &chunk in lost {
+            while lost != 0 {
+                let chunk = i as u32 * 64 + lost.trailing_zeros();
                 self.change_availability(chunk, false);
+                let (word, bit) = self.rarity.ranked(chunk);
+                ranked[word] &= !bit;
+                lost &= lost - 1;
             }
-            return;
         }
-        for &chunk in gained {
-            self.availability[chunk as usize] += 1;
-        }
-        for &chunk in lost {
-            let count = &mut self.availability[chunk as usize];
-            *count = count.saturating_sub(1);
-        }
-        self.rarity = (0..self.chunk_count)
-            .filter(|&chunk| self.unrequested(chunk))
-            .map(|chunk| self.rarity_key(chunk))
-            .collect();
+        gained_any
     }
 
     // ---- events ----
@@ -619,31 +617,23 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             return;
         }
         let next_poll = self.now + self.config.have_poll_interval;
-        let (gained, lost) = match self.peers.get_mut(&peer) {
+        self.polls_due_from = self.polls_due_from.min(next_poll);
+        // The peer's bitfield is taken out while availability follows the change.
+        let old = match self.peers.get_mut(&peer) {
             Some(state) => {
-                let gained: Vec<u32> = have
-                    .and_not(&state.have)
-                    .map_or_else(|_| Vec::new(), |diff| diff.iter_ones().collect::<Vec<_>>());
-                let lost: Vec<u32> = state
-                    .have
-                    .and_not(&have)
-                    .map_or_else(|_| Vec::new(), |diff| diff.iter_ones().collect::<Vec<_>>());
                 state.complete = have.is_full();
-                state.have = have;
                 state.next_poll = next_poll;
-                // Recounted below, once availability is updated.
-                state.useful = 0;
-                (gained, lost)
+                let ranked = std::mem::take(&mut state.have_ranked);
+                (std::mem::replace(&mut state.have, Bitmap::new(0)), ranked)
             }
             None => {
-                let gained = have.iter_ones().collect();
                 self.peers.insert(
                     peer.clone(),
                     PeerState {
                         complete: have.is_full(),
-                        useful: 0,
-                        have,
-                        in_flight: BTreeMap::new(),
+                        have_ranked: Vec::new(),
+                        have: Bitmap::new(0),
+                        in_flight: SortedMap::default(),
                         limit: self
                             .config
                             .requests_per_peer_initial
@@ -656,21 +646,23 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                         stats: PeerStats::default(),
                     },
                 );
-                (gained, Vec::new())
+                (
+                    Bitmap::new(0),
+                    vec![0; self.chunk_count.div_ceil(64) as usize],
+                )
             }
         };
-        self.apply_availability(&gained, &lost);
+        let (old, mut ranked) = old;
+        let gained = self.apply_availability(&old, &have, &mut ranked);
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.have = have;
+            state.have_ranked = ranked;
+        }
         if let Some(site) = &mut self.site
-            && !gained.is_empty()
+            && gained
             && site.is_member(&peer)
         {
             site.progressed(self.now);
-        }
-        if let Some(state) = self.peers.get(&peer) {
-            let useful = self.count_useful(&state.have);
-            if let Some(state) = self.peers.get_mut(&peer) {
-                state.useful = useful;
-            }
         }
     }
 
@@ -804,9 +796,10 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         let Some(state) = self.peers.remove(peer) else {
             return;
         };
-        let lost: Vec<u32> = state.have.iter_ones().collect();
-        self.apply_availability(&[], &lost);
-        for (&chunk, &sent) in &state.in_flight {
+        for chunk in state.have.iter_ones() {
+            self.change_availability(chunk, false);
+        }
+        for (&chunk, &sent) in state.in_flight.iter() {
             self.requests_by_age.remove(&(sent, peer.clone(), chunk));
             self.remove_copy(chunk);
         }
@@ -846,13 +839,22 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             return;
         }
         let now = self.now;
+        if now < self.polls_due_from {
+            return;
+        }
         let interval = self.config.have_poll_interval;
-        for (peer, state) in &mut self.peers {
-            if !state.complete && state.next_poll <= now {
+        let mut due_from = Duration::MAX;
+        for (peer, state) in self.peers.iter_mut() {
+            if state.complete {
+                continue;
+            }
+            if state.next_poll <= now {
                 state.next_poll = now + interval;
                 actions.push(Action::PollHave { peer: peer.clone() });
             }
+            due_from = due_from.min(state.next_poll);
         }
+        self.polls_due_from = due_from;
     }
 
     /// Checks the internal invariants; tests call it after every event.
@@ -869,13 +871,17 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 .count() as u32;
             assert_eq!(self.copies[i], copies, "copies of {c}");
             assert_eq!(self.in_flight_chunks.get(c), copies > 0, "in flight {c}");
+            // In flight continuously since no later than its oldest request was sent.
+            if let Some(oldest) = self
+                .peers
+                .values()
+                .filter_map(|p| p.in_flight.get(&c))
+                .min()
+            {
+                assert!(self.in_flight_since[i] <= *oldest, "since {c}");
+            }
             assert_eq!(
-                self.in_flight_since.contains_key(&c),
-                copies > 0,
-                "since {c}"
-            );
-            assert_eq!(
-                self.rarity.contains(&self.rarity_key(c)),
+                self.rarity.contains(self.availability[i], c),
                 self.unrequested(c),
                 "rarity membership of {c}"
             );
@@ -891,14 +897,23 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             .filter(|&c| self.unrequested(c))
             .count();
         assert_eq!(self.rarity.len(), needed_unrequested);
-        for (peer, state) in &self.peers {
+        assert_eq!(
+            self.rarity.bits_set(),
+            needed_unrequested,
+            "one level per chunk"
+        );
+        for (peer, state) in self.peers.iter() {
             assert!(!self.banned.contains(peer), "banned peer {peer:?} kept");
             assert_eq!(state.complete, state.have.is_full());
-            assert_eq!(
-                state.useful,
-                self.count_useful(&state.have),
-                "useful of {peer:?}"
-            );
+            for c in 0..self.chunk_count {
+                let (word, bit) = self.rarity.ranked(c);
+                assert_eq!(
+                    state.have_ranked[word] & bit != 0,
+                    state.have.get(c),
+                    "ranked {c}"
+                );
+            }
+            assert!(state.complete || state.next_poll >= self.polls_due_from);
             assert!(state.limit >= 1 && state.limit <= self.config.requests_per_peer_max);
             assert!(state.in_flight.len() <= self.config.requests_per_peer_max);
             assert!(state.in_flight.keys().all(|&c| c < self.chunk_count));

@@ -4,7 +4,9 @@
 use std::cmp::Reverse;
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::time::Duration;
 
+use super::rarity::Walk;
 use super::{Action, PeerState, RARITY_WALK_STEPS, SCAN_SAMPLE_CHUNKS, Scheduler};
 
 /// How many times its peer's usual delivery time a request may take before the endgame sends
@@ -18,13 +20,16 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             return;
         }
         let now = self.now;
-        let mut order: Vec<(P, i32)> = self
-            .peers
-            .iter()
-            .filter(|(_, s)| s.in_flight.len() < s.limit && s.paused_until <= now)
-            .map(|(p, s)| (p.clone(), s.preference))
-            .collect();
+        let mut order = std::mem::take(&mut self.fill_order);
+        order.clear();
+        order.extend(
+            self.peers
+                .iter()
+                .filter(|(_, s)| s.in_flight.len() < s.limit && s.paused_until <= now)
+                .map(|(p, s)| (p.clone(), s.preference)),
+        );
         if order.is_empty() {
+            self.fill_order = order;
             return;
         }
         // A random rotation spreads equal peers fairly; the stable sort then puts preferred
@@ -33,7 +38,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         order.rotate_left(start);
         order.sort_by_key(|(_, preference)| Reverse(*preference));
         let fetchers = self.site_fetchers();
-        for (peer, _) in order {
+        for (peer, _) in order.drain(..) {
             let owners_only = self.owners_only(&peer).then_some(fetchers.as_deref());
             while let Some(state) = self.peers.get(&peer) {
                 if state.in_flight.len() >= state.limit {
@@ -50,6 +55,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 });
             }
         }
+        self.fill_order = order;
     }
 
     /// A chunk to ask `peer` for; with `owners_only` (a peer outside this node's site: the
@@ -90,20 +96,18 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         random: u64,
         allowed: &impl Fn(u32) -> bool,
     ) -> Option<u32> {
-        if peer.useful == 0 {
+        // In the endgame no peer has a needed chunk that is not in flight: no need to look.
+        if self.endgame() || !self.has_useful(&peer.have) {
             return None;
         }
-        let mut walked = 0;
-        for &(_, _, chunk) in &self.rarity {
-            if peer.have.get(chunk) && allowed(chunk) {
-                return Some(chunk);
-            }
-            walked += 1;
-            if walked == RARITY_WALK_STEPS {
-                return self.scan_rarest(peer, random, allowed);
-            }
+        match self
+            .rarity
+            .first_held(&peer.have_ranked, RARITY_WALK_STEPS, allowed)
+        {
+            Walk::Found(chunk) => Some(chunk),
+            Walk::Walked => self.scan_rarest(peer, random, allowed),
+            Walk::Exhausted => None,
         }
-        None
     }
 
     /// The rarest of a sample of the peer's useful chunks, scanning its bitfield from a
@@ -146,6 +150,12 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         best.map(|(_, _, chunk)| chunk)
     }
 
+    /// Whether no needed chunk is both un-requested and available from anyone: the rarity
+    /// order ends with the most available one.
+    fn endgame(&self) -> bool {
+        self.rarity.max_availability().is_none_or(|a| a == 0)
+    }
+
     /// In the endgame (no needed chunk is both un-requested and available from anyone),
     /// duplicates a chunk in flight elsewhere: fewest copies first, then the one in flight
     /// the longest (the likeliest to be stuck). Only an *overdue* chunk is duplicated: one
@@ -153,26 +163,32 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     /// (at once for a peer that has delivered nothing yet). A healthy request on a slow link
     /// is left alone, which is what keeps a site's shared uplink at one copy.
     fn pick_endgame(&self, peer: &PeerState, allowed: &impl Fn(u32) -> bool) -> Option<u32> {
-        let endgame = self
-            .rarity
-            .last()
-            .is_none_or(|&(available, _, _)| available == 0);
-        if !endgame {
+        if !self.endgame() {
             return None;
         }
         let copies_max = self.config.endgame_duplicates_max as u32;
-        self.in_flight_since
-            .iter()
-            .filter(|&(&chunk, _)| {
-                self.copies[chunk as usize] < copies_max
-                    && peer.have.get(chunk)
-                    && !peer.in_flight.contains_key(&chunk)
-                    && !self.have.get(chunk)
-                    && allowed(chunk)
-                    && self.overdue(chunk)
-            })
-            .min_by_key(|&(&chunk, &since)| (self.copies[chunk as usize], since, chunk))
-            .map(|(&chunk, _)| chunk)
+        // The least key among the candidates; the costly checks only for keys that beat the
+        // best so far.
+        let mut best: Option<(u32, Duration, u32)> = None;
+        for chunk in self.in_flight_chunks.iter_ones() {
+            let key = (
+                self.copies[chunk as usize],
+                self.in_flight_since[chunk as usize],
+                chunk,
+            );
+            if key.0 >= copies_max || best.is_some_and(|best| best <= key) {
+                continue;
+            }
+            if peer.have.get(chunk)
+                && !peer.in_flight.contains_key(&chunk)
+                && !self.have.get(chunk)
+                && allowed(chunk)
+                && self.overdue(chunk)
+            {
+                best = Some(key);
+            }
+        }
+        best.map(|(_, _, chunk)| chunk)
     }
 
     /// Whether every request in flight for `chunk` has taken more than
