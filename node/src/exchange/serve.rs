@@ -237,11 +237,11 @@ impl PeerService {
                 tokio::select! {
                     biased;
                     Some(response) = answers.next(), if !answers.is_empty() => {
-                        if write_chunk_answer(&mut writer, &response).await.is_err() {
-                            return;
-                        }
-                        // Written out once nothing else is ready to go with it.
-                        if answers.is_empty() && writer.flush().await.is_err() {
+                        // Flushed at once: a lane keeps a chunk's last record until then, and
+                        // the next answer may wait (for the egress limiter, a read).
+                        if write_chunk_answer(&mut writer, &response).await.is_err()
+                            || writer.flush().await.is_err()
+                        {
                             return;
                         }
                     }

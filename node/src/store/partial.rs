@@ -237,8 +237,16 @@ impl PartialBlob {
 
     /// A second handle on the file for readers (peers, streaming clients). It stays valid after
     /// the blob moves into the store: the rename keeps the same file.
+    ///
+    /// Readahead is off for it: readers ask for whole chunks, and past the chunks written the
+    /// file is holes, which readahead fills with zeroed pages — a third of a receiving node's
+    /// CPU when a gateway client read behind the chunks kept in memory (docs/benchmarks.md) —
+    /// only for the chunks' writes around the page cache to throw them away.
     pub fn reader(&self) -> Result<File, StoreError> {
-        self.file.try_clone().map_err(io_error(&self.path))
+        let file = self.file.try_clone().map_err(io_error(&self.path))?;
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random)
+            .map_err(|error| io_error(&self.path)(error.into()))?;
+        Ok(file)
     }
 
     /// Writes a chunk that the caller has checked against the index.

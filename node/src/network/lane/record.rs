@@ -26,6 +26,10 @@ pub const KEY_BYTES: usize = 16;
 pub const RECORD_PLAINTEXT_MAX: usize = 256 * 1024;
 const TAG_BYTES: usize = 16;
 const HEAD_BYTES: usize = 4;
+const RECORD_BYTES_MAX: usize = HEAD_BYTES + RECORD_PLAINTEXT_MAX + TAG_BYTES;
+/// Writes of at least this many bytes are sealed from the caller's buffer as records of their
+/// own (after what was gathered before them); smaller ones are gathered.
+const DIRECT_WRITE_MIN: usize = 16 * 1024;
 
 /// The two keys of a lane: what the asking side sends with, and what the serving side does.
 #[derive(Clone, PartialEq, Eq)]
@@ -72,16 +76,22 @@ impl Direction {
 
 /// A lane's TCP stream with its records sealed and opened; futures' `AsyncRead` and
 /// `AsyncWrite` over the plaintext.
+///
+/// A large write is sealed from the caller's buffer straight into the outgoing record, and a
+/// record whose plaintext fits the caller's buffer is opened straight into it: the cipher does
+/// the copy. Small writes (a frame's head) gather in the record first.
 pub struct SealedStream {
     tcp: TcpStream,
     sending: Direction,
-    /// The record being filled (`HEAD_BYTES` reserved for its length), or, once sealed, the
-    /// record being written out from `sent`.
+    /// The outgoing record: `HEAD_BYTES` for its length, then `buffered` bytes of plaintext
+    /// being gathered, or, once sealed, `sealed` bytes being written out from `sent`.
     outgoing: Vec<u8>,
-    sealed: bool,
+    buffered: usize,
+    sealed: usize,
     sent: usize,
     receiving: Direction,
-    /// The record being read, then its opened plaintext from `plain_start` to `plain_end`.
+    /// The record being read (`received` bytes so far), then its opened plaintext from
+    /// `plain_start` to `plain_end`.
     incoming: Vec<u8>,
     received: usize,
     plain_start: usize,
@@ -102,46 +112,69 @@ impl SealedStream {
             End::Asker => (&keys.asker_to_server, &keys.server_to_asker),
             End::Server => (&keys.server_to_asker, &keys.asker_to_server),
         };
-        let mut outgoing = Vec::with_capacity(HEAD_BYTES + RECORD_PLAINTEXT_MAX + TAG_BYTES);
-        outgoing.extend_from_slice(&[0; HEAD_BYTES]);
         SealedStream {
             tcp,
             sending: Direction::new(sending),
-            outgoing,
-            sealed: false,
+            outgoing: vec![0; RECORD_BYTES_MAX],
+            buffered: 0,
+            sealed: 0,
             sent: 0,
             receiving: Direction::new(receiving),
-            incoming: vec![0; HEAD_BYTES + RECORD_PLAINTEXT_MAX + TAG_BYTES],
+            incoming: vec![0; RECORD_BYTES_MAX],
             received: 0,
             plain_start: 0,
             plain_end: 0,
         }
     }
 
-    /// Seals the record being filled, if it holds anything.
-    fn seal(&mut self) {
-        if self.sealed || self.outgoing.len() == HEAD_BYTES {
-            return;
-        }
-        let length = u32::try_from(self.outgoing.len() - HEAD_BYTES + TAG_BYTES)
-            .expect("a record is far below 4 GiB");
+    /// Writes the outgoing record's length, `plaintext` bytes and the tag; the next nonce.
+    fn head(&mut self, plaintext: usize) -> (Nonce, [u8; HEAD_BYTES]) {
+        let length = u32::try_from(plaintext + TAG_BYTES).expect("a record is far below 4 GiB");
         let head = length.to_be_bytes();
         self.outgoing[..HEAD_BYTES].copy_from_slice(&head);
-        let nonce = self.sending.next_nonce();
-        let tag = self
+        self.sealed = HEAD_BYTES + plaintext + TAG_BYTES;
+        self.sent = 0;
+        (self.sending.next_nonce(), head)
+    }
+
+    /// Seals the plaintext gathered in the outgoing record, if there is any.
+    fn seal_buffered(&mut self) {
+        if self.sealed > 0 || self.buffered == 0 {
+            return;
+        }
+        let plaintext = std::mem::take(&mut self.buffered);
+        let (nonce, head) = self.head(plaintext);
+        let (body, tag) = self.outgoing[HEAD_BYTES..].split_at_mut(plaintext);
+        let sealed = self
             .sending
             .key
-            .seal_in_place_separate_tag(nonce, Aad::from(head), &mut self.outgoing[HEAD_BYTES..])
+            .seal_in_place_separate_tag(nonce, Aad::from(head), body)
             .expect("sealing a record within AES-GCM's limits");
-        self.outgoing.extend_from_slice(tag.as_ref());
-        self.sealed = true;
-        self.sent = 0;
+        tag[..TAG_BYTES].copy_from_slice(sealed.as_ref());
+    }
+
+    /// Seals `plaintext` (at most a record's worth, nothing gathered) from where it is into
+    /// the outgoing record.
+    fn seal_from(&mut self, plaintext: &[u8]) {
+        let (nonce, head) = self.head(plaintext.len());
+        let (body, tag) = self.outgoing[HEAD_BYTES..].split_at_mut(plaintext.len());
+        self.sending
+            .key
+            .seal_out_of_place_scatter(
+                nonce,
+                Aad::from(head),
+                plaintext,
+                body,
+                &[],
+                &mut tag[..TAG_BYTES],
+            )
+            .expect("sealing a record within AES-GCM's limits");
     }
 
     /// Writes out the sealed record, if there is one; ready once it is all on the socket.
     fn poll_send_sealed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sealed {
-            let unsent = &self.outgoing[self.sent..];
+        while self.sealed > 0 {
+            let unsent = &self.outgoing[self.sent..self.sealed];
             let written = ready!(tokio::io::AsyncWrite::poll_write(
                 Pin::new(&mut self.tcp),
                 cx,
@@ -151,9 +184,8 @@ impl SealedStream {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.sent += written;
-            if self.sent == self.outgoing.len() {
-                self.outgoing.truncate(HEAD_BYTES);
-                self.sealed = false;
+            if self.sent == self.sealed {
+                self.sealed = 0;
             }
         }
         Poll::Ready(Ok(()))
@@ -181,18 +213,39 @@ impl SealedStream {
         Poll::Ready(Ok(true))
     }
 
-    /// Reads and opens the next record; `Ok(false)` at a clean end of the stream.
-    fn poll_next_record(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+    /// Reads the next record whole; its length (ciphertext and tag), or `None` at a clean end
+    /// of the stream.
+    fn poll_next_record(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<usize>>> {
         if !ready!(self.poll_fill(cx, HEAD_BYTES))? {
-            return Poll::Ready(Ok(false));
+            return Poll::Ready(Ok(None));
         }
-        let head: [u8; HEAD_BYTES] = self.incoming[..HEAD_BYTES].try_into().expect("4 bytes");
-        let length = u32::from_be_bytes(head) as usize;
+        let length = u32::from_be_bytes(self.record_head()) as usize;
         if !(TAG_BYTES..=RECORD_PLAINTEXT_MAX + TAG_BYTES).contains(&length) {
             return Poll::Ready(Err(invalid(format!("a lane record of {length} bytes"))));
         }
         ready!(self.poll_fill(cx, HEAD_BYTES + length))?;
         self.received = 0;
+        Poll::Ready(Ok(Some(length)))
+    }
+
+    fn record_head(&self) -> [u8; HEAD_BYTES] {
+        self.incoming[..HEAD_BYTES].try_into().expect("4 bytes")
+    }
+
+    /// Opens the record just read into `out`, which is exactly its plaintext's length.
+    fn open_into(&mut self, length: usize, out: &mut [u8]) -> io::Result<()> {
+        let head = self.record_head();
+        let nonce = self.receiving.next_nonce();
+        let (ciphertext, tag) = self.incoming[HEAD_BYTES..HEAD_BYTES + length].split_at(out.len());
+        self.receiving
+            .key
+            .open_separate_gather(nonce, Aad::from(head), ciphertext, tag, out)
+            .map_err(|_| invalid("a lane record failed authentication"))
+    }
+
+    /// Opens the record just read where it is, for reads smaller than it.
+    fn open_in_place(&mut self, length: usize) -> io::Result<()> {
+        let head = self.record_head();
         let nonce = self.receiving.next_nonce();
         let record = &mut self.incoming[HEAD_BYTES..HEAD_BYTES + length];
         let plain = self
@@ -202,7 +255,7 @@ impl SealedStream {
             .map_err(|_| invalid("a lane record failed authentication"))?;
         self.plain_start = HEAD_BYTES;
         self.plain_end = HEAD_BYTES + plain.len();
-        Poll::Ready(Ok(true))
+        Ok(())
     }
 }
 
@@ -218,8 +271,21 @@ impl AsyncRead for SealedStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         while this.plain_start == this.plain_end {
-            if buf.is_empty() || !ready!(this.poll_next_record(cx))? {
+            if buf.is_empty() {
                 return Poll::Ready(Ok(0));
+            }
+            let Some(length) = ready!(this.poll_next_record(cx))? else {
+                return Poll::Ready(Ok(0));
+            };
+            let plaintext = length - TAG_BYTES;
+            if plaintext == 0 {
+                // Nothing to hand out (and `Ok(0)` would read as the end): authenticate it.
+                this.open_in_place(length)?;
+            } else if plaintext <= buf.len() {
+                this.open_into(length, &mut buf[..plaintext])?;
+                return Poll::Ready(Ok(plaintext));
+            } else {
+                this.open_in_place(length)?;
             }
         }
         let taken = buf.len().min(this.plain_end - this.plain_start);
@@ -237,18 +303,26 @@ impl AsyncWrite for SealedStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_send_sealed(cx))?;
-        let room = HEAD_BYTES + RECORD_PLAINTEXT_MAX - this.outgoing.len();
-        let taken = buf.len().min(room);
-        this.outgoing.extend_from_slice(&buf[..taken]);
-        if this.outgoing.len() == HEAD_BYTES + RECORD_PLAINTEXT_MAX {
-            this.seal();
+        if buf.len() >= DIRECT_WRITE_MIN {
+            this.seal_buffered();
+            ready!(this.poll_send_sealed(cx))?;
+            let taken = buf.len().min(RECORD_PLAINTEXT_MAX);
+            this.seal_from(&buf[..taken]);
+            return Poll::Ready(Ok(taken));
+        }
+        let taken = buf.len().min(RECORD_PLAINTEXT_MAX - this.buffered);
+        let at = HEAD_BYTES + this.buffered;
+        this.outgoing[at..at + taken].copy_from_slice(&buf[..taken]);
+        this.buffered += taken;
+        if this.buffered == RECORD_PLAINTEXT_MAX {
+            this.seal_buffered();
         }
         Poll::Ready(Ok(taken))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.seal();
+        this.seal_buffered();
         ready!(this.poll_send_sealed(cx))?;
         tokio::io::AsyncWrite::poll_flush(Pin::new(&mut this.tcp), cx)
     }
@@ -314,6 +388,50 @@ mod tests {
         assert_eq!(&writer.await.unwrap(), b"thank");
     }
 
+    /// Small writes gather, large ones are sealed where they are; reads smaller than a record
+    /// are served from it, larger ones get records opened into them: every mix reads back.
+    #[tokio::test]
+    async fn small_and_large_writes_and_reads_interleave() {
+        let (mut asker, mut server) = sealed_pair(&keys(7), &keys(7)).await;
+        let writes = [
+            3,
+            70_000,
+            5,
+            RECORD_PLAINTEXT_MAX + 7,
+            1,
+            40_000,
+            16 * 1024,
+            2,
+        ];
+        let total: usize = writes.iter().sum();
+        let sent: Vec<u8> = (0..total).map(|i| (i % 253) as u8).collect();
+        let expected = sent.clone();
+        let writer = tokio::spawn(async move {
+            let mut at = 0;
+            for (i, size) in writes.into_iter().enumerate() {
+                server.write_all(&sent[at..at + size]).await.unwrap();
+                at += size;
+                if i % 3 == 0 {
+                    server.flush().await.unwrap();
+                }
+            }
+            server.close().await.unwrap();
+        });
+        let mut received = Vec::new();
+        let reads = [2, 100, 300_000, 7, RECORD_PLAINTEXT_MAX, 1];
+        for size in reads.iter().cycle() {
+            let mut buffer = vec![0u8; *size];
+            let read = asker.read(&mut buffer).await.unwrap();
+            if read == 0 {
+                break;
+            }
+            received.extend_from_slice(&buffer[..read]);
+        }
+        writer.await.unwrap();
+        assert_eq!(received.len(), expected.len());
+        assert!(received == expected, "the bytes differ");
+    }
+
     #[tokio::test]
     async fn a_clean_close_reads_as_the_end() {
         let (mut asker, mut server) = sealed_pair(&keys(2), &keys(2)).await;
@@ -373,6 +491,33 @@ mod tests {
             let error = asker.read(&mut [0u8; 16]).await.unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         }
+    }
+
+    /// An empty record is authenticated and skipped, not taken for the end of the stream.
+    #[tokio::test]
+    async fn an_empty_record_is_not_the_end() {
+        let lane_keys = keys(8);
+        let mut direction = Direction::new(&lane_keys.server_to_asker);
+        let mut wire = Vec::new();
+        for plain in [&b""[..], b"x"] {
+            let length = (plain.len() + TAG_BYTES) as u32;
+            let mut body = plain.to_vec();
+            let nonce = direction.next_nonce();
+            let tag = direction
+                .key
+                .seal_in_place_separate_tag(nonce, Aad::from(length.to_be_bytes()), &mut body)
+                .unwrap();
+            wire.extend_from_slice(&length.to_be_bytes());
+            wire.extend_from_slice(&body);
+            wire.extend_from_slice(tag.as_ref());
+        }
+        let (asker, mut raw_server) = tcp_pair().await;
+        let mut asker = SealedStream::new(asker, &lane_keys, End::Asker);
+        raw_server.write_all(&wire).await.unwrap();
+        drop(raw_server);
+        let mut received = Vec::new();
+        asker.read_to_end(&mut received).await.unwrap();
+        assert_eq!(received, b"x");
     }
 
     #[tokio::test]
