@@ -34,8 +34,8 @@ use crate::exchange::rate::{Booking, RateLimiter};
 use crate::exchange::seeding::SeedLedger;
 use crate::locality::Locality;
 use crate::network::{
-    ChunkAnswer, ChunkBuffers, InboundRequest, LinkStream, NetworkEvent, NetworkHandle,
-    read_request_frame, write_chunk_answer,
+    ChunkAnswer, ChunkBuffers, InboundRequest, LinkAnswer, LinkStream, NetworkEvent, NetworkHandle,
+    read_request_frame, write_link_answer,
 };
 use crate::observe::Counters;
 use crate::store::Store;
@@ -217,8 +217,8 @@ impl PeerService {
         let read = async move {
             loop {
                 match read_request_frame(&mut reader).await {
-                    Ok(Request::Chunk { blob, chunk }) => {
-                        if requests.send((blob, chunk)).await.is_err() {
+                    Ok(request @ (Request::Chunk { .. } | Request::Have { .. })) => {
+                        if requests.send(request).await.is_err() {
                             return;
                         }
                     }
@@ -236,10 +236,10 @@ impl PeerService {
             loop {
                 tokio::select! {
                     biased;
-                    Some(response) = answers.next(), if !answers.is_empty() => {
+                    Some(answer) = answers.next(), if !answers.is_empty() => {
                         // Flushed at once: a lane keeps a chunk's last record until then, and
                         // the next answer may wait (for the egress limiter, a read).
-                        if write_chunk_answer(&mut writer, &response).await.is_err()
+                        if write_link_answer(&mut writer, &answer).await.is_err()
                             || writer.flush().await.is_err()
                         {
                             return;
@@ -247,7 +247,7 @@ impl PeerService {
                     }
                     request = queued.recv(), if open && answers.len() < LINK_ANSWERS_AHEAD => {
                         match request {
-                            Some((blob, chunk)) => answers.push_back(self.chunk(peer, blob, chunk)),
+                            Some(request) => answers.push_back(self.link_answer(peer, request)),
                             None => open = false,
                         }
                     }
@@ -256,6 +256,20 @@ impl PeerService {
             }
         };
         tokio::join!(read, answer);
+    }
+
+    /// The answer to a request on a chunk link: a chunk, or a bitfield (peers poll bitfields
+    /// on their lanes rather than on a substream each).
+    async fn link_answer(&self, peer: PeerId, request: Request) -> LinkAnswer {
+        match request {
+            Request::Chunk { blob, chunk } => {
+                LinkAnswer::Chunk(self.chunk(peer, blob, chunk).await)
+            }
+            Request::Have { blob } if self.permitted(peer, &request).await => {
+                LinkAnswer::Response(self.have(blob).await)
+            }
+            _ => LinkAnswer::Response(Response::NotFound),
+        }
     }
 
     /// Asks the serving policy whether `chunk` goes to `peer`, with the egress queued ahead on

@@ -12,19 +12,20 @@
 //! else a libp2p stream.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{PeerId, StreamProtocol};
 use shoal_protocol::Digest;
-use shoal_protocol::wire::Request;
+use shoal_protocol::wire::{Request, Response};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use super::RequestError;
 use super::buffers::ChunkBuffers;
-use super::codec::{ChunkAnswer, read_chunk_answer, write_request_frame};
+use super::codec::{ChunkAnswer, read_chunk_answer, read_response_frame, write_request_frame};
 use super::lane::Lanes;
 use crate::observe::Counters;
 
@@ -66,15 +67,22 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + std::fmt::Debug> LinkStream for 
 
 /// One pending request: what to ask, and where the answer goes.
 struct LinkRequest {
-    blob: Digest,
-    chunk: u32,
-    reply: oneshot::Sender<ChunkAnswer>,
+    request: Request,
+    reply: Reply,
+}
+
+/// Where an answer goes: a chunk's into a pooled buffer, a bitfield's as a response.
+enum Reply {
+    Chunk(oneshot::Sender<ChunkAnswer>),
+    Response(oneshot::Sender<Response>),
 }
 
 /// A running link to one peer; dropping it stops the link task.
 struct Link {
     requests: mpsc::Sender<LinkRequest>,
     task: AbortHandle,
+    /// Set once the link runs on a lane, which answers bitfield requests too.
+    lane: Arc<AtomicBool>,
 }
 
 impl Link {
@@ -163,8 +171,43 @@ impl ChunkLinks {
     /// One attempt on the next link to `peer`; `None` when that link closed first.
     async fn request_once(&self, peer: PeerId, blob: Digest, chunk: u32) -> Option<ChunkAnswer> {
         let (reply, answer) = oneshot::channel();
-        let request = LinkRequest { blob, chunk, reply };
+        let request = LinkRequest {
+            request: Request::Chunk { blob, chunk },
+            reply: Reply::Chunk(reply),
+        };
         self.link(peer).send(request).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Asks `peer` for its bitfield of `blob` on a lane already open to it; `None` when there
+    /// is none (or it closed first), and the request-response protocol should carry it. A
+    /// poll on a lane costs a frame each way; on request-response, a substream with its
+    /// protocol negotiation — most of a rate-limited fan-out's CPU (docs/benchmarks.md).
+    /// With no lane open yet, one is started for the polls to come.
+    pub async fn request_have(&self, peer: PeerId, blob: Digest) -> Option<Response> {
+        let lane = self.lock().get(&peer).and_then(|peer_links| {
+            let lane = peer_links
+                .links
+                .iter()
+                .find(|link| link.is_open() && link.lane.load(Ordering::Relaxed))?;
+            Some(lane.requests.clone())
+        });
+        let Some(requests) = lane else {
+            let opening = self
+                .lock()
+                .get(&peer)
+                .is_none_or(|peer_links| !peer_links.links.iter().any(Link::is_open));
+            if opening && self.lanes.expected(&peer) {
+                self.link(peer);
+            }
+            return None;
+        };
+        let (reply, answer) = oneshot::channel();
+        let request = LinkRequest {
+            request: Request::Have { blob },
+            reply: Reply::Response(reply),
+        };
+        requests.send(request).await.ok()?;
         answer.await.ok()
     }
 
@@ -194,16 +237,19 @@ impl ChunkLinks {
             return link.requests.clone();
         }
         let (requests, queue) = mpsc::channel(LINK_QUEUE_LEN);
+        let lane = Arc::new(AtomicBool::new(false));
         let opening = open_link(
             self.control.clone(),
             self.lanes.clone(),
             self.counters.clone(),
             peer,
+            lane.clone(),
         );
         let run = run_link(opening, self.buffers.clone(), peer, queue);
         let link = Link {
             requests: requests.clone(),
             task: tokio::spawn(run).abort_handle(),
+            lane,
         };
         match peer_links.links.get_mut(turn) {
             Some(ended) => *ended = link,
@@ -219,11 +265,13 @@ async fn open_link(
     lanes: Lanes,
     counters: Arc<Counters>,
     peer: PeerId,
+    is_lane: Arc<AtomicBool>,
 ) -> Option<Box<dyn LinkStream>> {
     if lanes.expected(&peer)
         && let Some(lane) = lanes.open(&mut control, peer).await
     {
         Counters::add(&counters.chunk_links_lane, 1);
+        is_lane.store(true, Ordering::Relaxed);
         return Some(Box::new(lane));
     }
     match control.open_stream(peer, CHUNK_PROTOCOL).await {
@@ -250,14 +298,12 @@ async fn run_link(
         return;
     };
     let (mut reader, mut writer) = stream.split();
-    let (sent, mut unanswered) = mpsc::channel::<oneshot::Sender<_>>(LINK_IN_FLIGHT_MAX);
+    let (sent, mut unanswered) = mpsc::channel::<Reply>(LINK_IN_FLIGHT_MAX);
     let write = async move {
         while let Some(request) = queue.recv().await {
-            let frame = Request::Chunk {
-                blob: request.blob,
-                chunk: request.chunk,
-            };
-            if write_request_frame(&mut writer, &frame).await.is_err()
+            if write_request_frame(&mut writer, &request.request)
+                .await
+                .is_err()
                 || writer.flush().await.is_err()
                 || sent.send(request.reply).await.is_err()
             {
@@ -268,13 +314,22 @@ async fn run_link(
     };
     let read = async move {
         while let Some(reply) = unanswered.recv().await {
-            let answer =
-                tokio::time::timeout(ANSWER_TIMEOUT, read_chunk_answer(&mut reader, &buffers))
-                    .await;
-            match answer {
-                Ok(Ok(answer)) => {
-                    let _ = reply.send(answer);
+            let answer = tokio::time::timeout(ANSWER_TIMEOUT, async {
+                match reply {
+                    Reply::Chunk(reply) => {
+                        let answer = read_chunk_answer(&mut reader, &buffers).await?;
+                        let _ = reply.send(answer);
+                    }
+                    Reply::Response(reply) => {
+                        let response = read_response_frame(&mut reader).await?;
+                        let _ = reply.send(response);
+                    }
                 }
+                std::io::Result::Ok(())
+            })
+            .await;
+            match answer {
+                Ok(Ok(())) => {}
                 Ok(Err(error)) => {
                     tracing::debug!(%peer, %error, "chunk link broken");
                     return;

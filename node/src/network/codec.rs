@@ -68,7 +68,7 @@ pub async fn write_request_frame<T: AsyncWrite + Unpin>(
 /// Reads a response frame. A chunk's bytes (nearly all the bytes peers exchange) are read
 /// straight into the buffer the response keeps, rather than into a frame that decoding then
 /// copies: one 1 MiB buffer per chunk instead of two, and one copy fewer.
-async fn read_response_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Response> {
+pub async fn read_response_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Response> {
     let length = read_length(io, RESPONSE_BYTES_MAX).await?;
     let mut head = [0u8; wire::FRAME_HEAD_BYTES];
     let head = &mut head[..length.min(wire::FRAME_HEAD_BYTES)];
@@ -126,6 +126,24 @@ pub async fn read_chunk_answer<T: AsyncRead + Unpin>(
         other => Err(invalid(format!(
             "not an answer to a chunk request: {other:?}"
         ))),
+    }
+}
+
+/// An answer on a chunk link: to a chunk request, or (on lanes) to a bitfield request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkAnswer {
+    Chunk(ChunkAnswer),
+    Response(Response),
+}
+
+/// Writes one answer on a chunk link, without flushing.
+pub async fn write_link_answer<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    answer: &LinkAnswer,
+) -> io::Result<()> {
+    match answer {
+        LinkAnswer::Chunk(answer) => write_chunk_answer(io, answer).await,
+        LinkAnswer::Response(response) => write_response_frame(io, response).await,
     }
 }
 
@@ -276,6 +294,34 @@ mod tests {
                 assert_eq!(read.unwrap(), answer);
             }
         }
+    }
+
+    /// On a lane, bitfield answers and chunk answers share the link, in order.
+    #[tokio::test]
+    async fn link_answers_of_both_kinds_read_back_in_order() {
+        let have = Response::Have {
+            blob_size: 10 << 20,
+            chunk_bytes: 1 << 20,
+            chunks: shoal_protocol::Bitmap::new(10),
+            complete: false,
+        };
+        let chunk = ChunkAnswer::Chunk(Bytes::from(vec![7u8; 5000]));
+        let mut wire = Cursor::new(Vec::new());
+        for answer in [
+            LinkAnswer::Response(have.clone()),
+            LinkAnswer::Chunk(chunk.clone()),
+            LinkAnswer::Response(Response::NotFound),
+        ] {
+            write_link_answer(&mut wire, &answer).await.unwrap();
+        }
+        let mut wire = Cursor::new(wire.into_inner());
+        let buffers = ChunkBuffers::default();
+        assert_eq!(read_response_frame(&mut wire).await.unwrap(), have);
+        assert_eq!(read_chunk_answer(&mut wire, &buffers).await.unwrap(), chunk);
+        assert_eq!(
+            read_response_frame(&mut wire).await.unwrap(),
+            Response::NotFound
+        );
     }
 
     #[tokio::test]

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use behaviour::{ANNOUNCEMENT_TOPIC, Behaviour, BehaviourEvent};
 pub use buffers::ChunkBuffers;
 pub use chunks::{ChunkLinks, LinkStream};
-pub use codec::{ChunkAnswer, read_request_frame, write_chunk_answer};
+pub use codec::{ChunkAnswer, LinkAnswer, read_request_frame, write_link_answer};
 
 use crate::locality::{self, Locality};
 use crate::observe::Counters;
@@ -185,6 +185,11 @@ impl NetworkHandle {
     /// Sends an exchange request and waits for the answer. Cancel-safe: dropping the future
     /// abandons the answer, the request still completes or times out in the swarm.
     pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, RequestError> {
+        if let Request::Have { blob } = request
+            && let Some(response) = self.chunk_links.request_have(peer, blob).await
+        {
+            return Ok(response);
+        }
         let (reply, answer) = oneshot::channel();
         self.send(Command::Request {
             peer,

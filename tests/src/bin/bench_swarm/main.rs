@@ -97,13 +97,14 @@ use shoal_tests::node::{ShoalNode, shoal, shoal_binary};
 use tempfile::TempDir;
 
 mod floor;
+mod simulated;
 mod transfer;
 use transfer::TransferBench;
 
 const USAGE: &str = "\
 usage: bench_swarm MODE [--size-mib N] [--rounds N] [--nodes N] [--rate-mib N]
                         [--ingress-mib N] [--extra-peers N] [--seed N] [--keep]
-                        [--only SOURCES]
+                        [--only SOURCES] [--settings NxR,...]
 
 MODE is one of:
   transfer   one big blob from 1 and from 3 Shoal peers, against docker-registry -> curl
@@ -120,6 +121,9 @@ MODE is one of:
   --only SOURCES    transfer: only these sources, comma-separated, of registry, loopback,
                     gateway, one-peer, three-peers (the figures then lack their references;
                     for profiling one path)
+  --settings NxR,.. fanout: one fan-out per setting, N nodes at R MiB/s each, then a table
+                    of them all, such as 15x10,24x6,32x4,1x10 (a 1-node setting is the
+                    reference: one node pulling from one peer)
   --keep            keep the temp dir with the nodes' data and logs, and print its path
 
 Run with --release: the shoal binary measured is built with the benchmark's own profile
@@ -156,6 +160,9 @@ struct Options {
     keep: bool,
     /// `--only`: the transfer sources to run; all when empty.
     only: Vec<String>,
+    /// `--settings`: fan-outs to run one after the other, (nodes, MiB/s); when empty, the one
+    /// `--nodes` and `--rate-mib` give.
+    settings: Vec<(usize, u64)>,
 }
 
 fn parse_options() -> Result<Option<Options>> {
@@ -181,6 +188,7 @@ fn parse_options() -> Result<Option<Options>> {
         seed: 11,
         keep: false,
         only: Vec::new(),
+        settings: Vec::new(),
     };
     while let Some(flag) = args.next() {
         match flag.as_str() {
@@ -199,6 +207,10 @@ fn parse_options() -> Result<Option<Options>> {
             .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
         if flag == "--only" {
             options.only = value.split(',').map(str::to_owned).collect();
+            continue;
+        }
+        if flag == "--settings" {
+            options.settings = parse_settings(&value)?;
             continue;
         }
         let number: u64 = value
@@ -222,6 +234,24 @@ fn parse_options() -> Result<Option<Options>> {
     Ok(Some(options))
 }
 
+/// `15x10,24x6`: (nodes, MiB/s) pairs.
+fn parse_settings(value: &str) -> Result<Vec<(usize, u64)>> {
+    value
+        .split(',')
+        .map(|setting| {
+            let (nodes, rate) = setting
+                .split_once('x')
+                .with_context(|| format!("--settings {setting}: not NODESxMIB"))?;
+            let (nodes, rate): (usize, u64) = (nodes.parse()?, rate.parse()?);
+            ensure!(
+                nodes > 0 && rate > 0,
+                "--settings {setting}: both at least 1"
+            );
+            Ok((nodes, rate))
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
@@ -243,7 +273,7 @@ fn run() -> Result<ExitCode> {
             true
         }
         Mode::Transfer => TransferBench::run(&options)?,
-        Mode::Fanout => FanoutBench::run(&options)?,
+        Mode::Fanout => FanoutBench::run_settings(&options)?,
     };
     println!("load average at the end: {}", load_average());
     Ok(if all_good {
@@ -674,6 +704,21 @@ struct FanoutBench {
     rate: f64,
     /// Every node's download limit, bytes per second; `None` when unlimited.
     ingress: Option<f64>,
+    /// `--seed`, for the simulator.
+    rng_seed: u64,
+}
+
+/// One fan-out's figures, for the table of `--settings`.
+#[derive(Debug, Clone, Copy)]
+struct FanoutRow {
+    nodes: usize,
+    rate_mib: u64,
+    last_over_t_min: f64,
+    seed_copies: f64,
+    /// Every node's CPU from t0 to the last completion, per GB the members received.
+    cpu_per_gb: f64,
+    simulated: Option<simulated::Simulated>,
+    all_good: bool,
 }
 
 /// CPU seconds used by every node (the seed first) and by this program's children (the
@@ -685,7 +730,27 @@ struct CpuUse {
 }
 
 impl FanoutBench {
-    fn run(options: &Options) -> Result<bool> {
+    /// The fan-outs of `--settings` one after the other and a table of them, or the one of
+    /// `--nodes` and `--rate-mib`.
+    fn run_settings(options: &Options) -> Result<bool> {
+        if options.settings.is_empty() {
+            return Ok(FanoutBench::run(options)?.all_good);
+        }
+        let mut rows = Vec::new();
+        for &(nodes, rate_mib) in &options.settings {
+            println!("\n=== fan-out: {nodes} nodes at {rate_mib} MiB/s");
+            let setting = Options {
+                nodes,
+                rate_mib,
+                ..options.clone()
+            };
+            rows.push(FanoutBench::run(&setting)?);
+        }
+        print_settings_table(&rows);
+        Ok(rows.iter().all(|row| row.all_good))
+    }
+
+    fn run(options: &Options) -> Result<FanoutRow> {
         let (tempdir, dir) = work_dir(options)?;
         let size = options.size_mib.unwrap_or(FANOUT_SIZE_MIB) << 20;
         let image = ImageSpec::sized(options.seed, size)
@@ -725,10 +790,10 @@ impl FanoutBench {
                 .collect(),
             status_commands: cpu_at_end.status_commands - cpu_at_t0.status_commands,
         };
-        let all_good = bench.report(t0, &done?, &samples, &cpu)?;
+        let row = bench.report(t0, &done?, &samples, &cpu)?;
         drop(bench);
         finish_work_dir(tempdir, options.keep);
-        Ok(all_good)
+        Ok(row)
     }
 
     fn start_swarm(options: &Options, dir: &Path, image: GeneratedImage) -> Result<FanoutBench> {
@@ -778,6 +843,7 @@ impl FanoutBench {
             members,
             rate: options.rate_mib as f64 * MIB,
             ingress: (ingress_mib > 0).then_some(ingress_mib as f64 * MIB),
+            rng_seed: options.seed,
         })
     }
 
@@ -832,7 +898,7 @@ impl FanoutBench {
         done: &[Option<f64>],
         samples: &[Sample],
         cpu: &CpuUse,
-    ) -> Result<bool> {
+    ) -> Result<FanoutRow> {
         let f = self.image.total_bytes;
         let mut all_good = self.print_members(done, cpu)?;
         print_timeline(t0, samples, done);
@@ -877,7 +943,45 @@ impl FanoutBench {
             eprintln!("{} nodes did not finish", done.len() - finished.len());
             all_good = false;
         }
-        Ok(all_good)
+        let delivered_gb = n * f as f64 / 1e9;
+        let cpu_per_gb = cpu.nodes.iter().sum::<f64>() / delivered_gb;
+        println!(
+            "  swarm CPU per GB delivered: {cpu_per_gb:.2} s (every node's CPU from t0 to the \
+             last completion, over {delivered_gb:.2} GB received)"
+        );
+        let simulated = simulated::simulate(
+            self.members.len(),
+            f,
+            self.rate,
+            self.ingress,
+            self.rng_seed,
+        );
+        let simulated = match simulated {
+            Ok(simulated) => {
+                println!(
+                    "  simulator at the same settings: last node {:.2}x T_min (real {ratio:.2}x, \
+                     {:+.0} %), seed upload {:.2} F (real {seed_ratio:.2}); simulated in {:.1} s",
+                    simulated.last_over_t_min,
+                    100.0 * (simulated.last_over_t_min / ratio - 1.0),
+                    simulated.seed_copies,
+                    simulated.wall_s
+                );
+                Some(simulated)
+            }
+            Err(error) => {
+                println!("  simulator: {error:#}");
+                None
+            }
+        };
+        Ok(FanoutRow {
+            nodes: self.members.len(),
+            rate_mib: (self.rate / MIB).round() as u64,
+            last_over_t_min: ratio,
+            seed_copies: seed_ratio,
+            cpu_per_gb,
+            simulated,
+            all_good,
+        })
     }
 
     /// Prints one line per member and checks its store and every blob it serves.
@@ -939,6 +1043,58 @@ impl FanoutBench {
             good &= blob_matches(&gateway, FANOUT_REPOSITORY, blob)?;
         }
         Ok(good)
+    }
+}
+
+/// The table of `--settings`: each fan-out's real and simulated figures, and its CPU per GB
+/// against the 1-node setting's (one node pulling from one peer), when there is one.
+fn print_settings_table(rows: &[FanoutRow]) {
+    let reference = rows
+        .iter()
+        .find(|row| row.nodes == 1)
+        .map(|row| row.cpu_per_gb);
+    println!(
+        "\nfan-outs (last node over T_min, seed upload over F, CPU of every node per GB delivered):"
+    );
+    println!(
+        "  {:>6} {:>6}  {:>9} {:>9} {:>6}  {:>7} {:>7}  {:>8} {:>11}",
+        "nodes",
+        "MiB/s",
+        "last real",
+        "simulated",
+        "diff",
+        "seed/F",
+        "sim",
+        "CPU s/GB",
+        "x reference"
+    );
+    for row in rows {
+        let (simulated_last, difference, simulated_seed) = match row.simulated {
+            Some(simulated) => (
+                format!("{:.2}", simulated.last_over_t_min),
+                format!(
+                    "{:+.0}%",
+                    100.0 * (simulated.last_over_t_min / row.last_over_t_min - 1.0)
+                ),
+                format!("{:.2}", simulated.seed_copies),
+            ),
+            None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+        };
+        let against_reference =
+            reference.map_or("-".to_owned(), |one| format!("{:.2}", row.cpu_per_gb / one));
+        println!(
+            "  {:>6} {:>6}  {:>9.2} {:>9} {:>6}  {:>7.2} {:>7}  {:>8.2} {:>11}{}",
+            row.nodes,
+            row.rate_mib,
+            row.last_over_t_min,
+            simulated_last,
+            difference,
+            row.seed_copies,
+            simulated_seed,
+            row.cpu_per_gb,
+            against_reference,
+            if row.all_good { "" } else { "  FAILED" }
+        );
     }
 }
 
