@@ -82,6 +82,10 @@ const COUNTER_SERIES: &[(&str, &str)] = &[
         r#"shoal_chunk_links_total{kind="stream"}"#,
     ),
     (
+        "bitfield_polls_on_lanes",
+        "shoal_bitfield_polls_on_lanes_total",
+    ),
+    (
         "announcements_accepted",
         r#"shoal_announcements_total{result="accepted"}"#,
     ),
@@ -467,6 +471,7 @@ const NODE_FAMILIES: &[&str] = &[
     "shoal_peers_refused",
     "shoal_peer_requests_denied",
     "shoal_chunk_links",
+    "shoal_bitfield_polls_on_lanes",
     "shoal_chunks_rejected",
     "shoal_announcements",
     "shoal_evictions",

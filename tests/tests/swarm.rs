@@ -483,6 +483,8 @@ fn chunks_travel_on_lanes_and_on_libp2p_streams_from_a_node_that_offers_none() {
     assert!(output.contains(&second.manifest_digest), "{output}");
     let status = edge.status().unwrap();
     assert!(counter(&status, "chunk_links_stream") > 0, "{status}");
+    // The lane to the first node stayed open, and the polls of it went on it.
+    assert!(counter(&status, "bitfield_polls_on_lanes") > 0, "{status}");
     let sent = counter(&laneless.status().unwrap(), "bytes_sent_to_peers");
     assert!(
         sent >= 6 << 20,

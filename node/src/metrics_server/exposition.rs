@@ -218,6 +218,11 @@ fn write_families(report: &StatusReport, timings: &Timings, page: &mut Families)
         ],
     )?;
     page.counter(
+        "shoal_bitfield_polls_on_lanes",
+        "Bitfield polls sent on lanes rather than on a request-response substream each.",
+        &[(&[], counters.bitfield_polls_on_lanes)],
+    )?;
+    page.counter(
         "shoal_chunks_rejected",
         "Chunks from peers that failed their BLAKE3 check.",
         &[(&[], counters.chunks_rejected)],

@@ -208,7 +208,9 @@ impl ChunkLinks {
             reply: Reply::Response(reply),
         };
         requests.send(request).await.ok()?;
-        answer.await.ok()
+        let response = answer.await.ok()?;
+        Counters::add(&self.counters.bitfield_polls_on_lanes, 1);
+        Some(response)
     }
 
     /// Ends the link to `peer`, failing its requests (the peer was banned or left).

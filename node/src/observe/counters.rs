@@ -38,6 +38,8 @@ pub struct Counters {
     /// where the peer gave no lane.
     pub chunk_links_lane: AtomicU64,
     pub chunk_links_stream: AtomicU64,
+    /// Bitfield polls this node sent on lanes (the others went on request-response substreams).
+    pub bitfield_polls_on_lanes: AtomicU64,
     /// Latency and throughput histograms for `/metrics` (not in the snapshot).
     pub timings: super::Timings,
     /// Gateway pulls per zone and auth failures, registered in the shared registry.
@@ -71,6 +73,7 @@ pub struct CountersSnapshot {
     pub peer_requests_denied: u64,
     pub chunk_links_lane: u64,
     pub chunk_links_stream: u64,
+    pub bitfield_polls_on_lanes: u64,
 }
 
 impl Counters {
@@ -104,6 +107,7 @@ impl Counters {
             peer_requests_denied: get(&self.peer_requests_denied),
             chunk_links_lane: get(&self.chunk_links_lane),
             chunk_links_stream: get(&self.chunk_links_stream),
+            bitfield_polls_on_lanes: get(&self.bitfield_polls_on_lanes),
         }
     }
 }
