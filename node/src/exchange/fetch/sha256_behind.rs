@@ -87,6 +87,7 @@ fn hash_chunks(
 ) -> io::Result<(Digest, u64)> {
     let mut hasher = Sha256Writer::default();
     let mut next = 0;
+    progress.borrow().verified.hasher_at(next);
     while next < chunk_count {
         if stop.load(Ordering::Relaxed) {
             return Err(io::Error::other("the transfer stopped"));
@@ -107,6 +108,7 @@ fn hash_chunks(
             }
         }
         next += 1;
+        progress.borrow().verified.hasher_at(next);
     }
     Ok(hasher.finish())
 }

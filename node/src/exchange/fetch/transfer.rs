@@ -55,20 +55,66 @@ const DELEGATE_STALL: Duration = Duration::from_secs(10);
 /// How long a transfer must have seen only peers holding the whole blob before it asks for
 /// chunks front to back (so that its sha256 runs while they arrive): two rounds of
 /// [`PEER_REFRESH`], time for the other fetchers of a fleet that starts together to show up.
-/// With them, chunks are picked in a random order, so that fetchers spread and trade.
+/// With them, chunks are picked in a random order, so that fetchers spread and trade. A
+/// transfer whose every connected peer holds the whole blob has no one to trade with and
+/// goes front to back at once: a 1 GiB pull from one peer lasts about a second, and chunks in
+/// a random order left its sha256 to read most of the blob back from the device after the
+/// last chunk (docs/benchmarks.md).
 const IN_ORDER_AFTER: Duration = Duration::from_secs(1);
 /// Chunk requests in flight to a peer relaying a blob it is downloading from its upstream.
 const RELAY_WINDOW: usize = 4;
 /// How often a relaying peer is asked again for a chunk it does not have yet.
 const RELAY_RETRY: Duration = Duration::from_millis(50);
+/// How long after a client last waited for a chunk the transfer still runs ahead of the
+/// sha256 beside it (see [`Run::pace_to_hasher`]).
+const CLIENT_WAITED_RECENTLY: Duration = Duration::from_secs(1);
+/// Chunk writes to the file running at once, behind the readers. A chunk is written around
+/// the page cache, and a direct write waits for the device (0.5-1.5 ms per MiB on the
+/// machines measured here): written one after the other on the transfer's path, they held a
+/// 1 GiB pull to about 450 MB/s (docs/benchmarks.md). Past this many the transfer waits for
+/// one to end before it takes more chunks, so a slow disk slows the transfer instead of
+/// filling memory: at most this many chunks beyond the verified window.
+const WRITES_IN_FLIGHT_MAX: usize = 16;
 
 enum Outcome {
     /// Candidate peers; `true` when they come from a DHT lookup.
     Providers(HashSet<PeerId>, bool),
     Have(PeerId, Result<Response, RequestError>),
     Index(PeerId, Result<Response, RequestError>),
-    Chunk(PeerId, u32, Result<ChunkAnswer, RequestError>),
+    /// A chunk request's answer; a chunk has been checked against the index already (in the
+    /// request's own task, so chunks are checked on every core).
+    Chunk(PeerId, u32, Result<Arrival, RequestError>),
     Delegation(PeerId, Result<Response, RequestError>),
+}
+
+/// What a chunk request got.
+enum Arrival {
+    /// The chunk, and it matched the index.
+    Verified(Bytes),
+    /// Bytes that did not match the index.
+    Wrong,
+    Busy,
+    NotFound,
+}
+
+impl Arrival {
+    fn checked(answer: ChunkAnswer, index: &ChunkIndex, chunk: u32) -> Arrival {
+        match answer {
+            ChunkAnswer::Chunk(bytes) if index.verify_chunk(chunk, &bytes).is_ok() => {
+                Arrival::Verified(bytes)
+            }
+            ChunkAnswer::Chunk(_) => Arrival::Wrong,
+            ChunkAnswer::Busy => Arrival::Busy,
+            ChunkAnswer::NotFound => Arrival::NotFound,
+        }
+    }
+}
+
+/// A chunk write that ended, with the chunk's bytes for the running sha256.
+struct Written {
+    chunk: u32,
+    bytes: Bytes,
+    result: Result<(), crate::store::StoreError>,
 }
 
 /// Where a blob that no peer has is coming from.
@@ -105,6 +151,10 @@ struct Run<'a> {
     index_source: Option<PeerId>,
     index_requested: bool,
     partial: Option<PartialBlob>,
+    /// The index chunks are checked against, once known.
+    index: Option<Arc<ChunkIndex>>,
+    /// Chunk writes running (at most [`WRITES_IN_FLIGHT_MAX`]).
+    writes: JoinSet<Written>,
     scheduler: Option<Scheduler<PeerId>>,
     started: Instant,
     last_receipt: Instant,
@@ -114,6 +164,8 @@ struct Run<'a> {
     /// Whether a peer that was still fetching the blob itself has answered a `Have`: then
     /// this is a swarm, and chunks are never asked for in order.
     swarm_seen: bool,
+    /// Peers that answered `Have` holding the whole blob.
+    whole: HashSet<PeerId>,
     /// The peers connected when last asked, candidates to fetch from the upstream.
     connected: HashSet<PeerId>,
     origin: Option<Origin>,
@@ -125,6 +177,8 @@ struct Run<'a> {
     relay: Option<(PeerId, (u64, u32))>,
     /// The sha256 running beside the transfer, when a trusted publisher signed the index.
     sha256_behind: Option<Sha256Behind>,
+    /// When a client last waited for a chunk of this transfer (`stream.rs`).
+    client_waited: Option<Instant>,
 }
 
 pub async fn run(
@@ -147,18 +201,22 @@ pub async fn run(
         index_source: None,
         index_requested: false,
         partial: None,
+        index: None,
+        writes: JoinSet::new(),
         scheduler: None,
         started: Instant::now(),
         last_receipt: Instant::now(),
         lookup_running: false,
         haves_pending: 0,
         swarm_seen: false,
+        whole: HashSet::new(),
         connected: HashSet::new(),
         origin,
         fallback: Fallback::Undecided,
         declined: HashSet::new(),
         relay: None,
         sha256_behind: None,
+        client_waited: None,
     };
     let store = run.context.store.clone();
     // Asked for by a peer (or a reader racing a transfer that just ended): nothing to do.
@@ -201,7 +259,11 @@ pub async fn run(
         }
         tokio::select! {
             Some(Ok(outcome)) = run.tasks.join_next(), if !run.tasks.is_empty() => run.on_outcome(outcome).await?,
-            Some(chunk) = focus.recv() => run.feed(Event::Focus { chunk }).await,
+            Some(written) = run.writes.join_next(), if !run.writes.is_empty() => run.on_written(written?)?,
+            Some(chunk) = focus.recv() => {
+                run.client_waited = Some(Instant::now());
+                run.feed(Event::Focus { chunk }).await;
+            }
             _ = tick.tick() => {
                 run.check_timeouts()?;
                 run.choose_order();
@@ -323,6 +385,7 @@ impl Run<'_> {
     async fn download(&mut self, download: Download) -> Result<(), TransferError> {
         tracing::info!(upstream = download.client.namespace(), repo = %download.repo, "fetching from the upstream");
         self.tasks.abort_all();
+        self.settle_writes().await?;
         upstream::download(&download, &self.context, self.progress).await?;
         let store = self.context.store.clone();
         let blob = self.blob;
@@ -340,6 +403,7 @@ impl Run<'_> {
     async fn relay_from(&mut self, peer: PeerId, shape: (u64, u32)) -> Result<(), TransferError> {
         tracing::info!(%peer, "relaying the blob from a peer that is fetching it from its upstream");
         self.tasks.abort_all();
+        self.settle_writes().await?;
         let relayed = self.relay_chunks(peer, shape).await;
         match relayed {
             Ok(()) => {
@@ -428,7 +492,12 @@ impl Run<'_> {
     /// Chunks front to back while only whole copies of the blob are around (see
     /// [`IN_ORDER_AFTER`]), in a random order once a swarm shows.
     fn choose_order(&mut self) {
-        let in_order = !self.swarm_seen && self.started.elapsed() >= IN_ORDER_AFTER;
+        let in_order = front_to_back(
+            self.swarm_seen,
+            &self.connected,
+            &self.whole,
+            self.started.elapsed(),
+        );
         if let Some(scheduler) = &mut self.scheduler {
             scheduler.set_in_order(in_order);
         }
@@ -478,10 +547,12 @@ impl Run<'_> {
                 }),
             ) => {
                 self.haves_pending = self.haves_pending.saturating_sub(1);
-                if !complete && !self.swarm_seen {
+                if complete {
+                    self.whole.insert(peer);
+                } else {
                     self.swarm_seen = true;
-                    self.choose_order();
                 }
+                self.choose_order();
                 self.delegate_progress(peer, chunks.count_ones());
                 let shape = (blob_size, chunk_bytes);
                 if let Some(partial) = &self.partial {
@@ -620,14 +691,17 @@ impl Run<'_> {
             );
         }
         let have = partial.have().clone();
+        let index = Arc::new(index);
+        self.index = Some(index.clone());
         self.progress.send_modify(|progress| {
-            progress.index = Some(Arc::new(index));
+            progress.index = Some(index);
             progress.layout = Some(layout);
             progress.file = Some(file);
             progress.have = have;
         });
         self.partial = Some(partial);
         self.scheduler = Some(scheduler);
+        self.choose_order();
         self.context.network.provide(self.blob).await;
         for (peer, (described, have)) in std::mem::take(&mut self.haves) {
             if described == index_shape {
@@ -643,29 +717,31 @@ impl Run<'_> {
         &mut self,
         peer: PeerId,
         chunk: u32,
-        result: Result<ChunkAnswer, RequestError>,
+        result: Result<Arrival, RequestError>,
     ) -> Result<(), TransferError> {
-        let Some(partial) = &mut self.partial else {
+        if self.partial.is_none() {
             return Ok(());
-        };
+        }
         let was_cancelled = self.cancelled.remove(&(peer, chunk));
-        let bytes = match result {
-            Ok(ChunkAnswer::Chunk(bytes)) => bytes,
+        let arrival = match result {
+            Ok(arrival @ (Arrival::Verified(_) | Arrival::Wrong)) => arrival,
             _ if was_cancelled => return Ok(()),
-            Ok(ChunkAnswer::Busy) => {
+            Ok(Arrival::Busy) => {
                 self.feed(Event::PeerBusy { peer, chunk }).await;
                 return Ok(());
             }
-            _ => {
+            Ok(Arrival::NotFound) | Err(_) => {
                 self.feed(Event::RequestFailed { peer, chunk }).await;
                 return Ok(());
             }
         };
-        if partial.have().get(chunk) {
+        // Had already, or being written: a late duplicate.
+        if self.progress.borrow().have.get(chunk) {
             return Ok(());
         }
-        let valid = partial.index().verify_chunk(chunk, &bytes).is_ok();
-        if valid {
+        let valid = matches!(arrival, Arrival::Verified(_));
+        if let Arrival::Verified(bytes) = arrival {
+            self.pace_to_hasher().await;
             self.last_receipt = Instant::now();
             Counters::add(
                 &self.context.counters.bytes_received_from_peers,
@@ -676,12 +752,86 @@ impl Run<'_> {
                 progress.verified.push(chunk, bytes.clone());
                 progress.have.set(chunk);
             });
-            tokio::task::block_in_place(|| partial.write_chunk(chunk, &bytes))?;
+            self.write_behind(chunk, bytes).await?;
         } else {
             tracing::warn!(%peer, chunk, "chunk failed verification");
             Counters::add(&self.context.counters.chunks_rejected, 1);
         }
         self.feed(Event::ChunkArrived { peer, chunk, valid }).await;
+        Ok(())
+    }
+
+    /// Waits for the sha256 beside the transfer while it is far behind, unless a client waited
+    /// for a chunk lately. Then the hash takes every chunk from memory instead of reading the
+    /// ones it fell behind on back from the device, and the pull or prefetch it finishes ends
+    /// sooner; a client streaming the blob is never held up for it, since the hash is off
+    /// its path (`sha256_behind.rs`).
+    async fn pace_to_hasher(&self) {
+        if self.sha256_behind.is_none()
+            || self
+                .client_waited
+                .is_some_and(|at| at.elapsed() < CLIENT_WAITED_RECENTLY)
+        {
+            return;
+        }
+        let verified = self.progress.borrow().verified.clone();
+        verified
+            .hasher_caught_up(|chunk| self.progress.borrow().have.get(chunk))
+            .await;
+    }
+
+    /// Starts writing a verified chunk to the file, after waiting for earlier writes while
+    /// [`WRITES_IN_FLIGHT_MAX`] run.
+    async fn write_behind(&mut self, chunk: u32, bytes: Bytes) -> Result<(), TransferError> {
+        while self.writes.len() >= WRITES_IN_FLIGHT_MAX {
+            let Some(written) = self.writes.join_next().await else {
+                break;
+            };
+            self.on_written(written?)?;
+        }
+        let Some(partial) = &self.partial else {
+            return Ok(());
+        };
+        let writer = partial.writer();
+        self.writes.spawn_blocking(move || {
+            let result = writer.write(chunk, &bytes);
+            Written {
+                chunk,
+                bytes,
+                result,
+            }
+        });
+        Ok(())
+    }
+
+    /// A chunk write ended: the chunk now counts as had on disk (made durable with the next
+    /// persist), and leaves memory when the readers' window moves on. A full disk ends the
+    /// transfer and lets the half-fetched blob go.
+    fn on_written(&mut self, written: Written) -> Result<(), TransferError> {
+        let Some(partial) = &mut self.partial else {
+            return Ok(());
+        };
+        let Written {
+            chunk,
+            bytes,
+            result,
+        } = written;
+        if let Err(error) = result {
+            if matches!(error, crate::store::StoreError::DiskFull { .. }) {
+                let _ = partial.discard();
+            }
+            return Err(error.into());
+        }
+        tokio::task::block_in_place(|| partial.written(chunk, &bytes))?;
+        self.progress.borrow().verified.written(chunk);
+        Ok(())
+    }
+
+    /// Waits for the chunk writes still running.
+    async fn settle_writes(&mut self) -> Result<(), TransferError> {
+        while let Some(written) = self.writes.join_next().await {
+            self.on_written(written?)?;
+        }
         Ok(())
     }
 
@@ -754,13 +904,17 @@ impl Run<'_> {
     fn request_chunk(&mut self, peer: PeerId, chunk: u32) {
         let context = self.context.clone();
         let blob = self.blob;
+        let Some(index) = self.index.clone() else {
+            return;
+        };
         self.tasks.spawn(async move {
             let asked = Instant::now();
             let result = context.network.request_chunk(peer, blob, chunk).await;
             if let Ok(ChunkAnswer::Chunk(bytes)) = &result {
                 received(&context, peer, bytes.len() as u64, asked.elapsed()).await;
             }
-            Outcome::Chunk(peer, chunk, result)
+            let arrival = result.map(|answer| Arrival::checked(answer, &index, chunk));
+            Outcome::Chunk(peer, chunk, arrival)
         });
     }
 
@@ -781,6 +935,7 @@ impl Run<'_> {
     /// Checks the whole blob against its digest and moves it into the store. A mismatch
     /// means the index was a lie: its source is banned.
     async fn complete(&mut self) -> Result<(), TransferError> {
+        self.settle_writes().await?;
         let Some(partial) = self.partial.take() else {
             return Err(TransferError::NoPartial);
         };
@@ -814,6 +969,19 @@ impl Run<'_> {
             }
         }
     }
+}
+
+/// Whether chunks are asked for front to back: never once a peer still fetching the blob has
+/// shown up (`swarm_seen`); at once when every connected peer holds the whole blob; else after
+/// [`IN_ORDER_AFTER`] of `running`.
+fn front_to_back(
+    swarm_seen: bool,
+    connected: &HashSet<PeerId>,
+    whole: &HashSet<PeerId>,
+    running: Duration,
+) -> bool {
+    let only_whole = !connected.is_empty() && connected.is_subset(whole);
+    !swarm_seen && (only_whole || running >= IN_ORDER_AFTER)
 }
 
 /// The rank of `peer` as the fetcher of `blob` from an upstream: every node computes the same
@@ -865,5 +1033,28 @@ async fn relayed_chunk(
             Ok(_) => return Err(TransferError::RelayStopped { peer, chunk }),
             Err(error) => return Err(error.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_go_front_to_back_at_once_only_when_every_connected_peer_holds_the_blob() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let both: HashSet<PeerId> = [a, b].into();
+        let only_a: HashSet<PeerId> = [a].into();
+        let none = HashSet::new();
+        let early = Duration::from_millis(10);
+        assert!(front_to_back(false, &both, &both, early));
+        assert!(front_to_back(false, &only_a, &both, early));
+        // `b` may be another fetcher that just started: random order for a while, to trade.
+        assert!(!front_to_back(false, &both, &only_a, early));
+        assert!(!front_to_back(false, &none, &none, early));
+        assert!(front_to_back(false, &both, &only_a, IN_ORDER_AFTER));
+        // Once a swarm shows, never.
+        assert!(!front_to_back(true, &both, &both, early));
+        assert!(!front_to_back(true, &both, &only_a, IN_ORDER_AFTER * 10));
     }
 }
