@@ -18,6 +18,12 @@
 //!    ([`BusyReason::Egress`]), so the requester asks another holder at once instead of
 //!    waiting behind a full uplink. The chunk's own time on the link does not count.
 //!
+//! Super-seeding applies only while the blob is contested: another peer asked for it within
+//! [`CONTESTED_WITHIN`]. A lone fetcher has nobody to spread chunks to, and refusing it the
+//! chunks this node sent before (to fetchers since gone) only sends it elsewhere or makes it
+//! wait: a node pulling a blob from three seeds that had each served one earlier fetcher got
+//! 95 % of it from one of them, and once took 13 s instead of 1.3 (docs/benchmarks.md).
+//!
 //! Data flow: the driver measures the egress queued ahead (the node from its token buckets,
 //! the simulator from its modelled uplink), passes it with the request and the current time,
 //! and on [`Answer::Send`] books the chunk's bytes on its uplink; if the chunk then cannot be
@@ -69,6 +75,12 @@ pub const SEEDING_BLOBS_MAX: usize = 1_024;
 /// Blobs remembered as seeded whole: 65,536 digests are about 4 MiB.
 pub const SEEDED_MAX: usize = 65_536;
 
+/// How recently another peer must have asked for a blob for super-seeding to apply to a
+/// request. A swarm's fetchers each ask a seed several times a second (8 requests in flight
+/// per peer, a chunk every 100 ms at 10 MiB/s); one second also lets a fetcher that follows
+/// another by a few seconds fetch alone.
+pub const CONTESTED_WITHIN: Duration = Duration::from_secs(1);
+
 /// The serving side's tunables. `Default` gives the constants above, which the node uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServingConfig {
@@ -82,6 +94,8 @@ pub struct ServingConfig {
     pub seeding_blobs_max: usize,
     /// See [`SEEDED_MAX`].
     pub seeded_max: usize,
+    /// See [`CONTESTED_WITHIN`].
+    pub contested_within: Duration,
 }
 
 impl Default for ServingConfig {
@@ -92,6 +106,7 @@ impl Default for ServingConfig {
             refusals_max: REFUSALS_MAX,
             seeding_blobs_max: SEEDING_BLOBS_MAX,
             seeded_max: SEEDED_MAX,
+            contested_within: CONTESTED_WITHIN,
         }
     }
 }
@@ -146,6 +161,9 @@ pub struct Serving<P> {
     seeded: HashSet<Digest>,
     /// Requests refused by super-seeding: the same peer asking again may be served.
     refused: HashSet<(P, Digest, u32)>,
+    /// The latest requesters of each blob being seeded: the last asker, and the latest other
+    /// peer before it, with when they asked.
+    askers: HashMap<Digest, Vec<(P, Duration)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -167,6 +185,7 @@ impl<P: Eq + Hash + Clone> Serving<P> {
             sent: HashMap::new(),
             seeded: HashSet::new(),
             refused: HashSet::new(),
+            askers: HashMap::new(),
         }
     }
 
@@ -179,7 +198,10 @@ impl<P: Eq + Hash + Clone> Serving<P> {
     /// requests for it are refused; a `Busy` for the egress records nothing.
     pub fn decide(&mut self, request: &ChunkRequest<P>, now: Duration) -> Answer {
         let seeding = match request.holding {
-            Holding::Whole { chunk_count } => self.seeding(request, chunk_count, now),
+            Holding::Whole { chunk_count } => {
+                let contested = self.contested(request, now);
+                self.seeding(request, chunk_count, contested, now)
+            }
             Holding::Partial => Seeding::Free,
         };
         if seeding == Seeding::Refused {
@@ -206,8 +228,37 @@ impl<P: Eq + Hash + Clone> Serving<P> {
         Answer::Send
     }
 
-    /// What super-seeding says of `request`, without changing anything.
-    fn seeding(&self, request: &ChunkRequest<P>, chunk_count: u32, now: Duration) -> Seeding {
+    /// Notes that `request`'s peer asked for its blob at `now`; whether another peer asked for
+    /// it within `contested_within`.
+    fn contested(&mut self, request: &ChunkRequest<P>, now: Duration) -> bool {
+        if self.seeded.contains(&request.blob) {
+            return false;
+        }
+        if !self.askers.contains_key(&request.blob)
+            && self.askers.len() >= self.config.seeding_blobs_max
+        {
+            self.askers.clear();
+        }
+        let askers = self.askers.entry(request.blob).or_default();
+        let contested = askers.iter().any(|(peer, at)| {
+            *peer != request.peer && now.saturating_sub(*at) < self.config.contested_within
+        });
+        askers.retain(|(peer, _)| *peer != request.peer);
+        askers.push((request.peer.clone(), now));
+        if askers.len() > 2 {
+            askers.remove(0);
+        }
+        contested
+    }
+
+    /// What super-seeding says of `request`, `contested` or not, without changing anything.
+    fn seeding(
+        &self,
+        request: &ChunkRequest<P>,
+        chunk_count: u32,
+        contested: bool,
+        now: Duration,
+    ) -> Seeding {
         if request.chunk >= chunk_count || self.seeded.contains(&request.blob) {
             return Seeding::Free;
         }
@@ -218,6 +269,9 @@ impl<P: Eq + Hash + Clone> Serving<P> {
         let Some(left) = left else {
             return Seeding::First { chunk_count };
         };
+        if !contested {
+            return Seeding::Free;
+        }
         let key = (request.peer.clone(), request.blob, request.chunk);
         if now.saturating_sub(left) >= self.config.repeat_after && self.refused.contains(&key) {
             Seeding::Repeat
@@ -240,6 +294,7 @@ impl<P: Eq + Hash + Clone> Serving<P> {
         }
         if sent.count == sent.at.len() {
             self.sent.remove(&blob);
+            self.askers.remove(&blob);
             if self.seeded.len() >= self.config.seeded_max {
                 self.seeded.clear();
             }
@@ -277,7 +332,8 @@ impl<P: Eq + Hash + Clone> Serving<P> {
 /// What super-seeding says of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Seeding {
-    /// Not restricted: a partial blob, a blob already sent whole once, or a chunk out of range.
+    /// Not restricted: a partial blob, a blob already sent whole once, a chunk out of range, or
+    /// a request nobody else contests.
     Free,
     /// The chunk's first send, of a blob of `chunk_count` chunks.
     First {

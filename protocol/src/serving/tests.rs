@@ -18,12 +18,21 @@ fn whole(peer: u32, chunk: u32, chunk_count: u32) -> ChunkRequest<u32> {
     }
 }
 
+/// The serving policy with every blob contested for an hour once two peers asked for it: the
+/// rules of super-seeding alone.
+fn contested_serving() -> Serving<u32> {
+    Serving::new(ServingConfig {
+        contested_within: Duration::from_secs(3_600),
+        ..ServingConfig::default()
+    })
+}
+
 const SEEDING: Answer = Answer::Busy(BusyReason::SuperSeeding);
 const EGRESS: Answer = Answer::Busy(BusyReason::Egress);
 
 #[test]
 fn every_chunk_leaves_once_before_any_leaves_twice() {
-    let mut serving = Serving::<u32>::default();
+    let mut serving = contested_serving();
     let (a, b) = (1, 2);
     let at = |secs: u64| Duration::from_secs(secs);
     assert_eq!(serving.decide(&whole(a, 0, 3), at(0)), Answer::Send);
@@ -62,7 +71,7 @@ fn every_chunk_leaves_once_before_any_leaves_twice() {
 
 #[test]
 fn a_refused_repeat_is_served_after_repeat_after_and_only_once() {
-    let mut serving = Serving::<u32>::default();
+    let mut serving = contested_serving();
     assert_eq!(
         serving.decide(&whole(1, 0, 2), Duration::ZERO),
         Answer::Send
@@ -81,6 +90,23 @@ fn a_refused_repeat_is_served_after_repeat_after_and_only_once() {
         SEEDING,
         "the refusal was used up: a third ask is a new refusal"
     );
+}
+
+#[test]
+fn a_lone_fetcher_is_never_refused_and_a_second_one_within_a_second_restricts_both() {
+    let mut serving = Serving::<u32>::default();
+    let at = |millis: u64| Duration::from_millis(millis);
+    let (a, b) = (1, 2);
+    // `b` fetched chunk 0 and left; `a` follows two seconds later, alone.
+    assert_eq!(serving.decide(&whole(b, 0, 4), at(0)), Answer::Send);
+    assert_eq!(serving.decide(&whole(a, 0, 4), at(2_000)), Answer::Send);
+    assert_eq!(serving.decide(&whole(a, 0, 4), at(2_001)), Answer::Send);
+    // `b` is back within a second of `a`: the blob is contested again.
+    assert_eq!(serving.decide(&whole(b, 0, 4), at(2_500)), SEEDING);
+    assert_eq!(serving.decide(&whole(a, 0, 4), at(2_600)), SEEDING);
+    assert_eq!(serving.decide(&whole(a, 1, 4), at(2_700)), Answer::Send);
+    // A second after `b` last asked, `a` is alone again.
+    assert_eq!(serving.decide(&whole(a, 1, 4), at(3_500)), Answer::Send);
 }
 
 #[test]
@@ -233,6 +259,7 @@ proptest! {
     ) {
         let mut serving = Serving::<u32>::default();
         let mut sends = vec![0u32; chunk_count as usize];
+        let mut asked: HashMap<u32, Duration> = HashMap::new();
         let mut now = Duration::ZERO;
         let mut check = |serving: &mut Serving<u32>, peer, chunk, egress_busy, now: Duration| {
             let mut request = whole(peer, chunk, chunk_count);
@@ -240,12 +267,17 @@ proptest! {
                 request.egress_ahead = EGRESS_AHEAD_MAX * 2;
             }
             let all_sent_once = sends.iter().all(|&n| n > 0);
+            let contested = asked
+                .iter()
+                .any(|(&other, &at)| other != peer && now - at < CONTESTED_WITHIN);
+            asked.insert(peer, now);
             if serving.decide(&request, now) == Answer::Send {
                 prop_assert!(!egress_busy, "sent past the egress bound");
                 let sent = &mut sends[chunk as usize];
                 prop_assert!(
-                    *sent == 0 || all_sent_once,
-                    "chunk {chunk} sent twice before every chunk was sent once: {sends:?}"
+                    *sent == 0 || all_sent_once || !contested,
+                    "chunk {chunk} sent twice to a contested blob before every chunk was sent \
+                     once: {sends:?}"
                 );
                 *sent += 1;
             }
@@ -276,14 +308,20 @@ proptest! {
         let mut serving = Serving::<u32>::default();
         let mut first_sent: Vec<Option<Duration>> = vec![None; chunk_count as usize];
         let mut refused = std::collections::HashSet::new();
+        let mut asked: HashMap<u32, Duration> = HashMap::new();
         let mut now = Duration::ZERO;
         for &(peer, chunk, step_ms) in &requests {
             now += Duration::from_millis(step_ms);
             let chunk = chunk % chunk_count;
             let all_sent_once = first_sent.iter().all(Option::is_some);
+            let contested = asked
+                .iter()
+                .any(|(&other, &at)| other != peer && now - at < CONTESTED_WITHIN);
+            asked.insert(peer, now);
             match serving.decide(&whole(peer, chunk, chunk_count), now) {
                 Answer::Send => match first_sent[chunk as usize] {
                     None => first_sent[chunk as usize] = Some(now),
+                    Some(_) if !contested => {}
                     Some(left) if !all_sent_once => {
                         prop_assert!(refused.remove(&(peer, chunk)), "never refused");
                         prop_assert!(now - left >= REPEAT_AFTER);
@@ -292,6 +330,7 @@ proptest! {
                 },
                 Answer::Busy(reason) => {
                     prop_assert_eq!(reason, BusyReason::SuperSeeding);
+                    prop_assert!(contested, "a lone fetcher was refused");
                     prop_assert!(first_sent[chunk as usize].is_some());
                     refused.insert((peer, chunk));
                 }
