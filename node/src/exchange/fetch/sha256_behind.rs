@@ -9,9 +9,12 @@
 //! trusted root the transfer hashes in line, as `store/partial.rs` describes.
 //!
 //! The hashing thread takes each chunk, in order, from the transfer's verified chunks in
-//! memory or else from the file, and runs at a lower priority ([`HASHER_NICE`]): on a
-//! machine with a spare core it keeps pace with the transfer; on a busy one it gives way to
-//! the transfer and its clients and catches up once they are done.
+//! memory or else from the file. While no client waits on the transfer (a `shoal pull`, a
+//! prefetch) the hash is what the transfer's end waits for, and it runs at normal priority
+//! with the transfer keeping pace with it (`transfer.rs`). Once a client waits for a chunk,
+//! it gives way for good ([`Sha256Behind::give_way`], [`HASHER_NICE`]): on a machine with a
+//! spare core it still keeps pace; on a busy one it leaves the cores to the transfer and its
+//! clients and catches up once they are done.
 
 use std::io;
 use std::sync::Arc;
@@ -23,9 +26,11 @@ use tokio::sync::watch;
 use super::Progress;
 use crate::store::ChunkReader;
 
-/// The hashing thread's nice value (0 normal, 19 lowest). At 19 it takes a core's idle time
-/// and next to nothing from the transfer and the gateway's clients when they want the core;
-/// at 10 it still took about a tenth of a core pinned with them (perf, docs/benchmarks.md).
+/// The hashing thread's nice value (0 normal, 19 lowest) once it gives way to clients. At 19
+/// it takes a core's idle time and next to nothing from the transfer and the gateway's clients
+/// when they want the core; at 10 it still took about a tenth of a core pinned with them
+/// (perf, docs/benchmarks.md). Raising a thread's nice needs no privilege; lowering it back
+/// would, so giving way is for good.
 const HASHER_NICE: i32 = 19;
 
 /// The running hash; dropping it stops the thread at its next chunk.
@@ -33,6 +38,11 @@ const HASHER_NICE: i32 = 19;
 pub struct Sha256Behind {
     thread: Option<std::thread::JoinHandle<io::Result<(Digest, u64)>>>,
     stop: Arc<AtomicBool>,
+    /// Set when the hash is to give way; the thread lowers its own priority at its next chunk.
+    give_way: Arc<AtomicBool>,
+    /// The hashing thread's id, once it runs (0 before), for the tests.
+    #[cfg(test)]
+    tid: Arc<std::sync::atomic::AtomicI32>,
 }
 
 impl Sha256Behind {
@@ -44,18 +54,40 @@ impl Sha256Behind {
         progress: watch::Receiver<Progress>,
     ) -> io::Result<Sha256Behind> {
         let stop = Arc::new(AtomicBool::new(false));
+        let give_way = Arc::new(AtomicBool::new(false));
+        #[cfg(test)]
+        let tid = Arc::new(std::sync::atomic::AtomicI32::new(0));
         let runtime = tokio::runtime::Handle::current();
-        let stopped = stop.clone();
+        let hashing = Hashing {
+            stop: stop.clone(),
+            give_way: give_way.clone(),
+            #[cfg(test)]
+            tid: tid.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("sha256-behind".into())
-            .spawn(move || {
-                lower_priority();
-                hash_chunks(reader, chunk_count, progress, &runtime, &stopped)
-            })?;
+            .spawn(move || hash_chunks(reader, chunk_count, progress, &runtime, &hashing))?;
         Ok(Sha256Behind {
             thread: Some(thread),
             stop,
+            give_way,
+            #[cfg(test)]
+            tid,
         })
+    }
+
+    /// Makes the hash give way for the rest of the transfer: a client waits on it, and the
+    /// hash is off the client's path. The thread lowers its priority to [`HASHER_NICE`] at its
+    /// next chunk.
+    pub fn give_way(&self) {
+        self.give_way.store(true, Ordering::Relaxed);
+    }
+
+    /// The hashing thread's nice value, once it runs.
+    #[cfg(test)]
+    fn nice(&self) -> Option<i32> {
+        let thread = rustix::process::Pid::from_raw(self.tid.load(Ordering::Acquire))?;
+        rustix::process::getpriority_process(Some(thread)).ok()
     }
 
     /// Waits for the digest and length of the whole blob. Not cancel-safe: dropping the future
@@ -78,19 +110,37 @@ impl Drop for Sha256Behind {
     }
 }
 
+/// What the hashing thread shares with its [`Sha256Behind`].
+struct Hashing {
+    stop: Arc<AtomicBool>,
+    give_way: Arc<AtomicBool>,
+    #[cfg(test)]
+    tid: Arc<std::sync::atomic::AtomicI32>,
+}
+
 fn hash_chunks(
     mut reader: ChunkReader,
     chunk_count: u32,
     mut progress: watch::Receiver<Progress>,
     runtime: &tokio::runtime::Handle,
-    stop: &AtomicBool,
+    hashing: &Hashing,
 ) -> io::Result<(Digest, u64)> {
+    #[cfg(test)]
+    hashing.tid.store(
+        rustix::thread::gettid().as_raw_nonzero().get(),
+        Ordering::Release,
+    );
     let mut hasher = Sha256Writer::default();
     let mut next = 0;
+    let mut gave_way = false;
     progress.borrow().verified.hasher_at(next);
     while next < chunk_count {
-        if stop.load(Ordering::Relaxed) {
+        if hashing.stop.load(Ordering::Relaxed) {
             return Err(io::Error::other("the transfer stopped"));
+        }
+        if !gave_way && hashing.give_way.load(Ordering::Relaxed) {
+            gave_way = true;
+            lower_priority();
         }
         let in_memory = {
             let progress = progress.borrow_and_update();
@@ -223,5 +273,46 @@ mod tests {
         let (progress, behind) = hash_beside(&partial);
         drop(progress);
         assert!(behind.finish().await.is_err());
+    }
+
+    /// The hash runs at the transfer's priority until a client waits, and at
+    /// [`HASHER_NICE`] from its next chunk on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_hash_gives_way_once_a_client_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let bytes = bytes(3);
+        let index = index_of(&bytes, Digest::of(&bytes));
+        let mut partial = PartialBlob::open(&store, index.clone()).unwrap();
+        partial.hash_elsewhere();
+        let (progress, behind) = hash_beside(&partial);
+        let mut arrive = |chunk: u32| {
+            let chunk_bytes = chunk_of(&bytes, &index, chunk);
+            partial.write_chunk(chunk, &chunk_bytes).unwrap();
+            progress.send_modify(|progress| {
+                progress.have.set(chunk);
+            });
+        };
+        let nice_eventually = |wanted: i32| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while behind.nice() != Some(wanted) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the hash runs at nice {:?}, not {wanted}",
+                    behind.nice()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        let own = rustix::process::getpriority_process(None).unwrap();
+        arrive(0);
+        nice_eventually(own);
+        behind.give_way();
+        arrive(1);
+        nice_eventually(HASHER_NICE.max(own));
+        arrive(2);
+        arrive(3);
+        let (actual, _) = behind.finish().await.unwrap();
+        assert_eq!(actual, index.blob());
     }
 }

@@ -262,6 +262,9 @@ pub async fn run(
             Some(written) = run.writes.join_next(), if !run.writes.is_empty() => run.on_written(written?)?,
             Some(chunk) = focus.recv() => {
                 run.client_waited = Some(Instant::now());
+                if let Some(behind) = &run.sha256_behind {
+                    behind.give_way();
+                }
                 run.feed(Event::Focus { chunk }).await;
             }
             _ = tick.tick() => {
@@ -665,6 +668,10 @@ impl Run<'_> {
             let behind =
                 Sha256Behind::start(reader, index.chunk_count(), self.progress.subscribe())
                     .map_err(TransferError::Sha256Behind)?;
+            // A client already waiting (for the index) reads the blob as it arrives.
+            if self.client_waited.is_some() {
+                behind.give_way();
+            }
             self.sha256_behind = Some(behind);
         }
         let file = Arc::new(partial.reader()?);

@@ -268,14 +268,15 @@ impl TransferBench {
         })
     }
 
-    /// curl reads the blob through a fresh node B's gateway while B fetches it from node A.
+    /// curl reads the blob through a fresh node B's gateway while B fetches it from node A
+    /// (every seed measured, as in [`TransferBench::node_pull`]).
     fn through_gateway(&mut self, pinned: bool) -> Result<Fetch> {
         let (data, receiver) = self.start_receiver(1)?;
-        let sender_pids = vec![node_pid(&self.seeds[0])?];
+        let sender_pids = self.seed_pids()?;
         let receiver_pid = node_pid(&receiver)?;
         let _sending = Placement::sending(pinned, &sender_pids)?;
         let _receiving = Placement::receiving(pinned, receiver_pid)?;
-        let sent_before = sent_counters(&self.seeds[..1])?;
+        let sent_before = sent_counters(&self.seeds)?;
         let sender_before = cpu_of(&sender_pids)?;
         let receiver_before = cpu_seconds(receiver_pid)?;
         let gateway = receiver.gateway().to_string();
@@ -293,23 +294,22 @@ impl TransferBench {
             cpu_receiver: cpu_seconds(receiver_pid)? - receiver_before,
             cpu_client,
             peak_rss: Some(peak_rss_bytes(receiver_pid)?),
-            sent_per_peer: sent_since(&self.seeds[..1], &sent_before)?,
+            sent_per_peer: sent_since(&self.seeds, &sent_before)?,
             bytes_good: streamed,
         };
         self.finish_receiver(data, receiver, fetch)
     }
 
-    /// A fresh node bootstrapped to the first `providers` seeds pulls the image.
+    /// A fresh node bootstrapped to the first `providers` seeds pulls the image. Every seed
+    /// is measured (and pinned with the senders) whatever `providers` is, so that a chunk from
+    /// a seed the row does not expect shows in its shares instead of hiding its CPU.
     fn node_pull(&mut self, source: Source, providers: usize, pinned: bool) -> Result<Fetch> {
         let (data, receiver) = self.start_receiver(providers)?;
-        let sender_pids = self.seeds[..providers]
-            .iter()
-            .map(node_pid)
-            .collect::<Result<Vec<_>>>()?;
+        let sender_pids = self.seed_pids()?;
         let receiver_pid = node_pid(&receiver)?;
         let _sending = Placement::sending(pinned, &sender_pids)?;
         let _receiving = Placement::receiving(pinned, receiver_pid)?;
-        let sent_before = sent_counters(&self.seeds[..providers])?;
+        let sent_before = sent_counters(&self.seeds)?;
         let sender_before = cpu_of(&sender_pids)?;
         let receiver_before = cpu_seconds(receiver_pid)?;
         let client_before = children_cpu_seconds()?;
@@ -328,10 +328,15 @@ impl TransferBench {
             cpu_receiver: cpu_seconds(receiver_pid)? - receiver_before,
             cpu_client: children_cpu_seconds()? - client_before,
             peak_rss: Some(peak_rss_bytes(receiver_pid)?),
-            sent_per_peer: sent_since(&self.seeds[..providers], &sent_before)?,
+            sent_per_peer: sent_since(&self.seeds, &sent_before)?,
             bytes_good: true,
         };
         self.finish_receiver(data, receiver, fetch)
+    }
+
+    /// The process ids of every seed: the nodes that may send.
+    fn seed_pids(&self) -> Result<Vec<u32>> {
+        self.seeds.iter().map(node_pid).collect()
     }
 
     /// A fresh node bootstrapped to the first `providers` seeds, trusting A, once it is
@@ -344,6 +349,12 @@ impl TransferBench {
             .join(format!("receiver-{}", self.receivers_started));
         let mut args = bootstrap_args(&peers)?;
         args.extend(["--trust".to_owned(), self.seeds[0].peer_id().to_owned()]);
+        // With one provider, the receiver's zone is A alone: it cannot reach the other seeds
+        // (which it would find through the DHT and take chunks from), so a 1-peer row is one
+        // peer's.
+        if providers == 1 {
+            args.extend(["--serve-peers".to_owned(), "zone".to_owned()]);
+        }
         let receiver = start_node(&data, &args)?;
         let peer_ids: Vec<&str> = peers.iter().map(|node| node.peer_id()).collect();
         wait_connected(&receiver, &peer_ids)?;
