@@ -151,8 +151,6 @@ struct Run<'a> {
     index_source: Option<PeerId>,
     index_requested: bool,
     partial: Option<PartialBlob>,
-    /// The index chunks are checked against, once known.
-    index: Option<Arc<ChunkIndex>>,
     /// Chunk writes running (at most [`WRITES_IN_FLIGHT_MAX`]).
     writes: JoinSet<Written>,
     scheduler: Option<Scheduler<PeerId>>,
@@ -201,7 +199,6 @@ pub async fn run(
         index_source: None,
         index_requested: false,
         partial: None,
-        index: None,
         writes: JoinSet::new(),
         scheduler: None,
         started: Instant::now(),
@@ -698,10 +695,8 @@ impl Run<'_> {
             );
         }
         let have = partial.have().clone();
-        let index = Arc::new(index);
-        self.index = Some(index.clone());
         self.progress.send_modify(|progress| {
-            progress.index = Some(index);
+            progress.index = Some(Arc::new(index));
             progress.layout = Some(layout);
             progress.file = Some(file);
             progress.have = have;
@@ -911,7 +906,7 @@ impl Run<'_> {
     fn request_chunk(&mut self, peer: PeerId, chunk: u32) {
         let context = self.context.clone();
         let blob = self.blob;
-        let Some(index) = self.index.clone() else {
+        let Some(index) = self.progress.borrow().index.clone() else {
             return;
         };
         self.tasks.spawn(async move {
