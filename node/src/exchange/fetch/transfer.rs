@@ -65,9 +65,6 @@ const IN_ORDER_AFTER: Duration = Duration::from_secs(1);
 const RELAY_WINDOW: usize = 4;
 /// How often a relaying peer is asked again for a chunk it does not have yet.
 const RELAY_RETRY: Duration = Duration::from_millis(50);
-/// How long after a client last waited for a chunk the transfer still runs ahead of the
-/// sha256 beside it (see [`Run::pace_to_hasher`]).
-const CLIENT_WAITED_RECENTLY: Duration = Duration::from_secs(1);
 /// Chunk writes to the file running at once, behind the readers. A chunk is written around
 /// the page cache, and a direct write waits for the device (0.5-1.5 ms per MiB on the
 /// machines measured here): written one after the other on the transfer's path, they held a
@@ -175,8 +172,9 @@ struct Run<'a> {
     relay: Option<(PeerId, (u64, u32))>,
     /// The sha256 running beside the transfer, when a trusted publisher signed the index.
     sha256_behind: Option<Sha256Behind>,
-    /// When a client last waited for a chunk of this transfer (`stream.rs`).
-    client_waited: Option<Instant>,
+    /// Whether a client has waited for a chunk of this transfer (`stream.rs`): from then on
+    /// the sha256 beside it gives way, and the transfer no longer keeps pace with it.
+    client_waited: bool,
 }
 
 pub async fn run(
@@ -213,7 +211,7 @@ pub async fn run(
         declined: HashSet::new(),
         relay: None,
         sha256_behind: None,
-        client_waited: None,
+        client_waited: false,
     };
     let store = run.context.store.clone();
     // Asked for by a peer (or a reader racing a transfer that just ended): nothing to do.
@@ -258,7 +256,7 @@ pub async fn run(
             Some(Ok(outcome)) = run.tasks.join_next(), if !run.tasks.is_empty() => run.on_outcome(outcome).await?,
             Some(written) = run.writes.join_next(), if !run.writes.is_empty() => run.on_written(written?)?,
             Some(chunk) = focus.recv() => {
-                run.client_waited = Some(Instant::now());
+                run.client_waited = true;
                 if let Some(behind) = &run.sha256_behind {
                     behind.give_way();
                 }
@@ -666,7 +664,7 @@ impl Run<'_> {
                 Sha256Behind::start(reader, index.chunk_count(), self.progress.subscribe())
                     .map_err(TransferError::Sha256Behind)?;
             // A client already waiting (for the index) reads the blob as it arrives.
-            if self.client_waited.is_some() {
+            if self.client_waited {
                 behind.give_way();
             }
             self.sha256_behind = Some(behind);
@@ -763,17 +761,14 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Waits for the sha256 beside the transfer while it is far behind, unless a client waited
-    /// for a chunk lately. Then the hash takes every chunk from memory instead of reading the
-    /// ones it fell behind on back from the device, and the pull or prefetch it finishes ends
-    /// sooner; a client streaming the blob is never held up for it, since the hash is off
-    /// its path (`sha256_behind.rs`).
+    /// Waits for the sha256 beside the transfer while it is far behind, until a client waits
+    /// for a chunk. Then the hash takes every chunk from memory instead of reading the ones it
+    /// fell behind on back from the device, and the pull or prefetch it finishes ends sooner;
+    /// a client streaming the blob is never held up for it, since the hash gives way and is
+    /// off its path (`sha256_behind.rs`). Both for good: a transfer paced to a hash at nice 19
+    /// could stall on a saturated machine.
     async fn pace_to_hasher(&self) {
-        if self.sha256_behind.is_none()
-            || self
-                .client_waited
-                .is_some_and(|at| at.elapsed() < CLIENT_WAITED_RECENTLY)
-        {
+        if self.sha256_behind.is_none() || self.client_waited {
             return;
         }
         let verified = self.progress.borrow().verified.clone();
