@@ -14,6 +14,7 @@ pub mod bitmap;
 pub mod chunk;
 mod codec;
 pub mod digest;
+pub mod feed;
 pub mod glob;
 pub mod manifest;
 pub mod media_type;
@@ -33,6 +34,7 @@ pub use announce::{
 pub use bitmap::{Bitmap, BitmapError};
 pub use chunk::{CHUNK_BYTES_DEFAULT, ChunkError, ChunkIndex, ChunkIndexBuilder, ChunkLayout};
 pub use digest::{Digest, DigestError, Sha256Writer};
+pub use feed::{FEED_INTERVAL, FeedRequest, FeedUpdate};
 pub use manifest::{Descriptor, ManifestError, ParsedManifest};
 pub use reference::{ImageRef, ReferenceError, RepoName, Tag, TagOrDigest};
 pub use scheduler::{Action, Event, PeerStats, Scheduler, SchedulerConfig, SchedulerError};

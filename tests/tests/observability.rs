@@ -86,6 +86,14 @@ const COUNTER_SERIES: &[(&str, &str)] = &[
         "shoal_bitfield_polls_on_lanes_total",
     ),
     (
+        "bitfield_pushes_sent",
+        r#"shoal_bitfield_pushes_total{direction="sent"}"#,
+    ),
+    (
+        "bitfield_pushes_received",
+        r#"shoal_bitfield_pushes_total{direction="received"}"#,
+    ),
+    (
         "announcements_accepted",
         r#"shoal_announcements_total{result="accepted"}"#,
     ),
@@ -334,8 +342,16 @@ fn metrics_after_a_pull_match_the_image_and_shoal_status() {
     let blob_bytes: u64 = blobs.iter().map(|blob| blob.size).sum();
     let large_blobs = blobs.iter().filter(|blob| blob.size >= 1 << 20).count() as u64;
     let blob_count = blobs.len() as u64;
-    // Once from the network, then again from the store.
+    // Once from the network, then again from the store, once the first pull's transfers have
+    // stored the blobs (a client has every byte a moment before its transfer has checked the
+    // whole blob's sha256 and stored it).
     pull_through_gateway(edge.gateway(), &generated, &blobs);
+    wait_until("the first pull's transfers to end", EVENT_TIMEOUT, || {
+        Ok(edge.status()?["transfers"]
+            .as_array()
+            .is_some_and(Vec::is_empty))
+    })
+    .unwrap();
     pull_through_gateway(edge.gateway(), &generated, &blobs);
 
     let (metrics, status) = agreeing(&edge);
@@ -472,6 +488,7 @@ const NODE_FAMILIES: &[&str] = &[
     "shoal_peer_requests_denied",
     "shoal_chunk_links",
     "shoal_bitfield_polls_on_lanes",
+    "shoal_bitfield_pushes",
     "shoal_chunks_rejected",
     "shoal_announcements",
     "shoal_evictions",

@@ -503,6 +503,42 @@ fn chunks_travel_on_lanes_and_on_libp2p_streams_from_a_node_that_offers_none() {
 }
 
 #[test]
+fn nodes_fetching_the_same_image_push_their_progress_to_each_other_and_trade() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = start(dir.path(), "seed", &["--max-egress", "4MiB/s"]);
+    let first = start_joined(dir.path(), "first", &[&seed], &[]);
+    let second = start_joined(dir.path(), "second", &[&seed, &first], &[]);
+    let generated = image(dir.path(), "image", 31, &[16 << 20]);
+    seed.import_ok(&generated.path, Some("feeds/app:1"))
+        .unwrap();
+    wait_until("the tag to resolve on both", EVENT_TIMEOUT, || {
+        Ok(knows_tag(&first, "docker.io/feeds/app", "1")
+            && knows_tag(&second, "docker.io/feeds/app", "1"))
+    })
+    .unwrap();
+    // 16 MiB at the seed's 4 MiB/s: both fetch for seconds, each seeing the other part-way.
+    std::thread::scope(|scope| {
+        let early = scope.spawn(|| pull_ok(&first, "feeds/app:1"));
+        std::thread::sleep(Duration::from_secs(1));
+        pull_ok(&second, "feeds/app:1");
+        early.join().unwrap();
+    });
+    let (first_status, second_status) = (first.status().unwrap(), second.status().unwrap());
+    let pushed = counter(&first_status, "bitfield_pushes_sent")
+        + counter(&second_status, "bitfield_pushes_sent");
+    let received = counter(&first_status, "bitfield_pushes_received")
+        + counter(&second_status, "bitfield_pushes_received");
+    assert!(
+        pushed > 0 && received > 0,
+        "{first_status}\n{second_status}"
+    );
+    // The seed sends each chunk once while both ask (super-seeding): they trade the rest.
+    let traded = counter(&first_status, "bytes_sent_to_peers")
+        + counter(&second_status, "bytes_sent_to_peers");
+    assert!(traded > 0, "{first_status}\n{second_status}");
+}
+
+#[test]
 fn an_egress_limit_paces_what_a_node_sends() {
     let dir = tempfile::tempdir().unwrap();
     let seed = start(dir.path(), "seed", &["--max-egress", "4MiB/s"]);

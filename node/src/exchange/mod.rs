@@ -14,6 +14,8 @@
 //! - [`serve`] (giving): answers peers' requests (have, index, chunk, fetch, announcements)
 //!   from the store and from transfers in progress, and serves the chunk links peers open to
 //!   this node. Chunks go out only once verified, and only as fast as the egress limit allows.
+//! - [`feed`] (telling): pushes this node's bitfield of the blobs it is fetching to the
+//!   peers that watch them on their have feeds, instead of each peer polling for it.
 //! - [`provenance`]: whether content a peer asks for is public or held only because of a
 //!   credentialed namespace, for the zone's decisions (`zone.rs`), which [`serve`] applies.
 //! - [`seeding`]: the node's handle on the protocol's serving policy
@@ -26,6 +28,7 @@
 //! transfer's file and its in-memory verified chunks → gateway readers and [`serve`] (to other
 //! peers) → once the whole blob's sha256 matches, the store.
 
+mod feed;
 pub mod fetch;
 pub mod provenance;
 pub mod rate;

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcements;
-use crate::exchange::fetch::{FetchHandle, Origin};
+use crate::exchange::fetch::{FetchHandle, Origin, Transfer};
 use crate::exchange::provenance::ContentProvenance;
 use crate::exchange::rate::{Booking, RateLimiter};
 use crate::exchange::seeding::SeedLedger;
@@ -53,6 +53,10 @@ const LINK_ANSWERS_AHEAD: usize = 4;
 /// covers links being replaced and a second connection.
 const LINKS_MAX: usize = 1024;
 const LINKS_PER_PEER_MAX: usize = 16;
+/// Have feeds served at once, and per peer: a peer opens one (`network/feed.rs`); a few
+/// cover one being replaced and a second connection.
+const FEEDS_MAX: usize = 1024;
+const FEEDS_PER_PEER_MAX: usize = 4;
 
 /// Called with each announcement accepted from a trusted publisher.
 pub type OnAnnouncement = Arc<dyn Fn(shoal_protocol::announce::Announcement) + Send + Sync>;
@@ -86,7 +90,8 @@ impl std::fmt::Debug for PeerService {
 impl PeerService {
     pub async fn run(self, mut events: mpsc::Receiver<NetworkEvent>, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
-        let links = LinkCount::default();
+        let links = LinkCount::new(LINKS_MAX, LINKS_PER_PEER_MAX);
+        let feeds = LinkCount::new(FEEDS_MAX, FEEDS_PER_PEER_MAX);
         let mut tasks = JoinSet::new();
         loop {
             let event = tokio::select! {
@@ -109,6 +114,17 @@ impl PeerService {
                 NetworkEvent::PeerConnected(peer) => {
                     let service = self.clone();
                     tasks.spawn(async move { service.sync_announcements(peer).await });
+                }
+                NetworkEvent::FeedStream { peer, stream } => {
+                    let Some(admitted) = feeds.admit(peer) else {
+                        tracing::debug!(%peer, "refusing a have feed beyond the limits");
+                        continue;
+                    };
+                    let service = self.clone();
+                    tasks.spawn(async move {
+                        service.serve_feed(peer, stream).await;
+                        drop(admitted);
+                    });
                 }
                 NetworkEvent::ChunkStream { peer, stream } => {
                     let Some(admitted) = links.admit(peer) else {
@@ -301,11 +317,14 @@ impl PeerService {
             .seeding
             .decide(peer, blob, chunk, holding, egress_ahead, Instant::now());
         match answer {
-            Answer::Send => Ok(bookings
-                .into_iter()
-                .map(|booking| booking.book(length))
-                .max()
-                .unwrap_or_default()),
+            Answer::Send => {
+                tracing::trace!(%peer, %blob, chunk, "chunk request answered");
+                Ok(bookings
+                    .into_iter()
+                    .map(|booking| booking.book(length))
+                    .max()
+                    .unwrap_or_default())
+            }
             Answer::Busy(reason) => {
                 tracing::trace!(%peer, %blob, chunk, ?reason, "chunk request answered busy");
                 Err(ChunkAnswer::Busy)
@@ -354,18 +373,21 @@ impl PeerService {
         }
     }
 
-    async fn partial(&self, blob: Digest) -> Option<crate::exchange::fetch::Progress> {
-        let transfer = self
-            .fetch
+    /// The transfer of `blob` running here, if any.
+    pub(super) async fn transfer(&self, blob: Digest) -> Option<Transfer> {
+        self.fetch
             .active()
             .await
             .into_iter()
-            .find(|transfer| transfer.blob == blob)?;
-        let progress = transfer.progress();
+            .find(|transfer| transfer.blob == blob)
+    }
+
+    async fn partial(&self, blob: Digest) -> Option<crate::exchange::fetch::Progress> {
+        let progress = self.transfer(blob).await?.progress();
         progress.layout.is_some().then_some(progress)
     }
 
-    async fn have(&self, blob: Digest) -> Response {
+    pub(super) async fn have(&self, blob: Digest) -> Response {
         if let Some(index) = self
             .blocking(move |store| store.chunk_index(&blob).ok().flatten())
             .await
@@ -408,7 +430,7 @@ impl PeerService {
 
     /// Whether the zone lets `peer` ask `request`, given where the content it names comes
     /// from; a refusal is counted and logged.
-    async fn permitted(&self, peer: PeerId, request: &Request) -> bool {
+    pub(super) async fn permitted(&self, peer: PeerId, request: &Request) -> bool {
         let zone = self.provenance.zone();
         let blob = match request {
             Request::Have { blob }
@@ -560,10 +582,12 @@ impl PeerService {
     }
 }
 
-/// The chunk links being served, in all and per peer.
-#[derive(Debug, Clone, Default)]
+/// The streams of one kind being served (chunk links, have feeds), in all and per peer.
+#[derive(Debug, Clone)]
 struct LinkCount {
     per_peer: Arc<std::sync::Mutex<HashMap<PeerId, usize>>>,
+    max: usize,
+    per_peer_max: usize,
 }
 
 /// One admitted link; dropping it makes room for another.
@@ -573,18 +597,26 @@ struct AdmittedLink {
 }
 
 impl LinkCount {
+    fn new(max: usize, per_peer_max: usize) -> LinkCount {
+        LinkCount {
+            per_peer: Arc::default(),
+            max,
+            per_peer_max,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, usize>> {
         self.per_peer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Room for one more link from `peer`, within [`LINKS_MAX`] and [`LINKS_PER_PEER_MAX`].
+    /// Room for one more stream from `peer`, within the limits in all and per peer.
     fn admit(&self, peer: PeerId) -> Option<AdmittedLink> {
         let mut per_peer = self.lock();
         let total: usize = per_peer.values().sum();
         let count = per_peer.entry(peer).or_default();
-        if total >= LINKS_MAX || *count >= LINKS_PER_PEER_MAX {
+        if total >= self.max || *count >= self.per_peer_max {
             return None;
         }
         *count += 1;

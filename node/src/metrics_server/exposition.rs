@@ -223,6 +223,14 @@ fn write_families(report: &StatusReport, timings: &Timings, page: &mut Families)
         &[(&[], counters.bitfield_polls_on_lanes)],
     )?;
     page.counter(
+        "shoal_bitfield_pushes",
+        "Bitfield updates pushed on have feeds, sent to watching peers and received from watched ones.",
+        &[
+            (&[("direction", "sent")], counters.bitfield_pushes_sent),
+            (&[("direction", "received")], counters.bitfield_pushes_received),
+        ],
+    )?;
+    page.counter(
         "shoal_chunks_rejected",
         "Chunks from peers that failed their BLAKE3 check.",
         &[(&[], counters.chunks_rejected)],

@@ -62,7 +62,7 @@ pub async fn write_request_frame<T: AsyncWrite + Unpin>(
     io: &mut T,
     request: &Request,
 ) -> io::Result<()> {
-    write_frame(io, &wire::encode(request).map_err(invalid)?).await
+    write_message_frame(io, request).await
 }
 
 /// Reads a response frame. A chunk's bytes (nearly all the bytes peers exchange) are read
@@ -79,6 +79,24 @@ pub async fn read_response_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result
     }
     let frame = read_rest(io, head, length).await?;
     wire::decode(&frame, RESPONSE_BYTES_MAX).map_err(invalid)
+}
+
+/// Reads one frame of a message of at most `limit` bytes (the have feeds' frames). Not
+/// cancel-safe, like [`read_request_frame`].
+pub async fn read_message_frame<T: AsyncRead + Unpin, M: serde::de::DeserializeOwned>(
+    io: &mut T,
+    limit: usize,
+) -> io::Result<M> {
+    let frame = read_frame(io, limit).await?;
+    wire::decode(&frame, limit).map_err(invalid)
+}
+
+/// Writes one frame of a message, without flushing.
+pub async fn write_message_frame<T: AsyncWrite + Unpin, M: serde::Serialize>(
+    io: &mut T,
+    message: &M,
+) -> io::Result<()> {
+    write_frame(io, &wire::encode(message).map_err(invalid)?).await
 }
 
 /// An answer on a chunk link: the chunk, in a pooled buffer, or why not.

@@ -11,6 +11,7 @@ mod bootstrap;
 mod buffers;
 mod chunks;
 mod codec;
+mod feed;
 mod gate;
 mod lane;
 mod metrics;
@@ -36,7 +37,11 @@ use tokio_util::sync::CancellationToken;
 use behaviour::{ANNOUNCEMENT_TOPIC, Behaviour, BehaviourEvent};
 pub use buffers::ChunkBuffers;
 pub use chunks::{ChunkLinks, LinkStream};
-pub use codec::{ChunkAnswer, LinkAnswer, read_request_frame, write_link_answer};
+pub use codec::{
+    ChunkAnswer, LinkAnswer, read_message_frame, read_request_frame, write_link_answer,
+    write_message_frame,
+};
+pub use feed::HaveWatch;
 
 use crate::locality::{self, Locality};
 use crate::observe::Counters;
@@ -113,6 +118,11 @@ pub enum NetworkEvent {
         peer: PeerId,
         stream: Box<dyn LinkStream>,
     },
+    /// A peer opened a have feed: blobs it watches, whose bitfields to push on `stream`.
+    FeedStream {
+        peer: PeerId,
+        stream: libp2p::Stream,
+    },
 }
 
 /// A snapshot for `shoal status`.
@@ -162,6 +172,7 @@ pub struct NetworkHandle {
     commands: mpsc::Sender<Command>,
     local_peer_id: PeerId,
     chunk_links: ChunkLinks,
+    feeds: feed::HaveFeeds,
 }
 
 impl std::fmt::Debug for Command {
@@ -209,6 +220,12 @@ impl NetworkHandle {
         chunk: u32,
     ) -> Result<ChunkAnswer, RequestError> {
         self.chunk_links.request(peer, blob, chunk).await
+    }
+
+    /// Watches `peer`'s bitfield of `blob` on the have feed to it; `None` when the peer gives
+    /// no feed, and its bitfield is polled instead.
+    pub fn watch_have(&self, peer: PeerId, blob: Digest) -> Option<HaveWatch> {
+        self.feeds.watch(peer, blob)
     }
 
     /// The pool chunk buffers come from, for chunks read from disk to send.
@@ -267,6 +284,7 @@ impl NetworkHandle {
     /// Disconnects `peer` and refuses it from now on.
     pub async fn ban(&self, peer: PeerId) {
         self.chunk_links.close(&peer);
+        self.feeds.close(&peer);
         let _ = self.send(Command::Ban { peer }).await;
     }
 }
@@ -295,6 +313,9 @@ pub async fn start(
     let chunk_streams = chunk_control
         .accept(chunks::CHUNK_PROTOCOL)
         .context("cannot accept chunk links")?;
+    let feed_streams = chunk_control
+        .accept(feed::FEED_PROTOCOL)
+        .context("cannot accept have feeds")?;
     let (events, event_receiver) = mpsc::channel(EVENT_QUEUE_LEN);
     let lanes = lane::Lanes::default();
     if let Some(listen) = config.lane_listen {
@@ -354,13 +375,20 @@ pub async fn start(
     };
     let task = tokio::spawn(async move {
         actor
-            .run(command_receiver, chunk_streams, resolver, shutdown)
+            .run(
+                command_receiver,
+                chunk_streams,
+                feed_streams,
+                resolver,
+                shutdown,
+            )
             .await
     });
     Ok((
         NetworkHandle {
             commands,
             local_peer_id,
+            feeds: feed::HaveFeeds::new(chunk_control.clone(), config.counters.clone()),
             chunk_links: ChunkLinks::new(chunk_control, lanes, config.counters.clone()),
         },
         event_receiver,
@@ -429,6 +457,7 @@ impl SwarmActor {
         &mut self,
         mut commands: mpsc::Receiver<Command>,
         mut chunk_streams: libp2p_stream::IncomingStreams,
+        mut feed_streams: libp2p_stream::IncomingStreams,
         mut resolver: bootstrap::Resolver,
         shutdown: CancellationToken,
     ) {
@@ -441,6 +470,11 @@ impl SwarmActor {
                     if !self.banned.contains(&peer) {
                         let stream = Box::new(stream);
                         self.emit(NetworkEvent::ChunkStream { peer, stream }).await;
+                    }
+                }
+                Some((peer, stream)) = feed_streams.next() => {
+                    if !self.banned.contains(&peer) {
+                        self.emit(NetworkEvent::FeedStream { peer, stream }).await;
                     }
                 }
                 event = self.swarm.select_next_some() => self.on_swarm_event(event).await,

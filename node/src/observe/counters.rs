@@ -40,6 +40,10 @@ pub struct Counters {
     pub chunk_links_stream: AtomicU64,
     /// Bitfield polls this node sent on lanes (the others went on request-response substreams).
     pub bitfield_polls_on_lanes: AtomicU64,
+    /// Bitfield updates pushed on have feeds (`network/feed.rs`): sent to peers watching
+    /// this node's blobs, and received from peers this node watches.
+    pub bitfield_pushes_sent: AtomicU64,
+    pub bitfield_pushes_received: AtomicU64,
     /// Latency and throughput histograms for `/metrics` (not in the snapshot).
     pub timings: super::Timings,
     /// Gateway pulls per zone and auth failures, registered in the shared registry.
@@ -74,6 +78,8 @@ pub struct CountersSnapshot {
     pub chunk_links_lane: u64,
     pub chunk_links_stream: u64,
     pub bitfield_polls_on_lanes: u64,
+    pub bitfield_pushes_sent: u64,
+    pub bitfield_pushes_received: u64,
 }
 
 impl Counters {
@@ -108,6 +114,8 @@ impl Counters {
             chunk_links_lane: get(&self.chunk_links_lane),
             chunk_links_stream: get(&self.chunk_links_stream),
             bitfield_polls_on_lanes: get(&self.bitfield_polls_on_lanes),
+            bitfield_pushes_sent: get(&self.bitfield_pushes_sent),
+            bitfield_pushes_received: get(&self.bitfield_pushes_received),
         }
     }
 }

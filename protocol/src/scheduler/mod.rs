@@ -210,7 +210,10 @@ struct PeerState {
     limit: usize,
     paused_until: Duration,
     consecutive_failures: u32,
+    /// When the peer is next asked for its bitfield; never while it pushes it.
     next_poll: Duration,
+    /// The peer pushes its bitfield as it changes ([`Scheduler::set_pushes`]).
+    pushes: bool,
     preference: i32,
     /// Smoothed time from request to arrival of this peer's chunks, once one has arrived.
     latency: Option<Duration>,
@@ -326,6 +329,19 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         if let Some(state) = self.peers.get_mut(peer) {
             state.preference = preference;
             state.stats.preference = preference;
+        }
+    }
+
+    /// Whether `peer` pushes its bitfield as it changes (a have feed, `crate::feed`): then
+    /// it is never polled; when its pushes stop, polls resume from now.
+    pub fn set_pushes(&mut self, peer: &P, pushes: bool) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        state.pushes = pushes;
+        state.next_poll = if pushes { Duration::MAX } else { self.now };
+        if !pushes {
+            self.polls_due_from = self.polls_due_from.min(self.now);
         }
     }
 
@@ -505,7 +521,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             if state.paused_until > self.now {
                 consider(state.paused_until);
             }
-            if !state.complete {
+            if !state.complete && !state.pushes {
                 consider(state.next_poll);
             }
         }
@@ -617,16 +633,19 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             return;
         }
         let next_poll = self.now + self.config.have_poll_interval;
-        self.polls_due_from = self.polls_due_from.min(next_poll);
         // The peer's bitfield is taken out while availability follows the change.
         let old = match self.peers.get_mut(&peer) {
             Some(state) => {
                 state.complete = have.is_full();
-                state.next_poll = next_poll;
+                if !state.pushes {
+                    state.next_poll = next_poll;
+                    self.polls_due_from = self.polls_due_from.min(next_poll);
+                }
                 let ranked = std::mem::take(&mut state.have_ranked);
                 (std::mem::replace(&mut state.have, Bitmap::new(0)), ranked)
             }
             None => {
+                self.polls_due_from = self.polls_due_from.min(next_poll);
                 self.peers.insert(
                     peer.clone(),
                     PeerState {
@@ -641,6 +660,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                         paused_until: Duration::ZERO,
                         consecutive_failures: 0,
                         next_poll,
+                        pushes: false,
                         preference: 0,
                         latency: None,
                         stats: PeerStats::default(),
@@ -914,6 +934,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 );
             }
             assert!(state.complete || state.next_poll >= self.polls_due_from);
+            assert!(!state.pushes || state.next_poll == Duration::MAX);
             assert!(state.limit >= 1 && state.limit <= self.config.requests_per_peer_max);
             assert!(state.in_flight.len() <= self.config.requests_per_peer_max);
             assert!(state.in_flight.keys().all(|&c| c < self.chunk_count));

@@ -42,6 +42,16 @@ fn requests(actions: &[Action<&'static str>]) -> Vec<(&'static str, u32)> {
         .collect()
 }
 
+fn polls(actions: &[Action<&'static str>]) -> Vec<&'static str> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::PollHave { peer } => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
 fn join(s: &mut S, peer: &'static str, have: Bitmap, now: u64) -> Vec<Action<&'static str>> {
     let actions = s.handle(Event::PeerJoined { peer, have }, ms(now));
     s.check_invariants();
@@ -378,15 +388,6 @@ fn downloading_peers_are_polled_complete_ones_are_not() {
     join(&mut s, "partial", bits(10, [0]), 0);
     join(&mut s, "seed", bits(10, []), 0);
     join(&mut s, "full", Bitmap::full(10), 0);
-    let polls = |actions: &[Action<&'static str>]| -> Vec<&'static str> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::PollHave { peer } => Some(*peer),
-                _ => None,
-            })
-            .collect()
-    };
     assert!(polls(&s.handle(Event::Tick, ms(99))).is_empty());
     assert_eq!(
         polls(&s.handle(Event::Tick, ms(100))),
@@ -406,6 +407,42 @@ fn downloading_peers_are_polled_complete_ones_are_not() {
     assert!(requests(&actions).iter().all(|(p, _)| *p == "seed"));
     let seed = s.peers().find(|(p, _)| **p == "seed").unwrap().1;
     assert_eq!(seed.chunks_available, 10);
+}
+
+#[test]
+fn peers_that_push_are_not_polled_until_their_pushes_stop() {
+    let mut s = S::new(10, config(), 2);
+    join(&mut s, "pushing", bits(10, [0]), 0);
+    join(&mut s, "polled", bits(10, [1]), 0);
+    s.set_pushes(&"pushing", true);
+    s.check_invariants();
+    assert_eq!(polls(&s.handle(Event::Tick, ms(100))), vec!["polled"]);
+    assert_eq!(s.next_wakeup(), Some(ms(200)));
+    // A push is news like a polled answer, and does not start polls again.
+    let actions = s.handle(
+        Event::PeerHave {
+            peer: "pushing",
+            have: bits(10, [0, 2]),
+        },
+        ms(150),
+    );
+    s.check_invariants();
+    assert!(requests(&actions).contains(&("pushing", 2)));
+    assert_eq!(polls(&s.handle(Event::Tick, ms(200))), vec!["polled"]);
+    assert_eq!(polls(&s.handle(Event::Tick, ms(1000))), vec!["polled"]);
+    // The feed closed: the peer is polled at once, then on the usual interval.
+    s.set_pushes(&"pushing", false);
+    s.check_invariants();
+    assert_eq!(polls(&s.handle(Event::Tick, ms(1001))), vec!["pushing"]);
+    assert!(polls(&s.handle(Event::Tick, ms(1050))).is_empty());
+    s.check_invariants();
+    assert_eq!(
+        polls(&s.handle(Event::Tick, ms(1101))),
+        vec!["polled", "pushing"]
+    );
+    // Unknown peers are ignored.
+    s.set_pushes(&"stranger", true);
+    s.check_invariants();
 }
 
 #[test]

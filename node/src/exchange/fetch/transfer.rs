@@ -61,6 +61,9 @@ const DELEGATE_STALL: Duration = Duration::from_secs(10);
 /// a random order left its sha256 to read most of the blob back from the device after the
 /// last chunk (docs/benchmarks.md).
 const IN_ORDER_AFTER: Duration = Duration::from_secs(1);
+/// Bitfield updates pushed by peers' have feeds, queued for the transfer; a full queue holds
+/// the feeds back (each keeps only its latest update meanwhile).
+const PUSHED_QUEUE_LEN: usize = 64;
 /// Chunk requests in flight to a peer relaying a blob it is downloading from its upstream.
 const RELAY_WINDOW: usize = 4;
 /// How often a relaying peer is asked again for a chunk it does not have yet.
@@ -175,6 +178,14 @@ struct Run<'a> {
     /// Whether a client has waited for a chunk of this transfer (`stream.rs`): from then on
     /// the sha256 beside it gives way, and the transfer no longer keeps pace with it.
     client_waited: bool,
+    /// Peers whose bitfield this transfer watches on their have feeds
+    /// (`network/feed.rs`), one task each; the task ends with the watch.
+    watches: JoinSet<PeerId>,
+    watching: HashSet<PeerId>,
+    /// Peers whose feed has pushed: the scheduler does not poll them.
+    feeding: HashSet<PeerId>,
+    /// Where the watches put what the peers push.
+    pushed: mpsc::Sender<(PeerId, Response)>,
 }
 
 pub async fn run(
@@ -184,6 +195,7 @@ pub async fn run(
     progress: &watch::Sender<Progress>,
     mut focus: mpsc::Receiver<u32>,
 ) -> Result<(), TransferError> {
+    let (pushed, mut pushes) = mpsc::channel(PUSHED_QUEUE_LEN);
     let mut run = Run {
         context,
         blob,
@@ -212,6 +224,10 @@ pub async fn run(
         relay: None,
         sha256_behind: None,
         client_waited: false,
+        watches: JoinSet::new(),
+        watching: HashSet::new(),
+        feeding: HashSet::new(),
+        pushed,
     };
     let store = run.context.store.clone();
     // Asked for by a peer (or a reader racing a transfer that just ended): nothing to do.
@@ -255,6 +271,11 @@ pub async fn run(
         tokio::select! {
             Some(Ok(outcome)) = run.tasks.join_next(), if !run.tasks.is_empty() => run.on_outcome(outcome).await?,
             Some(written) = run.writes.join_next(), if !run.writes.is_empty() => run.on_written(written?)?,
+            Some((peer, response)) = pushes.recv() => {
+                run.feeding.insert(peer);
+                run.on_have(peer, Ok(response)).await?;
+            }
+            Some(Ok(peer)) = run.watches.join_next(), if !run.watches.is_empty() => run.watch_ended(peer),
             Some(chunk) = focus.recv() => {
                 run.client_waited = true;
                 if let Some(behind) = &run.sha256_behind {
@@ -535,47 +556,9 @@ impl Run<'_> {
                     self.ask_have(peer);
                 }
             }
-            Outcome::Have(
-                peer,
-                Ok(Response::Have {
-                    blob_size,
-                    chunk_bytes,
-                    chunks,
-                    complete,
-                }),
-            ) => {
+            Outcome::Have(peer, result) => {
                 self.haves_pending = self.haves_pending.saturating_sub(1);
-                if complete {
-                    self.whole.insert(peer);
-                } else {
-                    self.swarm_seen = true;
-                }
-                self.choose_order();
-                self.delegate_progress(peer, chunks.count_ones());
-                let shape = (blob_size, chunk_bytes);
-                if let Some(partial) = &self.partial {
-                    let index = partial.index();
-                    if shape != (index.blob_size(), index.chunk_bytes()) {
-                        tracing::warn!(%peer, "peer describes the blob differently from its index");
-                        self.ban(peer).await;
-                        return Ok(());
-                    }
-                }
-                self.sources.insert(peer);
-                let peers = self.sources.len();
-                self.progress.send_modify(|progress| progress.peers = peers);
-                match &self.scheduler {
-                    Some(_) => self.join(peer, chunks).await,
-                    None => {
-                        self.haves.insert(peer, (shape, chunks));
-                        self.request_index(peer);
-                    }
-                }
-            }
-            Outcome::Have(peer, _) => {
-                self.haves_pending = self.haves_pending.saturating_sub(1);
-                // Asked again on the next provider refresh: it may get the blob later.
-                self.asked.remove(&peer);
+                self.on_have(peer, result).await?;
             }
             Outcome::Index(peer, Ok(Response::Index(index))) => self.on_index(peer, index).await?,
             Outcome::Index(peer, result) => {
@@ -613,6 +596,85 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A peer's bitfield, answering `Have` or pushed on its feed: a peer with (part of) the
+    /// blob becomes a source, and one still fetching it is watched from then on.
+    async fn on_have(
+        &mut self,
+        peer: PeerId,
+        result: Result<Response, RequestError>,
+    ) -> Result<(), TransferError> {
+        let Ok(Response::Have {
+            blob_size,
+            chunk_bytes,
+            chunks,
+            complete,
+        }) = result
+        else {
+            // Asked again on the next provider refresh: it may get the blob later.
+            self.asked.remove(&peer);
+            return Ok(());
+        };
+        if complete {
+            self.whole.insert(peer);
+        } else {
+            self.swarm_seen = true;
+            self.watch(peer);
+        }
+        self.choose_order();
+        self.delegate_progress(peer, chunks.count_ones());
+        let shape = (blob_size, chunk_bytes);
+        if let Some(partial) = &self.partial {
+            let index = partial.index();
+            if shape != (index.blob_size(), index.chunk_bytes()) {
+                tracing::warn!(%peer, "peer describes the blob differently from its index");
+                self.ban(peer).await;
+                return Ok(());
+            }
+        }
+        self.sources.insert(peer);
+        let peers = self.sources.len();
+        self.progress.send_modify(|progress| progress.peers = peers);
+        match &self.scheduler {
+            Some(_) => self.join(peer, chunks).await,
+            None => {
+                self.haves.insert(peer, (shape, chunks));
+                self.request_index(peer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Watches `peer`'s bitfield on its have feed, unless already watching or the peer gives
+    /// no feed (it is polled then).
+    fn watch(&mut self, peer: PeerId) {
+        if self.watching.contains(&peer) {
+            return;
+        }
+        let Some(mut watch) = self.context.network.watch_have(peer, self.blob) else {
+            return;
+        };
+        self.watching.insert(peer);
+        let pushed = self.pushed.clone();
+        self.watches.spawn(async move {
+            while let Some(update) = watch.next().await {
+                if pushed.send((peer, update.into_response())).await.is_err() {
+                    break;
+                }
+            }
+            peer
+        });
+    }
+
+    /// A watch ended (the peer's last update, or its feed broke): the peer is polled again
+    /// while it has part of the blob.
+    fn watch_ended(&mut self, peer: PeerId) {
+        self.watching.remove(&peer);
+        self.feeding.remove(&peer);
+        if let Some(scheduler) = &mut self.scheduler {
+            scheduler.set_pushes(&peer, false);
+        }
     }
 
     fn request_index(&mut self, peer: PeerId) {
@@ -862,6 +924,11 @@ impl Run<'_> {
             self.place(peer);
         } else {
             self.feed(Event::PeerHave { peer, have }).await;
+        }
+        if self.feeding.contains(&peer)
+            && let Some(scheduler) = &mut self.scheduler
+        {
+            scheduler.set_pushes(&peer, true);
         }
     }
 
