@@ -5,6 +5,17 @@
 //! - on start, a `Have` request to every neighbour; an answer with a bitfield becomes
 //!   `PeerJoined` (later ones `PeerHave`); a peer that has not started yet is asked again
 //!   after 500 ms (the node's `PEER_REFRESH`);
+//! - have feeds (`shoal_protocol::feed`): an answer showing the peer holds part of the blob
+//!   starts a watch; the request travels one latency and the peer pushes its bitfield back at
+//!   once. Each later push of a watch, as the node's, goes `push_delay` (a fresh random part
+//!   of `FEED_INTERVAL`, from the peer's own stream) after the change it tells, or after
+//!   `FEED_INTERVAL` has passed since the watch's last push if that is later, and carries the
+//!   bitfield of that moment: the watchers of one peer hear of its new chunk at different
+//!   times, not all at once (which herds them onto it). Every push reaches its watcher one
+//!   latency later as `PeerHave`; after the first, the watcher's scheduler stops polling that
+//!   peer (`Scheduler::set_pushes`). A push of the whole blob ends the watch; a peer going
+//!   offline ends its watches (the watcher polls it again, in vain until it is back); a
+//!   watcher that goes offline or completes drops its own;
 //! - `Request` → the request travels one latency; the sender answers `NotFound` if it lacks
 //!   the chunk, else what the node's serving policy says ([`shoal_protocol::Serving`], the
 //!   very machine `exchange/serve.rs` asks, fed the sender's uplink backlog and the virtual
@@ -15,7 +26,8 @@
 //!   → `PeerBusy`, other failures → `RequestFailed`, a chunk already had is ignored, else it
 //!   is verified (honest senders' chunks pass, hostile ones' fail) → `ChunkArrived`;
 //! - `Cancel` only marks the request (the node cannot abort a request-response exchange: the
-//!   bytes still cross the links), `PollHave` sends a `Have`, `Ban` is counted;
+//!   bytes still cross the links), `PollHave` sends a `Have` (only to peers that do not
+//!   push), `Ban` is counted;
 //! - `Tick` on the node's 100 ms grid when `next_wakeup` asks for one;
 //! - churn: a host that leaves or crashes answers nothing (requests to it fail after one
 //!   latency, and its chunks in flight fail on arrival); a restarted host resumes from the
@@ -24,9 +36,10 @@
 //! Not modelled: index exchange (the chunk index is known at start), DHT lookups (neighbours
 //! are fixed by [`crate::topology`]), the final sha256 check, disk speed, and packet loss.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
+use shoal_protocol::feed::push_delay;
 use shoal_protocol::{
     Action, Answer, Bitmap, ChunkRequest, Digest, Event, Holding, Scheduler, SchedulerConfig,
     Serving,
@@ -42,6 +55,12 @@ use crate::topology::{ORIGIN, Role, Topology};
 const TICK: Micros = 100_000;
 /// The node's `PEER_REFRESH`: peers without the blob are asked again this often.
 const PEER_REFRESH: Micros = 500_000;
+/// [`shoal_protocol::FEED_INTERVAL`] on the virtual clock: a watch gets a push at most this
+/// often.
+const FEED_INTERVAL: Micros = shoal_protocol::FEED_INTERVAL.as_micros() as Micros;
+/// The derived random stream of each host's push delays is this plus the host's id (its
+/// scheduler's seed is drawn from `1 << 32` plus the id).
+const STREAM_PUSH_DELAYS: u64 = 2 << 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reply {
@@ -74,6 +93,28 @@ enum Ev {
         sender_epoch: u32,
         reply: Reply,
     },
+    /// A watch request reaches the watched peer.
+    Watch {
+        watcher: u32,
+        peer: u32,
+        epoch: u32,
+    },
+    /// A push reaches a watcher, one latency after `from` sent it at `sent_at`: one event per
+    /// push, scheduled when the push is, and the bitfield read on arrival as it was when sent
+    /// (see [`NodeState::have_at`]).
+    Pushed {
+        to: u32,
+        from: u32,
+        epoch: u32,
+        sender_epoch: u32,
+        sent_at: Micros,
+    },
+    /// The watched peer went offline: its feed broke.
+    FeedEnded {
+        to: u32,
+        from: u32,
+        epoch: u32,
+    },
     Leave(u32),
     Crash(u32),
     Restart(u32),
@@ -94,6 +135,8 @@ struct NodeState {
     started: bool,
     /// Bumped on crash and leave: answers addressed to an earlier life are dropped.
     epoch: u32,
+    /// When each earlier life ended, by epoch: whether a push due then was still sent.
+    offline_at: Vec<Micros>,
     /// When this life's transfer started (the origin of its tick grid).
     life_start: Micros,
     first_start: Option<Micros>,
@@ -105,6 +148,48 @@ struct NodeState {
     banned: HashSet<u32>,
     /// What it answers the chunk requests it gets: the node's own serving policy.
     serving: Serving<u32>,
+    /// Peers whose feeds this host watches, from the moment it sends the watch request.
+    /// A few dozen at most (its neighbours), so a vector.
+    watching: Vec<u32>,
+    /// Hosts watching this one's feed, each with when its latest push goes or went.
+    watchers: Vec<Watcher>,
+    /// No watch's latest push goes earlier: a change before this needs no new push. A lower
+    /// bound (a dropped watch leaves it low), kept so that most changes skip the watchers.
+    pushes_cover_until: Micros,
+    /// Chunks verified in the last latency, oldest first: a push that arrives reads its
+    /// bitfield as sent one latency earlier by taking these off.
+    recent_gains: VecDeque<(Micros, u32)>,
+    /// This host's push delays.
+    feed_rng: Rng,
+}
+
+/// One watch of a host's feed, on the host's side.
+#[derive(Debug, Clone, Copy)]
+struct Watcher {
+    host: u32,
+    /// When the latest push goes (if in the future) or went: a change at or before it is in
+    /// that push; a later one gets the next push, `FEED_INTERVAL` after it at the earliest.
+    pushed_at: Micros,
+}
+
+impl NodeState {
+    /// Whether the host was still in its life `epoch` at `at`.
+    fn online_at(&self, epoch: u32, at: Micros) -> bool {
+        self.epoch == epoch
+            || self
+                .offline_at
+                .get(epoch as usize)
+                .is_some_and(|&end| end > at)
+    }
+
+    /// The host's verified chunks as they were at `at`, no more than one latency ago.
+    fn have_at(&self, at: Micros) -> Bitmap {
+        let mut have = self.have.clone();
+        for &(_, chunk) in self.recent_gains.iter().rev().take_while(|&&(t, _)| t > at) {
+            have.clear(chunk);
+        }
+        have
+    }
 }
 
 /// Counts over the whole run.
@@ -120,6 +205,8 @@ pub struct Counters {
     pub bad_chunks_accepted: u64,
     pub bans: u64,
     pub have_polls: u64,
+    /// Bitfields pushed on have feeds, one per watcher per push.
+    pub have_pushes: u64,
 }
 
 /// What a run produced, before any statistics.
@@ -187,7 +274,8 @@ impl<'a> Simulation<'a> {
         let nodes = topology
             .nodes
             .iter()
-            .map(|spec| {
+            .zip(0u64..)
+            .map(|(spec, id)| {
                 let seeded = spec.role != Role::Host;
                 NodeState {
                     role: spec.role,
@@ -204,6 +292,7 @@ impl<'a> Simulation<'a> {
                     left: false,
                     started: seeded,
                     epoch: 0,
+                    offline_at: Vec::new(),
                     life_start: 0,
                     first_start: None,
                     done_at: seeded.then_some(0),
@@ -212,6 +301,11 @@ impl<'a> Simulation<'a> {
                     cancelled: HashSet::new(),
                     banned: HashSet::new(),
                     serving: Serving::default(),
+                    watching: Vec::new(),
+                    watchers: Vec::new(),
+                    pushes_cover_until: 0,
+                    recent_gains: VecDeque::new(),
+                    feed_rng: Rng::derived(scenario.seed, STREAM_PUSH_DELAYS | id),
                 }
             })
             .collect();
@@ -304,6 +398,19 @@ impl<'a> Simulation<'a> {
                 sender_epoch,
                 reply,
             } => self.chunk_reply(to, from, chunk, epoch, sender_epoch, reply),
+            Ev::Watch {
+                watcher,
+                peer,
+                epoch,
+            } => self.watch_arrived(watcher, peer, epoch),
+            Ev::Pushed {
+                to,
+                from,
+                epoch,
+                sender_epoch,
+                sent_at,
+            } => self.pushed(to, from, epoch, sender_epoch, sent_at),
+            Ev::FeedEnded { to, from, epoch } => self.feed_ended(to, from, epoch),
             Ev::Leave(node) => {
                 let state = &mut self.nodes[node as usize];
                 if state.done_at.is_none() && !state.left {
@@ -332,8 +439,10 @@ impl<'a> Simulation<'a> {
     }
 
     fn go_offline(&mut self, node: u32) {
+        let now = self.now;
         let state = &mut self.nodes[node as usize];
         state.online = false;
+        state.offline_at.push(now);
         state.epoch += 1;
         state.scheduler = None;
         state.tick_at = None;
@@ -341,6 +450,29 @@ impl<'a> Simulation<'a> {
         state.cancelled.clear();
         // The node's serving ledger lives only as long as its process.
         state.serving = Serving::default();
+        let watchers = std::mem::take(&mut state.watchers);
+        for Watcher { host: watcher, .. } in watchers {
+            let at = self.now + self.latency(node, watcher);
+            let epoch = self.nodes[watcher as usize].epoch;
+            self.push(
+                at,
+                Ev::FeedEnded {
+                    to: watcher,
+                    from: node,
+                    epoch,
+                },
+            );
+        }
+        self.drop_watches(node);
+    }
+
+    /// A host that goes offline or completes stops watching: its peers stop pushing to it.
+    fn drop_watches(&mut self, node: u32) {
+        for peer in std::mem::take(&mut self.nodes[node as usize].watching) {
+            self.nodes[peer as usize]
+                .watchers
+                .retain(|watcher| watcher.host != node);
+        }
     }
 
     fn start(&mut self, node: u32) {
@@ -416,12 +548,8 @@ impl<'a> Simulation<'a> {
             }
             return;
         };
-        let event = if state.joined.insert(peer) {
-            Event::PeerJoined { peer, have }
-        } else {
-            Event::PeerHave { peer, have }
-        };
-        self.feed(node, event);
+        let partial = !have.is_full();
+        self.tell(node, peer, have);
         let prefer = self
             .scenario
             .sites
@@ -444,6 +572,172 @@ impl<'a> Simulation<'a> {
             && let Some(scheduler) = &mut self.nodes[node as usize].scheduler
         {
             scheduler.set_preference(&peer, preference);
+        }
+        if partial {
+            self.watch(node, peer);
+        }
+    }
+
+    /// Hands a peer's bitfield to a host's scheduler: `PeerJoined` the first time in this
+    /// life, `PeerHave` after.
+    fn tell(&mut self, node: u32, peer: u32, have: Bitmap) {
+        let event = if self.nodes[node as usize].joined.insert(peer) {
+            Event::PeerJoined { peer, have }
+        } else {
+            Event::PeerHave { peer, have }
+        };
+        self.feed(node, event);
+    }
+
+    /// Starts watching `peer`'s feed, unless this host already does or is done: the request
+    /// reaches the peer one latency later.
+    fn watch(&mut self, node: u32, peer: u32) {
+        let state = &mut self.nodes[node as usize];
+        if state.scheduler.is_none() || state.watching.contains(&peer) {
+            return;
+        }
+        state.watching.push(peer);
+        let epoch = state.epoch;
+        let at = self.now + self.latency(node, peer);
+        self.push(
+            at,
+            Ev::Watch {
+                watcher: node,
+                peer,
+                epoch,
+            },
+        );
+    }
+
+    /// The watch request reaches the peer, which pushes its bitfield at once, and then on
+    /// every change until it holds the whole blob; an offline peer's feed breaks instead.
+    fn watch_arrived(&mut self, watcher: u32, peer: u32, epoch: u32) {
+        let state = &self.nodes[watcher as usize];
+        if state.epoch != epoch || !state.watching.contains(&peer) {
+            return;
+        }
+        let now = self.now;
+        let sender = &mut self.nodes[peer as usize];
+        if !sender.online {
+            let at = now + self.latency(peer, watcher);
+            self.push(
+                at,
+                Ev::FeedEnded {
+                    to: watcher,
+                    from: peer,
+                    epoch,
+                },
+            );
+            return;
+        }
+        if !sender.have.is_full() {
+            sender.watchers.push(Watcher {
+                host: watcher,
+                pushed_at: now,
+            });
+            sender.pushes_cover_until = sender.pushes_cover_until.min(now);
+        }
+        self.send_push(peer, watcher, now);
+    }
+
+    /// A host verified `chunk`. Each watch whose latest push went before now gets another,
+    /// `push_delay` after now or after `FEED_INTERVAL` has passed since that push, whichever
+    /// is later, as the node's `push_have` waits; once the host is whole, the watches end
+    /// with those pushes.
+    fn gained(&mut self, node: u32, chunk: u32) {
+        let now = self.now;
+        let latency_max = self.local_latency.max(self.remote_latency);
+        let state = &mut self.nodes[node as usize];
+        // A push still to arrive went no earlier than one latency before now: a gain before
+        // that, or at it, is in every bitfield a push still reads, and need not be kept.
+        while state
+            .recent_gains
+            .front()
+            .is_some_and(|&(at, _)| at + latency_max <= now)
+        {
+            state.recent_gains.pop_front();
+        }
+        state.recent_gains.push_back((now, chunk));
+        if state.watchers.is_empty() || now <= state.pushes_cover_until {
+            return;
+        }
+        let mut cover_until = Micros::MAX;
+        for i in 0..self.nodes[node as usize].watchers.len() {
+            let state = &mut self.nodes[node as usize];
+            let watch = &mut state.watchers[i];
+            if watch.pushed_at < now {
+                let delay = push_delay(state.feed_rng.next_u64()).as_micros() as Micros;
+                watch.pushed_at = now.max(watch.pushed_at + FEED_INTERVAL) + delay;
+                let (watcher, at) = (watch.host, watch.pushed_at);
+                self.send_push(node, watcher, at);
+            }
+            cover_until = cover_until.min(self.nodes[node as usize].watchers[i].pushed_at);
+        }
+        let state = &mut self.nodes[node as usize];
+        state.pushes_cover_until = cover_until;
+        if state.have.is_full() {
+            state.watchers.clear();
+        }
+    }
+
+    /// Schedules `sender`'s push to `watcher` at `at` (now or later): its arrival, one latency
+    /// after.
+    fn send_push(&mut self, sender: u32, watcher: u32, at: Micros) {
+        let arrival = at + self.latency(sender, watcher);
+        let epoch = self.nodes[watcher as usize].epoch;
+        let sender_epoch = self.nodes[sender as usize].epoch;
+        self.push(
+            arrival,
+            Ev::Pushed {
+                to: watcher,
+                from: sender,
+                epoch,
+                sender_epoch,
+                sent_at: at,
+            },
+        );
+    }
+
+    /// A push reaches a watcher, unless the sender went offline before it was due or the
+    /// watcher stopped watching. From the first one on, the watcher's scheduler stops polling
+    /// the peer; the push of the whole blob is the last.
+    fn pushed(&mut self, node: u32, peer: u32, epoch: u32, sender_epoch: u32, sent_at: Micros) {
+        let (sender, state) = (&self.nodes[peer as usize], &self.nodes[node as usize]);
+        if !sender.online_at(sender_epoch, sent_at)
+            || !state.online_at(epoch, sent_at)
+            || state.done_at.is_some_and(|done| done <= sent_at)
+        {
+            return;
+        }
+        self.counters.have_pushes += 1;
+        if state.epoch != epoch || state.scheduler.is_none() || state.banned.contains(&peer) {
+            return;
+        }
+        let have = sender.have_at(sent_at);
+        let whole = have.is_full();
+        if whole {
+            self.nodes[node as usize].watching.retain(|&p| p != peer);
+        }
+        self.tell(node, peer, have);
+        if !whole && let Some(scheduler) = &mut self.nodes[node as usize].scheduler {
+            scheduler.set_pushes(&peer, true);
+        }
+    }
+
+    /// The watched peer went offline: the watcher polls it again (in vain until it is back,
+    /// when a poll's answer starts a new watch).
+    fn feed_ended(&mut self, node: u32, peer: u32, epoch: u32) {
+        let state = &mut self.nodes[node as usize];
+        if state.epoch != epoch {
+            return;
+        }
+        let Some(i) = state.watching.iter().position(|&p| p == peer) else {
+            return;
+        };
+        state.watching.swap_remove(i);
+        if let Some(scheduler) = &mut state.scheduler {
+            scheduler.set_pushes(&peer, false);
+            self.arm_tick(node);
         }
     }
 
@@ -579,6 +873,7 @@ impl<'a> Simulation<'a> {
         if valid {
             state.have.set(chunk);
             self.counters.chunks_delivered += 1;
+            self.gained(node, chunk);
         } else {
             self.counters.bad_chunks_received += 1;
         }
@@ -634,15 +929,28 @@ impl<'a> Simulation<'a> {
             if !state.left {
                 self.hosts_pending -= 1;
             }
+            self.drop_watches(node);
             return;
         }
+        self.arm_tick(node);
+    }
+
+    /// Schedules the host's next `Tick` on its 100 ms grid, when its scheduler wants one
+    /// earlier than the one pending. A wakeup beyond the virtual clock's range saturates at
+    /// its end, past any time limit.
+    fn arm_tick(&mut self, node: u32) {
+        let now = self.now;
+        let state = &mut self.nodes[node as usize];
         let wakeup = state
             .scheduler
             .as_ref()
             .and_then(Scheduler::next_wakeup)
             .map(|w| {
-                let since = (w.as_micros() as Micros).saturating_sub(state.life_start);
-                state.life_start + since.div_ceil(TICK).max(1) * TICK
+                let since = Micros::try_from(w.as_micros())
+                    .unwrap_or(Micros::MAX)
+                    .saturating_sub(state.life_start);
+                let ticks = since.div_ceil(TICK).max(1);
+                state.life_start.saturating_add(ticks.saturating_mul(TICK))
             });
         if let Some(at) = wakeup {
             let at = at.max(now + 1);
@@ -716,4 +1024,92 @@ pub fn serve(
 /// hash of the peer id and the blob is in the node.
 fn site_rank_key(node: u32) -> u64 {
     shoal_protocol::rng::mix64(u64::from(node))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESH: &str = r#"
+name = "mesh"
+seed = 1
+nodes = 5
+image_mib = 4
+chunk_kib = 1024
+peers_per_node = 4
+[origin]
+up_mbps = 100
+[[links]]
+up_mbps = 100
+down_mbps = 100
+[latency]
+local_ms = 1
+remote_ms = 1
+"#;
+
+    /// The `Pushed` events queued, as (watcher, sent at, arrival).
+    fn pushes(simulation: &mut Simulation<'_>) -> Vec<(u32, Micros, Micros)> {
+        let mut pushes = Vec::new();
+        while let Some((arrival, ev)) = simulation.queue.pop() {
+            if let Ev::Pushed { to, sent_at, .. } = ev {
+                pushes.push((to, sent_at, arrival));
+            }
+        }
+        pushes
+    }
+
+    #[test]
+    fn later_pushes_wait_apart_and_carry_the_bitfield_as_sent() {
+        let scenario = Scenario::from_toml(MESH).expect("the mesh scenario parses");
+        let topology = Topology::build(&scenario);
+        let mut simulation = Simulation::new(&scenario, &topology);
+        pushes(&mut simulation);
+        let host = 1;
+        simulation.nodes[host as usize].watchers = [2, 3, 4, 5]
+            .map(|watcher| Watcher {
+                host: watcher,
+                pushed_at: 0,
+            })
+            .to_vec();
+        simulation.nodes[host as usize].have.set(0);
+        simulation.now = 40_000;
+        simulation.gained(host, 0);
+        let first = pushes(&mut simulation);
+        assert_eq!(first.len(), 4, "one push per watch");
+        let mut sent: Vec<Micros> = first.iter().map(|&(_, sent_at, _)| sent_at).collect();
+        assert!(
+            sent.iter()
+                .all(|&at| (FEED_INTERVAL..2 * FEED_INTERVAL).contains(&at)),
+            "a push waits out the interval, then its own delay: {sent:?}"
+        );
+        sent.dedup();
+        assert_eq!(sent.len(), 4, "each watch draws its own delay");
+        assert!(first.iter().all(|&(_, at, arrival)| arrival == at + 1_000));
+
+        // A change before those pushes go is in them: no more pushes.
+        simulation.nodes[host as usize].have.set(1);
+        simulation.now = FEED_INTERVAL;
+        simulation.gained(host, 1);
+        assert!(pushes(&mut simulation).is_empty());
+        // A push reads the bitfield as it was when sent, not as it is on arrival.
+        simulation.nodes[host as usize].have.set(2);
+        simulation.now = FEED_INTERVAL + 500;
+        simulation.gained(host, 2);
+        let state = &simulation.nodes[host as usize];
+        assert_eq!(state.have_at(FEED_INTERVAL).count_ones(), 2);
+        assert_eq!(state.have_at(FEED_INTERVAL + 500).count_ones(), 3);
+    }
+
+    #[test]
+    fn a_push_due_after_its_sender_went_offline_is_not_sent() {
+        let scenario = Scenario::from_toml(MESH).expect("the mesh scenario parses");
+        let topology = Topology::build(&scenario);
+        let mut simulation = Simulation::new(&scenario, &topology);
+        let state = &mut simulation.nodes[1];
+        state.offline_at.push(5_000);
+        state.epoch = 1;
+        assert!(state.online_at(0, 4_999));
+        assert!(!state.online_at(0, 5_000));
+        assert!(state.online_at(1, 9_000));
+    }
 }

@@ -125,3 +125,47 @@ fn the_same_seed_gives_the_same_run() {
     let c = simulate(&small(12));
     assert_ne!(a.completion_s, c.completion_s, "the seed matters");
 }
+
+/// A swarm on one LAN: every host starts within a second, so every peer but the origin is
+/// partial when first asked.
+const SWARM: &str = r#"
+name = "swarm"
+seed = 3
+nodes = 80
+image_mib = 16
+chunk_kib = 256
+peers_per_node = 8
+start_spread_s = 1
+
+[origin]
+up_mbps = 200
+
+[[links]]
+up_mbps = 500
+down_mbps = 500
+
+[latency]
+local_ms = 0.5
+remote_ms = 0.5
+"#;
+
+#[test]
+fn a_swarm_learns_its_peers_bitfields_from_pushes_not_polls() {
+    let scenario = Scenario::from_toml(SWARM).expect("the swarm scenario parses");
+    let outcome = simulate(&scenario);
+    assert!(outcome.completion_s.iter().all(Option::is_some));
+    let c = &outcome.counters;
+    // A peer is polled only until its first push arrives, two latencies after its answer,
+    // while polls come every 250 ms: a few polls in a swarm of pushes.
+    assert!(
+        c.have_polls * 100 < c.have_pushes,
+        "{} polls, {} pushes",
+        c.have_polls,
+        c.have_pushes
+    );
+    assert_eq!(
+        outcome,
+        simulate(&scenario),
+        "pushes keep a run deterministic"
+    );
+}
