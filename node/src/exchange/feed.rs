@@ -90,6 +90,8 @@ impl PeerService {
             return;
         }
         let mut random = SplitMix64::new(random_seed(&peer, &blob));
+        // Every push but a watch's first waits its `push_delay`, the last one too.
+        let mut pushed_before = false;
         loop {
             let running = self.transfer(blob).await;
             let Some(mut transfer) = running.filter(|t| t.progress().outcome.is_none()) else {
@@ -100,6 +102,9 @@ impl PeerService {
                     }
                     _ => FeedUpdate::Lacks { blob },
                 };
+                if pushed_before {
+                    tokio::time::sleep(push_delay(random.next_u64())).await;
+                }
                 let _ = updates.send(update).await;
                 return;
             };
@@ -112,7 +117,7 @@ impl PeerService {
                 if let Some(layout) = progress.layout
                     && pushed.as_ref() != Some(&progress.have)
                 {
-                    if pushed.is_some() {
+                    if pushed_before {
                         tokio::time::sleep(push_delay(random.next_u64())).await;
                         progress = transfer.progress();
                     }
@@ -129,6 +134,7 @@ impl PeerService {
                         return;
                     }
                     pushed = Some(progress.have);
+                    pushed_before = true;
                     tokio::time::sleep(FEED_INTERVAL).await;
                     continue;
                 }
