@@ -465,11 +465,8 @@ impl PeerService {
             None => return Provenance::Unattributed,
         }
         let origin = self
-            .fetch
-            .active()
+            .transfer(blob)
             .await
-            .into_iter()
-            .find(|transfer| transfer.blob == blob)
             .and_then(|transfer| transfer.origin);
         let provenance = self.provenance.clone();
         self.blocking(move |store| Some(provenance.of(store, &blob, origin.as_ref())))

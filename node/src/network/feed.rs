@@ -135,9 +135,13 @@ impl HaveFeeds {
                 shared.feeds.get(&peer)?
             }
         };
+        // Registered before the request goes, so that the first update finds it.
         let (sender, latest) = watch::channel(None);
         lock(&feed.watches).insert(blob, sender);
-        feed.requests.try_send(FeedRequest::Watch { blob }).ok()?;
+        if feed.requests.try_send(FeedRequest::Watch { blob }).is_err() {
+            lock(&feed.watches).remove(&blob);
+            return None;
+        }
         Some(HaveWatch {
             blob,
             latest,
