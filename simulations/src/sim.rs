@@ -1,48 +1,48 @@
-//! The discrete-event loop: one `shoal_protocol::Scheduler` per host, driven exactly as the
-//! node's `exchange/fetch/transfer.rs` drives it, over the links of [`crate::link`].
+//! The discrete-event loop: one `shoal_protocol::Fetch` per host (the node's own fetching
+//! machine, with its scheduler inside), driven as the node's `exchange/fetch/transfer.rs`
+//! drives it, over the links of [`crate::link`]; and the node's serving policy
+//! ([`shoal_protocol::Serving`]) and have-feed rule on the senders' side.
 //!
-//! What the loop plays, per host, mirroring the node:
-//! - on start, a `Have` request to every neighbour; an answer with a bitfield becomes
-//!   `PeerJoined` (later ones `PeerHave`); a peer that has not started yet is asked again
-//!   after 500 ms (the node's `PEER_REFRESH`);
-//! - have feeds (`shoal_protocol::feed`): an answer showing the peer holds part of the blob
-//!   starts a watch; the request travels one latency and the peer pushes its bitfield back at
-//!   once. Each later push of a watch, as the node's, goes `push_delay` (a fresh random part
-//!   of `FEED_INTERVAL`, from the peer's own stream) after the change it tells, or after
-//!   `FEED_INTERVAL` has passed since the watch's last push if that is later, and carries the
-//!   bitfield of that moment: the watchers of one peer hear of its new chunk at different
-//!   times, not all at once (which herds them onto it). Every push reaches its watcher one
-//!   latency later as `PeerHave`; after the first, the watcher's scheduler stops polling that
-//!   peer (`Scheduler::set_pushes`). A push of the whole blob ends the watch; a peer going
-//!   offline ends its watches (the watcher polls it again, in vain until it is back); a
-//!   watcher that goes offline or completes drops its own;
+//! What the machine decides (whom to ask `Have` and when to ask again, whom to watch, which
+//! answers count, chunk order, which chunk of whom) is the node's code; what this loop plays is
+//! the world around it:
+//! - on start, the host's fetch begins with the chunk count known (a restarted host resumes
+//!   from the chunks it had verified, with a fresh machine) and is told its neighbours are
+//!   connected; each `AskHave` or `PollHave` travels one latency, and the answer (the peer's
+//!   bitfield then, or nothing from a host that has not started or is offline) comes back one
+//!   latency later as `Have`;
+//! - have feeds (`shoal_protocol::feed`): a `Watch` request reaches the peer one latency later
+//!   and the peer pushes its bitfield back at once. Each later push of a watch, as the node's,
+//!   goes `push_delay` (a fresh random part of `FEED_INTERVAL`, from the peer's own stream)
+//!   after the change it tells, or after `FEED_INTERVAL` has passed since the watch's last
+//!   push if that is later, and carries the bitfield of that moment: the watchers of one peer
+//!   hear of its new chunk at different times, not all at once (which herds them onto it).
+//!   Every push reaches its watcher one latency later as `Pushed`. A push of the whole blob
+//!   ends the watch; a peer going offline ends its watches (`Fetch::watch_ended`); a watcher
+//!   that goes offline or completes drops its own;
 //! - `Request` → the request travels one latency; the sender answers `NotFound` if it lacks
-//!   the chunk, else what the node's serving policy says ([`shoal_protocol::Serving`], the
-//!   very machine `exchange/serve.rs` asks, fed the sender's uplink backlog and the virtual
-//!   clock): `Busy` past the egress bound or under super-seeding, else the chunk, over its
-//!   uplink, the site links crossed and the receiver's downlink; a hostile sender sends garbage
-//!   the same way;
-//! - on a response, as `Run::on_chunk`: failures of cancelled requests are dropped, `Busy`
-//!   → `PeerBusy`, other failures → `RequestFailed`, a chunk already had is ignored, else it
-//!   is verified (honest senders' chunks pass, hostile ones' fail) → `ChunkArrived`;
-//! - `Cancel` only marks the request (the node cannot abort a request-response exchange: the
-//!   bytes still cross the links), `PollHave` sends a `Have` (only to peers that do not
-//!   push), `Ban` is counted;
-//! - `Tick` on the node's 100 ms grid when `next_wakeup` asks for one;
+//!   the chunk, else what the node's serving policy says (fed the sender's uplink backlog and
+//!   the virtual clock): `Busy` past the egress bound or under super-seeding, else the chunk,
+//!   over its uplink, the site links crossed and the receiver's downlink; a hostile sender
+//!   sends garbage the same way. The answer arrives as `Chunk` (honest senders' chunks verify,
+//!   hostile ones' do not); a `Keep` is the host verifying and storing a chunk;
+//! - the node cannot abort a request-response exchange, so a cancelled request's bytes still
+//!   cross the links;
+//! - `Tick` on the node's 100 ms grid when `Fetch::next_wakeup` asks for one;
 //! - churn: a host that leaves or crashes answers nothing (requests to it fail after one
-//!   latency, and its chunks in flight fail on arrival); a restarted host resumes from the
-//!   chunks it had verified, with a fresh scheduler.
+//!   latency, and its chunks in flight fail on arrival).
 //!
 //! Not modelled: index exchange (the chunk index is known at start), DHT lookups (neighbours
 //! are fixed by [`crate::topology`]), the final sha256 check, disk speed, and packet loss.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use shoal_protocol::feed::push_delay;
+use shoal_protocol::fetch::TICK;
 use shoal_protocol::{
-    Action, Answer, Bitmap, ChunkRequest, Digest, Event, Holding, Scheduler, SchedulerConfig,
-    Serving,
+    Answer, Bitmap, ChunkReply, ChunkRequest, Digest, Fetch, FetchAction, FetchEvent, Holding,
+    PeerHolds, Scheduler, SchedulerConfig, Serving,
 };
 
 use crate::link::{Link, Micros, micros, site_links};
@@ -51,10 +51,8 @@ use crate::rng::Rng;
 use crate::scenario::Scenario;
 use crate::topology::{ORIGIN, Role, Topology};
 
-/// The node's `TICK`: it sees time pass on this grid.
-const TICK: Micros = 100_000;
-/// The node's `PEER_REFRESH`: peers without the blob are asked again this often.
-const PEER_REFRESH: Micros = 500_000;
+/// [`TICK`] on the virtual clock: a host sees time pass on this grid, as the node does.
+const TICK_MICROS: Micros = TICK.as_micros() as Micros;
 /// [`shoal_protocol::FEED_INTERVAL`] on the virtual clock: a watch gets a push at most this
 /// often.
 const FEED_INTERVAL: Micros = shoal_protocol::FEED_INTERVAL.as_micros() as Micros;
@@ -75,10 +73,6 @@ enum Reply {
 enum Ev {
     Start(u32),
     Tick(u32),
-    HaveAsk {
-        from: u32,
-        to: u32,
-    },
     HaveAnswer {
         to: u32,
         from: u32,
@@ -128,7 +122,8 @@ struct NodeState {
     down: Link,
     /// Verified chunks: what the node has written (and would persist).
     have: Bitmap,
-    scheduler: Option<Scheduler<u32>>,
+    /// The fetching side of the exchange, the node's own machine, while this life fetches.
+    fetch: Option<Fetch<u32>>,
     online: bool,
     left: bool,
     /// Has begun its transfer (so it answers `Have`).
@@ -142,15 +137,8 @@ struct NodeState {
     first_start: Option<Micros>,
     done_at: Option<Micros>,
     tick_at: Option<Micros>,
-    joined: HashSet<u32>,
-    cancelled: HashSet<(u32, u32)>,
-    /// Peers this host banned: the node disconnects them, so their later answers fail.
-    banned: HashSet<u32>,
     /// What it answers the chunk requests it gets: the node's own serving policy.
     serving: Serving<u32>,
-    /// Peers whose feeds this host watches, from the moment it sends the watch request.
-    /// A few dozen at most (its neighbours), so a vector.
-    watching: Vec<u32>,
     /// Hosts watching this one's feed, each with when its latest push goes or went.
     watchers: Vec<Watcher>,
     /// No watch's latest push goes earlier: a change before this needs no new push. A lower
@@ -287,7 +275,7 @@ impl<'a> Simulation<'a> {
                     } else {
                         Bitmap::new(chunk_count)
                     },
-                    scheduler: None,
+                    fetch: None,
                     online: seeded,
                     left: false,
                     started: seeded,
@@ -297,11 +285,7 @@ impl<'a> Simulation<'a> {
                     first_start: None,
                     done_at: seeded.then_some(0),
                     tick_at: None,
-                    joined: HashSet::new(),
-                    cancelled: HashSet::new(),
-                    banned: HashSet::new(),
                     serving: Serving::default(),
-                    watching: Vec::new(),
                     watchers: Vec::new(),
                     pushes_cover_until: 0,
                     recent_gains: VecDeque::new(),
@@ -380,10 +364,9 @@ impl<'a> Simulation<'a> {
             Ev::Tick(node) => {
                 if self.nodes[node as usize].tick_at == Some(self.now) {
                     self.nodes[node as usize].tick_at = None;
-                    self.feed(node, Event::Tick);
+                    self.drive(node, FetchEvent::Tick);
                 }
             }
-            Ev::HaveAsk { from, to } => self.have_ask(from, to),
             Ev::HaveAnswer {
                 to,
                 from,
@@ -444,10 +427,7 @@ impl<'a> Simulation<'a> {
         state.online = false;
         state.offline_at.push(now);
         state.epoch += 1;
-        state.scheduler = None;
         state.tick_at = None;
-        state.joined.clear();
-        state.cancelled.clear();
         // The node's serving ledger lives only as long as its process.
         state.serving = Serving::default();
         let watchers = std::mem::take(&mut state.watchers);
@@ -466,9 +446,13 @@ impl<'a> Simulation<'a> {
         self.drop_watches(node);
     }
 
-    /// A host that goes offline or completes stops watching: its peers stop pushing to it.
+    /// A host that goes offline or completes stops watching: its peers stop pushing to it,
+    /// and its fetch ends.
     fn drop_watches(&mut self, node: u32) {
-        for peer in std::mem::take(&mut self.nodes[node as usize].watching) {
+        let Some(fetch) = self.nodes[node as usize].fetch.take() else {
+            return;
+        };
+        for &peer in fetch.watching() {
             self.nodes[peer as usize]
                 .watchers
                 .retain(|watcher| watcher.host != node);
@@ -498,11 +482,13 @@ impl<'a> Simulation<'a> {
         if let Some(key) = site_key {
             scheduler.set_site(key);
         }
-        state.scheduler = Some(scheduler);
-        for i in 0..self.topology.nodes[node as usize].neighbours.len() {
-            let peer = self.topology.nodes[node as usize].neighbours[i];
-            self.have_ask(node, peer);
-        }
+        let at = Duration::from_micros(now);
+        let mut fetch = Fetch::new(at);
+        let begun = fetch.begin(scheduler, at);
+        state.fetch = Some(fetch);
+        self.carry_out(node, begun);
+        let peers = self.topology.nodes[node as usize].neighbours.clone();
+        self.drive(node, FetchEvent::Connected { peers });
     }
 
     fn one_copy_per_site(&self) -> bool {
@@ -531,25 +517,19 @@ impl<'a> Simulation<'a> {
     }
 
     fn have_answer(&mut self, node: u32, peer: u32, epoch: u32, have: Option<Bitmap>) {
-        let state = &mut self.nodes[node as usize];
-        if state.epoch != epoch || state.scheduler.is_none() || state.banned.contains(&peer) {
+        if self.nodes[node as usize].epoch != epoch {
             return;
         }
-        let Some(have) = have else {
-            if !state.joined.contains(&peer) {
-                let at = self.now + PEER_REFRESH;
-                self.push(
-                    at,
-                    Ev::HaveAsk {
-                        from: node,
-                        to: peer,
-                    },
-                );
-            }
-            return;
-        };
-        let partial = !have.is_full();
-        self.tell(node, peer, have);
+        let holds = have.map(|chunks| PeerHolds {
+            complete: chunks.is_full(),
+            chunks,
+        });
+        self.drive(node, FetchEvent::Have { peer, holds });
+    }
+
+    /// Tells a host's scheduler where a peer that joined it is: a site-mate (for one copy per
+    /// site) and its preference, as the node's `Run::place`.
+    fn place(&mut self, node: u32, peer: u32) {
         let prefer = self
             .scenario
             .sites
@@ -557,47 +537,30 @@ impl<'a> Simulation<'a> {
             .is_some_and(|s| s.prefer_same_site);
         let same_site = self.nodes[node as usize].site.is_some()
             && self.nodes[node as usize].site == self.nodes[peer as usize].site;
-        if same_site
-            && self.one_copy_per_site()
-            && let Some(scheduler) = &mut self.nodes[node as usize].scheduler
-        {
-            scheduler.add_site_member(&peer, site_rank_key(peer));
-        }
+        let one_copy_per_site = self.one_copy_per_site();
         let preference = if peer == ORIGIN {
             self.scenario.scheduler.origin_preference.unwrap_or(0)
         } else {
             i32::from(prefer && same_site)
         };
-        if preference != 0
-            && let Some(scheduler) = &mut self.nodes[node as usize].scheduler
-        {
+        let Some(scheduler) = self.nodes[node as usize]
+            .fetch
+            .as_mut()
+            .and_then(Fetch::scheduler_mut)
+        else {
+            return;
+        };
+        if same_site && one_copy_per_site {
+            scheduler.add_site_member(&peer, site_rank_key(peer));
+        }
+        if preference != 0 {
             scheduler.set_preference(&peer, preference);
         }
-        if partial {
-            self.watch(node, peer);
-        }
     }
 
-    /// Hands a peer's bitfield to a host's scheduler: `PeerJoined` the first time in this
-    /// life, `PeerHave` after.
-    fn tell(&mut self, node: u32, peer: u32, have: Bitmap) {
-        let event = if self.nodes[node as usize].joined.insert(peer) {
-            Event::PeerJoined { peer, have }
-        } else {
-            Event::PeerHave { peer, have }
-        };
-        self.feed(node, event);
-    }
-
-    /// Starts watching `peer`'s feed, unless this host already does or is done: the request
-    /// reaches the peer one latency later.
+    /// Sends a watch request for `peer`'s feed: it reaches the peer one latency later.
     fn watch(&mut self, node: u32, peer: u32) {
-        let state = &mut self.nodes[node as usize];
-        if state.scheduler.is_none() || state.watching.contains(&peer) {
-            return;
-        }
-        state.watching.push(peer);
-        let epoch = state.epoch;
+        let epoch = self.nodes[node as usize].epoch;
         let at = self.now + self.latency(node, peer);
         self.push(
             at,
@@ -613,7 +576,7 @@ impl<'a> Simulation<'a> {
     /// every change until it holds the whole blob; an offline peer's feed breaks instead.
     fn watch_arrived(&mut self, watcher: u32, peer: u32, epoch: u32) {
         let state = &self.nodes[watcher as usize];
-        if state.epoch != epoch || !state.watching.contains(&peer) {
+        if state.epoch != epoch || !state.fetch.as_ref().is_some_and(|f| f.is_watching(&peer)) {
             return;
         }
         let now = self.now;
@@ -699,8 +662,8 @@ impl<'a> Simulation<'a> {
     }
 
     /// A push reaches a watcher, unless the sender went offline before it was due or the
-    /// watcher stopped watching. From the first one on, the watcher's scheduler stops polling
-    /// the peer; the push of the whole blob is the last.
+    /// watcher stopped watching; the host's fetch takes it from there (the push of the whole
+    /// blob is the last).
     fn pushed(&mut self, node: u32, peer: u32, epoch: u32, sender_epoch: u32, sent_at: Micros) {
         let (sender, state) = (&self.nodes[peer as usize], &self.nodes[node as usize]);
         if !sender.online_at(sender_epoch, sent_at)
@@ -710,18 +673,15 @@ impl<'a> Simulation<'a> {
             return;
         }
         self.counters.have_pushes += 1;
-        if state.epoch != epoch || state.scheduler.is_none() || state.banned.contains(&peer) {
+        if state.epoch != epoch {
             return;
         }
-        let have = sender.have_at(sent_at);
-        let whole = have.is_full();
-        if whole {
-            self.nodes[node as usize].watching.retain(|&p| p != peer);
-        }
-        self.tell(node, peer, have);
-        if !whole && let Some(scheduler) = &mut self.nodes[node as usize].scheduler {
-            scheduler.set_pushes(&peer, true);
-        }
+        let chunks = sender.have_at(sent_at);
+        let holds = Some(PeerHolds {
+            complete: chunks.is_full(),
+            chunks,
+        });
+        self.drive(node, FetchEvent::Pushed { peer, holds });
     }
 
     /// The watched peer went offline: the watcher polls it again (in vain until it is back,
@@ -731,12 +691,8 @@ impl<'a> Simulation<'a> {
         if state.epoch != epoch {
             return;
         }
-        let Some(i) = state.watching.iter().position(|&p| p == peer) else {
-            return;
-        };
-        state.watching.swap_remove(i);
-        if let Some(scheduler) = &mut state.scheduler {
-            scheduler.set_pushes(&peer, false);
+        if let Some(fetch) = &mut state.fetch {
+            fetch.watch_ended(&peer);
             self.arm_tick(node);
         }
     }
@@ -840,91 +796,76 @@ impl<'a> Simulation<'a> {
             }
             other => other,
         };
-        let state = &mut self.nodes[node as usize];
-        if state.epoch != epoch || state.scheduler.is_none() {
-            return;
-        }
-        // A banned peer was disconnected: whatever it was sending fails.
-        let reply = if state.banned.contains(&peer) {
-            Reply::Failed
-        } else {
-            reply
-        };
-        let was_cancelled = state.cancelled.remove(&(peer, chunk));
-        match reply {
-            Reply::Data | Reply::Bad => {}
-            _ if was_cancelled => return,
-            Reply::Busy => {
-                self.counters.busy_replies += 1;
-                self.feed(node, Event::PeerBusy { peer, chunk });
-                return;
-            }
-            _ => {
-                self.counters.failed_replies += 1;
-                self.feed(node, Event::RequestFailed { peer, chunk });
-                return;
-            }
-        }
-        if state.have.get(chunk) {
-            self.counters.duplicate_chunks += 1;
-            return;
-        }
-        let valid = reply == Reply::Data;
-        if valid {
-            state.have.set(chunk);
-            self.counters.chunks_delivered += 1;
-            self.gained(node, chunk);
-        } else {
-            self.counters.bad_chunks_received += 1;
-        }
-        self.feed(node, Event::ChunkArrived { peer, chunk, valid });
-        // The scheduler must never count a rejected chunk as had.
         let state = &self.nodes[node as usize];
-        if !valid
-            && state
-                .scheduler
+        if state.epoch != epoch || state.fetch.is_none() {
+            return;
+        }
+        let reply = match reply {
+            Reply::Data => ChunkReply::Verified,
+            Reply::Bad => ChunkReply::Wrong,
+            Reply::Busy => ChunkReply::Busy,
+            Reply::NotFound | Reply::Failed => ChunkReply::Failed,
+        };
+        match reply {
+            ChunkReply::Verified if state.have.get(chunk) => self.counters.duplicate_chunks += 1,
+            ChunkReply::Wrong => self.counters.bad_chunks_received += 1,
+            ChunkReply::Busy => self.counters.busy_replies += 1,
+            ChunkReply::Failed => self.counters.failed_replies += 1,
+            ChunkReply::Verified => {}
+        }
+        self.drive(node, FetchEvent::Chunk { peer, chunk, reply });
+        // The fetch must never count a rejected chunk as had.
+        let state = &self.nodes[node as usize];
+        if reply == ChunkReply::Wrong && !state.have.get(chunk) {
+            let had = state
+                .fetch
                 .as_ref()
-                .is_some_and(|s| s.have().get(chunk))
-        {
-            self.counters.bad_chunks_accepted += 1;
+                .and_then(Fetch::scheduler)
+                .is_some_and(|s| s.have().get(chunk));
+            if had {
+                self.counters.bad_chunks_accepted += 1;
+            }
         }
     }
 
-    /// Hands an event to a host's scheduler and carries out its actions, as `Run::feed`.
-    fn feed(&mut self, node: u32, event: Event<u32>) {
-        let now = self.now;
-        let Some(scheduler) = &mut self.nodes[node as usize].scheduler else {
+    /// Hands an event to a host's fetch and carries out its actions, as the node's transfer
+    /// does.
+    fn drive(&mut self, node: u32, event: FetchEvent<u32>) {
+        let now = Duration::from_micros(self.now);
+        let Some(fetch) = &mut self.nodes[node as usize].fetch else {
             return;
         };
-        let actions = scheduler.handle(event, Duration::from_micros(now));
+        let actions = fetch.handle(event, now);
+        self.carry_out(node, actions);
+    }
+
+    fn carry_out(&mut self, node: u32, actions: Vec<FetchAction<u32>>) {
         let mut completed = false;
         for action in actions {
             match action {
-                Action::Request { peer, chunk } => {
-                    self.counters.chunk_requests += 1;
-                    self.chunk_ask(node, peer, chunk);
-                }
-                Action::PollHave { peer } => {
+                FetchAction::AskHave { peer } => self.have_ask(node, peer),
+                FetchAction::PollHave { peer } => {
                     self.counters.have_polls += 1;
                     self.have_ask(node, peer);
                 }
-                Action::Cancel { peer, chunk } => {
-                    self.nodes[node as usize].cancelled.insert((peer, chunk));
+                FetchAction::Watch { peer } => self.watch(node, peer),
+                FetchAction::Joined { peer } => self.place(node, peer),
+                FetchAction::Request { peer, chunk } => {
+                    self.counters.chunk_requests += 1;
+                    self.chunk_ask(node, peer, chunk);
                 }
-                Action::Ban { peer } => {
-                    if self.nodes[node as usize].banned.insert(peer) {
-                        self.counters.bans += 1;
-                    }
+                FetchAction::Keep { chunk } => {
+                    self.nodes[node as usize].have.set(chunk);
+                    self.counters.chunks_delivered += 1;
+                    self.gained(node, chunk);
                 }
-                Action::Completed => completed = true,
+                FetchAction::Ban { .. } => self.counters.bans += 1,
+                FetchAction::Completed => completed = true,
             }
         }
-        let state = &mut self.nodes[node as usize];
         if completed {
-            state.done_at = Some(now);
-            state.scheduler = None;
-            state.joined = HashSet::new();
-            state.cancelled = HashSet::new();
+            let state = &mut self.nodes[node as usize];
+            state.done_at = Some(self.now);
             state.tick_at = None;
             if !state.left {
                 self.hosts_pending -= 1;
@@ -941,17 +882,15 @@ impl<'a> Simulation<'a> {
     fn arm_tick(&mut self, node: u32) {
         let now = self.now;
         let state = &mut self.nodes[node as usize];
-        let wakeup = state
-            .scheduler
-            .as_ref()
-            .and_then(Scheduler::next_wakeup)
-            .map(|w| {
-                let since = Micros::try_from(w.as_micros())
-                    .unwrap_or(Micros::MAX)
-                    .saturating_sub(state.life_start);
-                let ticks = since.div_ceil(TICK).max(1);
-                state.life_start.saturating_add(ticks.saturating_mul(TICK))
-            });
+        let wakeup = state.fetch.as_ref().and_then(Fetch::next_wakeup).map(|w| {
+            let since = Micros::try_from(w.as_micros())
+                .unwrap_or(Micros::MAX)
+                .saturating_sub(state.life_start);
+            let ticks = since.div_ceil(TICK_MICROS).max(1);
+            state
+                .life_start
+                .saturating_add(ticks.saturating_mul(TICK_MICROS))
+        });
         if let Some(at) = wakeup {
             let at = at.max(now + 1);
             if state.tick_at.is_none_or(|t| at < t) {

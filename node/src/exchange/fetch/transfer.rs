@@ -1,6 +1,7 @@
-//! One blob's transfer: find peers that have it, get and check its chunk index, then let the
-//! protocol's [`Scheduler`] decide which chunk to ask of which peer, while this task carries
-//! out its actions, checks every chunk against the index, writes it, and tells readers.
+//! One blob's transfer: the driver of the protocol's [`Fetch`] machine, which decides whom to
+//! ask whether they have the blob, whose have feed to watch and which chunk to ask of which
+//! peer (the simulator drives the same machine). This task carries out its actions, gets and
+//! checks the chunk index, checks every chunk against it, writes it, and tells readers.
 //!
 //! Memory is bounded by the chunks in flight (the scheduler's per-peer limit times the chunk
 //! size); progress is persisted about once a second and resumed after a restart.
@@ -19,10 +20,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use libp2p::PeerId;
+use shoal_protocol::Digest;
 use shoal_protocol::chunk::ChunkIndex;
-use shoal_protocol::scheduler::{Action, Event, Scheduler, SchedulerConfig};
+use shoal_protocol::fetch::{
+    ChunkReply, Fetch, FetchAction, FetchEvent, PEER_REFRESH, PeerHolds, TICK,
+};
+use shoal_protocol::scheduler::{Scheduler, SchedulerConfig};
 use shoal_protocol::wire::{Request, Response};
-use shoal_protocol::{Bitmap, Digest};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -33,15 +37,10 @@ use crate::network::{ChunkAnswer, RequestError};
 use crate::observe::Counters;
 use crate::store::{PartialBlob, recorded_index};
 
-/// How often the scheduler sees time pass (timeouts, bitfield polls).
-const TICK: Duration = Duration::from_millis(100);
 /// How often progress is made durable.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the DHT is asked again for providers while the transfer runs.
 const PROVIDER_REFRESH: Duration = Duration::from_secs(5);
-/// How often connected peers that lacked the blob are asked again: in a fleet that starts
-/// together, every peer begins fetching within moments and can serve what it has at once.
-const PEER_REFRESH: Duration = Duration::from_millis(500);
 /// A transfer that finds no peer with the blob for this long gives up.
 const LOCATE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A transfer that receives nothing for this long gives up.
@@ -52,15 +51,6 @@ const UPSTREAM_AFTER: Duration = Duration::from_secs(1);
 /// A peer fetching from the upstream for this node that shows no progress for this long is
 /// given up on, and this node downloads the blob itself.
 const DELEGATE_STALL: Duration = Duration::from_secs(10);
-/// How long a transfer must have seen only peers holding the whole blob before it asks for
-/// chunks front to back (so that its sha256 runs while they arrive): two rounds of
-/// [`PEER_REFRESH`], time for the other fetchers of a fleet that starts together to show up.
-/// With them, chunks are picked in a random order, so that fetchers spread and trade. A
-/// transfer whose every connected peer holds the whole blob has no one to trade with and
-/// goes front to back at once: a 1 GiB pull from one peer lasts about a second, and chunks in
-/// a random order left its sha256 to read most of the blob back from the device after the
-/// last chunk (docs/benchmarks.md).
-const IN_ORDER_AFTER: Duration = Duration::from_secs(1);
 /// Bitfield updates pushed by peers' have feeds, queued for the transfer; a full queue holds
 /// the feeds back (each keeps only its latest update meanwhile).
 const PUSHED_QUEUE_LEN: usize = 64;
@@ -137,33 +127,23 @@ struct Run<'a> {
     blob: Digest,
     progress: &'a watch::Sender<Progress>,
     tasks: JoinSet<Outcome>,
-    /// Peers asked for their bitfield; each is asked once per join.
-    asked: HashSet<PeerId>,
+    /// The exchange's decisions: whom to ask, whom to watch, which chunk of whom.
+    fetch: Fetch<PeerId>,
     /// Peers that have (part of) the blob.
     sources: HashSet<PeerId>,
-    /// Bitfields (with the blob size and chunk size they describe) of peers heard before the
-    /// index was known.
-    haves: HashMap<PeerId, ((u64, u32), Bitmap)>,
-    /// Peers the scheduler knows.
-    joined: HashSet<PeerId>,
-    /// Requests the scheduler cancelled: their failures are not news to it.
-    cancelled: HashSet<(PeerId, u32)>,
+    /// The blob size and chunk size described by peers heard before the index was known:
+    /// where the index may come from, checked against it once it does.
+    shapes: HashMap<PeerId, (u64, u32)>,
     index_source: Option<PeerId>,
     index_requested: bool,
     partial: Option<PartialBlob>,
     /// Chunk writes running (at most [`WRITES_IN_FLIGHT_MAX`]).
     writes: JoinSet<Written>,
-    scheduler: Option<Scheduler<PeerId>>,
     started: Instant,
     last_receipt: Instant,
     lookup_running: bool,
     /// Have requests not answered yet.
     haves_pending: usize,
-    /// Whether a peer that was still fetching the blob itself has answered a `Have`: then
-    /// this is a swarm, and chunks are never asked for in order.
-    swarm_seen: bool,
-    /// Peers that answered `Have` holding the whole blob.
-    whole: HashSet<PeerId>,
     /// The peers connected when last asked, candidates to fetch from the upstream.
     connected: HashSet<PeerId>,
     origin: Option<Origin>,
@@ -178,12 +158,9 @@ struct Run<'a> {
     /// Whether a client has waited for a chunk of this transfer (`stream.rs`): from then on
     /// the sha256 beside it gives way, and the transfer no longer keeps pace with it.
     client_waited: bool,
-    /// Peers whose bitfield this transfer watches on their have feeds
-    /// (`network/feed.rs`), one task each; the task ends with the watch.
+    /// The watches of peers' have feeds (`network/feed.rs`), one task each; the task ends
+    /// with the watch.
     watches: JoinSet<PeerId>,
-    watching: HashSet<PeerId>,
-    /// Peers whose feed has pushed: the scheduler does not poll them.
-    feeding: HashSet<PeerId>,
     /// Where the watches put what the peers push.
     pushed: mpsc::Sender<(PeerId, Response)>,
 }
@@ -201,22 +178,17 @@ pub async fn run(
         blob,
         progress,
         tasks: JoinSet::new(),
-        asked: HashSet::new(),
+        fetch: Fetch::new(Duration::ZERO),
         sources: HashSet::new(),
-        joined: HashSet::new(),
-        cancelled: HashSet::new(),
-        haves: HashMap::new(),
+        shapes: HashMap::new(),
         index_source: None,
         index_requested: false,
         partial: None,
         writes: JoinSet::new(),
-        scheduler: None,
         started: Instant::now(),
         last_receipt: Instant::now(),
         lookup_running: false,
         haves_pending: 0,
-        swarm_seen: false,
-        whole: HashSet::new(),
         connected: HashSet::new(),
         origin,
         fallback: Fallback::Undecided,
@@ -225,8 +197,6 @@ pub async fn run(
         sha256_behind: None,
         client_waited: false,
         watches: JoinSet::new(),
-        watching: HashSet::new(),
-        feeding: HashSet::new(),
         pushed,
     };
     let store = run.context.store.clone();
@@ -240,16 +210,8 @@ pub async fn run(
     {
         run.begin(index).await?;
     }
-    run.connected = run
-        .context
-        .network
-        .connected_peers()
-        .await
-        .into_iter()
-        .collect();
-    for peer in run.connected.clone() {
-        run.ask_have(peer);
-    }
+    let connected = run.context.network.connected_peers().await;
+    run.on_connected(connected).await?;
     run.lookup_providers();
     let mut tick = tokio::time::interval(TICK);
     let mut persist = tokio::time::interval(PERSIST_INTERVAL);
@@ -258,7 +220,7 @@ pub async fn run(
     let mut reask = tokio::time::interval(PEER_REFRESH);
     reask.tick().await;
     loop {
-        if run.scheduler.as_ref().is_some_and(Scheduler::is_complete) {
+        if run.fetch.is_complete() {
             return run.complete().await;
         }
         if let Some((peer, shape)) = run.relay.take() {
@@ -271,28 +233,22 @@ pub async fn run(
         tokio::select! {
             Some(Ok(outcome)) = run.tasks.join_next(), if !run.tasks.is_empty() => run.on_outcome(outcome).await?,
             Some(written) = run.writes.join_next(), if !run.writes.is_empty() => run.on_written(written?)?,
-            Some((peer, response)) = pushes.recv() => {
-                run.feeding.insert(peer);
-                run.on_have(peer, Ok(response)).await?;
-            }
-            Some(Ok(peer)) = run.watches.join_next(), if !run.watches.is_empty() => run.watch_ended(peer),
+            Some((peer, response)) = pushes.recv() => run.on_have(peer, Ok(response), true).await?,
+            Some(Ok(peer)) = run.watches.join_next(), if !run.watches.is_empty() => run.fetch.watch_ended(&peer),
             Some(chunk) = focus.recv() => {
                 run.client_waited = true;
                 if let Some(behind) = &run.sha256_behind {
                     behind.give_way();
                 }
-                run.feed(Event::Focus { chunk }).await;
+                run.handle(FetchEvent::Focus { chunk }).await?;
             }
             _ = tick.tick() => {
                 run.check_timeouts()?;
-                run.choose_order();
-                run.feed(Event::Tick).await;
+                run.handle(FetchEvent::Tick).await?;
             }
             _ = persist.tick() => {
                 run.persist()?;
-                for peer in run.joined.clone() {
-                    run.place(peer);
-                }
+                run.place_all();
             }
             _ = refresh.tick() => run.lookup_providers(),
             _ = reask.tick() => run.ask_connected(),
@@ -323,9 +279,6 @@ impl Run<'_> {
     }
 
     fn ask_have(&mut self, peer: PeerId) {
-        if peer == self.context.network.local_peer_id() || !self.asked.insert(peer) {
-            return;
-        }
         let network = self.context.network.clone();
         let blob = self.blob;
         self.haves_pending += 1;
@@ -338,7 +291,7 @@ impl Run<'_> {
     /// another node to when that one is the chosen fetcher.
     fn upstream_download(&mut self) -> Option<Download> {
         let download = self.own_download()?;
-        if self.scheduler.is_some() {
+        if self.fetch.scheduler().is_some() {
             return None;
         }
         match self.fallback {
@@ -432,7 +385,7 @@ impl Run<'_> {
             Err(error) => {
                 tracing::warn!(%peer, %error, "relay failed");
                 if let TransferError::WrongContent { peer: sender, .. } = &error {
-                    self.ban(*sender).await;
+                    self.ban(*sender).await?;
                 }
                 self.progress.send_modify(|progress| {
                     progress.layout = None;
@@ -508,24 +461,11 @@ impl Run<'_> {
         }
     }
 
-    /// Chunks front to back while only whole copies of the blob are around (see
-    /// [`IN_ORDER_AFTER`]), in a random order once a swarm shows.
-    fn choose_order(&mut self) {
-        let in_order = front_to_back(
-            self.swarm_seen,
-            &self.connected,
-            &self.whole,
-            self.started.elapsed(),
-        );
-        if let Some(scheduler) = &mut self.scheduler {
-            scheduler.set_in_order(in_order);
-        }
-    }
-
     fn check_timeouts(&self) -> Result<(), TransferError> {
         let waiting_on_upstream =
             matches!(self.fallback, Fallback::Asking | Fallback::Delegated { .. });
-        if self.scheduler.is_none()
+        let scheduling = self.fetch.scheduler().is_some();
+        if !scheduling
             && self.sources.is_empty()
             && !waiting_on_upstream
             && self.started.elapsed() > LOCATE_TIMEOUT
@@ -535,7 +475,7 @@ impl Run<'_> {
                 waited: LOCATE_TIMEOUT,
             });
         }
-        if self.scheduler.is_some() && self.last_receipt.elapsed() > STALL_TIMEOUT {
+        if scheduling && self.last_receipt.elapsed() > STALL_TIMEOUT {
             return Err(TransferError::Stalled {
                 blob: self.blob,
                 waited: STALL_TIMEOUT,
@@ -546,31 +486,27 @@ impl Run<'_> {
 
     async fn on_outcome(&mut self, outcome: Outcome) -> Result<(), TransferError> {
         match outcome {
-            Outcome::Providers(providers, from_lookup) => {
-                self.lookup_running &= !from_lookup;
-                if !from_lookup {
-                    self.connected = providers.clone();
-                    self.forget_disconnected().await;
-                }
-                for peer in providers {
-                    self.ask_have(peer);
-                }
+            Outcome::Providers(providers, true) => {
+                self.lookup_running = false;
+                let local = self.context.network.local_peer_id();
+                let peers = providers.into_iter().filter(|&p| p != local).collect();
+                self.handle(FetchEvent::Candidates { peers }).await?;
             }
+            Outcome::Providers(connected, false) => self.on_connected(connected).await?,
             Outcome::Have(peer, result) => {
                 self.haves_pending = self.haves_pending.saturating_sub(1);
-                self.on_have(peer, result).await?;
+                self.on_have(peer, result, false).await?;
             }
             Outcome::Index(peer, Ok(Response::Index(index))) => self.on_index(peer, index).await?,
             Outcome::Index(peer, result) => {
                 self.index_requested = false;
-                self.asked.remove(&peer);
-                let described = self.haves.remove(&peer).map(|(shape, _)| shape);
+                let described = self.shapes.remove(&peer);
                 // Part of the blob and no index: the peer is downloading it from an upstream.
                 if let (Ok(Response::NotFound), Some(shape)) = (&result, described) {
                     self.relay = Some((peer, shape));
                     return Ok(());
                 }
-                if let Some(next) = self.haves.keys().next().copied() {
+                if let Some(next) = self.shapes.keys().next().copied() {
                     self.request_index(next);
                 }
             }
@@ -581,7 +517,6 @@ impl Run<'_> {
                     chunks: 0,
                     progress_at: Instant::now(),
                 };
-                self.asked.remove(&peer);
                 self.ask_have(peer);
             }
             Outcome::Delegation(peer, Ok(Response::Denied)) => {
@@ -598,64 +533,66 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// A peer's bitfield, answering `Have` or pushed on its feed: a peer with (part of) the
-    /// blob becomes a source, and one still fetching it is watched from then on.
+    /// The peers connected now: the fetch asks the new ones, and those gone leave.
+    async fn on_connected(
+        &mut self,
+        connected: impl IntoIterator<Item = PeerId>,
+    ) -> Result<(), TransferError> {
+        self.connected = connected.into_iter().collect();
+        self.sources.retain(|peer| self.connected.contains(peer));
+        let peers = self.connected.iter().copied().collect();
+        self.handle(FetchEvent::Connected { peers }).await
+    }
+
+    /// A peer's bitfield, answering `Have` or pushed on its feed (`pushed`): a peer with (part
+    /// of) the blob becomes a source, and the fetch decides the rest.
     async fn on_have(
         &mut self,
         peer: PeerId,
         result: Result<Response, RequestError>,
+        pushed: bool,
     ) -> Result<(), TransferError> {
-        let Ok(Response::Have {
-            blob_size,
-            chunk_bytes,
-            chunks,
-            complete,
-        }) = result
-        else {
-            // Asked again on the next provider refresh: it may get the blob later.
-            self.asked.remove(&peer);
-            return Ok(());
+        let holds = match result {
+            Ok(Response::Have {
+                blob_size,
+                chunk_bytes,
+                chunks,
+                complete,
+            }) => {
+                self.delegate_progress(peer, chunks.count_ones());
+                let shape = (blob_size, chunk_bytes);
+                if let Some(partial) = &self.partial {
+                    let index = partial.index();
+                    if shape != (index.blob_size(), index.chunk_bytes()) {
+                        tracing::warn!(%peer, "peer describes the blob differently from its index");
+                        return self.ban(peer).await;
+                    }
+                }
+                self.sources.insert(peer);
+                let peers = self.sources.len();
+                self.progress.send_modify(|progress| progress.peers = peers);
+                if self.fetch.scheduler().is_none() {
+                    self.shapes.insert(peer, shape);
+                    self.request_index(peer);
+                }
+                Some(PeerHolds { chunks, complete })
+            }
+            _ => None,
         };
-        if complete {
-            self.whole.insert(peer);
+        let event = if pushed {
+            FetchEvent::Pushed { peer, holds }
         } else {
-            self.swarm_seen = true;
-            self.watch(peer);
-        }
-        self.choose_order();
-        self.delegate_progress(peer, chunks.count_ones());
-        let shape = (blob_size, chunk_bytes);
-        if let Some(partial) = &self.partial {
-            let index = partial.index();
-            if shape != (index.blob_size(), index.chunk_bytes()) {
-                tracing::warn!(%peer, "peer describes the blob differently from its index");
-                self.ban(peer).await;
-                return Ok(());
-            }
-        }
-        self.sources.insert(peer);
-        let peers = self.sources.len();
-        self.progress.send_modify(|progress| progress.peers = peers);
-        match &self.scheduler {
-            Some(_) => self.join(peer, chunks).await,
-            None => {
-                self.haves.insert(peer, (shape, chunks));
-                self.request_index(peer);
-            }
-        }
-        Ok(())
+            FetchEvent::Have { peer, holds }
+        };
+        self.handle(event).await
     }
 
-    /// Watches `peer`'s bitfield on its have feed, unless already watching or the peer gives
-    /// no feed (it is polled then).
+    /// Watches `peer`'s bitfield on its have feed; a peer that gives no feed is polled.
     fn watch(&mut self, peer: PeerId) {
-        if self.watching.contains(&peer) {
-            return;
-        }
         let Some(mut watch) = self.context.network.watch_have(peer, self.blob) else {
+            self.fetch.watch_ended(&peer);
             return;
         };
-        self.watching.insert(peer);
         let pushed = self.pushed.clone();
         self.watches.spawn(async move {
             while let Some(update) = watch.next().await {
@@ -667,18 +604,8 @@ impl Run<'_> {
         });
     }
 
-    /// A watch ended (the peer's last update, or its feed broke): the peer is polled again
-    /// while it has part of the blob.
-    fn watch_ended(&mut self, peer: PeerId) {
-        self.watching.remove(&peer);
-        self.feeding.remove(&peer);
-        if let Some(scheduler) = &mut self.scheduler {
-            scheduler.set_pushes(&peer, false);
-        }
-    }
-
     fn request_index(&mut self, peer: PeerId) {
-        if self.index_requested || self.scheduler.is_some() {
+        if self.index_requested || self.fetch.scheduler().is_some() {
             return;
         }
         self.index_requested = true;
@@ -698,10 +625,9 @@ impl Run<'_> {
             && trusted_root.is_none_or(|root| root == index.root());
         if !valid {
             tracing::warn!(%peer, "peer sent an invalid chunk index");
-            self.ban(peer).await;
+            self.ban(peer).await?;
             self.index_requested = false;
-            self.haves.remove(&peer);
-            if let Some(next) = self.haves.keys().next().copied() {
+            if let Some(next) = self.shapes.keys().next().copied() {
                 self.request_index(next);
             }
             return Ok(());
@@ -762,17 +688,14 @@ impl Run<'_> {
             progress.have = have;
         });
         self.partial = Some(partial);
-        self.scheduler = Some(scheduler);
-        self.choose_order();
         self.context.network.provide(self.blob).await;
-        for (peer, (described, have)) in std::mem::take(&mut self.haves) {
-            if described == index_shape {
-                self.join(peer, have).await;
-            } else {
-                self.ban(peer).await;
+        for (peer, described) in std::mem::take(&mut self.shapes) {
+            if described != index_shape {
+                self.ban(peer).await?;
             }
         }
-        Ok(())
+        let actions = self.fetch.begin(scheduler, self.started.elapsed());
+        self.carry_out(actions, None).await
     }
 
     async fn on_chunk(
@@ -784,43 +707,37 @@ impl Run<'_> {
         if self.partial.is_none() {
             return Ok(());
         }
-        let was_cancelled = self.cancelled.remove(&(peer, chunk));
-        let arrival = match result {
-            Ok(arrival @ (Arrival::Verified(_) | Arrival::Wrong)) => arrival,
-            _ if was_cancelled => return Ok(()),
-            Ok(Arrival::Busy) => {
-                self.feed(Event::PeerBusy { peer, chunk }).await;
-                return Ok(());
-            }
-            Ok(Arrival::NotFound) | Err(_) => {
-                self.feed(Event::RequestFailed { peer, chunk }).await;
-                return Ok(());
-            }
+        let (reply, bytes) = match result {
+            Ok(Arrival::Verified(bytes)) => (ChunkReply::Verified, Some(bytes)),
+            Ok(Arrival::Wrong) => (ChunkReply::Wrong, None),
+            Ok(Arrival::Busy) => (ChunkReply::Busy, None),
+            Ok(Arrival::NotFound) | Err(_) => (ChunkReply::Failed, None),
         };
-        // Had already, or being written: a late duplicate.
-        if self.progress.borrow().have.get(chunk) {
-            return Ok(());
-        }
-        let valid = matches!(arrival, Arrival::Verified(_));
-        if let Arrival::Verified(bytes) = arrival {
-            self.pace_to_hasher().await;
-            self.last_receipt = Instant::now();
-            Counters::add(
-                &self.context.counters.bytes_received_from_peers,
-                bytes.len() as u64,
-            );
-            // Readers take the chunk from memory at once, while it is written behind them.
-            self.progress.send_modify(|progress| {
-                progress.verified.push(chunk, bytes.clone());
-                progress.have.set(chunk);
-            });
-            self.write_behind(chunk, bytes).await?;
-        } else {
+        if reply == ChunkReply::Wrong && !self.progress.borrow().have.get(chunk) {
             tracing::warn!(%peer, chunk, "chunk failed verification");
             Counters::add(&self.context.counters.chunks_rejected, 1);
         }
-        self.feed(Event::ChunkArrived { peer, chunk, valid }).await;
-        Ok(())
+        let actions = self.fetch.handle(
+            FetchEvent::Chunk { peer, chunk, reply },
+            self.started.elapsed(),
+        );
+        self.carry_out(actions, bytes).await
+    }
+
+    /// A verified chunk the fetch did not have: readers take it from memory at once, while it
+    /// is written behind them.
+    async fn keep(&mut self, chunk: u32, bytes: Bytes) -> Result<(), TransferError> {
+        self.pace_to_hasher().await;
+        self.last_receipt = Instant::now();
+        Counters::add(
+            &self.context.counters.bytes_received_from_peers,
+            bytes.len() as u64,
+        );
+        self.progress.send_modify(|progress| {
+            progress.verified.push(chunk, bytes.clone());
+            progress.have.set(chunk);
+        });
+        self.write_behind(chunk, bytes).await
     }
 
     /// Waits for the sha256 beside the transfer while it is far behind, until a client waits
@@ -894,48 +811,42 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Hands an event to the scheduler and carries out what it decides.
-    async fn feed(&mut self, event: Event<PeerId>) {
-        let Some(scheduler) = &mut self.scheduler else {
-            return;
-        };
-        let actions = scheduler.handle(event, self.started.elapsed());
-        for action in actions {
-            match action {
-                Action::Request { peer, chunk } => self.request_chunk(peer, chunk),
-                Action::PollHave { peer } => {
-                    self.asked.remove(&peer);
-                    self.ask_have(peer);
-                }
-                Action::Ban { peer } => Box::pin(self.ban(peer)).await,
-                // A late duplicate is ignored on arrival: the chunk is had by then.
-                Action::Cancel { peer, chunk } => {
-                    self.cancelled.insert((peer, chunk));
-                }
-                Action::Completed => {}
-            }
-        }
+    /// Hands an event to the fetch and carries out what it decides.
+    async fn handle(&mut self, event: FetchEvent<PeerId>) -> Result<(), TransferError> {
+        let actions = self.fetch.handle(event, self.started.elapsed());
+        self.carry_out(actions, None).await
     }
 
-    /// Tells the scheduler about a peer's bitfield: as a new peer, or as news of one it knows.
-    async fn join(&mut self, peer: PeerId, have: Bitmap) {
-        if self.joined.insert(peer) {
-            self.feed(Event::PeerJoined { peer, have }).await;
-            self.place(peer);
-        } else {
-            self.feed(Event::PeerHave { peer, have }).await;
+    /// Carries out the fetch's actions; `arrived` holds the bytes of the chunk a `Keep` is for.
+    async fn carry_out(
+        &mut self,
+        actions: Vec<FetchAction<PeerId>>,
+        mut arrived: Option<Bytes>,
+    ) -> Result<(), TransferError> {
+        for action in actions {
+            match action {
+                FetchAction::AskHave { peer } | FetchAction::PollHave { peer } => {
+                    self.ask_have(peer);
+                }
+                FetchAction::Watch { peer } => self.watch(peer),
+                FetchAction::Joined { peer } => self.place(peer),
+                FetchAction::Request { peer, chunk } => self.request_chunk(peer, chunk),
+                FetchAction::Keep { chunk } => {
+                    if let Some(bytes) = arrived.take() {
+                        self.keep(chunk, bytes).await?;
+                    }
+                }
+                FetchAction::Ban { peer } => self.disconnect(peer).await,
+                FetchAction::Completed => {}
+            }
         }
-        if self.feeding.contains(&peer)
-            && let Some(scheduler) = &mut self.scheduler
-        {
-            scheduler.set_pushes(&peer, true);
-        }
+        Ok(())
     }
 
     /// Tells the scheduler how near `peer` is: a site-mate (for one copy per site) and its
     /// preference. Measurements change, so this runs again for every peer once a second.
     fn place(&mut self, peer: PeerId) {
-        let Some(scheduler) = &mut self.scheduler else {
+        let Some(scheduler) = self.fetch.scheduler_mut() else {
             return;
         };
         let locality = &self.context.locality;
@@ -945,20 +856,13 @@ impl Run<'_> {
         scheduler.set_preference(&peer, locality.preference(&peer));
     }
 
-    /// Peers that disconnected leave the scheduler, so that their share of a site's chunks
-    /// passes to the next site-mate at once.
-    async fn forget_disconnected(&mut self) {
-        let gone: Vec<PeerId> = self
-            .joined
-            .iter()
-            .filter(|peer| !self.connected.contains(peer))
-            .copied()
-            .collect();
-        for peer in gone {
-            self.joined.remove(&peer);
-            self.asked.remove(&peer);
-            self.sources.remove(&peer);
-            self.feed(Event::PeerLeft { peer }).await;
+    fn place_all(&mut self) {
+        let Some(scheduler) = self.fetch.scheduler() else {
+            return;
+        };
+        let peers: Vec<PeerId> = scheduler.peers().map(|(peer, _)| *peer).collect();
+        for peer in peers {
+            self.place(peer);
         }
     }
 
@@ -982,9 +886,17 @@ impl Run<'_> {
         });
     }
 
-    async fn ban(&mut self, peer: PeerId) {
+    /// Bans `peer` for what this driver found (a wrong index, a wrong description of the
+    /// blob, a relay's wrong bytes): the fetch forgets it, and it is disconnected.
+    async fn ban(&mut self, peer: PeerId) -> Result<(), TransferError> {
+        self.shapes.remove(&peer);
+        self.handle(FetchEvent::Banned { peer }).await?;
+        self.disconnect(peer).await;
+        Ok(())
+    }
+
+    async fn disconnect(&mut self, peer: PeerId) {
         self.sources.remove(&peer);
-        self.haves.remove(&peer);
         Counters::add(&self.context.counters.peers_banned, 1);
         self.context.network.ban(peer).await;
     }
@@ -1011,7 +923,7 @@ impl Run<'_> {
                 }
                 Err(error) => {
                     if let Some(source) = self.index_source {
-                        self.ban(source).await;
+                        self.ban(source).await?;
                     }
                     Err(error.into())
                 }
@@ -1033,19 +945,6 @@ impl Run<'_> {
             }
         }
     }
-}
-
-/// Whether chunks are asked for front to back: never once a peer still fetching the blob has
-/// shown up (`swarm_seen`); at once when every connected peer holds the whole blob; else after
-/// [`IN_ORDER_AFTER`] of `running`.
-fn front_to_back(
-    swarm_seen: bool,
-    connected: &HashSet<PeerId>,
-    whole: &HashSet<PeerId>,
-    running: Duration,
-) -> bool {
-    let only_whole = !connected.is_empty() && connected.is_subset(whole);
-    !swarm_seen && (only_whole || running >= IN_ORDER_AFTER)
 }
 
 /// The rank of `peer` as the fetcher of `blob` from an upstream: every node computes the same
@@ -1097,28 +996,5 @@ async fn relayed_chunk(
             Ok(_) => return Err(TransferError::RelayStopped { peer, chunk }),
             Err(error) => return Err(error.into()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_go_front_to_back_at_once_only_when_every_connected_peer_holds_the_blob() {
-        let (a, b) = (PeerId::random(), PeerId::random());
-        let both: HashSet<PeerId> = [a, b].into();
-        let only_a: HashSet<PeerId> = [a].into();
-        let none = HashSet::new();
-        let early = Duration::from_millis(10);
-        assert!(front_to_back(false, &both, &both, early));
-        assert!(front_to_back(false, &only_a, &both, early));
-        // `b` may be another fetcher that just started: random order for a while, to trade.
-        assert!(!front_to_back(false, &both, &only_a, early));
-        assert!(!front_to_back(false, &none, &none, early));
-        assert!(front_to_back(false, &both, &only_a, IN_ORDER_AFTER));
-        // Once a swarm shows, never.
-        assert!(!front_to_back(true, &both, &both, early));
-        assert!(!front_to_back(true, &both, &only_a, IN_ORDER_AFTER * 10));
     }
 }

@@ -1,0 +1,529 @@
+//! The sans-IO fetching side of one blob's exchange: whom to ask whether they have the blob,
+//! whose have feed to watch, which answers count, and in which order chunks are picked; around
+//! the [`Scheduler`], which picks the chunks.
+//!
+//! One [`Fetch`] runs per blob being fetched. The node's `exchange/fetch/transfer.rs` and the
+//! simulator (`simulations/src/sim.rs`) both drive it with [`FetchEvent`]s stamped with the
+//! current time and carry out the [`FetchAction`]s it returns, so the two run the same
+//! exchange: every rule and constant of the fetching side's peer bookkeeping is here. It never
+//! reads a clock or touches the network or disk.
+//!
+//! Data flow: `Connected`/`Candidates` → `AskHave` of each peer once → `Have` answers: a peer
+//! with part of the blob joins the scheduler (`Joined`, so that the driver tells it where the
+//! peer is) and is watched (`Watch`) while it is still fetching; one without it is asked again
+//! [`PEER_REFRESH`] later (a fleet that starts together shows the blob moments later) →
+//! `Pushed` updates stop the scheduler's polls of that peer until its watch ends → the
+//! scheduler's `Request`s → `Chunk` answers: failures of requests the scheduler cancelled are
+//! dropped, a chunk already had is a late duplicate, a verified new one is `Keep` (the driver
+//! stores it and hands it to readers) → `Completed`, once.
+//!
+//! Before the driver has the blob's chunk index (the scheduler needs its chunk count) bitfields
+//! are kept, and [`Fetch::begin`] joins them. Getting the index, delegation to an upstream, the
+//! relay and the final sha256 stay with the node's driver: the simulator knows the index from
+//! the start and has no upstream.
+//!
+//! Chunk order: front to back while only whole copies of the blob are around (a caller that
+//! hashes the blob as it arrives then reads nothing back), random once a peer still fetching it
+//! shows up, so that fetchers spread and trade ([`Fetch::in_order`]).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::Duration;
+
+use crate::bitmap::Bitmap;
+use crate::scheduler::{Action, Event, Scheduler};
+
+#[cfg(test)]
+mod tests;
+
+/// How often a driver lets the machine see time pass (timeouts, polls, re-asks): the node's
+/// timer and the simulator's tick grid.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// How long after a connected peer answered that it lacks the blob it is asked again: in a
+/// fleet that starts together, every peer begins fetching within moments and can serve what it
+/// has at once.
+pub const PEER_REFRESH: Duration = Duration::from_millis(500);
+
+/// How long a transfer must have seen only peers holding the whole blob before it asks for
+/// chunks front to back: two rounds of [`PEER_REFRESH`], time for the other fetchers of a fleet
+/// that starts together to show up. A transfer whose every connected peer holds the whole blob
+/// has no one to trade with and goes front to back at once: a 1 GiB pull from one peer lasts
+/// about a second, and chunks in a random order left its sha256 to read most of the blob back
+/// from the device after the last chunk (docs/benchmarks.md).
+pub const IN_ORDER_AFTER: Duration = Duration::from_secs(1);
+
+/// What a peer said it holds of the blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerHolds {
+    pub chunks: Bitmap,
+    /// Whether it holds the blob whole (checked and stored), not only every chunk.
+    pub complete: bool,
+}
+
+/// What a chunk request got, as the driver saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkReply {
+    /// The chunk, and it matched the index.
+    Verified,
+    /// Bytes that did not match the index.
+    Wrong,
+    /// The peer's uplink was full, or it spreads other chunks first.
+    Busy,
+    /// `NotFound`, a transport error, or a peer that went away.
+    Failed,
+}
+
+/// Something that happened, reported to [`Fetch::handle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchEvent<P> {
+    /// The peers connected now: those not asked yet are, and joined ones missing leave.
+    Connected { peers: Vec<P> },
+    /// Peers that may have the blob (a DHT lookup): each not asked yet is.
+    Candidates { peers: Vec<P> },
+    /// A peer's answer to `Have`, or to a poll: what it holds, or `None` when it lacks the
+    /// blob or the request failed.
+    Have { peer: P, holds: Option<PeerHolds> },
+    /// What a watched peer's have feed pushed; `None` (it lacks the blob) ends the watch, as
+    /// does a push of the whole blob.
+    Pushed { peer: P, holds: Option<PeerHolds> },
+    /// A chunk request's answer.
+    Chunk {
+        peer: P,
+        chunk: u32,
+        reply: ChunkReply,
+    },
+    /// A streaming reader is waiting on `chunk`.
+    Focus { chunk: u32 },
+    /// The driver banned `peer` for reasons of its own (a wrong index, a wrong description of
+    /// the blob): it is forgotten and never asked again.
+    Banned { peer: P },
+    /// Time passed: timeouts, polls and re-asks fire. Send one at [`Fetch::next_wakeup`], or
+    /// every [`TICK`].
+    Tick,
+}
+
+/// Something the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchAction<P> {
+    /// Ask `peer` whether it has the blob (`Request::Have`); report the answer as `Have`.
+    AskHave { peer: P },
+    /// The scheduler's poll of a peer that does not push: ask as for `AskHave`.
+    PollHave { peer: P },
+    /// Watch `peer`'s have feed and report its updates as `Pushed`; if the peer gives no
+    /// feed, or the watch ends without a last update, call [`Fetch::watch_ended`].
+    Watch { peer: P },
+    /// `peer` joined the scheduler: tell it where the peer is (site, preference) through
+    /// [`Fetch::scheduler_mut`].
+    Joined { peer: P },
+    /// Send `Request::Chunk` for `chunk` to `peer`.
+    Request { peer: P, chunk: u32 },
+    /// A verified chunk this transfer did not have yet: store it and hand it to readers. It
+    /// counts as had from now on; the actions after this one may already ask for more.
+    Keep { chunk: u32 },
+    /// The peer sent bad data or a malformed bitfield: stop using it (disconnect it).
+    Ban { peer: P },
+    /// Every chunk is had: check the whole blob and commit it. Emitted once.
+    Completed,
+}
+
+/// The fetching side of one blob's exchange. See the module documentation.
+#[derive(Debug)]
+pub struct Fetch<P> {
+    scheduler: Option<Scheduler<P>>,
+    /// When the fetch started, for [`IN_ORDER_AFTER`].
+    started: Duration,
+    now: Duration,
+    /// Peers connected as last told (`Connected`).
+    connected: HashSet<P>,
+    /// Peers asked `Have` whose answer is pending or showed the blob; each is asked once
+    /// until an answer shows it lacks the blob.
+    asked: HashSet<P>,
+    /// Connected peers that lacked the blob, with when to ask them again.
+    lacking: HashMap<P, Duration>,
+    /// Bitfields of peers heard before [`Fetch::begin`].
+    pending: HashMap<P, Bitmap>,
+    /// Peers the scheduler knows.
+    joined: HashSet<P>,
+    /// Requests the scheduler cancelled: their failures are not news to it.
+    cancelled: HashSet<(P, u32)>,
+    banned: HashSet<P>,
+    /// Peers whose have feed this fetch watches.
+    watching: HashSet<P>,
+    /// Watched peers whose feed has pushed: the scheduler does not poll them.
+    feeding: HashSet<P>,
+    /// Peers that answered holding the whole blob.
+    whole: HashSet<P>,
+    /// Whether a peer still fetching the blob has shown up: then chunks are never asked for
+    /// in order.
+    swarm_seen: bool,
+}
+
+impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
+    /// A fetch that starts at `now` and knows no peer yet.
+    pub fn new(now: Duration) -> Self {
+        Fetch {
+            scheduler: None,
+            started: now,
+            now,
+            connected: HashSet::new(),
+            asked: HashSet::new(),
+            lacking: HashMap::new(),
+            pending: HashMap::new(),
+            joined: HashSet::new(),
+            cancelled: HashSet::new(),
+            banned: HashSet::new(),
+            watching: HashSet::new(),
+            feeding: HashSet::new(),
+            whole: HashSet::new(),
+            swarm_seen: false,
+        }
+    }
+
+    /// Starts picking chunks with `scheduler` (built by the driver from the index, with its
+    /// seed, configuration, site and the chunks resumed from disk); the peers heard so far
+    /// join it.
+    pub fn begin(&mut self, scheduler: Scheduler<P>, now: Duration) -> Vec<FetchAction<P>> {
+        self.now = self.now.max(now);
+        self.scheduler = Some(scheduler);
+        self.choose_order();
+        let mut actions = Vec::new();
+        let mut pending: Vec<(P, Bitmap)> = std::mem::take(&mut self.pending).into_iter().collect();
+        pending.sort_by(|a, b| a.0.cmp(&b.0));
+        for (peer, have) in pending {
+            self.join(peer, have, &mut actions);
+        }
+        self.drive(Event::Tick, &mut actions);
+        self.check_invariants();
+        actions
+    }
+
+    /// Processes one event at `now` (a duration since any fixed epoch; an earlier time than
+    /// one already seen counts as that one) and returns what to do, in order.
+    pub fn handle(&mut self, event: FetchEvent<P>, now: Duration) -> Vec<FetchAction<P>> {
+        self.now = self.now.max(now);
+        let mut actions = Vec::new();
+        match event {
+            FetchEvent::Connected { peers } => self.connected(peers, &mut actions),
+            FetchEvent::Candidates { peers } => {
+                for peer in peers {
+                    self.ask(peer, &mut actions);
+                }
+            }
+            FetchEvent::Have { peer, holds } => self.heard(peer, holds, false, &mut actions),
+            FetchEvent::Pushed { peer, holds } => self.heard(peer, holds, true, &mut actions),
+            FetchEvent::Chunk { peer, chunk, reply } => {
+                self.chunk(peer, chunk, reply, &mut actions);
+            }
+            FetchEvent::Focus { chunk } => self.drive(Event::Focus { chunk }, &mut actions),
+            FetchEvent::Banned { peer } => {
+                self.banned.insert(peer.clone());
+                self.forget(&peer, &mut actions);
+            }
+            FetchEvent::Tick => {
+                self.ask_lacking_again(&mut actions);
+                self.choose_order();
+                self.drive(Event::Tick, &mut actions);
+            }
+        }
+        self.check_invariants();
+        actions
+    }
+
+    /// A watch ended without a last update (the feed broke, or the peer gives none): the peer
+    /// is polled again from now while it has part of the blob.
+    pub fn watch_ended(&mut self, peer: &P) {
+        self.watching.remove(peer);
+        if self.feeding.remove(peer)
+            && let Some(scheduler) = &mut self.scheduler
+        {
+            scheduler.set_pushes(peer, false);
+        }
+        self.check_invariants();
+    }
+
+    /// The earliest time at which a `Tick` would do something, or `None` if only a new event
+    /// can change anything.
+    pub fn next_wakeup(&self) -> Option<Duration> {
+        let scheduler = self.scheduler.as_ref().and_then(Scheduler::next_wakeup);
+        let ask_again = self.lacking.values().min().copied();
+        let order = (!self.swarm_seen && self.now < self.started + IN_ORDER_AFTER)
+            .then_some(self.started + IN_ORDER_AFTER);
+        [scheduler, ask_again, order].into_iter().flatten().min()
+    }
+
+    /// The scheduler, once [`Fetch::begin`] gave it.
+    pub fn scheduler(&self) -> Option<&Scheduler<P>> {
+        self.scheduler.as_ref()
+    }
+
+    /// The scheduler, for the driver's placement of peers (sites, preferences).
+    pub fn scheduler_mut(&mut self) -> Option<&mut Scheduler<P>> {
+        self.scheduler.as_mut()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.scheduler.as_ref().is_some_and(Scheduler::is_complete)
+    }
+
+    /// Whether this fetch watches `peer`'s have feed.
+    pub fn is_watching(&self, peer: &P) -> bool {
+        self.watching.contains(peer)
+    }
+
+    /// The peers whose have feeds this fetch watches.
+    pub fn watching(&self) -> impl Iterator<Item = &P> {
+        self.watching.iter()
+    }
+
+    /// Whether chunks are asked for front to back (see the module documentation): never once
+    /// a peer still fetching the blob has shown up; at once when every connected peer holds
+    /// the whole blob; else after [`IN_ORDER_AFTER`].
+    pub fn in_order(&self) -> bool {
+        let only_whole = !self.connected.is_empty() && self.connected.is_subset(&self.whole);
+        !self.swarm_seen && (only_whole || self.now >= self.started + IN_ORDER_AFTER)
+    }
+
+    fn choose_order(&mut self) {
+        let in_order = self.in_order();
+        if let Some(scheduler) = &mut self.scheduler {
+            scheduler.set_in_order(in_order);
+        }
+    }
+
+    fn ask(&mut self, peer: P, actions: &mut Vec<FetchAction<P>>) {
+        if self.banned.contains(&peer) || !self.asked.insert(peer.clone()) {
+            return;
+        }
+        self.lacking.remove(&peer);
+        actions.push(FetchAction::AskHave { peer });
+    }
+
+    fn connected(&mut self, peers: Vec<P>, actions: &mut Vec<FetchAction<P>>) {
+        self.connected = peers.iter().cloned().collect();
+        let mut gone: Vec<P> = self
+            .joined
+            .iter()
+            .chain(self.pending.keys())
+            .chain(self.lacking.keys())
+            .filter(|peer| !self.connected.contains(peer))
+            .cloned()
+            .collect();
+        gone.sort();
+        gone.dedup();
+        for peer in gone {
+            self.forget(&peer, actions);
+        }
+        for peer in peers {
+            self.ask(peer, actions);
+        }
+        self.choose_order();
+    }
+
+    /// Drops everything known of `peer`; the scheduler reassigns its work.
+    fn forget(&mut self, peer: &P, actions: &mut Vec<FetchAction<P>>) {
+        self.asked.remove(peer);
+        self.lacking.remove(peer);
+        self.pending.remove(peer);
+        self.watching.remove(peer);
+        self.feeding.remove(peer);
+        self.whole.remove(peer);
+        self.cancelled.retain(|(p, _)| p != peer);
+        if self.joined.remove(peer) {
+            self.drive(Event::PeerLeft { peer: peer.clone() }, actions);
+        }
+    }
+
+    fn ask_lacking_again(&mut self, actions: &mut Vec<FetchAction<P>>) {
+        let now = self.now;
+        let mut due: Vec<P> = self
+            .lacking
+            .iter()
+            .filter(|&(_, &at)| at <= now)
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        due.sort();
+        for peer in due {
+            self.lacking.remove(&peer);
+            self.ask(peer, actions);
+        }
+    }
+
+    /// A peer's bitfield, answering `Have` or pushed on its feed: a peer with (part of) the
+    /// blob becomes a source, and one still fetching it is watched from then on.
+    fn heard(
+        &mut self,
+        peer: P,
+        holds: Option<PeerHolds>,
+        pushed: bool,
+        actions: &mut Vec<FetchAction<P>>,
+    ) {
+        if self.banned.contains(&peer) {
+            return;
+        }
+        let Some(PeerHolds { chunks, complete }) = holds else {
+            if pushed {
+                self.watch_ended(&peer);
+            }
+            self.asked.remove(&peer);
+            self.pending.remove(&peer);
+            if self.connected.contains(&peer) && !self.joined.contains(&peer) {
+                self.lacking.insert(peer, self.now + PEER_REFRESH);
+            }
+            return;
+        };
+        self.asked.insert(peer.clone());
+        self.lacking.remove(&peer);
+        if complete {
+            self.whole.insert(peer.clone());
+            if pushed {
+                self.watch_ended(&peer);
+            }
+        } else {
+            self.swarm_seen = true;
+            if pushed {
+                // A push that arrives after its watch ended is news, but starts nothing.
+                if self.watching.contains(&peer) {
+                    self.feeding.insert(peer.clone());
+                }
+            } else if self.watching.insert(peer.clone()) {
+                actions.push(FetchAction::Watch { peer: peer.clone() });
+            }
+        }
+        self.choose_order();
+        if self.scheduler.is_some() {
+            self.join(peer, chunks, actions);
+        } else {
+            self.pending.insert(peer, chunks);
+        }
+    }
+
+    /// Tells the scheduler about a peer's bitfield: as a new peer, or as news of one it knows.
+    fn join(&mut self, peer: P, have: Bitmap, actions: &mut Vec<FetchAction<P>>) {
+        let pushes = self.feeding.contains(&peer);
+        if self.joined.insert(peer.clone()) {
+            actions.push(FetchAction::Joined { peer: peer.clone() });
+            self.drive(
+                Event::PeerJoined {
+                    peer: peer.clone(),
+                    have,
+                },
+                actions,
+            );
+        } else {
+            self.drive(
+                Event::PeerHave {
+                    peer: peer.clone(),
+                    have,
+                },
+                actions,
+            );
+        }
+        if pushes
+            && self.joined.contains(&peer)
+            && let Some(scheduler) = &mut self.scheduler
+        {
+            scheduler.set_pushes(&peer, true);
+        }
+    }
+
+    fn chunk(&mut self, peer: P, chunk: u32, reply: ChunkReply, actions: &mut Vec<FetchAction<P>>) {
+        if self.banned.contains(&peer) {
+            return;
+        }
+        let Some(scheduler) = &self.scheduler else {
+            return;
+        };
+        let was_cancelled = self.cancelled.remove(&(peer.clone(), chunk));
+        let valid = match reply {
+            ChunkReply::Verified => true,
+            ChunkReply::Wrong => false,
+            _ if was_cancelled => return,
+            ChunkReply::Busy => return self.drive(Event::PeerBusy { peer, chunk }, actions),
+            ChunkReply::Failed => return self.drive(Event::RequestFailed { peer, chunk }, actions),
+        };
+        // Had already: a late duplicate.
+        if !scheduler.needs(chunk) {
+            return;
+        }
+        if valid {
+            actions.push(FetchAction::Keep { chunk });
+        }
+        self.drive(Event::ChunkArrived { peer, chunk, valid }, actions);
+    }
+
+    /// Hands an event to the scheduler and turns what it decides into actions.
+    fn drive(&mut self, event: Event<P>, actions: &mut Vec<FetchAction<P>>) {
+        let Some(scheduler) = &mut self.scheduler else {
+            return;
+        };
+        for action in scheduler.handle(event, self.now) {
+            match action {
+                Action::Request { peer, chunk } => {
+                    actions.push(FetchAction::Request { peer, chunk })
+                }
+                Action::PollHave { peer } => actions.push(FetchAction::PollHave { peer }),
+                // A late duplicate is ignored on arrival: the chunk is had by then.
+                Action::Cancel { peer, chunk } => {
+                    self.cancelled.insert((peer, chunk));
+                }
+                Action::Ban { peer } => {
+                    self.banned.insert(peer.clone());
+                    self.joined.remove(&peer);
+                    self.asked.remove(&peer);
+                    self.watching.remove(&peer);
+                    self.feeding.remove(&peer);
+                    self.whole.remove(&peer);
+                    self.cancelled.retain(|(p, _)| *p != peer);
+                    actions.push(FetchAction::Ban { peer });
+                }
+                Action::Completed => actions.push(FetchAction::Completed),
+            }
+        }
+    }
+
+    /// Checks the machine's invariants; tests call it after every event.
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        assert!(
+            self.feeding.is_subset(&self.watching),
+            "only watched peers push"
+        );
+        assert!(self.joined.is_disjoint(&self.banned), "a banned peer left");
+        assert!(
+            self.watching.is_disjoint(&self.banned),
+            "a banned peer is not watched"
+        );
+        assert!(
+            self.lacking
+                .keys()
+                .all(|peer| !self.joined.contains(peer) && !self.asked.contains(peer)),
+            "a lacking peer is neither joined nor awaiting an answer"
+        );
+        match &self.scheduler {
+            Some(scheduler) => {
+                assert!(
+                    self.pending.is_empty(),
+                    "bitfields join once the scheduler runs"
+                );
+                for (peer, _) in scheduler.peers() {
+                    assert!(
+                        self.joined.contains(peer),
+                        "the scheduler knows only joined peers"
+                    );
+                }
+                for peer in &self.joined {
+                    assert!(
+                        scheduler.peers().any(|(p, _)| p == peer),
+                        "joined peers are the scheduler's"
+                    );
+                }
+            }
+            None => assert!(self.joined.is_empty(), "nobody joins before the scheduler"),
+        }
+    }
+
+    #[cfg(not(test))]
+    fn check_invariants(&self) {}
+}

@@ -1,0 +1,434 @@
+//! Hand-driven cases, one rule each, and a property test that throws random event orders at
+//! the machine (hostile peers, vanishing peers, Busy storms, late and duplicate answers) and
+//! checks its invariants after every event and its promises at the end.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::scheduler::SchedulerConfig;
+
+type F = Fetch<u32>;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn bits(len: u32, ones: impl IntoIterator<Item = u32>) -> Bitmap {
+    let mut bitmap = Bitmap::new(len);
+    for i in ones {
+        bitmap.set(i);
+    }
+    bitmap
+}
+
+fn holds(len: u32, ones: impl IntoIterator<Item = u32>) -> Option<PeerHolds> {
+    let chunks = bits(len, ones);
+    Some(PeerHolds {
+        complete: chunks.is_full(),
+        chunks,
+    })
+}
+
+fn have(fetch: &mut F, peer: u32, holds: Option<PeerHolds>, at: u64) -> Vec<FetchAction<u32>> {
+    fetch.handle(FetchEvent::Have { peer, holds }, ms(at))
+}
+
+fn push(fetch: &mut F, peer: u32, holds: Option<PeerHolds>, at: u64) -> Vec<FetchAction<u32>> {
+    fetch.handle(FetchEvent::Pushed { peer, holds }, ms(at))
+}
+
+fn scheduler(chunk_count: u32) -> Scheduler<u32> {
+    let config = SchedulerConfig {
+        requests_per_peer_initial: 8,
+        ..SchedulerConfig::default()
+    };
+    Scheduler::new(chunk_count, config, 7)
+}
+
+fn asked(actions: &[FetchAction<u32>]) -> Vec<u32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            FetchAction::AskHave { peer } => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+fn requests(actions: &[FetchAction<u32>]) -> Vec<(u32, u32)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            FetchAction::Request { peer, chunk } => Some((*peer, *chunk)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn polls(actions: &[FetchAction<u32>]) -> Vec<u32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            FetchAction::PollHave { peer } => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A fetch of `chunk_count` chunks that began at 0 with peers 1 and 2 connected, peer 1
+/// holding every chunk.
+fn running(chunk_count: u32) -> F {
+    let mut fetch = F::new(ms(0));
+    fetch.handle(FetchEvent::Connected { peers: vec![1, 2] }, ms(0));
+    have(&mut fetch, 1, holds(chunk_count, 0..chunk_count), 1);
+    fetch.begin(scheduler(chunk_count), ms(2));
+    fetch
+}
+
+#[test]
+fn each_connected_peer_is_asked_once_and_one_lacking_the_blob_again_later() {
+    let mut fetch = F::new(ms(0));
+    let actions = fetch.handle(FetchEvent::Connected { peers: vec![1, 2] }, ms(0));
+    assert_eq!(asked(&actions), [1, 2]);
+    let again = fetch.handle(
+        FetchEvent::Candidates {
+            peers: vec![1, 2, 3],
+        },
+        ms(10),
+    );
+    assert_eq!(asked(&again), [3], "asked once each");
+
+    have(&mut fetch, 2, None, 20);
+    assert_eq!(fetch.next_wakeup(), Some(ms(20) + PEER_REFRESH));
+    assert!(asked(&fetch.handle(FetchEvent::Tick, ms(100))).is_empty());
+    let later = fetch.handle(FetchEvent::Tick, ms(20) + PEER_REFRESH);
+    assert_eq!(asked(&later), [2], "a lacking peer is asked again");
+
+    // A candidate that is not connected is asked again only when named again.
+    have(&mut fetch, 3, None, 30);
+    assert!(asked(&fetch.handle(FetchEvent::Tick, ms(2000))).is_empty());
+    assert_eq!(
+        asked(&fetch.handle(FetchEvent::Candidates { peers: vec![3] }, ms(2100))),
+        [3]
+    );
+}
+
+#[test]
+fn bitfields_heard_before_the_index_join_when_the_scheduler_begins() {
+    let mut fetch = F::new(ms(0));
+    fetch.handle(FetchEvent::Connected { peers: vec![1, 2] }, ms(0));
+    have(&mut fetch, 1, holds(4, 0..4), 1);
+    let actions = have(&mut fetch, 2, holds(4, [1]), 1);
+    assert_eq!(
+        actions,
+        [FetchAction::Watch { peer: 2 }],
+        "no scheduler, no requests"
+    );
+    let actions = fetch.begin(scheduler(4), ms(5));
+    assert!(actions.contains(&FetchAction::Joined { peer: 1 }));
+    assert!(actions.contains(&FetchAction::Joined { peer: 2 }));
+    let mut chunks: Vec<u32> = requests(&actions).into_iter().map(|(_, c)| c).collect();
+    chunks.sort();
+    chunks.dedup();
+    assert_eq!(chunks, [0, 1, 2, 3], "every chunk asked for");
+}
+
+#[test]
+fn a_peer_still_fetching_is_watched_and_not_polled_while_it_pushes() {
+    let mut fetch = running(8);
+    let actions = have(&mut fetch, 2, holds(8, [0]), 10);
+    assert!(actions.contains(&FetchAction::Watch { peer: 2 }));
+    assert!(fetch.is_watching(&2));
+    push(&mut fetch, 2, holds(8, [0, 1]), 20);
+    for t in (100..3000).step_by(100) {
+        assert!(
+            polls(&fetch.handle(FetchEvent::Tick, ms(t))).is_empty(),
+            "no polls at {t}"
+        );
+    }
+    // Its feed broke: polled again at once.
+    fetch.watch_ended(&2);
+    assert!(!fetch.is_watching(&2));
+    assert_eq!(polls(&fetch.handle(FetchEvent::Tick, ms(3000))), [2]);
+    // A poll's answer watches it again.
+    let actions = have(&mut fetch, 2, holds(8, [0, 1]), 3010);
+    assert!(actions.contains(&FetchAction::Watch { peer: 2 }));
+}
+
+#[test]
+fn a_push_of_the_whole_blob_or_of_nothing_ends_the_watch() {
+    let mut fetch = running(4);
+    have(&mut fetch, 2, holds(4, [0]), 10);
+    push(&mut fetch, 2, holds(4, 0..4), 20);
+    assert!(!fetch.is_watching(&2));
+
+    let mut fetch = running(4);
+    have(&mut fetch, 2, holds(4, [0]), 10);
+    push(&mut fetch, 2, None, 20);
+    assert!(!fetch.is_watching(&2));
+    // A late push after the watch ended is news, but starts no watch.
+    let actions = push(&mut fetch, 2, holds(4, [0, 1]), 30);
+    assert!(!actions.contains(&FetchAction::Watch { peer: 2 }));
+}
+
+#[test]
+fn chunks_go_front_to_back_only_while_every_peer_around_holds_the_blob_whole() {
+    // Peer 1 whole, peer 2 connected and not heard from: random order for a while.
+    let mut fetch = running(4);
+    assert!(!fetch.in_order());
+    fetch.handle(FetchEvent::Tick, IN_ORDER_AFTER);
+    assert!(fetch.in_order(), "nobody fetching showed up");
+
+    // Every connected peer whole: in order at once.
+    let mut fetch = F::new(ms(0));
+    fetch.handle(FetchEvent::Connected { peers: vec![1] }, ms(0));
+    have(&mut fetch, 1, holds(4, 0..4), 1);
+    assert!(fetch.in_order());
+
+    // Once a peer still fetching shows, never again.
+    let mut fetch = running(4);
+    have(&mut fetch, 2, holds(4, [3]), 10);
+    fetch.handle(FetchEvent::Connected { peers: vec![1] }, ms(20));
+    fetch.handle(FetchEvent::Tick, IN_ORDER_AFTER * 10);
+    assert!(!fetch.in_order());
+}
+
+#[test]
+fn a_verified_chunk_is_kept_once_and_late_duplicates_are_not() {
+    let mut fetch = running(2);
+    let kept = |actions: &[FetchAction<u32>]| actions.contains(&FetchAction::Keep { chunk: 0 });
+    let reply = FetchEvent::Chunk {
+        peer: 1,
+        chunk: 0,
+        reply: ChunkReply::Verified,
+    };
+    assert!(kept(&fetch.handle(reply.clone(), ms(10))));
+    assert!(!kept(&fetch.handle(reply, ms(11))), "a duplicate");
+    let actions = fetch.handle(
+        FetchEvent::Chunk {
+            peer: 1,
+            chunk: 1,
+            reply: ChunkReply::Verified,
+        },
+        ms(12),
+    );
+    assert_eq!(actions.last(), Some(&FetchAction::Completed));
+    assert!(fetch.is_complete());
+}
+
+#[test]
+fn a_peer_sending_bad_chunks_is_banned_and_never_asked_again() {
+    let mut fetch = running(4);
+    let actions = fetch.handle(
+        FetchEvent::Chunk {
+            peer: 1,
+            chunk: 0,
+            reply: ChunkReply::Wrong,
+        },
+        ms(10),
+    );
+    assert!(actions.contains(&FetchAction::Ban { peer: 1 }));
+    assert!(!actions.contains(&FetchAction::Keep { chunk: 0 }));
+    let later = have(&mut fetch, 1, holds(4, 0..4), 20);
+    assert!(later.is_empty(), "a banned peer's answers are ignored");
+    let connected = fetch.handle(FetchEvent::Connected { peers: vec![1, 2] }, ms(30));
+    assert!(asked(&connected).is_empty());
+}
+
+#[test]
+fn failures_of_cancelled_requests_are_not_news() {
+    // Two peers with both chunks: the endgame asks both for chunk 1, and the first copy to
+    // arrive cancels the other.
+    let mut fetch = F::new(ms(0));
+    fetch.handle(FetchEvent::Connected { peers: vec![1, 2] }, ms(0));
+    have(&mut fetch, 1, holds(2, 0..2), 0);
+    have(&mut fetch, 2, holds(2, 0..2), 0);
+    let mut out = fetch.begin(scheduler(2), ms(0));
+    for chunk in 0..2 {
+        let arrived = FetchEvent::Chunk {
+            peer: requests(&out)[0].0,
+            chunk,
+            reply: ChunkReply::Verified,
+        };
+        out.extend(fetch.handle(arrived, ms(5)));
+    }
+    let busy_of_a_cancelled = fetch.handle(
+        FetchEvent::Chunk {
+            peer: 2,
+            chunk: 1,
+            reply: ChunkReply::Busy,
+        },
+        ms(6),
+    );
+    assert!(busy_of_a_cancelled.is_empty());
+}
+
+#[test]
+fn peers_that_disconnect_leave_with_their_requests_and_are_asked_when_back() {
+    let mut fetch = F::new(ms(0));
+    fetch.handle(FetchEvent::Connected { peers: vec![1, 2] }, ms(0));
+    have(&mut fetch, 1, holds(4, 0..4), 0);
+    have(&mut fetch, 2, holds(4, 0..4), 0);
+    let first = fetch.begin(scheduler(4), ms(0));
+    assert!(requests(&first).iter().any(|&(peer, _)| peer == 2));
+    fetch.handle(FetchEvent::Connected { peers: vec![1] }, ms(10));
+    let scheduler = fetch.scheduler().expect("begun");
+    assert!(scheduler.peers().all(|(&peer, _)| peer == 1));
+    assert!(scheduler.requests_in_flight().all(|(&peer, _)| peer == 1));
+    let back = fetch.handle(FetchEvent::Connected { peers: vec![1, 2] }, ms(20));
+    assert_eq!(asked(&back), [2], "asked again when it is back");
+}
+
+/// One peer of the property test: what it holds and how it answers.
+#[derive(Debug, Clone)]
+struct Peer {
+    holds: Bitmap,
+    hostile: bool,
+    busy: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Connect(Vec<u32>),
+    Answer(u32),
+    Push(u32),
+    PushNothing(u32),
+    WatchBroke(u32),
+    /// The oldest outstanding chunk request of this many is answered.
+    Reply(usize),
+    Fail(usize),
+    Focus(u32),
+    Tick,
+}
+
+fn step(peers: u32, chunk_count: u32) -> impl Strategy<Value = Step> {
+    prop_oneof![
+        proptest::collection::vec(0..peers, 0..peers as usize).prop_map(Step::Connect),
+        (0..peers).prop_map(Step::Answer),
+        (0..peers).prop_map(Step::Push),
+        (0..peers).prop_map(Step::PushNothing),
+        (0..peers).prop_map(Step::WatchBroke),
+        (0usize..8).prop_map(Step::Reply),
+        (0usize..8).prop_map(Step::Reply),
+        (0usize..8).prop_map(Step::Reply),
+        (0usize..8).prop_map(Step::Fail),
+        (0..chunk_count).prop_map(Step::Focus),
+        Just(Step::Tick),
+    ]
+}
+
+fn peer() -> impl Strategy<Value = Peer> {
+    (
+        crate::testing::arbitrary_bitmap(),
+        prop::bool::weighted(0.2),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(holds, hostile, busy)| Peer {
+            holds,
+            hostile,
+            busy,
+        })
+}
+
+proptest! {
+    #[test]
+    fn random_event_orders_keep_the_invariants_and_only_verified_news_is_kept(
+        chunk_count in 1u32..24,
+        peers in proptest::collection::vec(peer(), 1..6),
+        begin_after in 0usize..20,
+        steps in proptest::collection::vec(step(6, 24), 1..200),
+    ) {
+        let peers: Vec<Peer> = peers
+            .into_iter()
+            .map(|mut peer| {
+                let mut holds = Bitmap::new(chunk_count);
+                for chunk in peer.holds.iter_ones().filter(|&c| c < chunk_count) {
+                    holds.set(chunk);
+                }
+                peer.holds = holds;
+                peer
+            })
+            .collect();
+        let count = peers.len() as u32;
+        let answer = |peer: u32| {
+            let peer = &peers[peer as usize];
+            (peer.holds.count_ones() > 0).then(|| PeerHolds {
+                chunks: peer.holds.clone(),
+                complete: peer.holds.is_full(),
+            })
+        };
+        let mut fetch = F::new(ms(0));
+        let mut outstanding: Vec<(u32, u32)> = Vec::new();
+        let mut kept = Bitmap::new(chunk_count);
+        let mut banned = std::collections::HashSet::new();
+        let mut completed = 0;
+        for (i, step) in steps.into_iter().enumerate() {
+            let now = ms(i as u64 * 37);
+            if i == begin_after {
+                let actions = fetch.begin(scheduler(chunk_count), now);
+                outstanding.extend(requests(&actions));
+            }
+            let event = match step {
+                Step::Connect(connected) => FetchEvent::Connected {
+                    peers: connected.into_iter().filter(|&p| p < count).collect(),
+                },
+                Step::Answer(peer) if peer < count => FetchEvent::Have { peer, holds: answer(peer) },
+                Step::Push(peer) if peer < count => FetchEvent::Pushed { peer, holds: answer(peer) },
+                Step::PushNothing(peer) if peer < count => FetchEvent::Pushed { peer, holds: None },
+                Step::WatchBroke(peer) => {
+                    fetch.watch_ended(&peer);
+                    continue;
+                }
+                Step::Reply(n) | Step::Fail(n) if outstanding.is_empty() || n >= outstanding.len() => FetchEvent::Tick,
+                Step::Reply(n) => {
+                    let (peer, chunk) = outstanding.remove(n);
+                    let sender = &peers[peer as usize];
+                    let reply = if !sender.holds.get(chunk) {
+                        ChunkReply::Failed
+                    } else if sender.hostile {
+                        ChunkReply::Wrong
+                    } else if sender.busy {
+                        ChunkReply::Busy
+                    } else {
+                        ChunkReply::Verified
+                    };
+                    FetchEvent::Chunk { peer, chunk, reply }
+                }
+                Step::Fail(n) => {
+                    let (peer, chunk) = outstanding.remove(n);
+                    FetchEvent::Chunk { peer, chunk, reply: ChunkReply::Failed }
+                }
+                Step::Focus(chunk) if chunk < chunk_count => FetchEvent::Focus { chunk },
+                _ => FetchEvent::Tick,
+            };
+            let replied = match &event {
+                FetchEvent::Chunk { peer, reply, .. } => Some((*peer, *reply)),
+                _ => None,
+            };
+            for action in fetch.handle(event, now) {
+                match action {
+                    FetchAction::Request { peer, chunk } => {
+                        prop_assert!(!banned.contains(&peer), "a banned peer is asked");
+                        outstanding.push((peer, chunk));
+                    }
+                    FetchAction::Keep { chunk } => {
+                        prop_assert_eq!(replied.map(|(_, r)| r), Some(ChunkReply::Verified));
+                        prop_assert!(!kept.get(chunk), "chunk {} kept twice", chunk);
+                        kept.set(chunk);
+                    }
+                    FetchAction::Ban { peer } => {
+                        prop_assert!(peers[peer as usize].hostile, "an honest peer banned");
+                        banned.insert(peer);
+                    }
+                    FetchAction::Completed => completed += 1,
+                    _ => {}
+                }
+            }
+            if let Some(scheduler) = fetch.scheduler() {
+                prop_assert_eq!(scheduler.have(), &kept, "the scheduler has what was kept");
+            }
+        }
+        prop_assert!(completed <= 1);
+        prop_assert_eq!(completed == 1, fetch.is_complete());
+    }
+}
