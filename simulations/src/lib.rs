@@ -26,6 +26,7 @@ pub mod sim;
 pub mod stats;
 pub mod svg;
 pub mod topology;
+pub mod trace;
 
 pub use report::{Report, run};
 pub use scenario::Scenario;

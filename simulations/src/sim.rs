@@ -42,7 +42,7 @@ use shoal_protocol::feed::push_delay;
 use shoal_protocol::fetch::TICK;
 use shoal_protocol::{
     Answer, Bitmap, ChunkReply, ChunkRequest, Digest, Fetch, FetchAction, FetchEvent, Holding,
-    PeerHolds, Scheduler, SchedulerConfig, Serving,
+    PeerHolds, SchedulerConfig, Serving,
 };
 
 use crate::link::{Link, Micros, micros, site_links};
@@ -50,6 +50,7 @@ use crate::queue::EventQueue;
 use crate::rng::Rng;
 use crate::scenario::Scenario;
 use crate::topology::{ORIGIN, Role, Topology};
+use crate::trace::{Recorded, Recorder, Step};
 
 /// [`TICK`] on the virtual clock: a host sees time pass on this grid, as the node does.
 const TICK_MICROS: Micros = TICK.as_micros() as Micros;
@@ -195,6 +196,8 @@ pub struct Counters {
     pub have_polls: u64,
     /// Bitfields pushed on have feeds, one per watcher per push.
     pub have_pushes: u64,
+    /// Fetches that would have given up (no chunk for `STALL_TIMEOUT`).
+    pub give_ups: u64,
 }
 
 /// What a run produced, before any statistics.
@@ -226,6 +229,8 @@ pub struct Simulation<'a> {
     counters: Counters,
     /// The simulated blob's digest, as the serving policy keys its ledger by blob.
     blob: Digest,
+    /// One host's fetch, recorded while its first life lasts.
+    recorder: Option<Recorder>,
 }
 
 impl std::fmt::Debug for Simulation<'_> {
@@ -309,6 +314,7 @@ impl<'a> Simulation<'a> {
             hosts_pending: 0,
             counters: Counters::default(),
             blob: Digest::of(scenario.name.as_bytes()),
+            recorder: None,
         };
         for (id, spec) in topology.hosts() {
             simulation.hosts_pending += 1;
@@ -336,8 +342,37 @@ impl<'a> Simulation<'a> {
         }
     }
 
+    /// Runs as [`Simulation::run`] does, and returns the first life of `host`'s fetch: every
+    /// input its machine got and every action it returned.
+    pub fn run_recording(mut self, host: u32) -> (RunOutcome, Vec<Recorded>) {
+        self.recorder = Some(Recorder {
+            host,
+            steps: Vec::new(),
+        });
+        self.play();
+        let steps = self
+            .recorder
+            .take()
+            .map(|recorder| recorder.steps)
+            .unwrap_or_default();
+        (self.outcome(), steps)
+    }
+
     /// Runs until every host that stays is done, nothing is left to happen, or the limit.
     pub fn run(mut self) -> RunOutcome {
+        self.play();
+        self.outcome()
+    }
+
+    /// The recorder, if it records `node` (in its first life).
+    fn recording(&mut self, node: u32) -> Option<&mut Recorder> {
+        let first_life = self.nodes[node as usize].epoch == 0;
+        self.recorder
+            .as_mut()
+            .filter(|recorder| recorder.host == node && first_life)
+    }
+
+    fn play(&mut self) {
         let limit = micros(self.scenario.time_limit_s);
         while self.hosts_pending > 0 {
             let Some((at, ev)) = self.queue.pop() else {
@@ -350,7 +385,6 @@ impl<'a> Simulation<'a> {
             self.counters.events += 1;
             self.dispatch(ev);
         }
-        self.outcome()
     }
 
     fn dispatch(&mut self, ev: Ev) {
@@ -475,17 +509,23 @@ impl<'a> Simulation<'a> {
             return;
         }
         state.life_start = now;
-        let mut scheduler = Scheduler::new(chunk_count, config, seed ^ u64::from(state.epoch));
-        for chunk in state.have.iter_ones() {
-            scheduler.mark_have(chunk);
-        }
-        if let Some(key) = site_key {
-            scheduler.set_site(key);
-        }
+        let seed = seed ^ u64::from(state.epoch);
+        let resumed = state.have.clone();
+        let scheduler = Step::scheduler(chunk_count, &config, seed, &resumed, site_key);
         let at = Duration::from_micros(now);
         let mut fetch = Fetch::new(at);
         let begun = fetch.begin(scheduler, at);
         state.fetch = Some(fetch);
+        if let Some(recorder) = self.recording(node) {
+            let begin = Step::Begin {
+                chunk_count,
+                config,
+                seed,
+                resumed,
+                site: site_key,
+            };
+            recorder.push(at, begin, &begun);
+        }
         self.carry_out(node, begun);
         let peers = self.topology.nodes[node as usize].neighbours.clone();
         self.drive(node, FetchEvent::Connected { peers });
@@ -550,11 +590,21 @@ impl<'a> Simulation<'a> {
         else {
             return;
         };
-        if same_site && one_copy_per_site {
-            scheduler.add_site_member(&peer, site_rank_key(peer));
+        let site_member = (same_site && one_copy_per_site).then(|| site_rank_key(peer));
+        if let Some(key) = site_member {
+            scheduler.add_site_member(&peer, key);
         }
         if preference != 0 {
             scheduler.set_preference(&peer, preference);
+        }
+        let at = Duration::from_micros(self.now);
+        if let Some(recorder) = self.recording(node) {
+            let place = Step::Place {
+                peer,
+                site_member,
+                preference,
+            };
+            recorder.push(at, place, &[]);
         }
     }
 
@@ -693,6 +743,10 @@ impl<'a> Simulation<'a> {
         }
         if let Some(fetch) = &mut state.fetch {
             fetch.watch_ended(&peer);
+            let at = Duration::from_micros(self.now);
+            if let Some(recorder) = self.recording(node) {
+                recorder.push(at, Step::WatchEnded(peer), &[]);
+            }
             self.arm_tick(node);
         }
     }
@@ -832,10 +886,14 @@ impl<'a> Simulation<'a> {
     /// does.
     fn drive(&mut self, node: u32, event: FetchEvent<u32>) {
         let now = Duration::from_micros(self.now);
+        let recorded = self.recording(node).is_some().then(|| event.clone());
         let Some(fetch) = &mut self.nodes[node as usize].fetch else {
             return;
         };
         let actions = fetch.handle(event, now);
+        if let (Some(event), Some(recorder)) = (recorded, self.recording(node)) {
+            recorder.push(now, Step::Event(event), &actions);
+        }
         self.carry_out(node, actions);
     }
 
@@ -861,6 +919,15 @@ impl<'a> Simulation<'a> {
                 }
                 FetchAction::Ban { .. } => self.counters.bans += 1,
                 FetchAction::Completed => completed = true,
+                // The node's transfer would end with an error here and its prefetch start it
+                // again; the simulated host carries on with the same fetch.
+                FetchAction::GiveUp(_) => self.counters.give_ups += 1,
+                // A host knows the index from the start and has no upstream: its fetch never
+                // asks for an index, relays, delegates or downloads.
+                FetchAction::RequestIndex { .. }
+                | FetchAction::Relay { .. }
+                | FetchAction::Delegate { .. }
+                | FetchAction::Download => {}
             }
         }
         if completed {

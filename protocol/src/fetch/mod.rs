@@ -18,9 +18,16 @@
 //! stores it and hands it to readers) → `Completed`, once.
 //!
 //! Before the driver has the blob's chunk index (the scheduler needs its chunk count) bitfields
-//! are kept, and [`Fetch::begin`] joins them. Getting the index, delegation to an upstream, the
-//! relay and the final sha256 stay with the node's driver: the simulator knows the index from
-//! the start and has no upstream.
+//! are kept, and [`Fetch::begin`] joins them. Finding the index: the first peer heard with part
+//! of the blob is asked for it (`RequestIndex`), one at a time; a peer whose index is invalid
+//! is banned and the next asked. A peer that showed part of the blob but has no index is
+//! downloading it from an upstream itself, and the blob is relayed from it (`Relay`). When no
+//! peer has the blob and the transfer has an upstream ([`Fetch::with_upstream`]),
+//! [`fallback`] decides who downloads it (`Delegate`, `Download`). A transfer that finds no
+//! peer for [`LOCATE_TIMEOUT`], or receives no chunk for [`STALL_TIMEOUT`], says `GiveUp`.
+//! Checking the index against the blob and a trusted root, the relay itself and the final
+//! sha256 stay with the node's driver; the simulator knows the index from the start and has no
+//! upstream, so it never meets these.
 //!
 //! Chunk order: front to back while only whole copies of the blob are around (a caller that
 //! hashes the blob as it arrives then reads nothing back), random once a peer still fetching it
@@ -34,8 +41,12 @@ use std::time::Duration;
 use crate::bitmap::Bitmap;
 use crate::scheduler::{Action, Event, Scheduler};
 
+pub mod fallback;
 #[cfg(test)]
 mod tests;
+
+pub use fallback::Upstream;
+use fallback::{Decision, Fallback, Situation};
 
 /// How often a driver lets the machine see time pass (timeouts, polls, re-asks): the node's
 /// timer and the simulator's tick grid.
@@ -53,6 +64,12 @@ pub const PEER_REFRESH: Duration = Duration::from_millis(500);
 /// about a second, and chunks in a random order left its sha256 to read most of the blob back
 /// from the device after the last chunk (docs/benchmarks.md).
 pub const IN_ORDER_AFTER: Duration = Duration::from_secs(1);
+
+/// A transfer that finds no peer with the blob for this long gives up.
+pub const LOCATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A transfer that receives no chunk for this long gives up.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a peer said it holds of the blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,12 +92,36 @@ pub enum ChunkReply {
     Failed,
 }
 
+/// Why a peer's index was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexAnswer {
+    /// Malformed, for another blob, or not the root a trusted publisher signed: the peer is
+    /// banned.
+    Invalid,
+    /// The peer has no index: if it showed part of the blob, it is fetching it from an
+    /// upstream, and the blob is relayed from it.
+    Missing,
+    /// The request failed.
+    Failed,
+}
+
+/// Why a transfer gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUp {
+    /// No peer with the blob for [`LOCATE_TIMEOUT`].
+    NoPeer,
+    /// No chunk for [`STALL_TIMEOUT`].
+    Stalled,
+}
+
 /// Something that happened, reported to [`Fetch::handle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchEvent<P> {
     /// The peers connected now: those not asked yet are, and joined ones missing leave.
     Connected { peers: Vec<P> },
-    /// Peers that may have the blob (a DHT lookup): each not asked yet is.
+    /// A DHT lookup for providers of the blob started; its answer is `Candidates`.
+    LookupStarted,
+    /// Peers that may have the blob (a DHT lookup's answer): each not asked yet is.
     Candidates { peers: Vec<P> },
     /// A peer's answer to `Have`, or to a poll: what it holds, or `None` when it lacks the
     /// blob or the request failed.
@@ -94,6 +135,11 @@ pub enum FetchEvent<P> {
         chunk: u32,
         reply: ChunkReply,
     },
+    /// A peer's index could not be used (a usable one is [`Fetch::begin`]).
+    Index { peer: P, answer: IndexAnswer },
+    /// The peer asked to fetch the blob from the upstream answered: it does (`accepted`), or
+    /// it cannot or will not.
+    Delegation { peer: P, accepted: bool },
     /// A streaming reader is waiting on `chunk`.
     Focus { chunk: u32 },
     /// The driver banned `peer` for reasons of its own (a wrong index, a wrong description of
@@ -126,6 +172,20 @@ pub enum FetchAction<P> {
     Ban { peer: P },
     /// Every chunk is had: check the whole blob and commit it. Emitted once.
     Completed,
+    /// Ask `peer` for the blob's chunk index; a usable one is [`Fetch::begin`], else report
+    /// `Index`.
+    RequestIndex { peer: P },
+    /// Take the blob front to back from `peer`, which is downloading it from its upstream;
+    /// this fetch is over.
+    Relay { peer: P },
+    /// Ask `peer` to fetch the blob from the upstream (`Request::Fetch`); report its answer
+    /// as `Delegation`.
+    Delegate { peer: P },
+    /// Download the blob from the upstream here; this fetch is over.
+    Download,
+    /// Give up on the transfer. Emitted once; a driver that carries on (the simulator, as the
+    /// node's prefetch would start the transfer again) gets the machine's actions as before.
+    GiveUp(GiveUp),
 }
 
 /// The fetching side of one blob's exchange. See the module documentation.
@@ -158,6 +218,21 @@ pub struct Fetch<P> {
     /// Whether a peer still fetching the blob has shown up: then chunks are never asked for
     /// in order.
     swarm_seen: bool,
+    /// Peers that showed part of the blob.
+    sources: HashSet<P>,
+    /// Peers asked `Have` that have not answered yet.
+    awaiting: HashSet<P>,
+    lookup_running: bool,
+    /// The peer asked for the index, while one is.
+    index_asked: Option<P>,
+    /// Peers whose index could not be used.
+    index_tried: HashSet<P>,
+    /// When the last chunk was kept (or the fetch started).
+    last_kept: Duration,
+    fallback: Option<Fallback<P>>,
+    /// A `Relay` or `Download` ended this fetch.
+    over: bool,
+    gave_up: bool,
 }
 
 impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
@@ -178,6 +253,23 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
             feeding: HashSet::new(),
             whole: HashSet::new(),
             swarm_seen: false,
+            sources: HashSet::new(),
+            awaiting: HashSet::new(),
+            lookup_running: false,
+            index_asked: None,
+            index_tried: HashSet::new(),
+            last_kept: now,
+            fallback: None,
+            over: false,
+            gave_up: false,
+        }
+    }
+
+    /// A fetch that, when no peer has the blob, takes it from an upstream (see [`fallback`]).
+    pub fn with_upstream(now: Duration, upstream: Upstream<P>) -> Self {
+        Fetch {
+            fallback: Some(Fallback::new(upstream)),
+            ..Fetch::new(now)
         }
     }
 
@@ -187,6 +279,8 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
     pub fn begin(&mut self, scheduler: Scheduler<P>, now: Duration) -> Vec<FetchAction<P>> {
         self.now = self.now.max(now);
         self.scheduler = Some(scheduler);
+        self.index_asked = None;
+        self.last_kept = self.now;
         self.choose_order();
         let mut actions = Vec::new();
         let mut pending: Vec<(P, Bitmap)> = std::mem::take(&mut self.pending).into_iter().collect();
@@ -204,10 +298,25 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
     pub fn handle(&mut self, event: FetchEvent<P>, now: Duration) -> Vec<FetchAction<P>> {
         self.now = self.now.max(now);
         let mut actions = Vec::new();
+        if self.over {
+            return actions;
+        }
         match event {
             FetchEvent::Connected { peers } => self.connected(peers, &mut actions),
+            FetchEvent::LookupStarted => self.lookup_running = true,
             FetchEvent::Candidates { peers } => {
+                self.lookup_running = false;
                 for peer in peers {
+                    self.ask(peer, &mut actions);
+                }
+            }
+            FetchEvent::Index { peer, answer } => self.index_unusable(peer, answer, &mut actions),
+            FetchEvent::Delegation { peer, accepted } => {
+                if let Some(fallback) = &mut self.fallback {
+                    fallback.answered(peer.clone(), accepted, self.now);
+                }
+                if accepted {
+                    self.asked.remove(&peer);
                     self.ask(peer, &mut actions);
                 }
             }
@@ -225,10 +334,98 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
                 self.ask_lacking_again(&mut actions);
                 self.choose_order();
                 self.drive(Event::Tick, &mut actions);
+                self.check_timeouts(&mut actions);
             }
         }
+        // After every event, not only on ticks: a client may be waiting on this decision.
+        self.decide_fallback(&mut actions);
         self.check_invariants();
         actions
+    }
+
+    /// Whether the fetch gives up, found nobody, or stalled.
+    fn check_timeouts(&mut self, actions: &mut Vec<FetchAction<P>>) {
+        if self.gave_up {
+            return;
+        }
+        let waiting_on_upstream = self.fallback.as_ref().is_some_and(Fallback::waiting);
+        let reason = if self.scheduler.is_none() {
+            let alone = self.sources.is_empty() && !waiting_on_upstream;
+            (alone && self.now > self.started + LOCATE_TIMEOUT).then_some(GiveUp::NoPeer)
+        } else {
+            (self.now > self.last_kept + STALL_TIMEOUT).then_some(GiveUp::Stalled)
+        };
+        if let Some(reason) = reason {
+            self.gave_up = true;
+            actions.push(FetchAction::GiveUp(reason));
+        }
+    }
+
+    /// Whether the blob should come from the upstream now, and through whom.
+    fn decide_fallback(&mut self, actions: &mut Vec<FetchAction<P>>) {
+        if self.scheduler.is_some() || self.over {
+            return;
+        }
+        let Some(fallback) = &mut self.fallback else {
+            return;
+        };
+        let situation = Situation {
+            now: self.now,
+            started: self.started,
+            sources: !self.sources.is_empty(),
+            settled: self.awaiting.is_empty()
+                && (!self.lookup_running || self.connected.is_empty()),
+            connected: &self.connected,
+        };
+        match fallback.decide(&situation) {
+            Some(Decision::Delegate(peer)) => actions.push(FetchAction::Delegate { peer }),
+            Some(Decision::Download) => {
+                self.over = true;
+                actions.push(FetchAction::Download);
+            }
+            None => {}
+        }
+    }
+
+    /// A peer's index could not be used: an invalid one bans it; a missing one from a peer
+    /// with part of the blob means it is downloading it from an upstream; else the next
+    /// source is asked.
+    fn index_unusable(&mut self, peer: P, answer: IndexAnswer, actions: &mut Vec<FetchAction<P>>) {
+        if self.index_asked.as_ref() == Some(&peer) {
+            self.index_asked = None;
+        }
+        self.index_tried.insert(peer.clone());
+        match answer {
+            IndexAnswer::Invalid => {
+                self.banned.insert(peer.clone());
+                self.forget(&peer, actions);
+                actions.push(FetchAction::Ban { peer });
+            }
+            IndexAnswer::Missing if self.sources.contains(&peer) && self.scheduler.is_none() => {
+                self.over = true;
+                actions.push(FetchAction::Relay { peer });
+                return;
+            }
+            IndexAnswer::Missing | IndexAnswer::Failed => {}
+        }
+        self.request_index(None, actions);
+    }
+
+    /// Asks for the index, one peer at a time, until the scheduler runs: `heard` (a peer that
+    /// just showed part of the blob) first, else the first source not tried.
+    fn request_index(&mut self, heard: Option<&P>, actions: &mut Vec<FetchAction<P>>) {
+        if self.scheduler.is_some() || self.index_asked.is_some() || self.over {
+            return;
+        }
+        let untried = |peer: &&P| !self.index_tried.contains(*peer);
+        let next = match heard.filter(untried) {
+            Some(peer) => Some(peer.clone()),
+            None => self.sources.iter().filter(untried).min().cloned(),
+        };
+        if let Some(peer) = next {
+            self.index_asked = Some(peer.clone());
+            actions.push(FetchAction::RequestIndex { peer });
+        }
     }
 
     /// A watch ended without a last update (the feed broke, or the peer gives none): the peer
@@ -246,11 +443,38 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
     /// The earliest time at which a `Tick` would do something, or `None` if only a new event
     /// can change anything.
     pub fn next_wakeup(&self) -> Option<Duration> {
+        if self.over {
+            return None;
+        }
         let scheduler = self.scheduler.as_ref().and_then(Scheduler::next_wakeup);
         let ask_again = self.lacking.values().min().copied();
-        let order = (!self.swarm_seen && self.now < self.started + IN_ORDER_AFTER)
-            .then_some(self.started + IN_ORDER_AFTER);
-        [scheduler, ask_again, order].into_iter().flatten().min()
+        let later = |at: Duration| (self.now < at).then_some(at);
+        let order = later(self.started + IN_ORDER_AFTER).filter(|_| !self.swarm_seen);
+        let give_up = match (&self.scheduler, self.gave_up) {
+            (_, true) => None,
+            (None, false) => later(self.started + LOCATE_TIMEOUT),
+            (Some(_), false) => Some(self.last_kept + STALL_TIMEOUT),
+        };
+        let fallback = self.fallback.as_ref().filter(|_| self.scheduler.is_none());
+        let upstream = fallback.and_then(|fallback| {
+            fallback
+                .deadline()
+                .or_else(|| later(self.started + fallback::UPSTREAM_AFTER))
+        });
+        [scheduler, ask_again, order, give_up, upstream]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// How many peers have shown part of the blob.
+    pub fn sources(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Whether a DHT lookup is running (`LookupStarted` without its `Candidates` yet).
+    pub fn lookup_running(&self) -> bool {
+        self.lookup_running
     }
 
     /// The scheduler, once [`Fetch::begin`] gave it.
@@ -297,6 +521,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
             return;
         }
         self.lacking.remove(&peer);
+        self.awaiting.insert(peer.clone());
         actions.push(FetchAction::AskHave { peer });
     }
 
@@ -307,6 +532,8 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
             .iter()
             .chain(self.pending.keys())
             .chain(self.lacking.keys())
+            .chain(self.sources.iter())
+            .chain(self.awaiting.iter())
             .filter(|peer| !self.connected.contains(peer))
             .cloned()
             .collect();
@@ -329,6 +556,8 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
         self.watching.remove(peer);
         self.feeding.remove(peer);
         self.whole.remove(peer);
+        self.sources.remove(peer);
+        self.awaiting.remove(peer);
         self.cancelled.retain(|(p, _)| p != peer);
         if self.joined.remove(peer) {
             self.drive(Event::PeerLeft { peer: peer.clone() }, actions);
@@ -359,6 +588,9 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
         pushed: bool,
         actions: &mut Vec<FetchAction<P>>,
     ) {
+        if !pushed {
+            self.awaiting.remove(&peer);
+        }
         if self.banned.contains(&peer) {
             return;
         }
@@ -375,6 +607,10 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
         };
         self.asked.insert(peer.clone());
         self.lacking.remove(&peer);
+        self.sources.insert(peer.clone());
+        if let Some(fallback) = &mut self.fallback {
+            fallback.progress(&peer, chunks.count_ones(), self.now);
+        }
         if complete {
             self.whole.insert(peer.clone());
             if pushed {
@@ -395,7 +631,8 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
         if self.scheduler.is_some() {
             self.join(peer, chunks, actions);
         } else {
-            self.pending.insert(peer, chunks);
+            self.pending.insert(peer.clone(), chunks);
+            self.request_index(Some(&peer), actions);
         }
     }
 
@@ -448,6 +685,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
             return;
         }
         if valid {
+            self.last_kept = self.now;
             actions.push(FetchAction::Keep { chunk });
         }
         self.drive(Event::ChunkArrived { peer, chunk, valid }, actions);
@@ -463,7 +701,10 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
                 Action::Request { peer, chunk } => {
                     actions.push(FetchAction::Request { peer, chunk })
                 }
-                Action::PollHave { peer } => actions.push(FetchAction::PollHave { peer }),
+                Action::PollHave { peer } => {
+                    self.awaiting.insert(peer.clone());
+                    actions.push(FetchAction::PollHave { peer });
+                }
                 // A late duplicate is ignored on arrival: the chunk is had by then.
                 Action::Cancel { peer, chunk } => {
                     self.cancelled.insert((peer, chunk));
@@ -472,6 +713,8 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
                     self.banned.insert(peer.clone());
                     self.joined.remove(&peer);
                     self.asked.remove(&peer);
+                    self.awaiting.remove(&peer);
+                    self.sources.remove(&peer);
                     self.watching.remove(&peer);
                     self.feeding.remove(&peer);
                     self.whole.remove(&peer);
@@ -491,6 +734,14 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
             "only watched peers push"
         );
         assert!(self.joined.is_disjoint(&self.banned), "a banned peer left");
+        assert!(
+            self.sources.is_disjoint(&self.banned),
+            "a banned peer is no source"
+        );
+        assert!(
+            self.joined.is_subset(&self.sources),
+            "joined peers showed the blob"
+        );
         assert!(
             self.watching.is_disjoint(&self.banned),
             "a banned peer is not watched"

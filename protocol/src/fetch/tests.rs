@@ -298,6 +298,10 @@ enum Step {
     Reply(usize),
     Fail(usize),
     Focus(u32),
+    /// The index asked of a peer could not be used: invalid (0), missing (1), failed (2).
+    Index(u32, u8),
+    Delegation(u32, bool),
+    Lookup,
     Tick,
 }
 
@@ -313,6 +317,9 @@ fn step(peers: u32, chunk_count: u32) -> impl Strategy<Value = Step> {
         (0usize..8).prop_map(Step::Reply),
         (0usize..8).prop_map(Step::Fail),
         (0..chunk_count).prop_map(Step::Focus),
+        (0..peers, 0u8..3).prop_map(|(peer, kind)| Step::Index(peer, kind)),
+        (0..peers, any::<bool>()).prop_map(|(peer, accepted)| Step::Delegation(peer, accepted)),
+        Just(Step::Lookup),
         Just(Step::Tick),
     ]
 }
@@ -336,6 +343,7 @@ proptest! {
         chunk_count in 1u32..24,
         peers in proptest::collection::vec(peer(), 1..6),
         begin_after in 0usize..20,
+        with_upstream in any::<bool>(),
         steps in proptest::collection::vec(step(6, 24), 1..200),
     ) {
         let peers: Vec<Peer> = peers
@@ -357,13 +365,21 @@ proptest! {
                 complete: peer.holds.is_full(),
             })
         };
-        let mut fetch = F::new(ms(0));
+        let mut fetch = if with_upstream { upstream_fetch() } else { F::new(ms(0)) };
         let mut outstanding: Vec<(u32, u32)> = Vec::new();
         let mut kept = Bitmap::new(chunk_count);
         let mut banned = std::collections::HashSet::new();
+        let mut lied = std::collections::HashSet::new();
+        let mut heard = std::collections::HashSet::new();
         let mut completed = 0;
+        let mut gave_up = 0;
+        let mut over = false;
         for (i, step) in steps.into_iter().enumerate() {
             let now = ms(i as u64 * 37);
+            if over {
+                prop_assert!(fetch.handle(FetchEvent::Tick, now).is_empty(), "nothing after the end");
+                break;
+            }
             if i == begin_after {
                 let actions = fetch.begin(scheduler(chunk_count), now);
                 outstanding.extend(requests(&actions));
@@ -399,8 +415,24 @@ proptest! {
                     FetchEvent::Chunk { peer, chunk, reply: ChunkReply::Failed }
                 }
                 Step::Focus(chunk) if chunk < chunk_count => FetchEvent::Focus { chunk },
+                Step::Index(peer, kind) if peer < count => {
+                    let answer = match kind {
+                        0 => IndexAnswer::Invalid,
+                        1 => IndexAnswer::Missing,
+                        _ => IndexAnswer::Failed,
+                    };
+                    if answer == IndexAnswer::Invalid {
+                        lied.insert(peer);
+                    }
+                    FetchEvent::Index { peer, answer }
+                }
+                Step::Delegation(peer, accepted) if peer < count => FetchEvent::Delegation { peer, accepted },
+                Step::Lookup => FetchEvent::LookupStarted,
                 _ => FetchEvent::Tick,
             };
+            if let FetchEvent::Have { peer, holds: Some(_) } | FetchEvent::Pushed { peer, holds: Some(_) } = &event {
+                heard.insert(*peer);
+            }
             let replied = match &event {
                 FetchEvent::Chunk { peer, reply, .. } => Some((*peer, *reply)),
                 _ => None,
@@ -417,10 +449,27 @@ proptest! {
                         kept.set(chunk);
                     }
                     FetchAction::Ban { peer } => {
-                        prop_assert!(peers[peer as usize].hostile, "an honest peer banned");
+                        prop_assert!(
+                            peers[peer as usize].hostile || lied.contains(&peer),
+                            "an honest peer banned"
+                        );
                         banned.insert(peer);
                     }
                     FetchAction::Completed => completed += 1,
+                    FetchAction::RequestIndex { peer } => {
+                        prop_assert!(fetch.scheduler().is_none());
+                        prop_assert!(heard.contains(&peer) && !banned.contains(&peer));
+                    }
+                    FetchAction::Relay { peer } => {
+                        prop_assert!(heard.contains(&peer));
+                        over = true;
+                    }
+                    FetchAction::Download => {
+                        prop_assert!(with_upstream && fetch.scheduler().is_none());
+                        over = true;
+                    }
+                    FetchAction::Delegate { .. } => prop_assert!(with_upstream),
+                    FetchAction::GiveUp(_) => gave_up += 1,
                     _ => {}
                 }
             }
@@ -428,7 +477,178 @@ proptest! {
                 prop_assert_eq!(scheduler.have(), &kept, "the scheduler has what was kept");
             }
         }
-        prop_assert!(completed <= 1);
+        prop_assert!(completed <= 1 && gave_up <= 1);
         prop_assert_eq!(completed == 1, fetch.is_complete());
     }
+}
+
+fn index_requests(actions: &[FetchAction<u32>]) -> Vec<u32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            FetchAction::RequestIndex { peer } => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_index_is_asked_of_one_source_at_a_time_and_a_liar_is_banned() {
+    let mut fetch = F::new(ms(0));
+    fetch.handle(
+        FetchEvent::Connected {
+            peers: vec![1, 2, 3],
+        },
+        ms(0),
+    );
+    assert_eq!(index_requests(&have(&mut fetch, 2, holds(4, 0..4), 1)), [2]);
+    assert!(index_requests(&have(&mut fetch, 1, holds(4, 0..4), 2)).is_empty());
+    let lied = fetch.handle(
+        FetchEvent::Index {
+            peer: 2,
+            answer: IndexAnswer::Invalid,
+        },
+        ms(3),
+    );
+    assert!(lied.contains(&FetchAction::Ban { peer: 2 }));
+    assert_eq!(index_requests(&lied), [1], "the next source");
+    let failed = fetch.handle(
+        FetchEvent::Index {
+            peer: 1,
+            answer: IndexAnswer::Failed,
+        },
+        ms(4),
+    );
+    assert!(index_requests(&failed).is_empty(), "nobody left to ask");
+    assert_eq!(index_requests(&have(&mut fetch, 3, holds(4, 0..4), 5)), [3]);
+    let begun = fetch.begin(scheduler(4), ms(6));
+    assert!(!begun.contains(&FetchAction::Joined { peer: 2 }), "banned");
+    assert!(begun.contains(&FetchAction::Joined { peer: 1 }));
+    assert!(index_requests(&have(&mut fetch, 1, holds(4, 0..4), 7)).is_empty());
+}
+
+#[test]
+fn a_source_without_an_index_is_downloading_the_blob_and_it_is_relayed() {
+    let mut fetch = F::new(ms(0));
+    fetch.handle(FetchEvent::Connected { peers: vec![1] }, ms(0));
+    have(&mut fetch, 1, holds(4, [0]), 1);
+    let actions = fetch.handle(
+        FetchEvent::Index {
+            peer: 1,
+            answer: IndexAnswer::Missing,
+        },
+        ms(2),
+    );
+    assert_eq!(actions, [FetchAction::Relay { peer: 1 }]);
+    assert!(
+        fetch.handle(FetchEvent::Tick, ms(20_000)).is_empty(),
+        "over"
+    );
+    assert_eq!(fetch.next_wakeup(), None);
+}
+
+/// A fetch with an upstream, this node being 0; a peer's rank is its id, so the highest id
+/// connected is the chosen fetcher.
+fn upstream_fetch() -> F {
+    let upstream = Upstream {
+        local: 0,
+        rank: Box::new(|peer: &u32| [*peer as u8; 32]),
+    };
+    F::with_upstream(ms(0), upstream)
+}
+
+#[test]
+fn a_blob_nobody_has_is_downloaded_by_the_highest_ranked_node() {
+    // Alone: at once.
+    let mut fetch = upstream_fetch();
+    let actions = fetch.handle(FetchEvent::Connected { peers: vec![] }, ms(0));
+    assert_eq!(actions, [FetchAction::Download]);
+
+    // Peers 1 and 2 lack it: 2 ranks highest and is asked to fetch once both answered.
+    let mut fetch = upstream_fetch();
+    fetch.handle(FetchEvent::Connected { peers: vec![1, 2] }, ms(0));
+    assert!(have(&mut fetch, 1, None, 5).is_empty());
+    assert_eq!(
+        have(&mut fetch, 2, None, 6),
+        [FetchAction::Delegate { peer: 2 }]
+    );
+    // It declines: the next highest is 1 (this node, 0, ranks lowest).
+    let declined = fetch.handle(
+        FetchEvent::Delegation {
+            peer: 2,
+            accepted: false,
+        },
+        ms(7),
+    );
+    assert_eq!(declined, [FetchAction::Delegate { peer: 1 }]);
+    let accepted = fetch.handle(
+        FetchEvent::Delegation {
+            peer: 1,
+            accepted: true,
+        },
+        ms(8),
+    );
+    assert_eq!(asked(&accepted), [1], "asked what it has");
+    // It shows progress, then none for DELEGATE_STALL: this node downloads it.
+    have(&mut fetch, 1, holds(4, []), 10);
+    let waiting = fetch.handle(FetchEvent::Tick, ms(5_000));
+    assert!(!waiting.contains(&FetchAction::Download), "{waiting:?}");
+    let stalled = fetch.handle(FetchEvent::Tick, ms(10) + fallback::DELEGATE_STALL + ms(1));
+    assert_eq!(stalled, [FetchAction::Download]);
+}
+
+#[test]
+fn an_unanswered_have_holds_the_upstream_back_for_at_most_a_second() {
+    let mut fetch = upstream_fetch();
+    fetch.handle(FetchEvent::Connected { peers: vec![1] }, ms(0));
+    assert!(fetch.handle(FetchEvent::Tick, ms(500)).is_empty());
+    assert_eq!(fetch.next_wakeup(), Some(fallback::UPSTREAM_AFTER));
+    let after = fetch.handle(FetchEvent::Tick, fallback::UPSTREAM_AFTER + ms(1));
+    assert_eq!(after, [FetchAction::Delegate { peer: 1 }]);
+    // A delegate that disconnects is given up on at once.
+    fetch.handle(
+        FetchEvent::Delegation {
+            peer: 1,
+            accepted: true,
+        },
+        ms(1_100),
+    );
+    let gone = fetch.handle(FetchEvent::Connected { peers: vec![] }, ms(1_200));
+    assert_eq!(gone, [FetchAction::Download]);
+}
+
+#[test]
+fn a_fetch_gives_up_once_when_nobody_has_the_blob_or_nothing_arrives() {
+    let mut fetch = F::new(ms(0));
+    fetch.handle(FetchEvent::Connected { peers: vec![1] }, ms(0));
+    have(&mut fetch, 1, None, 1);
+    let give_up = FetchAction::GiveUp(GiveUp::NoPeer);
+    assert!(
+        !fetch
+            .handle(FetchEvent::Tick, LOCATE_TIMEOUT)
+            .contains(&give_up)
+    );
+    let gave_up = fetch.handle(FetchEvent::Tick, LOCATE_TIMEOUT + ms(1));
+    assert!(gave_up.contains(&give_up));
+    let again = fetch.handle(FetchEvent::Tick, LOCATE_TIMEOUT + ms(200));
+    assert!(!again.contains(&give_up), "once");
+
+    let mut fetch = running(4);
+    let kept = fetch.handle(
+        FetchEvent::Chunk {
+            peer: 1,
+            chunk: 0,
+            reply: ChunkReply::Verified,
+        },
+        ms(1_000),
+    );
+    assert!(kept.contains(&FetchAction::Keep { chunk: 0 }));
+    let waited = ms(1_000) + STALL_TIMEOUT;
+    assert!(
+        !fetch
+            .handle(FetchEvent::Tick, waited)
+            .contains(&FetchAction::GiveUp(GiveUp::Stalled))
+    );
+    let stalled = fetch.handle(FetchEvent::Tick, waited + ms(1));
+    assert!(stalled.contains(&FetchAction::GiveUp(GiveUp::Stalled)));
 }

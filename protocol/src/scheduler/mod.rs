@@ -89,7 +89,9 @@ pub struct SchedulerConfig {
     /// enough to route around one slow peer at the cost of at most one extra copy per chunk.
     pub endgame_duplicates_max: usize,
     /// Pause after a peer's first failure, doubled per consecutive failure up to
-    /// `request_timeout`. 250 ms keeps a peer that answers `Busy` from being asked in a loop.
+    /// `request_timeout`. 250 ms keeps a peer that answers `Busy` from being asked in a loop;
+    /// after a `Busy` answer while this node's own requests were queued there, the limit does
+    /// not grow for this long instead (see [`Event::PeerBusy`]).
     pub failure_backoff: Duration,
     /// A chunk that took longer than this from request to arrival shrinks its peer's
     /// in-flight limit by one instead of growing it: the path to that peer is queueing.
@@ -141,9 +143,14 @@ pub enum Event<P> {
     /// Failures of requests already cancelled are best not reported: if the chunk has been
     /// asked of the same peer again since, the report would end the newer request.
     RequestFailed { peer: P, chunk: u32 },
-    /// The peer answered `Busy`: its uplink is full. The request ends, the peer's limit drops
-    /// by one and it rests for `failure_backoff`, without the doubling failures get: a busy
-    /// peer is healthy, only saturated, and other peers should take the work meanwhile.
+    /// The peer answered `Busy`: its uplink is full. The request ends, without the doubling
+    /// failures get: a busy peer is healthy, only saturated. If this node still has other
+    /// requests at the peer, the uplink is full of them: the limit drops to those and does not
+    /// grow for `failure_backoff`, and the peer is asked for more as each arrives (resting it
+    /// would leave its uplink idle once they are sent: a lone fetcher of a rate-limited seed
+    /// took 1.49x the bound in the simulator, 1.00x without the rest). Otherwise the uplink is
+    /// full of other peers' chunks: the limit drops by one and the peer rests for
+    /// `failure_backoff` while other peers take the work.
     PeerBusy { peer: P, chunk: u32 },
     /// The peer disconnected or stopped serving this blob.
     PeerLeft { peer: P },
@@ -209,6 +216,9 @@ struct PeerState {
     in_flight: SortedMap<u32, Duration>,
     limit: usize,
     paused_until: Duration,
+    /// The limit does not grow before this: a `Busy` answer while this node's own requests
+    /// were queued at the peer showed the limit that fits its queue.
+    grow_from: Duration,
     consecutive_failures: u32,
     /// When the peer is next asked for its bitfield; never while it pushes it.
     next_poll: Duration,
@@ -507,7 +517,9 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     }
 
     /// The earliest time at which a `Tick` would do something (a request times out, a paused
-    /// peer resumes, a poll is due), or `None` if only a new event can change anything.
+    /// peer resumes, a poll is due, a request in the endgame becomes overdue for a duplicate),
+    /// or `None` if only a new event can change anything. A `Tick` at any other time does
+    /// nothing at all, not even draw a random number.
     pub fn next_wakeup(&self) -> Option<Duration> {
         let mut earliest: Option<Duration> = None;
         let mut consider = |t: Duration| earliest = Some(earliest.map_or(t, |e| e.min(t)));
@@ -516,6 +528,9 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         }
         if self.is_complete() {
             return earliest;
+        }
+        if let Some(at) = self.next_overdue() {
+            consider(at);
         }
         for state in self.peers.values() {
             if state.paused_until > self.now {
@@ -658,6 +673,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                             .requests_per_peer_initial
                             .clamp(1, self.config.requests_per_peer_max),
                         paused_until: Duration::ZERO,
+                        grow_from: Duration::ZERO,
                         consecutive_failures: 0,
                         next_poll,
                         pushes: false,
@@ -715,6 +731,8 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             let slow = took.is_some_and(|took| took > self.config.request_latency_target);
             state.limit = if slow {
                 state.limit.saturating_sub(1).max(1)
+            } else if self.now < state.grow_from {
+                state.limit
             } else {
                 (state.limit + 1).min(self.config.requests_per_peer_max)
             };
@@ -762,9 +780,16 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         if !self.end_request(peer, chunk) {
             return;
         }
+        let now = self.now;
+        let backoff = self.config.failure_backoff;
         if let Some(state) = self.peers.get_mut(peer) {
-            state.limit = state.limit.saturating_sub(1).max(1);
-            state.paused_until = self.now + self.config.failure_backoff;
+            if state.in_flight.len() == 0 {
+                state.limit = state.limit.saturating_sub(1).max(1);
+                state.paused_until = now + backoff;
+            } else {
+                state.limit = state.in_flight.len();
+                state.grow_from = now + backoff;
+            }
         }
     }
 

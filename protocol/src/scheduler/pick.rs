@@ -32,6 +32,11 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             self.fill_order = order;
             return;
         }
+        // A fill that asks for nothing leaves no trace, its random draws included: a driver
+        // that sends a `Tick` when nothing is due (the node ticks every 100 ms) then gets the
+        // same actions as one that ticks only at `next_wakeup` (the simulator).
+        let rng_before = self.rng.clone();
+        let requests_before = actions.len();
         // A random rotation spreads equal peers fairly; the stable sort then puts preferred
         // peers first.
         let start = self.rng.below(order.len());
@@ -55,7 +60,26 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 });
             }
         }
+        if actions.len() == requests_before {
+            self.rng = rng_before;
+        }
         self.fill_order = order;
+    }
+
+    /// The next time a chunk in flight becomes overdue for an endgame duplicate (see
+    /// [`Scheduler::pick_endgame`]), after now; `None` outside the endgame.
+    pub(super) fn next_overdue(&self) -> Option<Duration> {
+        if !self.endgame() {
+            return None;
+        }
+        self.requests_by_age
+            .iter()
+            .filter_map(|(sent, peer, _)| {
+                let latency = self.peers.get(peer)?.latency?;
+                Some(*sent + latency.saturating_mul(ENDGAME_OVERDUE_FACTOR))
+            })
+            .filter(|&at| at > self.now)
+            .min()
     }
 
     /// A chunk to ask `peer` for; with `owners_only` (a peer outside this node's site: the

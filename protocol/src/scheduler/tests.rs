@@ -318,6 +318,41 @@ fn a_busy_peer_rests_one_backoff_each_time_without_doubling() {
 }
 
 #[test]
+fn a_peer_busy_with_our_own_requests_keeps_them_without_resting_and_grows_no_further_for_a_while() {
+    let mut cfg = config();
+    cfg.requests_per_peer_initial = 3;
+    let mut s = S::new(16, cfg, 5);
+    let sent = requests(&join(&mut s, "seed", Bitmap::full(16), 0));
+    assert_eq!(sent.len(), 3);
+    // The third request found the first two queued ahead of it at the peer.
+    let actions = s.handle(
+        Event::PeerBusy {
+            peer: "seed",
+            chunk: sent[2].1,
+        },
+        ms(1),
+    );
+    s.check_invariants();
+    assert!(requests(&actions).is_empty(), "two are still queued there");
+    assert_eq!(
+        s.next_wakeup(),
+        Some(ms(1000)),
+        "no rest: only the requests' timeout"
+    );
+    // Each arrival makes room for one more at once, no rest, and no growth for a backoff.
+    assert_eq!(requests(&arrive(&mut s, "seed", sent[0].1, 20)).len(), 1);
+    assert_eq!(requests(&arrive(&mut s, "seed", sent[1].1, 40)).len(), 1);
+    assert_eq!(s.peers().next().unwrap().1.in_flight_limit, 2);
+    // After the backoff, good chunks grow the limit again.
+    let in_flight: Vec<u32> = s.requests_in_flight().map(|(_, c)| c).collect();
+    assert_eq!(
+        requests(&arrive(&mut s, "seed", in_flight[0], 100)).len(),
+        2
+    );
+    s.check_invariants();
+}
+
+#[test]
 fn endgame_duplicates_only_overdue_requests() {
     let mut cfg = config();
     cfg.requests_per_peer_initial = cfg.requests_per_peer_max;

@@ -1,18 +1,18 @@
 //! One blob's transfer: the driver of the protocol's [`Fetch`] machine, which decides whom to
-//! ask whether they have the blob, whose have feed to watch and which chunk to ask of which
-//! peer (the simulator drives the same machine). This task carries out its actions, gets and
-//! checks the chunk index, checks every chunk against it, writes it, and tells readers.
+//! ask whether they have the blob, whose have feed to watch, which chunk to ask of which peer,
+//! whom to ask for the index, and when the blob comes from an upstream or the transfer gives
+//! up (the simulator drives the same machine). This task carries out its actions over the
+//! network, checks the index and every chunk against it, writes chunks, and tells readers.
 //!
 //! Memory is bounded by the chunks in flight (the scheduler's per-peer limit times the chunk
 //! size); progress is persisted about once a second and resumed after a restart.
 //!
 //! When no peer has the blob and its [`Origin`] names a namespace with an upstream, one node
-//! downloads it from the upstream for everyone: each node asking picks the same one among
-//! itself and its connected peers (rendezvous hashing of peer ids with the digest), asks it
-//! with [`Request::Fetch`], and takes the blob from it like from any peer. If that node
-//! disappears or stalls, the asker downloads it itself. A peer still downloading from its
-//! upstream has no index yet, so the blob is relayed from it front to back while it arrives
-//! ([`SequentialBlob`]), checked whole at the end like the upstream's own bytes.
+//! downloads it from the upstream for everyone (the fetch's `fallback` chooses it; this task
+//! asks it with [`Request::Fetch`]), and the others take the blob from it like from any peer.
+//! A peer still downloading from its upstream has no index yet, so the blob is relayed from it
+//! front to back while it arrives ([`SequentialBlob`]), checked whole at the end like the
+//! upstream's own bytes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -22,8 +22,10 @@ use bytes::Bytes;
 use libp2p::PeerId;
 use shoal_protocol::Digest;
 use shoal_protocol::chunk::ChunkIndex;
+use shoal_protocol::fetch::fallback::DELEGATE_STALL;
 use shoal_protocol::fetch::{
-    ChunkReply, Fetch, FetchAction, FetchEvent, PEER_REFRESH, PeerHolds, TICK,
+    ChunkReply, Fetch, FetchAction, FetchEvent, GiveUp, IndexAnswer, LOCATE_TIMEOUT, PEER_REFRESH,
+    PeerHolds, STALL_TIMEOUT, TICK, Upstream,
 };
 use shoal_protocol::scheduler::{Scheduler, SchedulerConfig};
 use shoal_protocol::wire::{Request, Response};
@@ -41,16 +43,6 @@ use crate::store::{PartialBlob, recorded_index};
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the DHT is asked again for providers while the transfer runs.
 const PROVIDER_REFRESH: Duration = Duration::from_secs(5);
-/// A transfer that finds no peer with the blob for this long gives up.
-const LOCATE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A transfer that receives nothing for this long gives up.
-const STALL_TIMEOUT: Duration = Duration::from_secs(120);
-/// Longest wait for peers' answers before a blob nobody has is taken from the upstream;
-/// usually every connected peer has answered long before.
-const UPSTREAM_AFTER: Duration = Duration::from_secs(1);
-/// A peer fetching from the upstream for this node that shows no progress for this long is
-/// given up on, and this node downloads the blob itself.
-const DELEGATE_STALL: Duration = Duration::from_secs(10);
 /// Bitfield updates pushed by peers' have feeds, queued for the transfer; a full queue holds
 /// the feeds back (each keeps only its latest update meanwhile).
 const PUSHED_QUEUE_LEN: usize = 64;
@@ -107,19 +99,14 @@ struct Written {
     result: Result<(), crate::store::StoreError>,
 }
 
-/// Where a blob that no peer has is coming from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fallback {
-    /// Still finding out whether peers have it.
-    Undecided,
-    /// Asked the chosen peer to fetch it from the upstream; waiting for its answer.
-    Asking,
-    /// A peer fetches it; it last showed progress at `progress_at`.
-    Delegated {
-        peer: PeerId,
-        chunks: u32,
-        progress_at: Instant,
-    },
+/// How the fetch said the transfer goes on or ends, other than by completing.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    /// Relayed from a peer downloading the blob from its upstream.
+    Relay(PeerId),
+    /// Downloaded from the upstream here.
+    Download,
+    GiveUp(GiveUp),
 }
 
 struct Run<'a> {
@@ -129,30 +116,16 @@ struct Run<'a> {
     tasks: JoinSet<Outcome>,
     /// The exchange's decisions: whom to ask, whom to watch, which chunk of whom.
     fetch: Fetch<PeerId>,
-    /// Peers that have (part of) the blob.
-    sources: HashSet<PeerId>,
     /// The blob size and chunk size described by peers heard before the index was known:
     /// where the index may come from, checked against it once it does.
     shapes: HashMap<PeerId, (u64, u32)>,
     index_source: Option<PeerId>,
-    index_requested: bool,
     partial: Option<PartialBlob>,
     /// Chunk writes running (at most [`WRITES_IN_FLIGHT_MAX`]).
     writes: JoinSet<Written>,
     started: Instant,
-    last_receipt: Instant,
-    lookup_running: bool,
-    /// Have requests not answered yet.
-    haves_pending: usize,
-    /// The peers connected when last asked, candidates to fetch from the upstream.
-    connected: HashSet<PeerId>,
     origin: Option<Origin>,
-    fallback: Fallback,
-    /// Peers that would not fetch from the upstream for this node.
-    declined: HashSet<PeerId>,
-    /// A peer that has part of the blob but no index: it is downloading it from an upstream,
-    /// and the blob is relayed from it. Its blob size and chunk size.
-    relay: Option<(PeerId, (u64, u32))>,
+    ending: Option<Ending>,
     /// The sha256 running beside the transfer, when a trusted publisher signed the index.
     sha256_behind: Option<Sha256Behind>,
     /// Whether a client has waited for a chunk of this transfer (`stream.rs`): from then on
@@ -173,27 +146,31 @@ pub async fn run(
     mut focus: mpsc::Receiver<u32>,
 ) -> Result<(), TransferError> {
     let (pushed, mut pushes) = mpsc::channel(PUSHED_QUEUE_LEN);
+    let has_upstream = origin
+        .as_ref()
+        .is_some_and(|origin| context.upstreams.for_repo(&origin.repo).is_some());
+    let fetch = if has_upstream {
+        let upstream = Upstream {
+            local: context.network.local_peer_id(),
+            rank: Box::new(move |peer: &PeerId| fetcher_rank(peer, &blob)),
+        };
+        Fetch::with_upstream(Duration::ZERO, upstream)
+    } else {
+        Fetch::new(Duration::ZERO)
+    };
     let mut run = Run {
         context,
         blob,
         progress,
         tasks: JoinSet::new(),
-        fetch: Fetch::new(Duration::ZERO),
-        sources: HashSet::new(),
+        fetch,
         shapes: HashMap::new(),
         index_source: None,
-        index_requested: false,
         partial: None,
         writes: JoinSet::new(),
         started: Instant::now(),
-        last_receipt: Instant::now(),
-        lookup_running: false,
-        haves_pending: 0,
-        connected: HashSet::new(),
         origin,
-        fallback: Fallback::Undecided,
-        declined: HashSet::new(),
-        relay: None,
+        ending: None,
         sha256_behind: None,
         client_waited: false,
         watches: JoinSet::new(),
@@ -212,7 +189,7 @@ pub async fn run(
     }
     let connected = run.context.network.connected_peers().await;
     run.on_connected(connected).await?;
-    run.lookup_providers();
+    run.lookup_providers().await?;
     let mut tick = tokio::time::interval(TICK);
     let mut persist = tokio::time::interval(PERSIST_INTERVAL);
     let mut refresh = tokio::time::interval(PROVIDER_REFRESH);
@@ -223,12 +200,8 @@ pub async fn run(
         if run.fetch.is_complete() {
             return run.complete().await;
         }
-        if let Some((peer, shape)) = run.relay.take() {
-            return run.relay_from(peer, shape).await;
-        }
-        // After every event, not only on ticks: a client waits on this decision.
-        if let Some(download) = run.upstream_download() {
-            return run.download(download).await;
+        if let Some(ending) = run.ending.take() {
+            return run.end(ending).await;
         }
         tokio::select! {
             Some(Ok(outcome)) = run.tasks.join_next(), if !run.tasks.is_empty() => run.on_outcome(outcome).await?,
@@ -242,15 +215,12 @@ pub async fn run(
                 }
                 run.handle(FetchEvent::Focus { chunk }).await?;
             }
-            _ = tick.tick() => {
-                run.check_timeouts()?;
-                run.handle(FetchEvent::Tick).await?;
-            }
+            _ = tick.tick() => run.handle(FetchEvent::Tick).await?,
             _ = persist.tick() => {
                 run.persist()?;
                 run.place_all();
             }
-            _ = refresh.tick() => run.lookup_providers(),
+            _ = refresh.tick() => run.lookup_providers().await?,
             _ = reask.tick() => run.ask_connected(),
         }
     }
@@ -259,15 +229,15 @@ pub async fn run(
 impl Run<'_> {
     /// Whoever the DHT says provides the blob, including nodes that started fetching it after
     /// this one. One lookup at a time.
-    fn lookup_providers(&mut self) {
-        if self.lookup_running {
-            return;
+    async fn lookup_providers(&mut self) -> Result<(), TransferError> {
+        if self.fetch.lookup_running() {
+            return Ok(());
         }
-        self.lookup_running = true;
         let network = self.context.network.clone();
         let blob = self.blob;
         self.tasks
             .spawn(async move { Outcome::Providers(network.find_providers(blob).await, true) });
+        self.handle(FetchEvent::LookupStarted).await
     }
 
     /// The connected peers not yet known to have the blob (in a small network, everyone).
@@ -281,65 +251,9 @@ impl Run<'_> {
     fn ask_have(&mut self, peer: PeerId) {
         let network = self.context.network.clone();
         let blob = self.blob;
-        self.haves_pending += 1;
         self.tasks.spawn(async move {
             Outcome::Have(peer, network.request(peer, Request::Have { blob }).await)
         });
-    }
-
-    /// Decides whether this node should download the blob from the upstream now, asking
-    /// another node to when that one is the chosen fetcher.
-    fn upstream_download(&mut self) -> Option<Download> {
-        let download = self.own_download()?;
-        if self.fetch.scheduler().is_some() {
-            return None;
-        }
-        match self.fallback {
-            Fallback::Undecided => {
-                // With no peer connected the DHT cannot name one: no need to wait for it.
-                let settled =
-                    self.haves_pending == 0 && (!self.lookup_running || self.connected.is_empty());
-                if !self.sources.is_empty() || !(settled || self.started.elapsed() > UPSTREAM_AFTER)
-                {
-                    return None;
-                }
-                let local = self.context.network.local_peer_id();
-                let chosen = self
-                    .connected
-                    .iter()
-                    .copied()
-                    .filter(|peer| !self.declined.contains(peer))
-                    .chain([local])
-                    .max_by_key(|peer| fetcher_rank(peer, &self.blob))
-                    .unwrap_or(local);
-                if chosen == local {
-                    return Some(download);
-                }
-                tracing::info!(peer = %chosen, "asking a peer to fetch from the upstream");
-                self.fallback = Fallback::Asking;
-                let network = self.context.network.clone();
-                let request = Request::Fetch {
-                    blob: self.blob,
-                    repository: download.repo.qualified(),
-                    manifest: download.manifest,
-                };
-                self.tasks.spawn(async move {
-                    Outcome::Delegation(chosen, network.request(chosen, request).await)
-                });
-                None
-            }
-            Fallback::Asking => None,
-            Fallback::Delegated {
-                peer, progress_at, ..
-            } => {
-                let gone = !self.connected.contains(&peer);
-                if gone || progress_at.elapsed() > DELEGATE_STALL {
-                    tracing::info!(%peer, gone, "the peer fetching from the upstream stalled; fetching it here");
-                    return Some(download);
-                }
-                None
-            }
-        }
     }
 
     /// The download of the blob from this node's upstream, if its origin has one.
@@ -351,6 +265,45 @@ impl Run<'_> {
             blob: self.blob,
             manifest: origin.manifest,
         })
+    }
+
+    /// Ends the transfer the way the fetch said.
+    async fn end(&mut self, ending: Ending) -> Result<(), TransferError> {
+        let blob = self.blob;
+        match ending {
+            Ending::Relay(peer) => self.relay_from(peer).await,
+            Ending::Download => match self.own_download() {
+                Some(download) => self.download(download).await,
+                None => Err(TransferError::NoPeer {
+                    blob,
+                    waited: self.started.elapsed(),
+                }),
+            },
+            Ending::GiveUp(GiveUp::NoPeer) => Err(TransferError::NoPeer {
+                blob,
+                waited: LOCATE_TIMEOUT,
+            }),
+            Ending::GiveUp(GiveUp::Stalled) => Err(TransferError::Stalled {
+                blob,
+                waited: STALL_TIMEOUT,
+            }),
+        }
+    }
+
+    /// Asks `peer` to fetch the blob from the upstream for this node (and the others).
+    fn delegate(&mut self, peer: PeerId) {
+        let Some(download) = self.own_download() else {
+            return;
+        };
+        tracing::info!(%peer, "asking a peer to fetch from the upstream");
+        let network = self.context.network.clone();
+        let request = Request::Fetch {
+            blob: self.blob,
+            repository: download.repo.qualified(),
+            manifest: download.manifest,
+        };
+        self.tasks
+            .spawn(async move { Outcome::Delegation(peer, network.request(peer, request).await) });
     }
 
     /// Downloads the blob from the upstream; the transfer ends with it.
@@ -372,11 +325,14 @@ impl Run<'_> {
     /// Takes the blob front to back from `peer`, which is downloading it from its upstream,
     /// while it arrives there. If the relay fails, the blob comes from this node's own upstream
     /// when there is one.
-    async fn relay_from(&mut self, peer: PeerId, shape: (u64, u32)) -> Result<(), TransferError> {
+    async fn relay_from(&mut self, peer: PeerId) -> Result<(), TransferError> {
         tracing::info!(%peer, "relaying the blob from a peer that is fetching it from its upstream");
         self.tasks.abort_all();
         self.settle_writes().await?;
-        let relayed = self.relay_chunks(peer, shape).await;
+        let relayed = match self.shapes.get(&peer) {
+            Some(&shape) => self.relay_chunks(peer, shape).await,
+            None => Err(TransferError::RelayStopped { peer, chunk: 0 }),
+        };
         match relayed {
             Ok(()) => {
                 self.context.network.provide(self.blob).await;
@@ -446,88 +402,35 @@ impl Run<'_> {
             .map_err(|error| wrong(WrongContent::Blob(Box::new(error))))
     }
 
-    /// Notes a delegate's progress, seen in its answers to `Have`.
-    fn delegate_progress(&mut self, from: PeerId, chunks_now: u32) {
-        if let Fallback::Delegated {
-            peer,
-            chunks,
-            progress_at,
-        } = &mut self.fallback
-            && *peer == from
-            && chunks_now > *chunks
-        {
-            *chunks = chunks_now;
-            *progress_at = Instant::now();
-        }
-    }
-
-    fn check_timeouts(&self) -> Result<(), TransferError> {
-        let waiting_on_upstream =
-            matches!(self.fallback, Fallback::Asking | Fallback::Delegated { .. });
-        let scheduling = self.fetch.scheduler().is_some();
-        if !scheduling
-            && self.sources.is_empty()
-            && !waiting_on_upstream
-            && self.started.elapsed() > LOCATE_TIMEOUT
-        {
-            return Err(TransferError::NoPeer {
-                blob: self.blob,
-                waited: LOCATE_TIMEOUT,
-            });
-        }
-        if scheduling && self.last_receipt.elapsed() > STALL_TIMEOUT {
-            return Err(TransferError::Stalled {
-                blob: self.blob,
-                waited: STALL_TIMEOUT,
-            });
-        }
-        Ok(())
-    }
-
     async fn on_outcome(&mut self, outcome: Outcome) -> Result<(), TransferError> {
         match outcome {
             Outcome::Providers(providers, true) => {
-                self.lookup_running = false;
                 let local = self.context.network.local_peer_id();
                 let peers = providers.into_iter().filter(|&p| p != local).collect();
                 self.handle(FetchEvent::Candidates { peers }).await?;
             }
             Outcome::Providers(connected, false) => self.on_connected(connected).await?,
-            Outcome::Have(peer, result) => {
-                self.haves_pending = self.haves_pending.saturating_sub(1);
-                self.on_have(peer, result, false).await?;
-            }
+            Outcome::Have(peer, result) => self.on_have(peer, result, false).await?,
             Outcome::Index(peer, Ok(Response::Index(index))) => self.on_index(peer, index).await?,
             Outcome::Index(peer, result) => {
-                self.index_requested = false;
-                let described = self.shapes.remove(&peer);
-                // Part of the blob and no index: the peer is downloading it from an upstream.
-                if let (Ok(Response::NotFound), Some(shape)) = (&result, described) {
-                    self.relay = Some((peer, shape));
-                    return Ok(());
-                }
-                if let Some(next) = self.shapes.keys().next().copied() {
-                    self.request_index(next);
-                }
+                let answer = match result {
+                    Ok(Response::NotFound) => IndexAnswer::Missing,
+                    _ => IndexAnswer::Failed,
+                };
+                self.handle(FetchEvent::Index { peer, answer }).await?;
             }
             Outcome::Chunk(peer, chunk, result) => self.on_chunk(peer, chunk, result).await?,
-            Outcome::Delegation(peer, Ok(Response::Fetching)) => {
-                self.fallback = Fallback::Delegated {
-                    peer,
-                    chunks: 0,
-                    progress_at: Instant::now(),
-                };
-                self.ask_have(peer);
-            }
-            Outcome::Delegation(peer, Ok(Response::Denied)) => {
-                tracing::info!(%peer, "the peer does not fetch from the upstream for this node (peer zones)");
-                self.declined.insert(peer);
-                self.fallback = Fallback::Undecided;
-            }
-            Outcome::Delegation(peer, _) => {
-                tracing::info!(%peer, "the peer cannot fetch from the upstream");
-                self.declined.insert(peer);
-                self.fallback = Fallback::Undecided;
+            Outcome::Delegation(peer, result) => {
+                let accepted = matches!(result, Ok(Response::Fetching));
+                match result {
+                    Ok(Response::Fetching) => {}
+                    Ok(Response::Denied) => {
+                        tracing::info!(%peer, "the peer does not fetch from the upstream for this node (peer zones)");
+                    }
+                    _ => tracing::info!(%peer, "the peer cannot fetch from the upstream"),
+                }
+                self.handle(FetchEvent::Delegation { peer, accepted })
+                    .await?;
             }
         }
         Ok(())
@@ -538,9 +441,7 @@ impl Run<'_> {
         &mut self,
         connected: impl IntoIterator<Item = PeerId>,
     ) -> Result<(), TransferError> {
-        self.connected = connected.into_iter().collect();
-        self.sources.retain(|peer| self.connected.contains(peer));
-        let peers = self.connected.iter().copied().collect();
+        let peers = connected.into_iter().collect();
         self.handle(FetchEvent::Connected { peers }).await
     }
 
@@ -559,7 +460,6 @@ impl Run<'_> {
                 chunks,
                 complete,
             }) => {
-                self.delegate_progress(peer, chunks.count_ones());
                 let shape = (blob_size, chunk_bytes);
                 if let Some(partial) = &self.partial {
                     let index = partial.index();
@@ -568,12 +468,8 @@ impl Run<'_> {
                         return self.ban(peer).await;
                     }
                 }
-                self.sources.insert(peer);
-                let peers = self.sources.len();
-                self.progress.send_modify(|progress| progress.peers = peers);
                 if self.fetch.scheduler().is_none() {
                     self.shapes.insert(peer, shape);
-                    self.request_index(peer);
                 }
                 Some(PeerHolds { chunks, complete })
             }
@@ -584,7 +480,10 @@ impl Run<'_> {
         } else {
             FetchEvent::Have { peer, holds }
         };
-        self.handle(event).await
+        self.handle(event).await?;
+        let peers = self.fetch.sources();
+        self.progress.send_modify(|progress| progress.peers = peers);
+        Ok(())
     }
 
     /// Watches `peer`'s bitfield on its have feed; a peer that gives no feed is polled.
@@ -605,10 +504,6 @@ impl Run<'_> {
     }
 
     fn request_index(&mut self, peer: PeerId) {
-        if self.index_requested || self.fetch.scheduler().is_some() {
-            return;
-        }
-        self.index_requested = true;
         let network = self.context.network.clone();
         let blob = self.blob;
         self.tasks.spawn(async move {
@@ -625,12 +520,9 @@ impl Run<'_> {
             && trusted_root.is_none_or(|root| root == index.root());
         if !valid {
             tracing::warn!(%peer, "peer sent an invalid chunk index");
-            self.ban(peer).await?;
-            self.index_requested = false;
-            if let Some(next) = self.shapes.keys().next().copied() {
-                self.request_index(next);
-            }
-            return Ok(());
+            self.shapes.remove(&peer);
+            let answer = IndexAnswer::Invalid;
+            return self.handle(FetchEvent::Index { peer, answer }).await;
         }
         self.index_source = Some(peer);
         self.begin(index).await
@@ -728,7 +620,6 @@ impl Run<'_> {
     /// is written behind them.
     async fn keep(&mut self, chunk: u32, bytes: Bytes) -> Result<(), TransferError> {
         self.pace_to_hasher().await;
-        self.last_receipt = Instant::now();
         Counters::add(
             &self.context.counters.bytes_received_from_peers,
             bytes.len() as u64,
@@ -838,6 +729,11 @@ impl Run<'_> {
                 }
                 FetchAction::Ban { peer } => self.disconnect(peer).await,
                 FetchAction::Completed => {}
+                FetchAction::RequestIndex { peer } => self.request_index(peer),
+                FetchAction::Delegate { peer } => self.delegate(peer),
+                FetchAction::Relay { peer } => self.ending = Some(Ending::Relay(peer)),
+                FetchAction::Download => self.ending = Some(Ending::Download),
+                FetchAction::GiveUp(reason) => self.ending = Some(Ending::GiveUp(reason)),
             }
         }
         Ok(())
@@ -896,7 +792,6 @@ impl Run<'_> {
     }
 
     async fn disconnect(&mut self, peer: PeerId) {
-        self.sources.remove(&peer);
         Counters::add(&self.context.counters.peers_banned, 1);
         self.context.network.ban(peer).await;
     }
