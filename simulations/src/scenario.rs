@@ -154,6 +154,7 @@ pub struct SchedulerOverrides {
     pub request_timeout_s: Option<f64>,
     pub have_poll_interval_ms: Option<u64>,
     pub endgame_duplicates_max: Option<usize>,
+    pub failure_backoff_ms: Option<u64>,
     /// `Scheduler::set_preference` for the origin in every host's scheduler: negative values
     /// offer it work only after every other peer. The node does not do this (an experiment).
     pub origin_preference: Option<i32>,

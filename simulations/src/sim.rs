@@ -28,7 +28,7 @@
 //!   hostile ones' do not); a `Keep` is the host verifying and storing a chunk;
 //! - the node cannot abort a request-response exchange, so a cancelled request's bytes still
 //!   cross the links;
-//! - `Tick` on the node's 100 ms grid when `Fetch::next_wakeup` asks for one;
+//! - `Tick` at `Fetch::next_tick`, as the node's transfer ticks;
 //! - churn: a host that leaves or crashes answers nothing (requests to it fail after one
 //!   latency, and its chunks in flight fail on arrival).
 //!
@@ -39,7 +39,6 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use shoal_protocol::feed::push_delay;
-use shoal_protocol::fetch::TICK;
 use shoal_protocol::{
     Answer, Bitmap, ChunkReply, ChunkRequest, Digest, Fetch, FetchAction, FetchEvent, Holding,
     PeerHolds, SchedulerConfig, Serving,
@@ -52,8 +51,6 @@ use crate::scenario::Scenario;
 use crate::topology::{ORIGIN, Role, Topology};
 use crate::trace::{Recorded, Recorder, Step};
 
-/// [`TICK`] on the virtual clock: a host sees time pass on this grid, as the node does.
-const TICK_MICROS: Micros = TICK.as_micros() as Micros;
 /// [`shoal_protocol::FEED_INTERVAL`] on the virtual clock: a watch gets a push at most this
 /// often.
 const FEED_INTERVAL: Micros = shoal_protocol::FEED_INTERVAL.as_micros() as Micros;
@@ -133,8 +130,6 @@ struct NodeState {
     epoch: u32,
     /// When each earlier life ended, by epoch: whether a push due then was still sent.
     offline_at: Vec<Micros>,
-    /// When this life's transfer started (the origin of its tick grid).
-    life_start: Micros,
     first_start: Option<Micros>,
     done_at: Option<Micros>,
     tick_at: Option<Micros>,
@@ -258,6 +253,9 @@ pub fn scheduler_config(scenario: &Scenario) -> SchedulerConfig {
     if let Some(v) = o.endgame_duplicates_max {
         config.endgame_duplicates_max = v;
     }
+    if let Some(v) = o.failure_backoff_ms {
+        config.failure_backoff = Duration::from_millis(v);
+    }
     config
 }
 
@@ -286,7 +284,6 @@ impl<'a> Simulation<'a> {
                     started: seeded,
                     epoch: 0,
                     offline_at: Vec::new(),
-                    life_start: 0,
                     first_start: None,
                     done_at: seeded.then_some(0),
                     tick_at: None,
@@ -508,7 +505,6 @@ impl<'a> Simulation<'a> {
         if state.done_at.is_some() {
             return;
         }
-        state.life_start = now;
         let seed = seed ^ u64::from(state.epoch);
         let resumed = state.have.clone();
         let scheduler = Step::scheduler(chunk_count, &config, seed, &resumed, site_key);
@@ -943,21 +939,17 @@ impl<'a> Simulation<'a> {
         self.arm_tick(node);
     }
 
-    /// Schedules the host's next `Tick` on its 100 ms grid, when its scheduler wants one
-    /// earlier than the one pending. A wakeup beyond the virtual clock's range saturates at
-    /// its end, past any time limit.
+    /// Schedules the host's next `Tick` at `Fetch::next_tick`, when that is earlier than the
+    /// one pending (and after now). A wakeup beyond the virtual clock's range saturates at its
+    /// end, past any time limit.
     fn arm_tick(&mut self, node: u32) {
         let now = self.now;
         let state = &mut self.nodes[node as usize];
-        let wakeup = state.fetch.as_ref().and_then(Fetch::next_wakeup).map(|w| {
-            let since = Micros::try_from(w.as_micros())
-                .unwrap_or(Micros::MAX)
-                .saturating_sub(state.life_start);
-            let ticks = since.div_ceil(TICK_MICROS).max(1);
-            state
-                .life_start
-                .saturating_add(ticks.saturating_mul(TICK_MICROS))
-        });
+        let wakeup = state
+            .fetch
+            .as_ref()
+            .and_then(Fetch::next_tick)
+            .map(|at| Micros::try_from(at.as_micros()).unwrap_or(Micros::MAX));
         if let Some(at) = wakeup {
             let at = at.max(now + 1);
             if state.tick_at.is_none_or(|t| at < t) {

@@ -1,10 +1,10 @@
-//! One host's exchange recorded in the simulator, replayed the way the node drives its fetch
-//! machine: the node's transfer ticks every `TICK` from its start whether or not anything is
-//! due (`exchange/fetch/transfer.rs`), where the simulator ticks only when
-//! `Fetch::next_wakeup` asks (on the same grid). Both must get the same actions: the
-//! recorded steps give exactly the recorded actions, and the node's extra ticks give none. A
-//! timer the machine forgot to report in `next_wakeup` would act on a tick the simulator never
-//! sends, and the two drivers would run different exchanges.
+//! One host's exchange recorded in the simulator, replayed into a fresh fetch machine with a
+//! `Tick` on every point of the 100 ms grid, as the node's transfer ticked until it learnt
+//! `Fetch::next_tick` (and as any driver may), where the simulator ticks only when the
+//! machine asks. Both must get the same actions: the recorded steps give exactly the
+//! recorded actions, and the extra ticks give none. A timer the machine forgot to report in
+//! `next_wakeup`, or a tick that changes state without acting, would make drivers that tick
+//! differently run different exchanges.
 
 use shoal_protocol::fetch::TICK;
 use shoal_protocol::{Fetch, FetchAction, FetchEvent};
@@ -37,8 +37,7 @@ fraction = 0.2
 up_mbps = 80
 "#;
 
-/// Replays `steps` into a fresh machine, ticking every `TICK` from the fetch's start as the
-/// node does; returns the actions of each recorded step, and those of the extra ticks.
+/// Replays `steps` into a fresh machine, ticking every `TICK` from the fetch's start; returns the actions of each recorded step, and those of the extra ticks.
 fn replay_as_the_node(steps: &[Recorded]) -> (Vec<Vec<FetchAction<u32>>>, Vec<FetchAction<u32>>) {
     let start = steps.first().map(|r| r.at).unwrap_or_default();
     let mut fetch = Fetch::new(start);
@@ -100,7 +99,7 @@ fn count(steps: &[Recorded], wanted: fn(&FetchAction<u32>) -> bool) -> usize {
 }
 
 #[test]
-fn a_recorded_exchange_replayed_the_way_the_node_ticks_gives_the_same_actions() {
+fn a_recorded_exchange_replayed_with_a_tick_every_100_ms_gives_the_same_actions() {
     let scenario = Scenario::from_toml(SWARM).expect("the replay scenario parses");
     let topology = Topology::build(&scenario);
     let mut checked = 0;
@@ -122,7 +121,7 @@ fn a_recorded_exchange_replayed_the_way_the_node_ticks_gives_the_same_actions() 
                 recorded.step, recorded.at
             );
         }
-        assert_eq!(extra, [], "host {host}: the node's extra ticks acted");
+        assert_eq!(extra, [], "host {host}: the extra ticks acted");
         assert_eq!(
             count(&steps, |a| matches!(a, FetchAction::Completed)),
             1,

@@ -467,6 +467,18 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
             .min()
     }
 
+    /// When a driver sends its next `Tick`: [`Fetch::next_wakeup`] rounded up to the [`TICK`]
+    /// grid that starts with the fetch (a whole tick after the start at the earliest). Both
+    /// drivers tick on this grid, so their clocks agree on what is due; a time already
+    /// passed is due at once.
+    pub fn next_tick(&self) -> Option<Duration> {
+        let wakeup = self.next_wakeup()?;
+        let since = wakeup.saturating_sub(self.started);
+        let ticks = since.as_nanos().div_ceil(TICK.as_nanos()).max(1);
+        let ticks = u32::try_from(ticks).unwrap_or(u32::MAX);
+        Some(self.started.saturating_add(TICK.saturating_mul(ticks)))
+    }
+
     /// How many peers have shown part of the blob.
     pub fn sources(&self) -> usize {
         self.sources.len()
@@ -505,8 +517,11 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
     /// a peer still fetching the blob has shown up; at once when every connected peer holds
     /// the whole blob; else after [`IN_ORDER_AFTER`].
     pub fn in_order(&self) -> bool {
+        if self.swarm_seen {
+            return false;
+        }
         let only_whole = !self.connected.is_empty() && self.connected.is_subset(&self.whole);
-        !self.swarm_seen && (only_whole || self.now >= self.started + IN_ORDER_AFTER)
+        only_whole || self.now >= self.started + IN_ORDER_AFTER
     }
 
     fn choose_order(&mut self) {

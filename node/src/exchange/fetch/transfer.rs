@@ -39,6 +39,9 @@ use crate::network::{ChunkAnswer, RequestError};
 use crate::observe::Counters;
 use crate::store::{PartialBlob, recorded_index};
 
+/// When a transfer whose fetch wants no `Tick` ticks anyway, after its start: never, in
+/// practice (every event wakes the transfer, and a stalled one gives up long before).
+const IDLE_TICK: Duration = Duration::from_secs(365 * 86_400);
 /// How often progress is made durable.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the DHT is asked again for providers while the transfer runs.
@@ -190,7 +193,9 @@ pub async fn run(
     let connected = run.context.network.connected_peers().await;
     run.on_connected(connected).await?;
     run.lookup_providers().await?;
-    let mut tick = tokio::time::interval(TICK);
+    let tick = tokio::time::sleep(TICK);
+    tokio::pin!(tick);
+    let mut ticked = tokio::time::Instant::from_std(run.started);
     let mut persist = tokio::time::interval(PERSIST_INTERVAL);
     let mut refresh = tokio::time::interval(PROVIDER_REFRESH);
     refresh.tick().await;
@@ -202,6 +207,10 @@ pub async fn run(
         }
         if let Some(ending) = run.ending.take() {
             return run.end(ending).await;
+        }
+        let due = run.next_tick().max(ticked + TICK);
+        if tick.deadline() != due {
+            tick.as_mut().reset(due);
         }
         tokio::select! {
             Some(Ok(outcome)) = run.tasks.join_next(), if !run.tasks.is_empty() => run.on_outcome(outcome).await?,
@@ -215,7 +224,10 @@ pub async fn run(
                 }
                 run.handle(FetchEvent::Focus { chunk }).await?;
             }
-            _ = tick.tick() => run.handle(FetchEvent::Tick).await?,
+            () = &mut tick => {
+                ticked = tick.deadline();
+                run.handle(FetchEvent::Tick).await?;
+            }
             _ = persist.tick() => {
                 run.persist()?;
                 run.place_all();
@@ -227,6 +239,12 @@ pub async fn run(
 }
 
 impl Run<'_> {
+    /// When the fetch wants its next `Tick` ([`Fetch::next_tick`]).
+    fn next_tick(&self) -> tokio::time::Instant {
+        let started = tokio::time::Instant::from_std(self.started);
+        started + self.fetch.next_tick().unwrap_or(IDLE_TICK)
+    }
+
     /// Whoever the DHT says provides the blob, including nodes that started fetching it after
     /// this one. One lookup at a time.
     async fn lookup_providers(&mut self) -> Result<(), TransferError> {
