@@ -33,8 +33,8 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             return;
         }
         // A fill that asks for nothing leaves no trace, its random draws included: a driver
-        // that sends a `Tick` when nothing is due then gets the same actions as one that ticks
-        // only at `next_wakeup`.
+        // that sends a `Tick` when nothing is due (the node ticks every 100 ms) then gets the
+        // same actions as one that ticks only at `next_wakeup` (the simulator).
         let rng_before = self.rng.clone();
         let requests_before = actions.len();
         // A random rotation spreads equal peers fairly; the stable sort then puts preferred
@@ -43,8 +43,6 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         order.rotate_left(start);
         order.sort_by_key(|(_, preference)| Reverse(*preference));
         let fetchers = self.site_fetchers();
-        // The endgame's candidates, worked out once for all peers until a request changes them.
-        let mut overdue = None;
         for (peer, _) in order.drain(..) {
             let owners_only = self.owners_only(&peer).then_some(fetchers.as_deref());
             while let Some(state) = self.peers.get(&peer) {
@@ -52,10 +50,9 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                     break;
                 }
                 let random = self.rng.next_u64();
-                let Some(chunk) = self.pick(state, random, owners_only, &mut overdue) else {
+                let Some(chunk) = self.pick(state, random, owners_only) else {
                     break;
                 };
-                overdue = None;
                 self.start_request(&peer, chunk);
                 actions.push(Action::Request {
                     peer: peer.clone(),
@@ -87,19 +84,17 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
 
     /// A chunk to ask `peer` for; with `owners_only` (a peer outside this node's site: the
     /// site's fetchers), only one this node owns for its site.
-    /// `overdue` caches [`Scheduler::overdue_candidates`] across the peers of one fill.
     fn pick(
         &self,
         peer: &PeerState,
         random: u64,
         owners_only: Option<Option<&[u64]>>,
-        overdue: &mut Option<Vec<u32>>,
     ) -> Option<u32> {
         let allowed =
             |chunk: u32| owners_only.is_none_or(|fetchers| self.owned_here(chunk, fetchers));
         self.pick_focus(peer, &allowed)
             .or_else(|| self.pick_rarest(peer, random, &allowed))
-            .or_else(|| self.pick_endgame(peer, &allowed, overdue))
+            .or_else(|| self.pick_endgame(peer, &allowed))
     }
 
     fn focus_window(&self) -> std::ops::Range<u32> {
@@ -191,46 +186,33 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     /// whose every request has been out for more than twice its peer's usual delivery time
     /// (at once for a peer that has delivered nothing yet). A healthy request on a slow link
     /// is left alone, which is what keeps a site's shared uplink at one copy.
-    fn pick_endgame(
-        &self,
-        peer: &PeerState,
-        allowed: &impl Fn(u32) -> bool,
-        overdue: &mut Option<Vec<u32>>,
-    ) -> Option<u32> {
+    fn pick_endgame(&self, peer: &PeerState, allowed: &impl Fn(u32) -> bool) -> Option<u32> {
         if !self.endgame() {
             return None;
         }
-        overdue
-            .get_or_insert_with(|| self.overdue_candidates())
-            .iter()
-            .copied()
-            .find(|&chunk| {
-                peer.have.get(chunk) && !peer.in_flight.contains_key(&chunk) && allowed(chunk)
-            })
-    }
-
-    /// The chunks an endgame request may duplicate, best first: in flight with fewer than
-    /// `endgame_duplicates_max` copies, not had, and overdue; by copies, then how long they
-    /// have been in flight, then number. The same for every peer of a fill, so worked out
-    /// once (each peer used to walk every chunk in flight, and every peer for each).
-    fn overdue_candidates(&self) -> Vec<u32> {
         let copies_max = self.config.endgame_duplicates_max as u32;
-        let mut candidates: Vec<(u32, Duration, u32)> = self
-            .in_flight_chunks
-            .iter_ones()
-            .map(|chunk| {
-                (
-                    self.copies[chunk as usize],
-                    self.in_flight_since[chunk as usize],
-                    chunk,
-                )
-            })
-            .filter(|&(copies, _, chunk)| {
-                copies < copies_max && !self.have.get(chunk) && self.overdue(chunk)
-            })
-            .collect();
-        candidates.sort_unstable();
-        candidates.into_iter().map(|(_, _, chunk)| chunk).collect()
+        // The least key among the candidates; the costly checks only for keys that beat the
+        // best so far.
+        let mut best: Option<(u32, Duration, u32)> = None;
+        for chunk in self.in_flight_chunks.iter_ones() {
+            let key = (
+                self.copies[chunk as usize],
+                self.in_flight_since[chunk as usize],
+                chunk,
+            );
+            if key.0 >= copies_max || best.is_some_and(|best| best <= key) {
+                continue;
+            }
+            if peer.have.get(chunk)
+                && !peer.in_flight.contains_key(&chunk)
+                && !self.have.get(chunk)
+                && allowed(chunk)
+                && self.overdue(chunk)
+            {
+                best = Some(key);
+            }
+        }
+        best.map(|(_, _, chunk)| chunk)
     }
 
     /// Whether every request in flight for `chunk` has taken more than
