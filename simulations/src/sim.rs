@@ -556,10 +556,7 @@ impl<'a> Simulation<'a> {
         if self.nodes[node as usize].epoch != epoch {
             return;
         }
-        let holds = have.map(|chunks| PeerHolds {
-            complete: chunks.is_full(),
-            chunks,
-        });
+        let holds = have.map(holds);
         self.drive(node, FetchEvent::Have { peer, holds });
     }
 
@@ -722,11 +719,7 @@ impl<'a> Simulation<'a> {
         if state.epoch != epoch {
             return;
         }
-        let chunks = sender.have_at(sent_at);
-        let holds = Some(PeerHolds {
-            complete: chunks.is_full(),
-            chunks,
-        });
+        let holds = Some(holds(sender.have_at(sent_at)));
         self.drive(node, FetchEvent::Pushed { peer, holds });
     }
 
@@ -1016,6 +1009,15 @@ pub fn serve(
         egress_ahead: Duration::from_micros(backlog),
     };
     serving.decide(&request, Duration::from_micros(now))
+}
+
+/// What a host holding `chunks` tells a peer: every chunk is the blob whole, as the node's
+/// store holds it once a transfer completes.
+fn holds(chunks: Bitmap) -> PeerHolds {
+    PeerHolds {
+        complete: chunks.is_full(),
+        chunks,
+    }
 }
 
 /// A host's rank key for choosing chunk owners within its site: the same on every host, as a

@@ -565,6 +565,13 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
 
     /// Drops everything known of `peer`; the scheduler reassigns its work.
     fn forget(&mut self, peer: &P, actions: &mut Vec<FetchAction<P>>) {
+        if self.drop_peer(peer) {
+            self.drive(Event::PeerLeft { peer: peer.clone() }, actions);
+        }
+    }
+
+    /// Removes `peer` from every set of this machine; whether it had joined the scheduler.
+    fn drop_peer(&mut self, peer: &P) -> bool {
         self.asked.remove(peer);
         self.lacking.remove(peer);
         self.pending.remove(peer);
@@ -574,9 +581,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
         self.sources.remove(peer);
         self.awaiting.remove(peer);
         self.cancelled.retain(|(p, _)| p != peer);
-        if self.joined.remove(peer) {
-            self.drive(Event::PeerLeft { peer: peer.clone() }, actions);
-        }
+        self.joined.remove(peer)
     }
 
     fn ask_lacking_again(&mut self, actions: &mut Vec<FetchAction<P>>) {
@@ -724,16 +729,10 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
                 Action::Cancel { peer, chunk } => {
                     self.cancelled.insert((peer, chunk));
                 }
+                // The scheduler has forgotten the peer already.
                 Action::Ban { peer } => {
                     self.banned.insert(peer.clone());
-                    self.joined.remove(&peer);
-                    self.asked.remove(&peer);
-                    self.awaiting.remove(&peer);
-                    self.sources.remove(&peer);
-                    self.watching.remove(&peer);
-                    self.feeding.remove(&peer);
-                    self.whole.remove(&peer);
-                    self.cancelled.retain(|(p, _)| *p != peer);
+                    self.drop_peer(&peer);
                     actions.push(FetchAction::Ban { peer });
                 }
                 Action::Completed => actions.push(FetchAction::Completed),

@@ -499,8 +499,13 @@ impl Run<'_> {
             FetchEvent::Have { peer, holds }
         };
         self.handle(event).await?;
+        // Readers and have feeds watch the progress: wake them only for news.
         let peers = self.fetch.sources();
-        self.progress.send_modify(|progress| progress.peers = peers);
+        self.progress.send_if_modified(|progress| {
+            let changed = progress.peers != peers;
+            progress.peers = peers;
+            changed
+        });
         Ok(())
     }
 
