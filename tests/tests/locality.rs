@@ -197,16 +197,7 @@ fn without_site_labels_nodes_in_one_namespace_prefer_each_other_over_a_far_one()
         .unwrap();
     far.import_ok(&generated.path, Some("fleet/app:1")).unwrap();
     let fetcher = site_node(dir.path(), "fetcher", &sites, Site::A, &[&near, &far], &[]);
-    let pulled = shoal_tests::node::shoal(fetcher.data(), "pull")
-        .unwrap()
-        .arg("fleet/app:1")
-        .output()
-        .unwrap();
-    assert!(
-        pulled.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pulled.stderr)
-    );
+    pull_timed(&fetcher);
     let from_near = counter(&near.status().unwrap(), "bytes_sent_to_peers");
     let from_far = counter(&far.status().unwrap(), "bytes_sent_to_peers");
     assert!(
