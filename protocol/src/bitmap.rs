@@ -57,6 +57,15 @@ impl Bitmap {
         }
     }
 
+    /// A bitmap of `len` bits with `ones` set (indexes past the end are ignored).
+    pub fn with_ones(len: u32, ones: impl IntoIterator<Item = u32>) -> Self {
+        let mut bitmap = Bitmap::new(len);
+        for one in ones {
+            bitmap.set(one);
+        }
+        bitmap
+    }
+
     /// A bitmap of `len` bits, all set.
     pub fn full(len: u32) -> Self {
         let mut words = vec![u64::MAX; word_count(len)];

@@ -4,7 +4,8 @@
 //!
 //! Data flow: a fetcher that learns a peer holds part of a blob sends [`FeedRequest::Watch`]
 //! on its feed to that peer; the peer answers with a [`FeedUpdate`] at once and another each
-//! time its bitfield changed, at most one per [`FEED_INTERVAL`], until the blob is whole there
+//! time it gained a chunk that is news to the fetcher ([`news_for`]: one the fetcher is not
+//! known to hold), at most one per [`FEED_INTERVAL`], until the blob is whole there
 //! (the last update says `complete`), its transfer fails, or the fetcher sends
 //! [`FeedRequest::Unwatch`]. [`FeedUpdate::Lacks`] ends a watch: the peer does not have the
 //! blob (or may not tell this fetcher), and the fetcher asks again later as it asks any peer.
@@ -37,6 +38,34 @@ pub fn push_delay(random: u64) -> Duration {
     let interval = FEED_INTERVAL.as_nanos();
     let nanos = (u128::from(random) * interval) >> 64;
     Duration::from_nanos(u64::try_from(nanos).unwrap_or_default())
+}
+
+/// Whether a watch has news to push: this node now holds `have`, its last push (or skip)
+/// told `pushed`, and the watcher is known (from its own pushes or `Have` answers to this
+/// node) to hold `watcher_has`. A chunk the watcher holds is no news to it: it never asks
+/// for it, and rarity counts only the chunks a node still needs. So a gain is pushed only if
+/// it holds a chunk the watcher may lack; in a fan-out, where every node watches every other,
+/// about half the gains are chunks most watchers already hold. The first push of a watch is
+/// always news, and so is the last (the blob whole: the driver pushes it regardless).
+pub fn news_for(pushed: Option<&Bitmap>, have: &Bitmap, watcher_has: Option<&Bitmap>) -> bool {
+    let Some(pushed) = pushed else {
+        return true;
+    };
+    if pushed.len() != have.len() {
+        return true;
+    }
+    let watcher = watcher_has
+        .filter(|bitmap| bitmap.len() == have.len())
+        .map(Bitmap::words);
+    have.words()
+        .iter()
+        .zip(pushed.words())
+        .enumerate()
+        .any(|(i, (now, before))| {
+            let gained = now & !before;
+            let unknown = watcher.map_or(u64::MAX, |words| !words[i]);
+            gained & unknown != 0
+        })
 }
 
 /// The largest [`FeedRequest`] frame: a digest and a variant.
@@ -128,6 +157,31 @@ impl FeedUpdate {
 mod tests {
     use super::*;
     use crate::wire::{decode, encode};
+
+    #[test]
+    fn only_gains_the_watcher_may_lack_are_news() {
+        let bits = |ones: &[u32]| Bitmap::with_ones(130, ones.iter().copied());
+        let pushed = bits(&[0, 64]);
+        let gained = bits(&[0, 64, 70, 129]);
+        assert!(
+            news_for(None, &pushed, Some(&Bitmap::full(130))),
+            "a first push"
+        );
+        assert!(
+            news_for(Some(&pushed), &gained, None),
+            "nothing known of the watcher"
+        );
+        assert!(!news_for(Some(&pushed), &gained, Some(&bits(&[70, 129]))));
+        assert!(
+            news_for(Some(&pushed), &gained, Some(&bits(&[70]))),
+            "chunk 129, in the last word, it may lack"
+        );
+        assert!(!news_for(Some(&gained), &gained, None), "nothing gained");
+        assert!(
+            news_for(Some(&pushed), &gained, Some(&Bitmap::full(64))),
+            "a bitfield of another length tells nothing"
+        );
+    }
 
     #[test]
     fn push_delays_spread_over_the_interval() {

@@ -17,7 +17,8 @@
 //!   after the change it tells, or after `FEED_INTERVAL` has passed since the watch's last
 //!   push if that is later, and carries the bitfield of that moment: the watchers of one peer
 //!   hear of its new chunk at different times, not all at once (which herds them onto it).
-//!   Every push reaches its watcher one latency later as `Pushed`. A push of the whole blob
+//!   A gain the watcher already holds, as far as the peer's own fetch knows, is no news and
+//!   gets no push (`feed::news_for`); the push of the whole blob always goes. Every push reaches its watcher one latency later as `Pushed`. A push of the whole blob
 //!   ends the watch; a peer going offline ends its watches (`Fetch::watch_ended`); a watcher
 //!   that goes offline or completes drops its own;
 //! - `Request` → the request travels one latency; the sender answers `NotFound` if it lacks
@@ -38,7 +39,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use shoal_protocol::feed::push_delay;
+use shoal_protocol::feed::{news_for, push_delay};
 use shoal_protocol::{
     Answer, Bitmap, ChunkReply, ChunkRequest, Digest, Fetch, FetchAction, FetchEvent, Holding,
     PeerHolds, SchedulerConfig, Serving,
@@ -668,10 +669,22 @@ impl<'a> Simulation<'a> {
             return;
         }
         let mut cover_until = Micros::MAX;
+        // As the node's feeds: a gain the watcher holds (as far as this host's fetch knows) is
+        // no news to it; the blob whole always is.
+        let whole = self.nodes[node as usize].have.is_full();
+        let mut before = self.nodes[node as usize].have.clone();
+        before.clear(chunk);
         for i in 0..self.nodes[node as usize].watchers.len() {
             let state = &mut self.nodes[node as usize];
+            let watcher = state.watchers[i].host;
+            let known = state
+                .fetch
+                .as_ref()
+                .and_then(Fetch::scheduler)
+                .and_then(|scheduler| scheduler.peer_have(&watcher));
+            let news = whole || news_for(Some(&before), &state.have, known);
             let watch = &mut state.watchers[i];
-            if watch.pushed_at < now {
+            if watch.pushed_at < now && news {
                 let delay = push_delay(state.feed_rng.next_u64()).as_micros() as Micros;
                 watch.pushed_at = now.max(watch.pushed_at + FEED_INTERVAL) + delay;
                 let (watcher, at) = (watch.host, watch.pushed_at);

@@ -1,7 +1,8 @@
 //! Have feeds, the serving side: a peer that fetches blobs this node is fetching too opens one
 //! feed (`network/feed.rs`) and watches them on it; this node pushes its bitfield of each
-//! (`shoal_protocol::feed`): at once, then whenever it changed, at most once per
-//! [`FEED_INTERVAL`], until the blob is whole here or its transfer fails. Each watch is put
+//! (`shoal_protocol::feed`): at once, then whenever it gained a chunk the watcher is not known
+//! to hold (what the watcher told this node's own transfer, `fetch/peer_chunks.rs`), at most
+//! once per [`FEED_INTERVAL`], until the blob is whole here or its transfer fails. Each watch is put
 //! to the zone's rules as a `Have` request is.
 
 use std::collections::HashMap;
@@ -117,6 +118,14 @@ impl PeerService {
                 if let Some(layout) = progress.layout
                     && pushed.as_ref() != Some(&progress.have)
                 {
+                    if !progress
+                        .peer_chunks
+                        .news_for(&peer, pushed.as_ref(), &progress.have)
+                    {
+                        // Only chunks the watcher holds: nothing to tell it.
+                        pushed = Some(progress.have);
+                        continue;
+                    }
                     if pushed_before {
                         tokio::time::sleep(push_delay(random.next_u64())).await;
                         progress = transfer.progress();

@@ -14,11 +14,7 @@ fn ms(n: u64) -> Duration {
 }
 
 fn bits(len: u32, ones: impl IntoIterator<Item = u32>) -> Bitmap {
-    let mut bitmap = Bitmap::new(len);
-    for i in ones {
-        bitmap.set(i);
-    }
-    bitmap
+    Bitmap::with_ones(len, ones)
 }
 
 fn holds(len: u32, ones: impl IntoIterator<Item = u32>) -> Option<PeerHolds> {

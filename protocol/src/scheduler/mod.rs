@@ -471,6 +471,11 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         actions
     }
 
+    /// `peer`'s chunks as its latest bitfield told them, if it is a peer of this transfer.
+    pub fn peer_have(&self, peer: &P) -> Option<&Bitmap> {
+        self.peers.get(peer).map(|state| &state.have)
+    }
+
     /// The chunks had so far.
     pub fn have(&self) -> &Bitmap {
         &self.have

@@ -43,9 +43,31 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         order.rotate_left(start);
         order.sort_by_key(|(_, preference)| Reverse(*preference));
         let fetchers = self.site_fetchers();
-        for (peer, _) in order.drain(..) {
-            let owners_only = self.owners_only(&peer).then_some(fetchers.as_deref());
-            while let Some(state) = self.peers.get(&peer) {
+        let endgame_before = self.endgame();
+        self.fill_pass(&order, fetchers.as_deref(), actions);
+        // A pass that asked for the last un-requested chunks started the endgame after the
+        // peers before them were passed over: they get their duplicates now, not at the next
+        // event (or at the next tick of a driver that ticks more often than it must).
+        if !endgame_before && self.endgame() {
+            self.fill_pass(&order, fetchers.as_deref(), actions);
+        }
+        if actions.len() == requests_before {
+            self.rng = rng_before;
+        }
+        order.clear();
+        self.fill_order = order;
+    }
+
+    /// Gives each peer of `order`, in turn, requests up to its limit.
+    fn fill_pass(
+        &mut self,
+        order: &[(P, i32)],
+        fetchers: Option<&[u64]>,
+        actions: &mut Vec<Action<P>>,
+    ) {
+        for (peer, _) in order {
+            let owners_only = self.owners_only(peer).then_some(fetchers);
+            while let Some(state) = self.peers.get(peer) {
                 if state.in_flight.len() >= state.limit {
                     break;
                 }
@@ -53,17 +75,13 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 let Some(chunk) = self.pick(state, random, owners_only) else {
                     break;
                 };
-                self.start_request(&peer, chunk);
+                self.start_request(peer, chunk);
                 actions.push(Action::Request {
                     peer: peer.clone(),
                     chunk,
                 });
             }
         }
-        if actions.len() == requests_before {
-            self.rng = rng_before;
-        }
-        self.fill_order = order;
     }
 
     /// The next time a chunk in flight becomes overdue for an endgame duplicate (see
@@ -215,14 +233,17 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         best.map(|(_, _, chunk)| chunk)
     }
 
-    /// Whether every request in flight for `chunk` has taken more than
-    /// [`ENDGAME_OVERDUE_FACTOR`] times its peer's smoothed delivery time.
+    /// Whether every request in flight for `chunk` has taken [`ENDGAME_OVERDUE_FACTOR`] times
+    /// its peer's smoothed delivery time or longer: at the moment [`Scheduler::next_overdue`]
+    /// reports, so that a driver waking then acts then. (With "longer" only, the wakeup came
+    /// a moment too early and was not reported again: the simulator's hosts sent the
+    /// duplicate at their next event, a node ticking every 100 ms at its next tick.)
     fn overdue(&self, chunk: u32) -> bool {
         self.peers
             .values()
             .all(|state| match (state.in_flight.get(&chunk), state.latency) {
                 (Some(&sent), Some(latency)) => {
-                    self.now.saturating_sub(sent) > latency.saturating_mul(ENDGAME_OVERDUE_FACTOR)
+                    self.now.saturating_sub(sent) >= latency.saturating_mul(ENDGAME_OVERDUE_FACTOR)
                 }
                 _ => true,
             })

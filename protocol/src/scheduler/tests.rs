@@ -25,11 +25,7 @@ fn config() -> SchedulerConfig {
 }
 
 fn bits(len: u32, ones: impl IntoIterator<Item = u32>) -> Bitmap {
-    let mut bitmap = Bitmap::new(len);
-    for i in ones {
-        bitmap.set(i);
-    }
-    bitmap
+    Bitmap::with_ones(len, ones)
 }
 
 fn requests(actions: &[Action<&'static str>]) -> Vec<(&'static str, u32)> {
@@ -691,4 +687,34 @@ fn a_stalled_site_lets_every_node_fetch_any_chunk_from_outside() {
     }
     assert!(s.is_complete(), "the transfer stalled");
     assert!(asked.iter().any(|chunk| !owned.contains(chunk)));
+}
+
+#[test]
+fn a_fill_that_starts_the_endgame_gives_the_peers_it_passed_their_duplicates() {
+    let mut s = S::new(2, config(), 1);
+    assert_eq!(
+        requests(&join(&mut s, "x", bits(2, [0]), 0)),
+        vec![("x", 0)]
+    );
+    assert_eq!(
+        requests(&join(&mut s, "c", bits(2, [1]), 0)),
+        vec![("c", 1)]
+    );
+    s.handle(
+        Event::PeerBusy {
+            peer: "c",
+            chunk: 1,
+        },
+        ms(1),
+    );
+    // Chunk 1 is un-requested again while c rests: no endgame, so b (holding only chunk 0,
+    // in flight at x) gets nothing.
+    assert!(requests(&join(&mut s, "b", bits(2, [0]), 2)).is_empty());
+    s.set_preference(&"b", 1);
+    // When c's rest ends, the fill passes b first, then asks c for chunk 1, which starts the
+    // endgame: b gets its duplicate of chunk 0 (x has delivered nothing, so it is overdue)
+    // in the same fill.
+    let actions = s.handle(Event::Tick, ms(51));
+    s.check_invariants();
+    assert_eq!(requests(&actions), vec![("c", 1), ("b", 0)]);
 }

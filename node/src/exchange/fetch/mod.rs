@@ -7,6 +7,7 @@
 
 mod arriving;
 mod error;
+mod peer_chunks;
 mod sequential;
 mod sha256_behind;
 mod stream;
@@ -34,6 +35,7 @@ use crate::upstream::Upstreams;
 
 pub use arriving::ArrivingBytes;
 pub use error::{TransferError, WrongContent};
+pub use peer_chunks::PeerChunks;
 pub use sequential::SequentialBlob;
 pub use stream::stream_transfer;
 pub use verified::VerifiedChunks;
@@ -81,6 +83,8 @@ pub struct Progress {
     /// Chunks verified against the index: in `verified` or in `file`, or both.
     pub have: Bitmap,
     pub peers: usize,
+    /// The peers' chunks as they told this transfer.
+    pub peer_chunks: Arc<PeerChunks>,
     /// Set when the transfer ends: `Ok` once the blob is verified and stored. Shared, since
     /// every reader of the transfer gets the same error.
     pub outcome: Option<Result<(), Arc<TransferError>>>,

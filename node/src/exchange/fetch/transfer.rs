@@ -459,7 +459,8 @@ impl Run<'_> {
         &mut self,
         connected: impl IntoIterator<Item = PeerId>,
     ) -> Result<(), TransferError> {
-        let peers = connected.into_iter().collect();
+        let peers: Vec<PeerId> = connected.into_iter().collect();
+        self.progress.borrow().peer_chunks.keep_only(&peers);
         self.handle(FetchEvent::Connected { peers }).await
     }
 
@@ -493,12 +494,14 @@ impl Run<'_> {
             }
             _ => None,
         };
+        let told = holds.as_ref().map(|holds| holds.chunks.clone());
         let event = if pushed {
             FetchEvent::Pushed { peer, holds }
         } else {
             FetchEvent::Have { peer, holds }
         };
         self.handle(event).await?;
+        self.progress.borrow().peer_chunks.told(peer, told);
         // Readers and have feeds watch the progress: wake them only for news.
         let peers = self.fetch.sources();
         self.progress.send_if_modified(|progress| {
@@ -809,6 +812,7 @@ impl Run<'_> {
     /// blob, a relay's wrong bytes): the fetch forgets it, and it is disconnected.
     async fn ban(&mut self, peer: PeerId) -> Result<(), TransferError> {
         self.shapes.remove(&peer);
+        self.progress.borrow().peer_chunks.forget(&peer);
         self.handle(FetchEvent::Banned { peer }).await?;
         self.disconnect(peer).await;
         Ok(())

@@ -717,6 +717,8 @@ struct FanoutRow {
     seed_copies: f64,
     /// Every node's CPU from t0 to the last completion, per GB the members received.
     cpu_per_gb: f64,
+    /// Bitfields every node pushed on its have feeds, per MiB the members received.
+    pushes_per_mib: f64,
     simulated: Option<simulated::Simulated>,
     all_good: bool,
 }
@@ -949,6 +951,12 @@ impl FanoutBench {
             "  swarm CPU per GB delivered: {cpu_per_gb:.2} s (every node's CPU from t0 to the \
              last completion, over {delivered_gb:.2} GB received)"
         );
+        let mut pushes = counter(&self.seed.status()?, "bitfield_pushes_sent")?;
+        for member in &self.members {
+            pushes += counter(&member.node.status()?, "bitfield_pushes_sent")?;
+        }
+        let pushes_per_mib = pushes as f64 / (n * f as f64 / MIB);
+        println!("  have-feed pushes: {pushes} ({pushes_per_mib:.1} per MiB delivered)");
         let simulated = simulated::simulate(
             self.members.len(),
             f,
@@ -960,10 +968,12 @@ impl FanoutBench {
             Ok(simulated) => {
                 println!(
                     "  simulator at the same settings: last node {:.2}x T_min (real {ratio:.2}x, \
-                     {:+.0} %), seed upload {:.2} F (real {seed_ratio:.2}); simulated in {:.1} s",
+                     {:+.0} %), seed upload {:.2} F (real {seed_ratio:.2}), {:.1} pushes per \
+                     MiB (real {pushes_per_mib:.1}); simulated in {:.1} s",
                     simulated.last_over_t_min,
                     100.0 * (simulated.last_over_t_min / ratio - 1.0),
                     simulated.seed_copies,
+                    simulated.pushes_per_mib,
                     simulated.wall_s
                 );
                 Some(simulated)
@@ -979,6 +989,7 @@ impl FanoutBench {
             last_over_t_min: ratio,
             seed_copies: seed_ratio,
             cpu_per_gb,
+            pushes_per_mib,
             simulated,
             all_good,
         })
@@ -1054,10 +1065,11 @@ fn print_settings_table(rows: &[FanoutRow]) {
         .find(|row| row.nodes == 1)
         .map(|row| row.cpu_per_gb);
     println!(
-        "\nfan-outs (last node over T_min, seed upload over F, CPU of every node per GB delivered):"
+        "\nfan-outs (last node over T_min, seed upload over F, have-feed pushes per MiB \
+         delivered, CPU of every node per GB delivered):"
     );
     println!(
-        "  {:>6} {:>6}  {:>9} {:>9} {:>6}  {:>7} {:>7}  {:>8} {:>11}",
+        "  {:>6} {:>6}  {:>9} {:>9} {:>6}  {:>7} {:>7}  {:>8} {:>7}  {:>8} {:>11}",
         "nodes",
         "MiB/s",
         "last real",
@@ -1065,11 +1077,13 @@ fn print_settings_table(rows: &[FanoutRow]) {
         "diff",
         "seed/F",
         "sim",
+        "push/MiB",
+        "sim",
         "CPU s/GB",
         "x reference"
     );
     for row in rows {
-        let (simulated_last, difference, simulated_seed) = match row.simulated {
+        let (simulated_last, difference, simulated_seed, simulated_pushes) = match row.simulated {
             Some(simulated) => (
                 format!("{:.2}", simulated.last_over_t_min),
                 format!(
@@ -1077,13 +1091,19 @@ fn print_settings_table(rows: &[FanoutRow]) {
                     100.0 * (simulated.last_over_t_min / row.last_over_t_min - 1.0)
                 ),
                 format!("{:.2}", simulated.seed_copies),
+                format!("{:.1}", simulated.pushes_per_mib),
             ),
-            None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+            None => (
+                "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+            ),
         };
         let against_reference =
             reference.map_or("-".to_owned(), |one| format!("{:.2}", row.cpu_per_gb / one));
         println!(
-            "  {:>6} {:>6}  {:>9.2} {:>9} {:>6}  {:>7.2} {:>7}  {:>8.2} {:>11}{}",
+            "  {:>6} {:>6}  {:>9.2} {:>9} {:>6}  {:>7.2} {:>7}  {:>8.1} {:>7}  {:>8.2} {:>11}{}",
             row.nodes,
             row.rate_mib,
             row.last_over_t_min,
@@ -1091,6 +1111,8 @@ fn print_settings_table(rows: &[FanoutRow]) {
             difference,
             row.seed_copies,
             simulated_seed,
+            row.pushes_per_mib,
+            simulated_pushes,
             row.cpu_per_gb,
             against_reference,
             if row.all_good { "" } else { "  FAILED" }

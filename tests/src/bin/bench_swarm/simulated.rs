@@ -18,6 +18,8 @@ const LOOPBACK_MS: f64 = 0.05;
 pub struct Simulated {
     pub last_over_t_min: f64,
     pub seed_copies: f64,
+    /// Bitfields pushed on have feeds per chunk (1 MiB) delivered.
+    pub pushes_per_mib: f64,
     /// Wall-clock seconds the simulation took.
     pub wall_s: f64,
 }
@@ -61,6 +63,8 @@ pub fn simulate(
             .max_over_t_min
             .context("not every simulated node finished")?,
         seed_copies: report.shoal.origin_copies,
+        pushes_per_mib: report.counters.have_pushes as f64
+            / report.counters.chunks_delivered.max(1) as f64,
         wall_s: report.wall_s,
     })
 }
