@@ -94,6 +94,14 @@ const COUNTER_SERIES: &[(&str, &str)] = &[
         r#"shoal_bitfield_pushes_total{direction="received"}"#,
     ),
     (
+        "busy_answers_egress",
+        r#"shoal_busy_answers_total{reason="egress"}"#,
+    ),
+    (
+        "busy_answers_super_seeding",
+        r#"shoal_busy_answers_total{reason="super_seeding"}"#,
+    ),
+    (
         "announcements_accepted",
         r#"shoal_announcements_total{result="accepted"}"#,
     ),
@@ -489,6 +497,7 @@ const NODE_FAMILIES: &[&str] = &[
     "shoal_chunk_links",
     "shoal_bitfield_polls_on_lanes",
     "shoal_bitfield_pushes",
+    "shoal_busy_answers",
     "shoal_chunks_rejected",
     "shoal_announcements",
     "shoal_evictions",

@@ -22,7 +22,7 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
 use shoal_protocol::wire::{Request, Response};
-use shoal_protocol::{Answer, Bitmap, ChunkLayout, Digest, Holding};
+use shoal_protocol::{Answer, Bitmap, BusyReason, ChunkLayout, Digest, Holding};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -327,6 +327,11 @@ impl PeerService {
             }
             Answer::Busy(reason) => {
                 tracing::trace!(%peer, %blob, chunk, ?reason, "chunk request answered busy");
+                let counter = match reason {
+                    BusyReason::Egress => &self.counters.busy_answers_egress,
+                    BusyReason::SuperSeeding => &self.counters.busy_answers_super_seeding,
+                };
+                Counters::add(counter, 1);
                 Err(ChunkAnswer::Busy)
             }
         }

@@ -231,6 +231,17 @@ fn write_families(report: &StatusReport, timings: &Timings, page: &mut Families)
         ],
     )?;
     page.counter(
+        "shoal_busy_answers",
+        "Chunk requests from peers answered Busy: a full egress queue, or super-seeding.",
+        &[
+            (&[("reason", "egress")], counters.busy_answers_egress),
+            (
+                &[("reason", "super_seeding")],
+                counters.busy_answers_super_seeding,
+            ),
+        ],
+    )?;
+    page.counter(
         "shoal_chunks_rejected",
         "Chunks from peers that failed their BLAKE3 check.",
         &[(&[], counters.chunks_rejected)],

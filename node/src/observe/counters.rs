@@ -44,6 +44,10 @@ pub struct Counters {
     /// this node's blobs, and received from peers this node watches.
     pub bitfield_pushes_sent: AtomicU64,
     pub bitfield_pushes_received: AtomicU64,
+    /// Chunk requests this node answered `Busy`: its egress queue was full, or super-seeding
+    /// held the chunk back (`shoal_protocol::serving`).
+    pub busy_answers_egress: AtomicU64,
+    pub busy_answers_super_seeding: AtomicU64,
     /// Latency and throughput histograms for `/metrics` (not in the snapshot).
     pub timings: super::Timings,
     /// Gateway pulls per zone and auth failures, registered in the shared registry.
@@ -80,6 +84,8 @@ pub struct CountersSnapshot {
     pub bitfield_polls_on_lanes: u64,
     pub bitfield_pushes_sent: u64,
     pub bitfield_pushes_received: u64,
+    pub busy_answers_egress: u64,
+    pub busy_answers_super_seeding: u64,
 }
 
 impl Counters {
@@ -116,6 +122,8 @@ impl Counters {
             bitfield_polls_on_lanes: get(&self.bitfield_polls_on_lanes),
             bitfield_pushes_sent: get(&self.bitfield_pushes_sent),
             bitfield_pushes_received: get(&self.bitfield_pushes_received),
+            busy_answers_egress: get(&self.busy_answers_egress),
+            busy_answers_super_seeding: get(&self.busy_answers_super_seeding),
         }
     }
 }

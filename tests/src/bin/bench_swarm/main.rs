@@ -719,6 +719,8 @@ struct FanoutRow {
     cpu_per_gb: f64,
     /// Bitfields every node pushed on its have feeds, per MiB the members received.
     pushes_per_mib: f64,
+    /// Chunk requests every node answered `Busy`, per MiB the members received.
+    busy_per_mib: f64,
     simulated: Option<simulated::Simulated>,
     all_good: bool,
 }
@@ -951,12 +953,14 @@ impl FanoutBench {
             "  swarm CPU per GB delivered: {cpu_per_gb:.2} s (every node's CPU from t0 to the \
              last completion, over {delivered_gb:.2} GB received)"
         );
-        let mut pushes = counter(&self.seed.status()?, "bitfield_pushes_sent")?;
-        for member in &self.members {
-            pushes += counter(&member.node.status()?, "bitfield_pushes_sent")?;
-        }
-        let pushes_per_mib = pushes as f64 / (n * f as f64 / MIB);
-        println!("  have-feed pushes: {pushes} ({pushes_per_mib:.1} per MiB delivered)");
+        let (pushes, busy) = self.messages()?;
+        let delivered_mib = n * f as f64 / MIB;
+        let (pushes_per_mib, busy_per_mib) =
+            (pushes as f64 / delivered_mib, busy as f64 / delivered_mib);
+        println!(
+            "  messages: {pushes} have-feed pushes ({pushes_per_mib:.1} per MiB delivered), \
+             {busy} Busy answers ({busy_per_mib:.1} per MiB)"
+        );
         let simulated = simulated::simulate(
             self.members.len(),
             f,
@@ -968,12 +972,14 @@ impl FanoutBench {
             Ok(simulated) => {
                 println!(
                     "  simulator at the same settings: last node {:.2}x T_min (real {ratio:.2}x, \
-                     {:+.0} %), seed upload {:.2} F (real {seed_ratio:.2}), {:.1} pushes per \
-                     MiB (real {pushes_per_mib:.1}); simulated in {:.1} s",
+                     {:+.0} %), seed upload {:.2} F (real {seed_ratio:.2}), {:.1} pushes and \
+                     {:.1} Busy answers per MiB (real {pushes_per_mib:.1} and {busy_per_mib:.1}); \
+                     simulated in {:.1} s",
                     simulated.last_over_t_min,
                     100.0 * (simulated.last_over_t_min / ratio - 1.0),
                     simulated.seed_copies,
                     simulated.pushes_per_mib,
+                    simulated.busy_per_mib,
                     simulated.wall_s
                 );
                 Some(simulated)
@@ -990,9 +996,23 @@ impl FanoutBench {
             seed_copies: seed_ratio,
             cpu_per_gb,
             pushes_per_mib,
+            busy_per_mib,
             simulated,
             all_good,
         })
+    }
+
+    /// Have-feed pushes sent and chunk requests answered `Busy`, summed over the seed and
+    /// every member.
+    fn messages(&self) -> Result<(u64, u64)> {
+        let (mut pushes, mut busy) = (0, 0);
+        for node in std::iter::once(&self.seed).chain(self.members.iter().map(|m| &m.node)) {
+            let status = node.status()?;
+            pushes += counter(&status, "bitfield_pushes_sent")?;
+            busy += counter(&status, "busy_answers_egress")?
+                + counter(&status, "busy_answers_super_seeding")?;
+        }
+        Ok((pushes, busy))
     }
 
     /// Prints one line per member and checks its store and every blob it serves.
@@ -1065,11 +1085,11 @@ fn print_settings_table(rows: &[FanoutRow]) {
         .find(|row| row.nodes == 1)
         .map(|row| row.cpu_per_gb);
     println!(
-        "\nfan-outs (last node over T_min, seed upload over F, have-feed pushes per MiB \
-         delivered, CPU of every node per GB delivered):"
+        "\nfan-outs (last node over T_min, seed upload over F, have-feed pushes and Busy answers \
+         per MiB delivered, CPU of every node per GB delivered):"
     );
     println!(
-        "  {:>6} {:>6}  {:>9} {:>9} {:>6}  {:>7} {:>7}  {:>8} {:>7}  {:>8} {:>11}",
+        "  {:>6} {:>6}  {:>9} {:>9} {:>6}  {:>7} {:>7}  {:>8} {:>7}  {:>8} {:>7}  {:>8} {:>11}",
         "nodes",
         "MiB/s",
         "last real",
@@ -1079,12 +1099,14 @@ fn print_settings_table(rows: &[FanoutRow]) {
         "sim",
         "push/MiB",
         "sim",
+        "busy/MiB",
+        "sim",
         "CPU s/GB",
         "x reference"
     );
     for row in rows {
-        let (simulated_last, difference, simulated_seed, simulated_pushes) = match row.simulated {
-            Some(simulated) => (
+        let simulated = row.simulated.map(|simulated| {
+            [
                 format!("{:.2}", simulated.last_over_t_min),
                 format!(
                     "{:+.0}%",
@@ -1092,18 +1114,20 @@ fn print_settings_table(rows: &[FanoutRow]) {
                 ),
                 format!("{:.2}", simulated.seed_copies),
                 format!("{:.1}", simulated.pushes_per_mib),
-            ),
-            None => (
-                "-".to_owned(),
-                "-".to_owned(),
-                "-".to_owned(),
-                "-".to_owned(),
-            ),
-        };
+                format!("{:.1}", simulated.busy_per_mib),
+            ]
+        });
+        let [
+            simulated_last,
+            difference,
+            simulated_seed,
+            simulated_pushes,
+            simulated_busy,
+        ] = simulated.unwrap_or_else(|| std::array::from_fn(|_| "-".to_owned()));
         let against_reference =
             reference.map_or("-".to_owned(), |one| format!("{:.2}", row.cpu_per_gb / one));
         println!(
-            "  {:>6} {:>6}  {:>9.2} {:>9} {:>6}  {:>7.2} {:>7}  {:>8.1} {:>7}  {:>8.2} {:>11}{}",
+            "  {:>6} {:>6}  {:>9.2} {:>9} {:>6}  {:>7.2} {:>7}  {:>8.1} {:>7}  {:>8.1} {:>7}  {:>8.2} {:>11}{}",
             row.nodes,
             row.rate_mib,
             row.last_over_t_min,
@@ -1113,6 +1137,8 @@ fn print_settings_table(rows: &[FanoutRow]) {
             simulated_seed,
             row.pushes_per_mib,
             simulated_pushes,
+            row.busy_per_mib,
+            simulated_busy,
             row.cpu_per_gb,
             against_reference,
             if row.all_good { "" } else { "  FAILED" }

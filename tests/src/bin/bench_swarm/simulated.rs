@@ -20,6 +20,8 @@ pub struct Simulated {
     pub seed_copies: f64,
     /// Bitfields pushed on have feeds per chunk (1 MiB) delivered.
     pub pushes_per_mib: f64,
+    /// Chunk requests answered `Busy` per chunk delivered.
+    pub busy_per_mib: f64,
     /// Wall-clock seconds the simulation took.
     pub wall_s: f64,
 }
@@ -64,6 +66,8 @@ pub fn simulate(
             .context("not every simulated node finished")?,
         seed_copies: report.shoal.origin_copies,
         pushes_per_mib: report.counters.have_pushes as f64
+            / report.counters.chunks_delivered.max(1) as f64,
+        busy_per_mib: report.counters.busy_replies as f64
             / report.counters.chunks_delivered.max(1) as f64,
         wall_s: report.wall_s,
     })
