@@ -37,7 +37,8 @@ fraction = 0.2
 up_mbps = 80
 "#;
 
-/// Replays `steps` into a fresh machine, ticking every `TICK` from the fetch's start; returns the actions of each recorded step, and those of the extra ticks.
+/// Replays `steps` into a fresh machine, ticking every `TICK` from the fetch's start; returns
+/// the actions of each recorded step, and those of the extra ticks.
 fn replay_as_the_node(steps: &[Recorded]) -> (Vec<Vec<FetchAction<u32>>>, Vec<FetchAction<u32>>) {
     let start = steps.first().map(|r| r.at).unwrap_or_default();
     let mut fetch = Fetch::new(start);

@@ -150,7 +150,10 @@ fn a_fetch_from_several_providers_spreads_across_them() {
 #[test]
 fn a_hostile_peer_serving_corrupt_chunks_is_banned_and_the_pull_completes() {
     let dir = tempfile::tempdir().unwrap();
-    let honest = start(dir.path(), "honest", &[]);
+    // The honest peer is slow enough (16 MiB at 8 MiB/s) that the victim surely asks the
+    // hostile one for chunks it still needs: unlimited, the honest peer could deliver the
+    // whole blob before the hostile peer's only chunk arrived, a duplicate nobody checks.
+    let honest = start(dir.path(), "honest", &["--max-egress", "8MiB/s"]);
     let hostile = start_joined(
         dir.path(),
         "hostile",

@@ -1,5 +1,6 @@
-//! What a transfer knows of its peers' chunks: the latest bitfield each told it (a `Have`
-//! answer or a push on its have feed), shared with this node's have feeds
+//! What a transfer knows of its peers' chunks: each peer's bitfield as the transfer's scheduler
+//! holds it (from `Have` answers and pushes on the peer's have feed), shared with this node's
+//! have feeds
 //! (`exchange/feed.rs`), which push a gain to a watcher only if it is news to it
 //! (`shoal_protocol::feed::news_for`). A peer that lacks the blob, or was dropped, is
 //! forgotten: a feed then pushes every gain to it, as it would without this.
@@ -20,7 +21,8 @@ impl PeerChunks {
         self.chunks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `peer` told this transfer it holds `chunks`, or (`None`) that it lacks the blob.
+    /// The scheduler holds `chunks` for `peer`, or (`None`) does not know it: the peer lacks
+    /// the blob, was banned, or the scheduler has not begun.
     pub fn told(&self, peer: PeerId, chunks: Option<Bitmap>) {
         let mut known = self.lock();
         match chunks {

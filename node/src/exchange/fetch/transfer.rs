@@ -494,13 +494,19 @@ impl Run<'_> {
             }
             _ => None,
         };
-        let told = holds.as_ref().map(|holds| holds.chunks.clone());
         let event = if pushed {
             FetchEvent::Pushed { peer, holds }
         } else {
             FetchEvent::Have { peer, holds }
         };
         self.handle(event).await?;
+        // What the fetch now knows of the peer, as the simulator's feeds read it: nothing
+        // before the scheduler begins, or once it lacks the blob or was banned.
+        let told = self
+            .fetch
+            .scheduler()
+            .and_then(|scheduler| scheduler.peer_have(&peer))
+            .cloned();
         self.progress.borrow().peer_chunks.told(peer, told);
         // Readers and have feeds watch the progress: wake them only for news.
         let peers = self.fetch.sources();
