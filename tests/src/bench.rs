@@ -40,6 +40,13 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     stat_seconds(pid, 14, 15)
 }
 
+/// Minor page faults of process `pid` so far (`minflt`): pages it touched for the first time
+/// since the kernel gave them to it, each zeroed by the kernel on its CPU time.
+pub fn minor_faults(pid: u32) -> Result<u64> {
+    // minflt is field 10 of proc_pid_stat(5).
+    stat_field(&proc_stat(pid)?, 10)
+}
+
 /// User plus system CPU time of the calling thread so far.
 pub fn thread_cpu_seconds() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/thread-self/stat")
@@ -55,27 +62,33 @@ pub fn children_cpu_seconds() -> Result<f64> {
 
 /// The sum of two clock-tick fields of `/proc/<pid>/stat`, numbered as in proc_pid_stat(5).
 fn stat_seconds(pid: u32, first: usize, second: usize) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("process {pid} is gone"))?;
-    seconds_of_stat(&stat, first, second)
+    seconds_of_stat(&proc_stat(pid)?, first, second)
+}
+
+fn proc_stat(pid: u32) -> Result<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))
 }
 
 /// The sum of two clock-tick fields of a `stat` file's text, numbered as in proc_pid_stat(5).
 fn seconds_of_stat(stat: &str, first: usize, second: usize) -> Result<f64> {
-    // Fields after the parenthesised command name, which may itself hold spaces.
+    let ticks = stat_field(stat, first)? + stat_field(stat, second)?;
+    Ok(ticks as f64 / PROC_TICKS_PER_SECOND)
+}
+
+/// One numeric field of a `stat` file's text, numbered as in proc_pid_stat(5).
+fn stat_field(stat: &str, field: usize) -> Result<u64> {
+    // Fields after the parenthesised command name, which may itself hold spaces; the first of
+    // them is field 3, the state.
     let after_name = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest)
         .context("malformed /proc stat")?;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // `fields[0]` is field 3, the state.
-    let ticks = |field: usize| -> Result<f64> {
-        Ok(fields
-            .get(field - 3)
-            .context("short /proc stat")?
-            .parse::<u64>()? as f64)
-    };
-    Ok((ticks(first)? + ticks(second)?) / PROC_TICKS_PER_SECOND)
+    Ok(after_name
+        .split_whitespace()
+        .nth(field - 3)
+        .context("short /proc stat")?
+        .parse()?)
 }
 
 /// The median of `values`; `None` when there are none.

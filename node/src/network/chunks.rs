@@ -270,7 +270,7 @@ async fn open_link(
     is_lane: Arc<AtomicBool>,
 ) -> Option<Box<dyn LinkStream>> {
     if lanes.expected(&peer)
-        && let Some(lane) = lanes.open(&mut control, peer).await
+        && let Some(lane) = lanes.open(&control, peer).await
     {
         Counters::add(&counters.chunk_links_lane, 1);
         is_lane.store(true, Ordering::Relaxed);

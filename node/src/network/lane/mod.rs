@@ -48,6 +48,10 @@ const HANDSHAKES_MAX: usize = 64;
 const STEP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a peer that gave no lane is not asked again.
 const RETRY_AFTER: Duration = Duration::from_secs(600);
+/// How often a peer whose libp2p dropped the request unanswered is asked, in all.
+const ASKS_MAX: u32 = 4;
+/// The rest before asking such a peer again, doubled after each ask.
+const FIRST_REST: Duration = Duration::from_millis(50);
 
 /// This node's lanes, both ways. Cheap to clone.
 #[derive(Clone, Default)]
@@ -119,26 +123,25 @@ impl Lanes {
     }
 
     /// Asks `peer` for a lane and connects it; `None` (and the peer not asked again for a
-    /// while) when it offers none or the offer leads nowhere.
+    /// while) when it offers none or the offer leads nowhere. A request the peer dropped
+    /// unanswered is asked again after a rest, up to [`ASKS_MAX`] times: libp2p drops an
+    /// inbound stream when the stream before it of the same protocol has not been taken yet,
+    /// which a busy node that many peers ask at once does often (in a 32-node fan-out on two
+    /// cores, about 40 % of the nodes' peers went without lanes so, each for [`RETRY_AFTER`]).
     pub async fn open(
         &self,
-        control: &mut libp2p_stream::Control,
+        control: &libp2p_stream::Control,
         peer: PeerId,
     ) -> Option<SealedStream> {
-        match self.try_open(control, peer).await {
-            Ok(lane) => Some(lane),
-            Err(why) => {
-                self.give_up_on(peer, &why);
-                None
-            }
-        }
+        let asked = ask_until_answered(|| self.try_open(control.clone(), peer)).await;
+        asked.inspect_err(|why| self.give_up_on(peer, why)).ok()
     }
 
     async fn try_open(
         &self,
-        control: &mut libp2p_stream::Control,
+        mut control: libp2p_stream::Control,
         peer: PeerId,
-    ) -> Result<SealedStream, String> {
+    ) -> Result<SealedStream, NoLane> {
         let ip = self
             .lock()
             .addresses
@@ -153,7 +156,7 @@ impl Lanes {
         tokio::time::timeout(STEP_TIMEOUT, stream.read_exact(&mut encoded))
             .await
             .map_err(|_| "no offer in time".to_owned())?
-            .map_err(|error| format!("no offer: {error}"))?;
+            .map_err(no_offer)?;
         let offer = Offer::decode(&encoded).map_err(|error| error.to_owned())?;
         let address = SocketAddr::new(ip, offer.port);
         let mut tcp = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(address))
@@ -300,6 +303,58 @@ impl Lanes {
                 }
             });
         }
+    }
+}
+
+/// Runs `ask` until it gets an answer, resting between asks the peer dropped, at most
+/// [`ASKS_MAX`] times; why not, when it got none.
+async fn ask_until_answered<T, Asked>(mut ask: impl FnMut() -> Asked) -> Result<T, String>
+where
+    Asked: Future<Output = Result<T, NoLane>>,
+{
+    let (mut asks, mut rest) = (1, FIRST_REST);
+    loop {
+        match ask().await {
+            Ok(answer) => return Ok(answer),
+            Err(NoLane::Refused(why)) => return Err(why),
+            Err(NoLane::Dropped) if asks == ASKS_MAX => {
+                return Err("the peer dropped every request for a lane unanswered".into());
+            }
+            Err(NoLane::Dropped) => {
+                tokio::time::sleep(rest).await;
+                (asks, rest) = (asks + 1, rest * 2);
+            }
+        }
+    }
+}
+
+/// What an error reading a peer's offer means: a stream closed before any offer was dropped.
+fn no_offer(error: std::io::Error) -> NoLane {
+    match error.kind() {
+        std::io::ErrorKind::UnexpectedEof => NoLane::Dropped,
+        _ => NoLane::Refused(format!("no offer: {error}")),
+    }
+}
+
+/// Why a lane could not be had.
+#[derive(Debug)]
+enum NoLane {
+    /// The peer accepted the request and closed it without an offer: its libp2p dropped it
+    /// for want of room (an answering node always offers). Worth asking again.
+    Dropped,
+    /// It offers none, or its offer leads nowhere.
+    Refused(String),
+}
+
+impl From<String> for NoLane {
+    fn from(why: String) -> NoLane {
+        NoLane::Refused(why)
+    }
+}
+
+impl From<&str> for NoLane {
+    fn from(why: &str) -> NoLane {
+        NoLane::Refused(why.to_owned())
     }
 }
 

@@ -120,3 +120,51 @@ fn the_address_of_a_connection_is_its_ip() {
     lanes.disconnected(&peer);
     assert!(lanes.lock().addresses.is_empty());
 }
+
+/// Runs [`ask_until_answered`] over `answers` in turn; what it returned, how many it asked,
+/// and how long it rested in all.
+async fn ask_through(answers: Vec<Result<u8, NoLane>>) -> (Result<u8, String>, usize, Duration) {
+    let answers = std::cell::RefCell::new(answers.into_iter());
+    let asked = std::cell::Cell::new(0);
+    let start = tokio::time::Instant::now();
+    let outcome = ask_until_answered(|| {
+        asked.set(asked.get() + 1);
+        let answer = answers.borrow_mut().next().expect("asked too often");
+        async move { answer }
+    })
+    .await;
+    (outcome, asked.get(), start.elapsed())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_request_for_a_lane_is_asked_again_after_a_growing_rest() {
+    let (outcome, asked, rested) =
+        ask_through(vec![Err(NoLane::Dropped), Err(NoLane::Dropped), Ok(7)]).await;
+    assert_eq!(outcome, Ok(7));
+    assert_eq!(asked, 3);
+    assert_eq!(rested, FIRST_REST * 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_drops_every_request_is_asked_a_bounded_number_of_times() {
+    let drops = (0..ASKS_MAX).map(|_| Err(NoLane::Dropped)).collect();
+    let (outcome, asked, _) = ask_through(drops).await;
+    assert!(outcome.unwrap_err().contains("dropped every request"));
+    assert_eq!(asked, ASKS_MAX as usize);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_is_not_asked_again() {
+    let (outcome, asked, rested) =
+        ask_through(vec![Err(NoLane::Refused("no lane protocol".into())), Ok(1)]).await;
+    assert_eq!(outcome, Err("no lane protocol".to_owned()));
+    assert_eq!((asked, rested), (1, Duration::ZERO));
+}
+
+#[test]
+fn a_stream_closed_before_the_offer_was_dropped_and_other_errors_refuse() {
+    let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+    assert!(matches!(no_offer(eof), NoLane::Dropped));
+    let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+    assert!(matches!(no_offer(reset), NoLane::Refused(why) if why.starts_with("no offer")));
+}

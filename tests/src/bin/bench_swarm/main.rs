@@ -89,7 +89,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use shoal_protocol::rng::SplitMix64;
-use shoal_tests::bench::{children_cpu_seconds, cpu_seconds, median};
+use shoal_tests::bench::{children_cpu_seconds, cpu_seconds, median, minor_faults};
 use shoal_tests::clients::wait_until;
 use shoal_tests::http;
 use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
@@ -721,16 +721,32 @@ struct FanoutRow {
     pushes_per_mib: f64,
     /// Chunk requests every node answered `Busy`, per MiB the members received.
     busy_per_mib: f64,
+    /// Every node's minor page faults from t0 to the last completion, per MiB the members
+    /// received.
+    faults_per_mib: f64,
     simulated: Option<simulated::Simulated>,
     all_good: bool,
 }
 
+/// What every node counted of the exchange's messages and links, summed.
+#[derive(Debug, Default)]
+struct Messages {
+    /// Bitfields pushed on have feeds.
+    pushes: u64,
+    /// Chunk requests answered `Busy`.
+    busy: u64,
+    links_on_lanes: u64,
+    links_on_streams: u64,
+}
+
 /// CPU seconds used by every node (the seed first) and by this program's children (the
-/// `shoal status` runs of the sampler) between t0 and the end of the fan-out.
+/// `shoal status` runs of the sampler) between t0 and the end of the fan-out, and the nodes'
+/// minor page faults in that time.
 #[derive(Debug, Clone)]
 struct CpuUse {
     nodes: Vec<f64>,
     status_commands: f64,
+    page_faults: u64,
 }
 
 impl FanoutBench {
@@ -793,6 +809,7 @@ impl FanoutBench {
                 .map(|(end, start)| end - start)
                 .collect(),
             status_commands: cpu_at_end.status_commands - cpu_at_t0.status_commands,
+            page_faults: cpu_at_end.page_faults - cpu_at_t0.page_faults,
         };
         let row = bench.report(t0, &done?, &samples, &cpu)?;
         drop(bench);
@@ -852,13 +869,16 @@ impl FanoutBench {
     }
 
     fn cpu_now(&self) -> Result<CpuUse> {
-        let mut nodes = vec![cpu_seconds(node_pid(&self.seed)?)?];
-        for member in &self.members {
-            nodes.push(cpu_seconds(node_pid(&member.node)?)?);
+        let (mut nodes, mut page_faults) = (Vec::new(), 0);
+        for node in std::iter::once(&self.seed).chain(self.members.iter().map(|m| &m.node)) {
+            let pid = node_pid(node)?;
+            nodes.push(cpu_seconds(pid)?);
+            page_faults += minor_faults(pid)?;
         }
         Ok(CpuUse {
             nodes,
             status_commands: children_cpu_seconds()?,
+            page_faults,
         })
     }
 
@@ -949,17 +969,25 @@ impl FanoutBench {
         }
         let delivered_gb = n * f as f64 / 1e9;
         let cpu_per_gb = cpu.nodes.iter().sum::<f64>() / delivered_gb;
+        let delivered_mib = n * f as f64 / MIB;
+        let faults_per_mib = cpu.page_faults as f64 / delivered_mib;
         println!(
             "  swarm CPU per GB delivered: {cpu_per_gb:.2} s (every node's CPU from t0 to the \
-             last completion, over {delivered_gb:.2} GB received)"
+             last completion, over {delivered_gb:.2} GB received); page faults {faults_per_mib:.0} \
+             per MiB delivered (256 would be a fresh page for every page received)"
         );
-        let (pushes, busy) = self.messages()?;
-        let delivered_mib = n * f as f64 / MIB;
+        let Messages {
+            pushes,
+            busy,
+            links_on_lanes,
+            links_on_streams,
+        } = self.messages()?;
         let (pushes_per_mib, busy_per_mib) =
             (pushes as f64 / delivered_mib, busy as f64 / delivered_mib);
         println!(
             "  messages: {pushes} have-feed pushes ({pushes_per_mib:.1} per MiB delivered), \
-             {busy} Busy answers ({busy_per_mib:.1} per MiB)"
+             {busy} Busy answers ({busy_per_mib:.1} per MiB); chunk links opened: \
+             {links_on_lanes} on lanes, {links_on_streams} on libp2p streams"
         );
         let simulated = simulated::simulate(
             self.members.len(),
@@ -997,22 +1025,25 @@ impl FanoutBench {
             cpu_per_gb,
             pushes_per_mib,
             busy_per_mib,
+            faults_per_mib,
             simulated,
             all_good,
         })
     }
 
-    /// Have-feed pushes sent and chunk requests answered `Busy`, summed over the seed and
-    /// every member.
-    fn messages(&self) -> Result<(u64, u64)> {
-        let (mut pushes, mut busy) = (0, 0);
+    /// Have-feed pushes sent, chunk requests answered `Busy` and chunk links opened, summed
+    /// over the seed and every member.
+    fn messages(&self) -> Result<Messages> {
+        let mut messages = Messages::default();
         for node in std::iter::once(&self.seed).chain(self.members.iter().map(|m| &m.node)) {
             let status = node.status()?;
-            pushes += counter(&status, "bitfield_pushes_sent")?;
-            busy += counter(&status, "busy_answers_egress")?
+            messages.pushes += counter(&status, "bitfield_pushes_sent")?;
+            messages.busy += counter(&status, "busy_answers_egress")?
                 + counter(&status, "busy_answers_super_seeding")?;
+            messages.links_on_lanes += counter(&status, "chunk_links_lane")?;
+            messages.links_on_streams += counter(&status, "chunk_links_stream")?;
         }
-        Ok((pushes, busy))
+        Ok(messages)
     }
 
     /// Prints one line per member and checks its store and every blob it serves.
@@ -1086,10 +1117,10 @@ fn print_settings_table(rows: &[FanoutRow]) {
         .map(|row| row.cpu_per_gb);
     println!(
         "\nfan-outs (last node over T_min, seed upload over F, have-feed pushes and Busy answers \
-         per MiB delivered, CPU of every node per GB delivered):"
+         per MiB delivered, CPU of every node per GB delivered and its page faults per MiB):"
     );
     println!(
-        "  {:>6} {:>6}  {:>9} {:>9} {:>6}  {:>7} {:>7}  {:>8} {:>7}  {:>8} {:>7}  {:>8} {:>11}",
+        "  {:>6} {:>6}  {:>9} {:>9} {:>6}  {:>7} {:>7}  {:>8} {:>7}  {:>8} {:>7}  {:>8} {:>11} {:>11}",
         "nodes",
         "MiB/s",
         "last real",
@@ -1102,7 +1133,8 @@ fn print_settings_table(rows: &[FanoutRow]) {
         "busy/MiB",
         "sim",
         "CPU s/GB",
-        "x reference"
+        "x reference",
+        "faults/MiB"
     );
     for row in rows {
         let simulated = row.simulated.map(|simulated| {
@@ -1127,7 +1159,7 @@ fn print_settings_table(rows: &[FanoutRow]) {
         let against_reference =
             reference.map_or("-".to_owned(), |one| format!("{:.2}", row.cpu_per_gb / one));
         println!(
-            "  {:>6} {:>6}  {:>9.2} {:>9} {:>6}  {:>7.2} {:>7}  {:>8.1} {:>7}  {:>8.1} {:>7}  {:>8.2} {:>11}{}",
+            "  {:>6} {:>6}  {:>9.2} {:>9} {:>6}  {:>7.2} {:>7}  {:>8.1} {:>7}  {:>8.1} {:>7}  {:>8.2} {:>11} {:>11.0}{}",
             row.nodes,
             row.rate_mib,
             row.last_over_t_min,
@@ -1141,6 +1173,7 @@ fn print_settings_table(rows: &[FanoutRow]) {
             simulated_busy,
             row.cpu_per_gb,
             against_reference,
+            row.faults_per_mib,
             if row.all_good { "" } else { "  FAILED" }
         );
     }
