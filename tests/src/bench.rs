@@ -65,6 +65,7 @@ fn stat_seconds(pid: u32, first: usize, second: usize) -> Result<f64> {
     seconds_of_stat(&proc_stat(pid)?, first, second)
 }
 
+/// The text of `/proc/<pid>/stat`.
 fn proc_stat(pid: u32) -> Result<String> {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("process {pid} is gone"))

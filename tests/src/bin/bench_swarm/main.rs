@@ -868,9 +868,14 @@ impl FanoutBench {
         })
     }
 
+    /// The seed, then every member.
+    fn nodes(&self) -> impl Iterator<Item = &ShoalNode> {
+        std::iter::once(&self.seed).chain(self.members.iter().map(|member| &member.node))
+    }
+
     fn cpu_now(&self) -> Result<CpuUse> {
         let (mut nodes, mut page_faults) = (Vec::new(), 0);
-        for node in std::iter::once(&self.seed).chain(self.members.iter().map(|m| &m.node)) {
+        for node in self.nodes() {
             let pid = node_pid(node)?;
             nodes.push(cpu_seconds(pid)?);
             page_faults += minor_faults(pid)?;
@@ -1035,7 +1040,7 @@ impl FanoutBench {
     /// over the seed and every member.
     fn messages(&self) -> Result<Messages> {
         let mut messages = Messages::default();
-        for node in std::iter::once(&self.seed).chain(self.members.iter().map(|m| &m.node)) {
+        for node in self.nodes() {
             let status = node.status()?;
             messages.pushes += counter(&status, "bitfield_pushes_sent")?;
             messages.busy += counter(&status, "busy_answers_egress")?
