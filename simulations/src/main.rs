@@ -7,6 +7,14 @@ use anyhow::Context;
 use clap::Parser;
 use shoal_simulations::{Report, Scenario, report, svg};
 
+/// At 10,000 hosts the simulator's heap is over a gigabyte, touched at random: with 4 KiB pages
+/// most events also miss the TLB. mimalloc backs its segments with transparent huge pages
+/// (where the kernel allows them, `madvise` mode included), glibc's malloc only when told so
+/// at start (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`): `extra/datacenter-10k-1mib` took 14-16 %
+/// less time either way.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Discrete-event simulations of Shoal's scheduler at fleet scale.
 #[derive(Debug, Parser)]
 #[command(version)]

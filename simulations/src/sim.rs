@@ -672,19 +672,27 @@ impl<'a> Simulation<'a> {
         // As the node's feeds: a gain the watcher holds (as far as this host's fetch knows) is
         // no news to it; the blob whole always is.
         let whole = self.nodes[node as usize].have.is_full();
-        let mut before = self.nodes[node as usize].have.clone();
-        before.clear(chunk);
+        let mut before: Option<Bitmap> = None;
         for i in 0..self.nodes[node as usize].watchers.len() {
             let state = &mut self.nodes[node as usize];
+            if state.watchers[i].pushed_at >= now {
+                cover_until = cover_until.min(state.watchers[i].pushed_at);
+                continue;
+            }
             let watcher = state.watchers[i].host;
             let known = state
                 .fetch
                 .as_ref()
                 .and_then(Fetch::scheduler)
                 .and_then(|scheduler| scheduler.peer_have(&watcher));
-            let news = whole || news_for(Some(&before), &state.have, known);
+            let before = before.get_or_insert_with(|| {
+                let mut before = state.have.clone();
+                before.clear(chunk);
+                before
+            });
+            let news = whole || news_for(Some(before), &state.have, known);
             let watch = &mut state.watchers[i];
-            if watch.pushed_at < now && news {
+            if news {
                 let delay = push_delay(state.feed_rng.next_u64()).as_micros() as Micros;
                 watch.pushed_at = now.max(watch.pushed_at + FEED_INTERVAL) + delay;
                 let (watcher, at) = (watch.host, watch.pushed_at);

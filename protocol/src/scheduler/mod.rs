@@ -227,7 +227,34 @@ struct PeerState {
     preference: i32,
     /// Smoothed time from request to arrival of this peer's chunks, once one has arrived.
     latency: Option<Duration>,
+    /// The scheduler's `returns` when this peer was last found to have no useful chunk
+    /// (`has_useful`); `None` since its bitfield last changed. While it matches, the peer
+    /// still has none: this node's needs only shrink, except when a chunk returns.
+    useless_at: Option<u64>,
     stats: PeerStats,
+}
+
+/// The first word of each cache line of `words`, or'ed: a caller that reads the result (or
+/// passes it to `std::hint::black_box`) has loaded each line. Touching data about to be used
+/// one piece at a time first lets its cache misses overlap instead of following one another:
+/// at 10,000 simulated hosts every event finds its host's state cold, and stable Rust has no
+/// prefetch instruction outside `unsafe`, which the workspace does not allow.
+fn touch(words: &[u64]) -> u64 {
+    words.iter().step_by(8).fold(0, |acc, word| acc | word)
+}
+
+/// What the scheduler keeps per chunk, together: a decision about a chunk reads several of
+/// these, and at 10,000 simulated hosts each array of its own was a cache miss of its own.
+#[derive(Debug, Clone, Copy, Default)]
+struct ChunkState {
+    /// Peers (not banned) whose bitfield has the chunk.
+    availability: u32,
+    /// Requests in flight.
+    copies: u32,
+    /// The tie-break among equally rare chunks: random, or the chunk number when `in_order`.
+    tiebreak: u32,
+    /// While in `in_flight_chunks`: since when it has been continuously in flight.
+    in_flight_since: Duration,
 }
 
 /// The scheduler of one blob's transfer. See the module documentation.
@@ -240,18 +267,10 @@ pub struct Scheduler<P> {
     have_count: u32,
     /// Chunks with at least one request in flight.
     in_flight_chunks: Bitmap,
-    /// Per chunk, for those in `in_flight_chunks`: since when it has been continuously in
-    /// flight.
-    in_flight_since: Vec<Duration>,
     /// Every request in flight as (sent at, peer, chunk), so expiry looks only at the oldest.
     requests_by_age: BTreeSet<(Duration, P, u32)>,
-    /// Requests in flight per chunk.
-    copies: Vec<u32>,
-    /// Peers (not banned) whose bitfield has the chunk.
-    availability: Vec<u32>,
-    /// A rank per chunk, the tie-break among equally rare chunks: random, or the chunk
-    /// number when `in_order`.
-    tiebreak: Vec<u32>,
+    /// Per chunk, indexed by chunk.
+    chunks: Vec<ChunkState>,
     in_order: bool,
     /// Every chunk that is needed and not in flight, in `(availability, tiebreak, chunk)`
     /// order.
@@ -260,8 +279,16 @@ pub struct Scheduler<P> {
     /// No peer that is still downloading is due a poll before this: most events end
     /// `poll_peers` here, without visiting every peer.
     polls_due_from: Duration,
+    /// How many times a needed chunk went back from in flight to un-requested (a request that
+    /// failed, timed out or left with its peer): each may make a peer useful again.
+    returns: u64,
     /// `fill`'s list of peers with spare capacity, kept to reuse its allocation.
     fill_order: Vec<(P, i32)>,
+    /// During an endgame fill, the chunks in flight that are overdue for a duplicate
+    /// (`pick::find_overdue`, once per fill when it first needs them, which `overdue_found`
+    /// tells); kept up to date as the fill adds requests.
+    overdue: Bitmap,
+    overdue_found: bool,
     banned: BTreeSet<P>,
     focus: Option<u32>,
     rng: SplitMix64,
@@ -288,16 +315,22 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             have: Bitmap::new(chunk_count),
             have_count: 0,
             in_flight_chunks: Bitmap::new(chunk_count),
-            in_flight_since: vec![Duration::ZERO; chunk_count as usize],
             requests_by_age: BTreeSet::new(),
-            copies: vec![0; chunk_count as usize],
-            availability: vec![0; chunk_count as usize],
-            tiebreak,
+            chunks: tiebreak
+                .iter()
+                .map(|&tiebreak| ChunkState {
+                    tiebreak,
+                    ..ChunkState::default()
+                })
+                .collect(),
             in_order: false,
             rarity,
             peers: SortedMap::default(),
             polls_due_from: Duration::MAX,
+            returns: 0,
             fill_order: Vec::new(),
+            overdue: Bitmap::new(chunk_count),
+            overdue_found: false,
             banned: BTreeSet::new(),
             focus: None,
             rng,
@@ -366,16 +399,18 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         }
         self.in_order = in_order;
         for chunk in 0..self.chunk_count {
-            self.tiebreak[chunk as usize] = if in_order {
+            self.chunks[chunk as usize].tiebreak = if in_order {
                 chunk
             } else {
                 self.rng.next_u64() as u32
             };
         }
-        self.rarity.reset(&self.tiebreak);
+        let tiebreak: Vec<u32> = self.chunks.iter().map(|c| c.tiebreak).collect();
+        self.rarity.reset(&tiebreak);
         for chunk in 0..self.chunk_count {
             if self.unrequested(chunk) {
-                self.rarity.insert(self.availability[chunk as usize], chunk);
+                self.rarity
+                    .insert(self.chunks[chunk as usize].availability, chunk);
             }
         }
         for (_, state) in self.peers.iter_mut() {
@@ -551,28 +586,48 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     // ---- bookkeeping that keeps `rarity`, `copies` and `in_flight_*` consistent ----
 
     fn unrequested(&self, chunk: u32) -> bool {
-        !self.have.get(chunk) && self.copies[chunk as usize] == 0
+        !self.have.get(chunk) && self.chunks[chunk as usize].copies == 0
     }
 
     fn rarity_key(&self, chunk: u32) -> (u32, u32, u32) {
         let i = chunk as usize;
-        (self.availability[i], self.tiebreak[i], chunk)
+        let state = &self.chunks[i];
+        (state.availability, state.tiebreak, chunk)
     }
 
-    /// Whether `have` holds a chunk that is needed and not in flight: a peer without one is
+    /// Whether the peer at `at` in `peers` holds a chunk that is needed and not in flight: a peer without one is
     /// skipped without walking the rarity order (late in a transfer, most idle peers are). A
-    /// pass over the words, with no state to keep for every peer on every chunk change.
-    fn has_useful(&self, have: &Bitmap) -> bool {
-        have.words()
+    /// pass over the words, with no state to keep for every peer on every chunk change, and
+    /// none at all while nothing can have changed the answer (`PeerState::useless_at`).
+    fn has_useful(&mut self, at: usize) -> bool {
+        let Scheduler {
+            peers,
+            have,
+            in_flight_chunks,
+            returns,
+            ..
+        } = self;
+        let state = peers.value_at_mut(at);
+        if state.useless_at == Some(*returns) {
+            return false;
+        }
+        let useful = state
+            .have
+            .words()
             .iter()
-            .zip(self.have.words())
-            .zip(self.in_flight_chunks.words())
-            .any(|((theirs, ours), in_flight)| theirs & !ours & !in_flight != 0)
+            .zip(have.words())
+            .zip(in_flight_chunks.words())
+            .any(|((theirs, ours), in_flight)| theirs & !ours & !in_flight != 0);
+        if !useful {
+            state.useless_at = Some(*returns);
+        }
+        useful
     }
 
     fn acquire(&mut self, chunk: u32) {
         if self.unrequested(chunk) {
-            self.rarity.remove(self.availability[chunk as usize], chunk);
+            self.rarity
+                .remove(self.chunks[chunk as usize].availability, chunk);
         }
         if self.have.set(chunk) {
             self.have_count += 1;
@@ -581,27 +636,30 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
 
     fn add_copy(&mut self, chunk: u32) {
         if self.unrequested(chunk) {
-            self.rarity.remove(self.availability[chunk as usize], chunk);
+            self.rarity
+                .remove(self.chunks[chunk as usize].availability, chunk);
         }
-        self.copies[chunk as usize] += 1;
+        self.chunks[chunk as usize].copies += 1;
         if self.in_flight_chunks.set(chunk) {
-            self.in_flight_since[chunk as usize] = self.now;
+            self.chunks[chunk as usize].in_flight_since = self.now;
         }
     }
 
     fn remove_copy(&mut self, chunk: u32) {
-        let copies = &mut self.copies[chunk as usize];
+        let copies = &mut self.chunks[chunk as usize].copies;
         *copies = copies.saturating_sub(1);
         if *copies == 0 {
             self.in_flight_chunks.clear(chunk);
             if !self.have.get(chunk) {
-                self.rarity.insert(self.availability[chunk as usize], chunk);
+                self.rarity
+                    .insert(self.chunks[chunk as usize].availability, chunk);
+                self.returns += 1;
             }
         }
     }
 
     fn change_availability(&mut self, chunk: u32, gained: bool) {
-        let count = self.availability[chunk as usize];
+        let count = self.chunks[chunk as usize].availability;
         let next = if gained {
             count + 1
         } else {
@@ -611,12 +669,26 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             self.rarity.remove(count, chunk);
             self.rarity.insert(next, chunk);
         }
-        self.availability[chunk as usize] = next;
+        self.chunks[chunk as usize].availability = next;
     }
 
     /// Applies the change from `old` to `new` (a peer's bitfields; `old` may have no bits) to
     /// availability and to the peer's bitfield by rank; whether the peer gained any chunk.
     fn apply_availability(&mut self, old: &Bitmap, new: &Bitmap, ranked: &mut [u64]) -> bool {
+        let changed = new
+            .words()
+            .iter()
+            .enumerate()
+            .map(|(i, &now_word)| (i, now_word ^ old.words().get(i).copied().unwrap_or(0)));
+        let mut counts = 0;
+        for (i, mut bits) in changed {
+            while bits != 0 {
+                let chunk = i * 64 + bits.trailing_zeros() as usize;
+                counts |= self.chunks[chunk].availability;
+                bits &= bits - 1;
+            }
+        }
+        std::hint::black_box(counts);
         let mut gained_any = false;
         for (i, &now_word) in new.words().iter().enumerate() {
             let before = old.words().get(i).copied().unwrap_or(0);
@@ -684,6 +756,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                         pushes: false,
                         preference: 0,
                         latency: None,
+                        useless_at: None,
                         stats: PeerStats::default(),
                     },
                 );
@@ -698,6 +771,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         if let Some(state) = self.peers.get_mut(&peer) {
             state.have = have;
             state.have_ranked = ranked;
+            state.useless_at = None;
         }
         if let Some(site) = &mut self.site
             && gained
@@ -753,7 +827,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             site.progressed(self.now);
         }
         // The other copies of an endgame duplicate are no longer wanted.
-        if self.copies[chunk as usize] > 0 {
+        if self.chunks[chunk as usize].copies > 0 {
             let holders: Vec<P> = self
                 .peers
                 .iter()
@@ -857,11 +931,19 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
 
     fn start_request(&mut self, peer: &P, chunk: u32) {
         let now = self.now;
-        if let Some(state) = self.peers.get_mut(peer) {
-            state.in_flight.insert(chunk, now);
-            self.requests_by_age.insert((now, peer.clone(), chunk));
-            self.add_copy(chunk);
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        state.in_flight.insert(chunk, now);
+        let overdue = pick::request_overdue(state.latency, now, now);
+        self.requests_by_age.insert((now, peer.clone(), chunk));
+        // A chunk is overdue while every request for it is.
+        if self.chunks[chunk as usize].copies == 0 && overdue {
+            self.overdue.set(chunk);
+        } else if !overdue {
+            self.overdue.clear(chunk);
         }
+        self.add_copy(chunk);
     }
 
     /// Ends the request for `chunk` to `peer`, whatever the reason; false if there was none.
@@ -913,13 +995,13 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         for c in 0..self.chunk_count {
             let i = c as usize;
             let holders = self.peers.values().filter(|p| p.have.get(c)).count() as u32;
-            assert_eq!(self.availability[i], holders, "availability of {c}");
+            assert_eq!(self.chunks[i].availability, holders, "availability of {c}");
             let copies = self
                 .peers
                 .values()
                 .filter(|p| p.in_flight.contains_key(&c))
                 .count() as u32;
-            assert_eq!(self.copies[i], copies, "copies of {c}");
+            assert_eq!(self.chunks[i].copies, copies, "copies of {c}");
             assert_eq!(self.in_flight_chunks.get(c), copies > 0, "in flight {c}");
             // In flight continuously since no later than its oldest request was sent.
             if let Some(oldest) = self
@@ -928,10 +1010,10 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 .filter_map(|p| p.in_flight.get(&c))
                 .min()
             {
-                assert!(self.in_flight_since[i] <= *oldest, "since {c}");
+                assert!(self.chunks[i].in_flight_since <= *oldest, "since {c}");
             }
             assert_eq!(
-                self.rarity.contains(self.availability[i], c),
+                self.rarity.contains(self.chunks[i].availability, c),
                 self.unrequested(c),
                 "rarity membership of {c}"
             );
@@ -964,6 +1046,12 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 );
             }
             assert!(state.complete || state.next_poll >= self.polls_due_from);
+            if state.useless_at == Some(self.returns) {
+                assert!(
+                    state.have.iter_ones().all(|c| !self.unrequested(c)),
+                    "{peer:?} marked useless holds a needed un-requested chunk"
+                );
+            }
             assert!(!state.pushes || state.next_poll == Duration::MAX);
             assert!(state.limit >= 1 && state.limit <= self.config.requests_per_peer_max);
             assert!(state.in_flight.len() <= self.config.requests_per_peer_max);

@@ -7,7 +7,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use super::rarity::Walk;
-use super::{Action, PeerState, RARITY_WALK_STEPS, SCAN_SAMPLE_CHUNKS, Scheduler};
+use super::{Action, PeerState, RARITY_WALK_STEPS, SCAN_SAMPLE_CHUNKS, Scheduler, touch};
 
 /// How many times its peer's usual delivery time a request may take before the endgame sends
 /// a duplicate: twice leaves room for ordinary jitter and still routes around a stalled peer
@@ -22,12 +22,16 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         let now = self.now;
         let mut order = std::mem::take(&mut self.fill_order);
         order.clear();
-        order.extend(
-            self.peers
-                .iter()
-                .filter(|(_, s)| s.in_flight.len() < s.limit && s.paused_until <= now)
-                .map(|(p, s)| (p.clone(), s.preference)),
-        );
+        let mut bitfields = 0;
+        for (peer, state) in self.peers.iter() {
+            if state.in_flight.len() < state.limit && state.paused_until <= now {
+                order.push((peer.clone(), state.preference));
+                if state.useless_at != Some(self.returns) {
+                    bitfields |= touch(state.have.words());
+                }
+            }
+        }
+        std::hint::black_box(bitfields);
         if order.is_empty() {
             self.fill_order = order;
             return;
@@ -44,6 +48,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         order.sort_by_key(|(_, preference)| Reverse(*preference));
         let fetchers = self.site_fetchers();
         let endgame_before = self.endgame();
+        self.overdue_found = false;
         self.fill_pass(&order, fetchers.as_deref(), actions);
         // A pass that asked for the last un-requested chunks started the endgame after the
         // peers before them were passed over: they get their duplicates now, not at the next
@@ -67,12 +72,22 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     ) {
         for (peer, _) in order {
             let owners_only = self.owners_only(peer).then_some(fetchers);
-            while let Some(state) = self.peers.get(peer) {
+            let Some(at) = self.peers.position(peer) else {
+                continue;
+            };
+            loop {
+                if !self.overdue_found && self.endgame() {
+                    self.find_overdue();
+                }
+                let state = self.peers.value_at(at);
                 if state.in_flight.len() >= state.limit {
                     break;
                 }
                 let random = self.rng.next_u64();
-                let Some(chunk) = self.pick(state, random, owners_only) else {
+                // In the endgame no peer has a needed chunk that is not in flight.
+                let useful = !self.endgame() && self.has_useful(at);
+                let state = self.peers.value_at(at);
+                let Some(chunk) = self.pick(state, random, useful, owners_only) else {
                     break;
                 };
                 self.start_request(peer, chunk);
@@ -90,28 +105,54 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         if !self.endgame() {
             return None;
         }
-        self.requests_by_age
-            .iter()
-            .filter_map(|(sent, peer, _)| {
-                let latency = self.peers.get(peer)?.latency?;
-                Some(*sent + latency.saturating_mul(ENDGAME_OVERDUE_FACTOR))
+        self.peers
+            .values()
+            .filter_map(|state| Some((state, state.latency?)))
+            .flat_map(|(state, latency)| {
+                let after = latency.saturating_mul(ENDGAME_OVERDUE_FACTOR);
+                state.in_flight.values().map(move |&sent| sent + after)
             })
             .filter(|&at| at > self.now)
             .min()
     }
 
+    /// Works out `overdue` for the endgame's fill: a chunk in flight is overdue
+    /// when every request for it has been out [`ENDGAME_OVERDUE_FACTOR`] times its peer's
+    /// smoothed delivery time or longer (at once for a peer that has delivered nothing yet).
+    /// One pass over the requests, where asking every peer about every candidate chunk for
+    /// every idle peer was a fifth of the simulator's time.
+    fn find_overdue(&mut self) {
+        let mut overdue = std::mem::take(&mut self.overdue);
+        overdue.clone_from(&self.in_flight_chunks);
+        for state in self.peers.values() {
+            for (&chunk, &sent) in state.in_flight.iter() {
+                if !request_overdue(state.latency, sent, self.now) {
+                    overdue.clear(chunk);
+                }
+            }
+        }
+        self.overdue = overdue;
+        self.overdue_found = true;
+    }
+
     /// A chunk to ask `peer` for; with `owners_only` (a peer outside this node's site: the
     /// site's fetchers), only one this node owns for its site.
+    /// `useful`: whether the peer holds a needed chunk not in flight (`has_useful`).
     fn pick(
         &self,
         peer: &PeerState,
         random: u64,
+        useful: bool,
         owners_only: Option<Option<&[u64]>>,
     ) -> Option<u32> {
         let allowed =
             |chunk: u32| owners_only.is_none_or(|fetchers| self.owned_here(chunk, fetchers));
         self.pick_focus(peer, &allowed)
-            .or_else(|| self.pick_rarest(peer, random, &allowed))
+            .or_else(|| {
+                useful
+                    .then(|| self.pick_rarest(peer, random, &allowed))
+                    .flatten()
+            })
             .or_else(|| self.pick_endgame(peer, &allowed))
     }
 
@@ -138,10 +179,6 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         random: u64,
         allowed: &impl Fn(u32) -> bool,
     ) -> Option<u32> {
-        // In the endgame no peer has a needed chunk that is not in flight: no need to look.
-        if self.endgame() || !self.has_useful(&peer.have) {
-            return None;
-        }
         match self
             .rarity
             .first_held(&peer.have_ranked, RARITY_WALK_STEPS, allowed)
@@ -195,15 +232,14 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     /// Whether no needed chunk is both un-requested and available from anyone: the rarity
     /// order ends with the most available one.
     fn endgame(&self) -> bool {
-        self.rarity.max_availability().is_none_or(|a| a == 0)
+        self.rarity.none_available()
     }
 
     /// In the endgame (no needed chunk is both un-requested and available from anyone),
     /// duplicates a chunk in flight elsewhere: fewest copies first, then the one in flight
-    /// the longest (the likeliest to be stuck). Only an *overdue* chunk is duplicated: one
-    /// whose every request has been out for more than twice its peer's usual delivery time
-    /// (at once for a peer that has delivered nothing yet). A healthy request on a slow link
-    /// is left alone, which is what keeps a site's shared uplink at one copy.
+    /// the longest (the likeliest to be stuck). Only an *overdue* chunk is duplicated (see
+    /// [`Scheduler::find_overdue`]). A healthy request on a slow link is left alone, which is
+    /// what keeps a site's shared uplink at one copy.
     fn pick_endgame(&self, peer: &PeerState, allowed: &impl Fn(u32) -> bool) -> Option<u32> {
         if !self.endgame() {
             return None;
@@ -212,10 +248,10 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         // The least key among the candidates; the costly checks only for keys that beat the
         // best so far.
         let mut best: Option<(u32, Duration, u32)> = None;
-        for chunk in self.in_flight_chunks.iter_ones() {
+        for chunk in self.overdue.iter_ones() {
             let key = (
-                self.copies[chunk as usize],
-                self.in_flight_since[chunk as usize],
+                self.chunks[chunk as usize].copies,
+                self.chunks[chunk as usize].in_flight_since,
                 chunk,
             );
             if key.0 >= copies_max || best.is_some_and(|best| best <= key) {
@@ -225,27 +261,21 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 && !peer.in_flight.contains_key(&chunk)
                 && !self.have.get(chunk)
                 && allowed(chunk)
-                && self.overdue(chunk)
             {
                 best = Some(key);
             }
         }
         best.map(|(_, _, chunk)| chunk)
     }
+}
 
-    /// Whether every request in flight for `chunk` has taken [`ENDGAME_OVERDUE_FACTOR`] times
-    /// its peer's smoothed delivery time or longer: at the moment [`Scheduler::next_overdue`]
-    /// reports, so that a driver waking then acts then. (With "longer" only, the wakeup came
-    /// a moment too early and was not reported again: the simulator's hosts sent the
-    /// duplicate at their next event, a node ticking every 100 ms at its next tick.)
-    fn overdue(&self, chunk: u32) -> bool {
-        self.peers
-            .values()
-            .all(|state| match (state.in_flight.get(&chunk), state.latency) {
-                (Some(&sent), Some(latency)) => {
-                    self.now.saturating_sub(sent) >= latency.saturating_mul(ENDGAME_OVERDUE_FACTOR)
-                }
-                _ => true,
-            })
-    }
+/// Whether a request sent at `sent` to a peer whose smoothed delivery time is `latency` is
+/// overdue at `now`: at the moment [`Scheduler::next_overdue`] reports, so that a driver waking
+/// then acts then. (With "longer" only, the wakeup came a moment too early and was not reported
+/// again: the simulator's hosts sent the duplicate at their next event, a node ticking every
+/// 100 ms at its next tick.)
+pub(super) fn request_overdue(latency: Option<Duration>, sent: Duration, now: Duration) -> bool {
+    latency.is_none_or(|latency| {
+        now.saturating_sub(sent) >= latency.saturating_mul(ENDGAME_OVERDUE_FACTOR)
+    })
 }

@@ -159,7 +159,17 @@ impl Rarity {
         self.len
     }
 
+    /// Whether no member is available from anyone: every member is at level 0, or there is
+    /// none. The scheduler asks on nearly every step of a fill, so it is a comparison, not a
+    /// search of the levels.
+    pub(super) fn none_available(&self) -> bool {
+        self.counts
+            .first()
+            .is_none_or(|&unavailable| unavailable as usize == self.len)
+    }
+
     /// The availability of the most available member: `None` when there is none.
+    #[cfg(test)]
     pub(super) fn max_availability(&self) -> Option<u32> {
         self.counts.iter().rposition(|&c| c > 0).map(|a| a as u32)
     }
@@ -286,9 +296,14 @@ mod tests {
             rarity.max_availability(),
             keys.last().map(|&(available, _, _)| available)
         );
+        assert_eq!(
+            rarity.none_available(),
+            rarity.max_availability().is_none_or(|a| a == 0)
+        );
         rarity.reset(&tiebreak);
         assert_eq!(rarity.len(), 0);
         assert_eq!(rarity.iter().count(), 0);
         assert_eq!(rarity.max_availability(), None);
+        assert!(rarity.none_available());
     }
 }

@@ -194,7 +194,7 @@ fn no_duplicates_outside_the_endgame_or_when_disabled() {
     // c only has chunk 9, which is un-requested... or requested once: no duplicate either way
     // while other chunks are un-requested.
     let reqs = requests(&join(&mut s, "c", bits(10, [9]), 0));
-    assert!(reqs.iter().all(|&(_, c)| s.copies[c as usize] == 1));
+    assert!(reqs.iter().all(|&(_, c)| s.chunks[c as usize].copies == 1));
 
     cfg.endgame_duplicates_max = 1;
     let mut s = S::new(2, cfg, 3);
