@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use crate::bitmap::Bitmap;
 use crate::rng::SplitMix64;
-use rarity::Rarity;
+use rarity::{Rarity, rank_bit};
 use sorted::SortedMap;
 
 mod pick;
@@ -214,6 +214,10 @@ struct PeerState {
     have_ranked: Vec<u64>,
     /// Chunk → when it was requested.
     in_flight: SortedMap<u32, Duration>,
+    /// The earliest time in `in_flight`; `Duration::MAX` when empty. Expiry and the next
+    /// wakeup look only at the oldest request, and each peer keeps its own: an ordered set of
+    /// every request was a tree insert and removal per chunk.
+    oldest_sent: Duration,
     limit: usize,
     paused_until: Duration,
     /// The limit does not grow before this: a `Busy` answer while this node's own requests
@@ -243,18 +247,19 @@ fn touch(words: &[u64]) -> u64 {
     words.iter().step_by(8).fold(0, |acc, word| acc | word)
 }
 
-/// What the scheduler keeps per chunk, together: a decision about a chunk reads several of
-/// these, and at 10,000 simulated hosts each array of its own was a cache miss of its own.
+/// What the scheduler keeps per chunk for its rarity decisions, together: a decision about a
+/// chunk reads several of these, and `scan_rarest` reads them for runs of consecutive chunks.
+/// At 10,000 simulated hosts each array of its own was a cache miss of its own, and a record
+/// twice this size (with `in_flight_since` in it) put a scan's run on twice the lines.
 #[derive(Debug, Clone, Copy, Default)]
 struct ChunkState {
     /// Peers (not banned) whose bitfield has the chunk.
     availability: u32,
+    /// Its place in the tie-break among equally rare chunks (`Rarity::ranks`): random, or
+    /// the chunk number when `in_order`.
+    rank: u32,
     /// Requests in flight.
     copies: u32,
-    /// The tie-break among equally rare chunks: random, or the chunk number when `in_order`.
-    tiebreak: u32,
-    /// While in `in_flight_chunks`: since when it has been continuously in flight.
-    in_flight_since: Duration,
 }
 
 /// The scheduler of one blob's transfer. See the module documentation.
@@ -267,10 +272,13 @@ pub struct Scheduler<P> {
     have_count: u32,
     /// Chunks with at least one request in flight.
     in_flight_chunks: Bitmap,
-    /// Every request in flight as (sent at, peer, chunk), so expiry looks only at the oldest.
-    requests_by_age: BTreeSet<(Duration, P, u32)>,
+    /// Requests in flight, over all peers.
+    requests: usize,
     /// Per chunk, indexed by chunk.
     chunks: Vec<ChunkState>,
+    /// Per chunk, for those in `in_flight_chunks`: since when it has been continuously in
+    /// flight.
+    in_flight_since: Vec<Duration>,
     in_order: bool,
     /// Every chunk that is needed and not in flight, in `(availability, tiebreak, chunk)`
     /// order.
@@ -306,8 +314,9 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         let mut rng = SplitMix64::new(seed);
         let tiebreak: Vec<u32> = (0..chunk_count).map(|_| rng.next_u64() as u32).collect();
         let mut rarity = Rarity::new(&tiebreak);
-        for chunk in 0..chunk_count {
-            rarity.insert(0, chunk);
+        let ranks = rarity.ranks();
+        for &rank in &ranks {
+            rarity.insert(0, rank);
         }
         Scheduler {
             config,
@@ -315,14 +324,15 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             have: Bitmap::new(chunk_count),
             have_count: 0,
             in_flight_chunks: Bitmap::new(chunk_count),
-            requests_by_age: BTreeSet::new(),
-            chunks: tiebreak
+            requests: 0,
+            chunks: ranks
                 .iter()
-                .map(|&tiebreak| ChunkState {
-                    tiebreak,
+                .map(|&rank| ChunkState {
+                    rank,
                     ..ChunkState::default()
                 })
                 .collect(),
+            in_flight_since: vec![Duration::ZERO; chunk_count as usize],
             in_order: false,
             rarity,
             peers: SortedMap::default(),
@@ -398,25 +408,29 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             return;
         }
         self.in_order = in_order;
-        for chunk in 0..self.chunk_count {
-            self.chunks[chunk as usize].tiebreak = if in_order {
-                chunk
-            } else {
-                self.rng.next_u64() as u32
-            };
-        }
-        let tiebreak: Vec<u32> = self.chunks.iter().map(|c| c.tiebreak).collect();
+        let tiebreak: Vec<u32> = (0..self.chunk_count)
+            .map(|chunk| {
+                if in_order {
+                    chunk
+                } else {
+                    self.rng.next_u64() as u32
+                }
+            })
+            .collect();
         self.rarity.reset(&tiebreak);
+        for (state, rank) in self.chunks.iter_mut().zip(self.rarity.ranks()) {
+            state.rank = rank;
+        }
         for chunk in 0..self.chunk_count {
             if self.unrequested(chunk) {
-                self.rarity
-                    .insert(self.chunks[chunk as usize].availability, chunk);
+                let state = self.chunks[chunk as usize];
+                self.rarity.insert(state.availability, state.rank);
             }
         }
         for (_, state) in self.peers.iter_mut() {
             state.have_ranked.iter_mut().for_each(|w| *w = 0);
             for chunk in state.have.iter_ones() {
-                let (word, bit) = self.rarity.ranked(chunk);
+                let (word, bit) = rank_bit(self.chunks[chunk as usize].rank);
                 state.have_ranked[word] |= bit;
             }
         }
@@ -493,9 +507,9 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             self.completed_reported = true;
             // Requests still out (for chunks resumed from disk while in flight) are moot.
             let moot: Vec<(P, u32)> = self
-                .requests_by_age
-                .iter()
-                .map(|(_, peer, chunk)| (peer.clone(), *chunk))
+                .requests_by_age()
+                .into_iter()
+                .map(|(_, peer, chunk)| (peer.clone(), chunk))
                 .collect();
             for (peer, chunk) in moot {
                 self.end_request(&peer, chunk);
@@ -521,11 +535,32 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         chunk < self.chunk_count && !self.have.get(chunk)
     }
 
-    /// Every request in flight, as (peer, chunk).
+    /// Every request in flight, as (peer, chunk), oldest first.
     pub fn requests_in_flight(&self) -> impl Iterator<Item = (&P, u32)> {
-        self.requests_by_age
+        self.requests_by_age()
+            .into_iter()
+            .map(|(_, peer, chunk)| (peer, chunk))
+    }
+
+    /// Every request in flight as (sent at, peer, chunk), in that order: what expiry and
+    /// completion cancel, in the order they cancel it.
+    fn requests_by_age(&self) -> Vec<(Duration, &P, u32)> {
+        let mut requests: Vec<(Duration, &P, u32)> = self
+            .peers
             .iter()
-            .map(|(_, peer, chunk)| (peer, *chunk))
+            .flat_map(|(peer, state)| state.in_flight.iter().map(move |(&c, &t)| (t, peer, c)))
+            .collect();
+        requests.sort_unstable();
+        requests
+    }
+
+    /// When the oldest request in flight was sent.
+    fn oldest_sent(&self) -> Option<Duration> {
+        self.peers
+            .values()
+            .map(|state| state.oldest_sent)
+            .min()
+            .filter(|&sent| sent != Duration::MAX)
     }
 
     pub fn is_complete(&self) -> bool {
@@ -538,7 +573,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
 
     /// Requests in flight, over all peers.
     pub fn in_flight(&self) -> usize {
-        self.requests_by_age.len()
+        self.requests
     }
 
     pub fn peers(&self) -> impl Iterator<Item = (&P, PeerStats)> {
@@ -563,8 +598,8 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     pub fn next_wakeup(&self) -> Option<Duration> {
         let mut earliest: Option<Duration> = None;
         let mut consider = |t: Duration| earliest = Some(earliest.map_or(t, |e| e.min(t)));
-        if let Some((sent, _, _)) = self.requests_by_age.first() {
-            consider(*sent + self.config.request_timeout);
+        if let Some(sent) = self.oldest_sent() {
+            consider(sent + self.config.request_timeout);
         }
         if self.is_complete() {
             return earliest;
@@ -589,16 +624,17 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         !self.have.get(chunk) && self.chunks[chunk as usize].copies == 0
     }
 
-    fn rarity_key(&self, chunk: u32) -> (u32, u32, u32) {
-        let i = chunk as usize;
-        let state = &self.chunks[i];
-        (state.availability, state.tiebreak, chunk)
+    /// What orders chunks by rarity: availability, then the tie-break's rank.
+    fn rarity_key(&self, chunk: u32) -> (u32, u32) {
+        let state = &self.chunks[chunk as usize];
+        (state.availability, state.rank)
     }
 
-    /// Whether the peer at `at` in `peers` holds a chunk that is needed and not in flight: a peer without one is
-    /// skipped without walking the rarity order (late in a transfer, most idle peers are). A
-    /// pass over the words, with no state to keep for every peer on every chunk change, and
-    /// none at all while nothing can have changed the answer (`PeerState::useless_at`).
+    /// Whether the peer at `at` in `peers` holds a chunk that is needed and not in flight: a
+    /// peer without one is skipped without walking the rarity order (late in a transfer, most
+    /// idle peers are). A pass over the words, with no state to keep for every peer on every
+    /// chunk change, and none at all while nothing can have changed the answer
+    /// (`PeerState::useless_at`).
     fn has_useful(&mut self, at: usize) -> bool {
         let Scheduler {
             peers,
@@ -626,8 +662,8 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
 
     fn acquire(&mut self, chunk: u32) {
         if self.unrequested(chunk) {
-            self.rarity
-                .remove(self.chunks[chunk as usize].availability, chunk);
+            let state = self.chunks[chunk as usize];
+            self.rarity.remove(state.availability, state.rank);
         }
         if self.have.set(chunk) {
             self.have_count += 1;
@@ -636,23 +672,23 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
 
     fn add_copy(&mut self, chunk: u32) {
         if self.unrequested(chunk) {
-            self.rarity
-                .remove(self.chunks[chunk as usize].availability, chunk);
+            let state = self.chunks[chunk as usize];
+            self.rarity.remove(state.availability, state.rank);
         }
         self.chunks[chunk as usize].copies += 1;
         if self.in_flight_chunks.set(chunk) {
-            self.chunks[chunk as usize].in_flight_since = self.now;
+            self.in_flight_since[chunk as usize] = self.now;
         }
     }
 
     fn remove_copy(&mut self, chunk: u32) {
-        let copies = &mut self.chunks[chunk as usize].copies;
-        *copies = copies.saturating_sub(1);
-        if *copies == 0 {
+        let state = &mut self.chunks[chunk as usize];
+        state.copies = state.copies.saturating_sub(1);
+        if state.copies == 0 {
+            let state = *state;
             self.in_flight_chunks.clear(chunk);
             if !self.have.get(chunk) {
-                self.rarity
-                    .insert(self.chunks[chunk as usize].availability, chunk);
+                self.rarity.insert(state.availability, state.rank);
                 self.returns += 1;
             }
         }
@@ -666,8 +702,9 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             count.saturating_sub(1)
         };
         if self.unrequested(chunk) {
-            self.rarity.remove(count, chunk);
-            self.rarity.insert(next, chunk);
+            let rank = self.chunks[chunk as usize].rank;
+            self.rarity.remove(count, rank);
+            self.rarity.insert(next, rank);
         }
         self.chunks[chunk as usize].availability = next;
     }
@@ -698,14 +735,14 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             while gained != 0 {
                 let chunk = i as u32 * 64 + gained.trailing_zeros();
                 self.change_availability(chunk, true);
-                let (word, bit) = self.rarity.ranked(chunk);
+                let (word, bit) = rank_bit(self.chunks[chunk as usize].rank);
                 ranked[word] |= bit;
                 gained &= gained - 1;
             }
             while lost != 0 {
                 let chunk = i as u32 * 64 + lost.trailing_zeros();
                 self.change_availability(chunk, false);
-                let (word, bit) = self.rarity.ranked(chunk);
+                let (word, bit) = rank_bit(self.chunks[chunk as usize].rank);
                 ranked[word] &= !bit;
                 lost &= lost - 1;
             }
@@ -745,6 +782,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                         have_ranked: Vec::new(),
                         have: Bitmap::new(0),
                         in_flight: SortedMap::default(),
+                        oldest_sent: Duration::MAX,
                         limit: self
                             .config
                             .requests_per_peer_initial
@@ -891,11 +929,14 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     fn expire_requests(&mut self, actions: &mut Vec<Action<P>>) {
         let timeout = self.config.request_timeout;
         let now = self.now;
+        if self.oldest_sent().is_none_or(|sent| sent + timeout > now) {
+            return;
+        }
         let expired: Vec<(P, u32)> = self
-            .requests_by_age
-            .iter()
-            .take_while(|(sent, _, _)| *sent + timeout <= now)
-            .map(|(_, peer, chunk)| (peer.clone(), *chunk))
+            .requests_by_age()
+            .into_iter()
+            .take_while(|&(sent, _, _)| sent + timeout <= now)
+            .map(|(_, peer, chunk)| (peer.clone(), chunk))
             .collect();
         let mut penalized: BTreeSet<P> = BTreeSet::new();
         for (peer, chunk) in expired {
@@ -923,8 +964,8 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         for chunk in state.have.iter_ones() {
             self.change_availability(chunk, false);
         }
-        for (&chunk, &sent) in state.in_flight.iter() {
-            self.requests_by_age.remove(&(sent, peer.clone(), chunk));
+        self.requests -= state.in_flight.len();
+        for &chunk in state.in_flight.keys() {
             self.remove_copy(chunk);
         }
     }
@@ -934,9 +975,14 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         let Some(state) = self.peers.get_mut(peer) else {
             return;
         };
-        state.in_flight.insert(chunk, now);
+        if state.in_flight.insert(chunk, now).is_some() {
+            // Asked again of the same peer (never, as picks go): the old request is replaced.
+            state.oldest_sent = state.in_flight.values().copied().min().unwrap_or(now);
+        } else {
+            self.requests += 1;
+            state.oldest_sent = state.oldest_sent.min(now);
+        }
         let overdue = pick::request_overdue(state.latency, now, now);
-        self.requests_by_age.insert((now, peer.clone(), chunk));
         // A chunk is overdue while every request for it is.
         if self.chunks[chunk as usize].copies == 0 && overdue {
             self.overdue.set(chunk);
@@ -948,14 +994,21 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
 
     /// Ends the request for `chunk` to `peer`, whatever the reason; false if there was none.
     fn end_request(&mut self, peer: &P, chunk: u32) -> bool {
-        let Some(sent) = self
-            .peers
-            .get_mut(peer)
-            .and_then(|state| state.in_flight.remove(&chunk))
-        else {
+        let Some(state) = self.peers.get_mut(peer) else {
             return false;
         };
-        self.requests_by_age.remove(&(sent, peer.clone(), chunk));
+        let Some(sent) = state.in_flight.remove(&chunk) else {
+            return false;
+        };
+        if sent == state.oldest_sent {
+            state.oldest_sent = state
+                .in_flight
+                .values()
+                .copied()
+                .min()
+                .unwrap_or(Duration::MAX);
+        }
+        self.requests -= 1;
         self.remove_copy(chunk);
         true
     }
@@ -1010,21 +1063,27 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 .filter_map(|p| p.in_flight.get(&c))
                 .min()
             {
-                assert!(self.chunks[i].in_flight_since <= *oldest, "since {c}");
+                assert!(self.in_flight_since[i] <= *oldest, "since {c}");
             }
             assert_eq!(
-                self.rarity.contains(self.chunks[i].availability, c),
+                self.rarity
+                    .contains(self.chunks[i].availability, self.chunks[i].rank),
                 self.unrequested(c),
                 "rarity membership of {c}"
             );
         }
         assert_eq!(self.have_count, self.have.count_ones());
-        let by_age: BTreeSet<(Duration, P, u32)> = self
-            .peers
-            .iter()
-            .flat_map(|(p, s)| s.in_flight.iter().map(move |(&c, &t)| (t, p.clone(), c)))
-            .collect();
-        assert_eq!(self.requests_by_age, by_age);
+        assert_eq!(
+            self.requests,
+            self.peers
+                .values()
+                .map(|s| s.in_flight.len())
+                .sum::<usize>()
+        );
+        for state in self.peers.values() {
+            let oldest = state.in_flight.values().copied().min();
+            assert_eq!(state.oldest_sent, oldest.unwrap_or(Duration::MAX));
+        }
         let needed_unrequested = (0..self.chunk_count)
             .filter(|&c| self.unrequested(c))
             .count();
@@ -1038,7 +1097,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             assert!(!self.banned.contains(peer), "banned peer {peer:?} kept");
             assert_eq!(state.complete, state.have.is_full());
             for c in 0..self.chunk_count {
-                let (word, bit) = self.rarity.ranked(c);
+                let (word, bit) = rank_bit(self.chunks[c as usize].rank);
                 assert_eq!(
                     state.have_ranked[word] & bit != 0,
                     state.have.get(c),

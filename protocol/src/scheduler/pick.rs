@@ -204,7 +204,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             return None;
         }
         let start = (random % words as u64) as usize;
-        let mut best: Option<(u32, u32, u32)> = None;
+        let mut best: Option<((u32, u32), u32)> = None;
         let mut sampled = 0;
         for k in 0..words {
             let i = (start + k) % words;
@@ -218,15 +218,15 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 }
                 sampled += 1;
                 let key = self.rarity_key(chunk);
-                if best.is_none_or(|b| key < b) {
-                    best = Some(key);
+                if best.is_none_or(|(b, _)| key < b) {
+                    best = Some((key, chunk));
                 }
             }
             if sampled >= SCAN_SAMPLE_CHUNKS {
                 break;
             }
         }
-        best.map(|(_, _, chunk)| chunk)
+        best.map(|(_, chunk)| chunk)
     }
 
     /// Whether no needed chunk is both un-requested and available from anyone: the rarity
@@ -251,7 +251,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         for chunk in self.overdue.iter_ones() {
             let key = (
                 self.chunks[chunk as usize].copies,
-                self.chunks[chunk as usize].in_flight_since,
+                self.in_flight_since[chunk as usize],
                 chunk,
             );
             if key.0 >= copies_max || best.is_some_and(|best| best <= key) {

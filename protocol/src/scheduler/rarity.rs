@@ -20,11 +20,11 @@ pub(super) enum Walk {
     Exhausted,
 }
 
-/// See the module documentation.
+/// See the module documentation. Members are named by rank ([`Rarity::ranks`]): the
+/// scheduler keeps each chunk's rank in its per-chunk record, which it has read anyway, so a
+/// change of level costs no lookup in an array of ranks of its own.
 #[derive(Debug, Clone)]
 pub(super) struct Rarity {
-    /// Chunk → its rank among the tie-breaks.
-    rank: Vec<u32>,
     /// Rank → chunk.
     chunk_at: Vec<u32>,
     /// 64-bit words per level.
@@ -40,7 +40,6 @@ impl Rarity {
     /// An empty order over chunks `0..tiebreak.len()`, ties broken by `(tiebreak, chunk)`.
     pub(super) fn new(tiebreak: &[u32]) -> Self {
         let mut rarity = Rarity {
-            rank: Vec::new(),
             chunk_at: Vec::new(),
             words: tiebreak.len().div_ceil(64),
             bits: Vec::new(),
@@ -62,18 +61,17 @@ impl Rarity {
     fn rank_by(&mut self, tiebreak: &[u32]) {
         let mut chunks: Vec<u32> = (0..tiebreak.len() as u32).collect();
         chunks.sort_unstable_by_key(|&chunk| (tiebreak[chunk as usize], chunk));
-        self.rank = vec![0; chunks.len()];
-        for (rank, &chunk) in chunks.iter().enumerate() {
-            self.rank[chunk as usize] = rank as u32;
-        }
         self.chunk_at = chunks;
     }
 
-    /// The word and bit of `chunk` in a bit set indexed by rank (such as a peer's
-    /// `have_ranked`).
-    pub(super) fn ranked(&self, chunk: u32) -> (usize, u64) {
-        let rank = self.rank[chunk as usize] as usize;
-        (rank / 64, 1 << (rank % 64))
+    /// Chunk → its rank among the tie-breaks: ranks follow `(tiebreak, chunk)`, so comparing
+    /// `(availability, rank)` orders chunks as `(availability, tiebreak, chunk)` does.
+    pub(super) fn ranks(&self) -> Vec<u32> {
+        let mut ranks = vec![0; self.chunk_at.len()];
+        for (rank, &chunk) in self.chunk_at.iter().enumerate() {
+            ranks[chunk as usize] = rank as u32;
+        }
+        ranks
     }
 
     /// Walks the first `steps` members in order, as [`Rarity::iter`] would, for the first
@@ -111,21 +109,18 @@ impl Rarity {
         Walk::Exhausted
     }
 
-    fn position(&self, availability: u32, chunk: u32) -> (usize, u64) {
-        let rank = self.rank[chunk as usize] as usize;
-        (
-            availability as usize * self.words + rank / 64,
-            1 << (rank % 64),
-        )
+    fn position(&self, availability: u32, rank: u32) -> (usize, u64) {
+        let (word, bit) = rank_bit(rank);
+        (availability as usize * self.words + word, bit)
     }
 
-    pub(super) fn insert(&mut self, availability: u32, chunk: u32) {
+    pub(super) fn insert(&mut self, availability: u32, rank: u32) {
         let level = availability as usize;
         if level >= self.counts.len() {
             self.counts.resize(level + 1, 0);
             self.bits.resize((level + 1) * self.words, 0);
         }
-        let (word, bit) = self.position(availability, chunk);
+        let (word, bit) = self.position(availability, rank);
         if self.bits[word] & bit == 0 {
             self.bits[word] |= bit;
             self.counts[level] += 1;
@@ -133,11 +128,11 @@ impl Rarity {
         }
     }
 
-    pub(super) fn remove(&mut self, availability: u32, chunk: u32) {
+    pub(super) fn remove(&mut self, availability: u32, rank: u32) {
         if availability as usize >= self.counts.len() {
             return;
         }
-        let (word, bit) = self.position(availability, chunk);
+        let (word, bit) = self.position(availability, rank);
         if self.bits[word] & bit != 0 {
             self.bits[word] &= !bit;
             self.counts[availability as usize] -= 1;
@@ -146,11 +141,11 @@ impl Rarity {
     }
 
     #[cfg(test)]
-    pub(super) fn contains(&self, availability: u32, chunk: u32) -> bool {
+    pub(super) fn contains(&self, availability: u32, rank: u32) -> bool {
         if availability as usize >= self.counts.len() {
             return false;
         }
-        let (word, bit) = self.position(availability, chunk);
+        let (word, bit) = self.position(availability, rank);
         self.bits[word] & bit != 0
     }
 
@@ -196,6 +191,12 @@ impl Rarity {
     }
 }
 
+/// The word and bit of `rank` in a bit set indexed by rank (such as a peer's `have_ranked`).
+pub(super) fn rank_bit(rank: u32) -> (usize, u64) {
+    let rank = rank as usize;
+    (rank / 64, 1 << (rank % 64))
+}
+
 /// The set bits of a word, lowest first.
 #[cfg(test)]
 struct SetBits(u64);
@@ -228,6 +229,7 @@ mod tests {
         // Few distinct tie-breaks, so that ties among them fall to the chunk number.
         let tiebreak: Vec<u32> = (0..chunks).map(|_| rng.below(50) as u32).collect();
         let mut rarity = Rarity::new(&tiebreak);
+        let ranks = rarity.ranks();
         let mut keys: BTreeSet<(u32, u32, u32)> = BTreeSet::new();
         let mut availability = vec![0u32; chunks as usize];
         let mut member = vec![false; chunks as usize];
@@ -235,14 +237,15 @@ mod tests {
             let chunk = rng.below(chunks as usize) as u32;
             let i = chunk as usize;
             let key = |a: u32| (a, tiebreak[i], chunk);
+            let rank = ranks[i];
             match rng.below(3) {
                 0 => {
-                    rarity.insert(availability[i], chunk);
+                    rarity.insert(availability[i], rank);
                     keys.insert(key(availability[i]));
                     member[i] = true;
                 }
                 1 => {
-                    rarity.remove(availability[i], chunk);
+                    rarity.remove(availability[i], rank);
                     keys.remove(&key(availability[i]));
                     member[i] = false;
                 }
@@ -253,9 +256,9 @@ mod tests {
                         availability[i].saturating_sub(1)
                     };
                     if member[i] {
-                        rarity.remove(availability[i], chunk);
+                        rarity.remove(availability[i], rank);
                         keys.remove(&key(availability[i]));
-                        rarity.insert(next, chunk);
+                        rarity.insert(next, rank);
                         keys.insert(key(next));
                     }
                     availability[i] = next;
@@ -271,7 +274,7 @@ mod tests {
             let have: Vec<u32> = (0..chunks).filter(|_| rng.below(8) < round % 9).collect();
             let mut ranked = vec![0u64; (chunks as usize).div_ceil(64)];
             for &chunk in &have {
-                let (word, bit) = rarity.ranked(chunk);
+                let (word, bit) = rank_bit(ranks[chunk as usize]);
                 ranked[word] |= bit;
             }
             let steps = 1 + rng.below(80);

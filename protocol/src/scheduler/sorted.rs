@@ -88,7 +88,6 @@ impl<K: Ord, V> SortedMap<K, V> {
         self.keys.iter().zip(&mut self.values)
     }
 
-    #[cfg(test)]
     pub(super) fn keys(&self) -> impl Iterator<Item = &K> {
         self.keys.iter()
     }
