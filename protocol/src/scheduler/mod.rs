@@ -238,6 +238,17 @@ struct PeerState {
     stats: PeerStats,
 }
 
+impl PeerState {
+    /// The earliest time in `in_flight`, as `oldest_sent` keeps it.
+    fn oldest_in_flight(&self) -> Duration {
+        self.in_flight
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(Duration::MAX)
+    }
+}
+
 /// The first word of each cache line of `words`, or'ed: a caller that reads the result (or
 /// passes it to `std::hint::black_box`) has loaded each line. Touching data about to be used
 /// one piece at a time first lets its cache misses overlap instead of following one another:
@@ -618,7 +629,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         earliest
     }
 
-    // ---- bookkeeping that keeps `rarity`, `copies` and `in_flight_*` consistent ----
+    // ---- bookkeeping that keeps `rarity`, `chunks` and `in_flight_*` consistent ----
 
     fn unrequested(&self, chunk: u32) -> bool {
         !self.have.get(chunk) && self.chunks[chunk as usize].copies == 0
@@ -712,6 +723,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     /// Applies the change from `old` to `new` (a peer's bitfields; `old` may have no bits) to
     /// availability and to the peer's bitfield by rank; whether the peer gained any chunk.
     fn apply_availability(&mut self, old: &Bitmap, new: &Bitmap, ranked: &mut [u64]) -> bool {
+        // The changed chunks' records are loaded together first, as `touch` does for words.
         let changed = new
             .words()
             .iter()
@@ -977,7 +989,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         };
         if state.in_flight.insert(chunk, now).is_some() {
             // Asked again of the same peer (never, as picks go): the old request is replaced.
-            state.oldest_sent = state.in_flight.values().copied().min().unwrap_or(now);
+            state.oldest_sent = state.oldest_in_flight();
         } else {
             self.requests += 1;
             state.oldest_sent = state.oldest_sent.min(now);
@@ -1001,12 +1013,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
             return false;
         };
         if sent == state.oldest_sent {
-            state.oldest_sent = state
-                .in_flight
-                .values()
-                .copied()
-                .min()
-                .unwrap_or(Duration::MAX);
+            state.oldest_sent = state.oldest_in_flight();
         }
         self.requests -= 1;
         self.remove_copy(chunk);
@@ -1081,8 +1088,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                 .sum::<usize>()
         );
         for state in self.peers.values() {
-            let oldest = state.in_flight.values().copied().min();
-            assert_eq!(state.oldest_sent, oldest.unwrap_or(Duration::MAX));
+            assert_eq!(state.oldest_sent, state.oldest_in_flight());
         }
         let needed_unrequested = (0..self.chunk_count)
             .filter(|&c| self.unrequested(c))

@@ -9,7 +9,7 @@
 
 #[derive(Debug, Clone)]
 pub(super) struct SortedMap<K, V> {
-    /// Sorted, apart from the values: a lookup's binary search reads a line or two of keys
+    /// The keys, sorted, kept apart from the values: a lookup's binary search reads a line or two of keys
     /// instead of one line of each entry it passes (a peer's state is a few hundred bytes, and
     /// at 10,000 simulated hosts every host's is cold when its event comes).
     keys: Vec<K>,
