@@ -38,7 +38,7 @@ pub use error::{TransferError, WrongContent};
 pub use peer_chunks::PeerChunks;
 pub use sequential::SequentialBlob;
 pub use stream::stream_transfer;
-pub use verified::VerifiedChunks;
+pub use verified::{StreamMark, VerifiedChunks};
 
 /// Commands queued for the fetch actor.
 const COMMAND_QUEUE_LEN: usize = 256;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use shoal_gateway::BlobStream;
 
-use super::Transfer;
+use super::{StreamMark, Transfer, VerifiedChunks};
 
 /// Most bytes read per piece sent to the client.
 const PIECE_BYTES_MAX: u64 = 512 * 1024;
@@ -25,6 +25,8 @@ struct Reader {
     transfer: Transfer,
     position: u64,
     end: u64,
+    /// Keeps the chunks this stream has yet to read in the transfer's memory.
+    mark: Option<StreamMark>,
 }
 
 /// The bytes of `range` of the transfer's blob, as they become available. The stream ends
@@ -34,6 +36,7 @@ pub fn stream_transfer(transfer: Transfer, range: Range<u64>) -> BlobStream {
         transfer,
         position: range.start,
         end: range.end,
+        mark: None,
     };
     Box::pin(futures_util::stream::try_unfold(
         reader,
@@ -58,6 +61,13 @@ impl Reader {
         let chunk_end = chunk_range.end;
         let position = self.position;
         let longest = (self.end - position).min(PIECE_BYTES_MAX);
+        match &self.mark {
+            Some(mark) => mark.reads(chunk),
+            None => {
+                let verified = self.transfer.progress().verified;
+                self.mark = Some(VerifiedChunks::follow(&verified, chunk));
+            }
+        }
         let mut announced = false;
         loop {
             let progress = self.transfer.progress();

@@ -219,9 +219,7 @@ pub async fn run(
             Some(Ok(peer)) = run.watches.join_next(), if !run.watches.is_empty() => run.fetch.watch_ended(&peer),
             Some(chunk) = focus.recv() => {
                 run.client_waited = true;
-                if let Some(behind) = &run.sha256_behind {
-                    behind.give_way();
-                }
+                run.hash_gives_way();
                 run.handle(FetchEvent::Focus { chunk }).await?;
             }
             () = &mut tick => {
@@ -575,11 +573,11 @@ impl Run<'_> {
             let behind =
                 Sha256Behind::start(reader, index.chunk_count(), self.progress.subscribe())
                     .map_err(TransferError::Sha256Behind)?;
+            self.sha256_behind = Some(behind);
             // A client already waiting (for the index) reads the blob as it arrives.
             if self.client_waited {
-                behind.give_way();
+                self.hash_gives_way();
             }
-            self.sha256_behind = Some(behind);
         }
         let file = Arc::new(partial.reader()?);
         let layout = index.layout();
@@ -661,6 +659,15 @@ impl Run<'_> {
             progress.have.set(chunk);
         });
         self.write_behind(chunk, bytes).await
+    }
+
+    /// A client waits on the transfer: the sha256 beside it gives way, and no chunk is kept in
+    /// memory for it any more (`verified.rs`).
+    fn hash_gives_way(&self) {
+        if let Some(behind) = &self.sha256_behind {
+            behind.give_way();
+            self.progress.borrow().verified.hasher_gave_way();
+        }
     }
 
     /// Waits for the sha256 beside the transfer while it is far behind, until a client waits

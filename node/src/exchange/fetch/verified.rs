@@ -4,22 +4,29 @@
 //! back. Chunks are written around the page cache (`store/partial.rs`), so a read-back would be
 //! a read from the device; from here it is a reference to the very buffer the chunk arrived in.
 //!
-//! Only chunks that matched the blob's chunk index enter; a reader that falls further behind
-//! than the window reads the file as before. A chunk's bytes are written to the file behind
-//! the readers (several writes at once, `transfer.rs`), and a chunk not written yet stays here
-//! whatever the window: a chunk marked had is always in memory or in the file.
+//! Only chunks that matched the blob's chunk index enter. Two kinds of reader are followed:
+//! the hasher (until it gives way to clients) and each gateway stream ([`StreamMark`]); what a
+//! followed reader has yet to read stays, within a bound. Others (a peer asking for a chunk the
+//! node just got) find the newest few chunks here. A reader that falls further behind reads
+//! the file as before. A chunk's bytes are written to the file behind the readers (several
+//! writes at once, `transfer.rs`), and a chunk not written yet stays here whatever the window:
+//! a chunk marked had is always in memory or in the file.
+//!
+//! Why followed readers and a short window rather than one long window: every chunk kept is a
+//! buffer the transfer cannot reuse, and a fresh one is a zero-filled page per 4 KiB — on the
+//! VMs these benchmarks run on, a fault in the host too, several microseconds each
+//! (docs/benchmarks.md, "Fresh pages in the transfer").
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-/// Bytes of verified and written chunks kept for readers: 32 one-MiB chunks, twice the
-/// scheduler's streaming window ahead of a client, so a client keeping pace with the transfer
-/// never touches the disk, while a transfer's memory stays well within the node's RSS budget.
-/// Chunks still being written, and chunks the hasher has not passed yet, come on top.
-const VERIFIED_BYTES_MAX: usize = 32 << 20;
+/// Bytes of verified and written chunks kept for readers that are not followed: the newest 8
+/// one-MiB chunks, for peers asking for what this node has just shown them. Chunks still being
+/// written, and chunks a followed reader has yet to read, come on top.
+const VERIFIED_BYTES_MAX: usize = 8 << 20;
 
 /// Bytes of chunks ahead of the hasher beside the transfer (`sha256_behind.rs`) past which
 /// the transfer waits for it ([`VerifiedChunks::hasher_caught_up`]) when no client is
@@ -28,10 +35,11 @@ const VERIFIED_BYTES_MAX: usize = 32 << 20;
 /// cache) held a 1 GiB pull for a second after its last chunk arrived (docs/benchmarks.md).
 pub const HASHER_AHEAD_MAX: usize = 32 << 20;
 
-/// Bytes of written chunks ahead of the hasher kept in memory at most: twice the pace above,
-/// for when clients stream the blob and the hasher gives way to them (it then reads what it
-/// fell behind on from the file).
-const HASHER_AHEAD_KEPT_MAX: usize = 2 * HASHER_AHEAD_MAX;
+/// Bytes of written chunks that followed readers have yet to read kept in memory at most:
+/// twice the hasher's pace above. Past it the oldest go, and a reader that far behind reads them
+/// back from the file: a gateway client on a slow link, or the hasher once it gave way to
+/// clients (it catches up after they are served).
+const FOLLOWED_KEPT_MAX: usize = 2 * HASHER_AHEAD_MAX;
 
 #[derive(Debug, Default)]
 pub struct VerifiedChunks {
@@ -46,6 +54,12 @@ struct Window {
     chunks: VecDeque<Kept>,
     /// The chunk the hasher beside the transfer takes next, when one follows it.
     hasher_at: Option<u32>,
+    /// The hasher gave way to clients: chunks are no longer kept for it.
+    hasher_gave_way: bool,
+    /// The chunk each gateway stream following the transfer reads next.
+    streams: HashMap<u64, u32>,
+    /// The next stream's key in `streams`.
+    next_stream: u64,
 }
 
 #[derive(Debug)]
@@ -57,7 +71,12 @@ struct Kept {
 
 impl Window {
     fn ahead_of_hasher(&self, kept: &Kept) -> bool {
-        self.hasher_at.is_some_and(|at| kept.chunk >= at)
+        !self.hasher_gave_way && self.hasher_at.is_some_and(|at| kept.chunk >= at)
+    }
+
+    /// Whether a followed reader has yet to read the chunk.
+    fn awaited(&self, kept: &Kept) -> bool {
+        self.ahead_of_hasher(kept) || self.streams.values().any(|&at| kept.chunk >= at)
     }
 
     /// Bytes of the chunks matching `which`.
@@ -69,13 +88,13 @@ impl Window {
             .sum()
     }
 
-    /// Lets go of the oldest written chunks the hasher has passed beyond the window (always
-    /// keeping the newest), and of the oldest written chunks ahead of it beyond
-    /// [`HASHER_AHEAD_KEPT_MAX`].
+    /// Lets go of the oldest written chunks no followed reader awaits beyond the window (always
+    /// keeping the newest), and of the oldest awaited written chunks beyond
+    /// [`FOLLOWED_KEPT_MAX`].
     fn trim(&mut self) {
         loop {
-            let passed = |kept: &Kept| kept.written && !self.ahead_of_hasher(kept);
-            let ahead = |kept: &Kept| kept.written && self.ahead_of_hasher(kept);
+            let passed = |kept: &Kept| kept.written && !self.awaited(kept);
+            let ahead = |kept: &Kept| kept.written && self.awaited(kept);
             let gone = if self.bytes(passed) > VERIFIED_BYTES_MAX
                 && self
                     .chunks
@@ -85,7 +104,7 @@ impl Window {
                     .is_some()
             {
                 self.chunks.iter().position(passed)
-            } else if self.bytes(ahead) > HASHER_AHEAD_KEPT_MAX {
+            } else if self.bytes(ahead) > FOLLOWED_KEPT_MAX {
                 self.chunks.iter().position(ahead)
             } else {
                 None
@@ -142,13 +161,34 @@ impl VerifiedChunks {
     }
 
     /// Notes that the hasher beside the transfer takes chunk `next` next: the chunks from
-    /// there on stay until it has passed them (within [`HASHER_AHEAD_KEPT_MAX`]).
+    /// there on stay until it has passed them (within [`FOLLOWED_KEPT_MAX`]).
     pub fn hasher_at(&self, next: u32) {
         let mut window = self.lock();
         window.hasher_at = Some(next);
         window.trim();
         drop(window);
         self.hasher_moved.notify_one();
+    }
+
+    /// The hasher gave way to clients and catches up from the file once they are served: no
+    /// chunk is kept for it from now on.
+    pub fn hasher_gave_way(&self) {
+        let mut window = self.lock();
+        window.hasher_gave_way = true;
+        window.trim();
+    }
+
+    /// Follows a gateway stream that reads chunk `next` next: the chunks from there on stay
+    /// until it has read them (within [`FOLLOWED_KEPT_MAX`]), for as long as the mark lives.
+    pub fn follow(verified: &Arc<VerifiedChunks>, next: u32) -> StreamMark {
+        let mut window = verified.lock();
+        let key = window.next_stream;
+        window.next_stream += 1;
+        window.streams.insert(key, next);
+        StreamMark {
+            verified: verified.clone(),
+            key,
+        }
     }
 
     /// Waits while more than [`HASHER_AHEAD_MAX`] bytes of chunks wait for the hasher and it
@@ -169,6 +209,35 @@ impl VerifiedChunks {
             }
             moved.await;
         }
+    }
+}
+
+/// Where a gateway stream following the transfer reads ([`VerifiedChunks::follow`]); dropping
+/// it stops keeping chunks for the stream.
+#[derive(Debug)]
+pub struct StreamMark {
+    verified: Arc<VerifiedChunks>,
+    key: u64,
+}
+
+impl StreamMark {
+    /// The stream reads chunk `next` next: the chunks before it may go.
+    pub fn reads(&self, next: u32) {
+        let mut window = self.verified.lock();
+        if let Some(at) = window.streams.get_mut(&self.key)
+            && *at != next
+        {
+            *at = next;
+            window.trim();
+        }
+    }
+}
+
+impl Drop for StreamMark {
+    fn drop(&mut self) {
+        let mut window = self.verified.lock();
+        window.streams.remove(&self.key);
+        window.trim();
     }
 }
 
@@ -244,7 +313,7 @@ mod tests {
 
     #[test]
     fn chunks_stay_until_the_hasher_passes_them_within_twice_its_pace() {
-        let kept_max = (HASHER_AHEAD_KEPT_MAX >> 20) as u32;
+        let kept_max = (FOLLOWED_KEPT_MAX >> 20) as u32;
         let verified = window_with_hasher(kept_max + 8, 0);
         // Beyond the bound, the oldest chunks ahead of the hasher go (it reads them back).
         for gone in 0..8 {
@@ -258,6 +327,63 @@ mod tests {
         let window = (VERIFIED_BYTES_MAX >> 20) as u32;
         assert!(verified.get(kept_max + 8 - window - 1).is_none());
         assert!(verified.get(kept_max + 8 - window).is_some());
+    }
+
+    #[test]
+    fn once_the_hasher_gives_way_no_chunk_is_kept_for_it() {
+        let verified = window_with_hasher(16, 0);
+        assert!(verified.get(0).is_some(), "kept for the hasher");
+        verified.hasher_gave_way();
+        let window = (VERIFIED_BYTES_MAX >> 20) as u32;
+        assert!(verified.get(15 - window).is_none(), "kept past the window");
+        for kept in 16 - window..16 {
+            assert!(verified.get(kept).is_some(), "chunk {kept} left the window");
+        }
+    }
+
+    #[test]
+    fn a_followed_stream_finds_every_chunk_it_has_yet_to_read_until_it_moves_on() {
+        let verified = Arc::new(VerifiedChunks::default());
+        let window = (VERIFIED_BYTES_MAX >> 20) as u32;
+        let kept_max = (FOLLOWED_KEPT_MAX >> 20) as u32;
+        let mark = VerifiedChunks::follow(&verified, 2);
+        let other = VerifiedChunks::follow(&verified, 4);
+        for chunk in 0..3 * window {
+            verified.push(chunk, Bytes::from(vec![chunk as u8; 1 << 20]));
+            verified.written(chunk);
+        }
+        for kept in 2..3 * window {
+            assert!(
+                verified.get(kept).is_some(),
+                "chunk {kept} left before its read"
+            );
+        }
+        // The slowest stream holds the chunks; once it moves on, the other one does, and
+        // once no stream awaits them, only the window's newest stay.
+        mark.reads(3 * window);
+        for kept in 4..3 * window {
+            assert!(
+                verified.get(kept).is_some(),
+                "chunk {kept} left before its read"
+            );
+        }
+        drop(other);
+        assert!(
+            verified.get(2 * window - 1).is_none(),
+            "no stream awaits it"
+        );
+        assert!(verified.get(2 * window).is_some(), "within the window");
+        // A stream far behind does not hold more than the bound.
+        let _slow = VerifiedChunks::follow(&verified, 3 * window);
+        for chunk in 3 * window..3 * window + kept_max + 4 {
+            verified.push(chunk, Bytes::from(vec![0; 1 << 20]));
+            verified.written(chunk);
+        }
+        assert!(
+            verified.get(3 * window + 3).is_none(),
+            "kept past the bound"
+        );
+        assert!(verified.get(3 * window + 4).is_some());
     }
 
     #[tokio::test]

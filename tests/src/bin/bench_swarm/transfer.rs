@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
-use shoal_tests::bench::{children_cpu_seconds, cpu_seconds, median, peak_rss_bytes};
+use shoal_tests::bench::{children_cpu_seconds, cpu_seconds, median, minor_faults, peak_rss_bytes};
 use shoal_tests::clients::{find_tool, wait_until};
 use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
 use shoal_tests::node::ShoalNode;
@@ -98,6 +98,9 @@ struct Fetch {
     cpu_client: f64,
     /// The receiving node's peak RSS.
     peak_rss: Option<u64>,
+    /// The receiving node's minor page faults during the fetch: fresh pages, each a zero-fill
+    /// (and on this VM often a fault in the host too, docs/benchmarks.md).
+    page_faults: Option<u64>,
     /// Bytes each sending node sent during the fetch.
     sent_per_peer: Vec<u64>,
     bytes_good: bool,
@@ -263,6 +266,7 @@ impl TransferBench {
             cpu_receiver: 0.0,
             cpu_client,
             peak_rss: None,
+            page_faults: None,
             sent_per_peer: Vec::new(),
             bytes_good,
         })
@@ -279,6 +283,7 @@ impl TransferBench {
         let sent_before = sent_counters(&self.seeds)?;
         let sender_before = cpu_of(&sender_pids)?;
         let receiver_before = cpu_seconds(receiver_pid)?;
+        let faults_before = minor_faults(receiver_pid)?;
         let gateway = receiver.gateway().to_string();
         let (seconds, cpu_client, streamed) = self.timed_curl(&gateway, pinned, Source::Gateway)?;
         // B's CPU counts all its work on the blob, the sha256 that may run after curl is done
@@ -294,6 +299,7 @@ impl TransferBench {
             cpu_receiver: cpu_seconds(receiver_pid)? - receiver_before,
             cpu_client,
             peak_rss: Some(peak_rss_bytes(receiver_pid)?),
+            page_faults: Some(minor_faults(receiver_pid)? - faults_before),
             sent_per_peer: sent_since(&self.seeds, &sent_before)?,
             bytes_good: streamed,
         };
@@ -312,6 +318,7 @@ impl TransferBench {
         let sent_before = sent_counters(&self.seeds)?;
         let sender_before = cpu_of(&sender_pids)?;
         let receiver_before = cpu_seconds(receiver_pid)?;
+        let faults_before = minor_faults(receiver_pid)?;
         let client_before = children_cpu_seconds()?;
         let started = Instant::now();
         pull(
@@ -328,6 +335,7 @@ impl TransferBench {
             cpu_receiver: cpu_seconds(receiver_pid)? - receiver_before,
             cpu_client: children_cpu_seconds()? - client_before,
             peak_rss: Some(peak_rss_bytes(receiver_pid)?),
+            page_faults: Some(minor_faults(receiver_pid)? - faults_before),
             sent_per_peer: sent_since(&self.seeds, &sent_before)?,
             bytes_good: true,
         };
@@ -648,6 +656,13 @@ fn print_fetch(round: usize, fetch: &Fetch, size: u64) {
     );
     if let Some(rss) = fetch.peak_rss {
         let _ = write!(line, "  peak RSS {:.0} MiB", rss as f64 / MIB);
+    }
+    if let Some(faults) = fetch.page_faults {
+        let _ = write!(
+            line,
+            "  page faults {:.0}/MiB",
+            faults as f64 * MIB / size as f64
+        );
     }
     if fetch.sent_per_peer.len() > 1 {
         let shares: Vec<String> = fetch
