@@ -463,6 +463,10 @@ impl<'a> Simulation<'a> {
         // The node's serving ledger lives only as long as its process.
         state.serving = Serving::default();
         let watchers = std::mem::take(&mut state.watchers);
+        // Those it asked see its connection close.
+        for &server in &self.topology.nodes[node as usize].neighbours {
+            self.nodes[server as usize].serving.peer_left(&node);
+        }
         for Watcher { host: watcher, .. } in watchers {
             let at = self.now + self.latency(node, watcher);
             let epoch = self.nodes[watcher as usize].epoch;

@@ -27,12 +27,14 @@ struct Step {
     egress_ahead: Micros,
     /// Which of the blobs held whole: a fresh one now and then, to be seeded from the start.
     round: usize,
+    /// Instead of a request: the peer's connection closed (it comes back at its next step).
+    left: bool,
 }
 
 /// The sequence: a seeder's start (many peers asking for the same first chunks at once, a
 /// full uplink, a peer insisting past `REPEAT_AFTER`), then a long stretch of requests at
-/// random, with the uplink's backlog around the `Busy` bound, and a second blob that the
-/// sender is still fetching.
+/// random, with the uplink's backlog around the `Busy` bound, a second blob that the sender
+/// is still fetching, and peers disconnecting now and then.
 fn sequence() -> Vec<Step> {
     let step = |at_ms: u64, peer, chunk, whole, ahead_ms: u64| Step {
         at: at_ms * 1_000,
@@ -41,6 +43,7 @@ fn sequence() -> Vec<Step> {
         whole,
         egress_ahead: ahead_ms * 1_000,
         round: 0,
+        left: false,
     };
     let mut steps = vec![
         step(0, 0, 0, true, 0),
@@ -68,6 +71,7 @@ fn sequence() -> Vec<Step> {
             whole: rng.below(4) != 0,
             egress_ahead: rng.below(300_000) as Micros,
             round: 1 + i / 100,
+            left: rng.below(40) == 0,
         });
     }
     steps
@@ -88,8 +92,15 @@ fn the_node_and_the_simulator_answer_a_recorded_sequence_alike() {
         partial.set(chunk);
     }
 
-    let (mut sends, mut seeding, mut egress) = (0, 0, 0);
+    let (mut sends, mut seeding, mut egress, mut departures) = (0, 0, 0, 0);
     for step in sequence() {
+        if step.left {
+            // The node hears it from the network, the simulator from the host going offline.
+            ledger.peer_left(&peer_ids[step.peer]);
+            serving.peer_left(&(step.peer as u32));
+            departures += 1;
+            continue;
+        }
         // A partial holder is asked only for chunks it has; the node serves those, the others
         // are `NotFound` before any policy is asked, in both drivers.
         let chunk = if step.whole {
@@ -129,9 +140,9 @@ fn the_node_and_the_simulator_answer_a_recorded_sequence_alike() {
             Answer::Busy(BusyReason::Egress) => egress += 1,
         }
     }
-    // The sequence exercises every answer.
+    // The sequence exercises every answer, and departures.
     assert!(
-        sends > 0 && seeding > 0 && egress > 0,
-        "{sends} {seeding} {egress}"
+        sends > 0 && seeding > 0 && egress > 0 && departures > 0,
+        "{sends} {seeding} {egress} {departures}"
     );
 }

@@ -57,6 +57,11 @@ impl SeedLedger {
     pub fn unsent(&self, blob: Digest, chunk: u32) {
         self.lock().unsent(blob, chunk);
     }
+
+    /// The last connection to `peer` closed: see [`Serving::peer_left`].
+    pub fn peer_left(&self, peer: &PeerId) {
+        self.lock().peer_left(peer);
+    }
 }
 
 #[cfg(test)]

@@ -115,6 +115,7 @@ impl PeerService {
                     let service = self.clone();
                     tasks.spawn(async move { service.sync_announcements(peer).await });
                 }
+                NetworkEvent::PeerDisconnected(peer) => self.seeding.peer_left(&peer),
                 NetworkEvent::FeedStream { peer, stream } => {
                     let Some(admitted) = feeds.admit(peer) else {
                         tracing::debug!(%peer, "refusing a have feed beyond the limits");

@@ -113,6 +113,8 @@ pub enum NetworkEvent {
         data: Vec<u8>,
     },
     PeerConnected(PeerId),
+    /// The last connection to a peer closed.
+    PeerDisconnected(PeerId),
     /// A peer opened a chunk link: chunk requests to answer in order on `stream`.
     ChunkStream {
         peer: PeerId,
@@ -626,6 +628,7 @@ impl SwarmActor {
             } => {
                 tracing::debug!(peer = %peer_id, "peer disconnected");
                 self.lanes.disconnected(&peer_id);
+                self.emit(NetworkEvent::PeerDisconnected(peer_id)).await;
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event).await,
             _ => {}

@@ -4,14 +4,23 @@
 //! every constant of the serving side is here.
 //!
 //! Two rules, applied in this order to a chunk the node has:
-//! 1. **Super-seeding**, for a blob held whole: each of its chunks is sent once before any is
-//!    sent twice. A request for a chunk that already left while others never have is answered
-//!    `Busy` ([`BusyReason::SuperSeeding`]). Fetchers all want the chunks only the seed has and
-//!    ask for the same ones; without this the seed's uplink carries duplicates while unique
-//!    chunks wait. A refusal is a hint, not a wall: the same peer asking again for the same
-//!    chunk gets it once the chunk left [`REPEAT_AFTER`] ago, so a fetcher that needs exactly
-//!    that chunk from this node waits a few seconds, never for ever. Once every chunk has left
-//!    once, the blob is no longer restricted. A blob still being fetched is not restricted:
+//! 1. **Super-seeding**, for a blob held whole: within a *wave* of fetchers each chunk leaves
+//!    once. A request for a chunk that already left in this wave is answered `Busy`
+//!    ([`BusyReason::SuperSeeding`]): whoever got it serves it. Fetchers all want the chunks
+//!    only the seed has and ask for the same ones; without this the seed's uplink carries
+//!    duplicates while unique chunks wait, and once every chunk has left, it carries the
+//!    endgame's copies the fetchers could give each other (a 32-node fan-out's seed sent 1.07
+//!    copies of the image in the simulator when every chunk was free again after its first
+//!    round, 1.00 with the rule kept, and the last node finished no later). A refusal is a
+//!    hint, not a wall: the same peer asking again for the same chunk gets it once the chunk's
+//!    latest copy left [`REPEAT_AFTER`] ago, so a fetcher that needs exactly that chunk from
+//!    this node (its holders are saturated) waits a few seconds, never for ever, and however
+//!    many insist, a chunk leaves at most once per [`REPEAT_AFTER`]; and a chunk whose latest
+//!    copy went to a peer that has since disconnected may leave once more, to the next
+//!    asker (churn-1k: the seed sent 1.48 copies and the 99th host took 3.07x the bound
+//!    without this, 1.13 copies and 2.35x with it; 2.95 copies and 2.35x before waves). A wave
+//!    ends when nobody asked for the blob for [`WAVE_GAP`]: the next fetchers start a new one,
+//!    in which each chunk may leave once more. A blob still being fetched is not restricted:
 //!    what a node has is what is already spreading.
 //! 2. **Busy past the egress backlog**: a request whose chunk would queue behind more than
 //!    [`EGRESS_AHEAD_MAX`] of egress already booked is answered `Busy`
@@ -30,11 +39,11 @@
 //! read after all, it calls [`Serving::unsent`]. The refusal was decided before any read, so a
 //! `Busy` costs no disk read and no buffer.
 //!
-//! Memory: one first-send time per chunk of at most [`SEEDING_BLOBS_MAX`] blobs being seeded
-//! (dropped once the blob has been sent whole once), the digests of at most [`SEEDED_MAX`]
-//! blobs seeded whole, and at most [`REFUSALS_MAX`] remembered refusals. Past a bound the
-//! memory is cleared: super-seeding then starts again for the blobs it forgot, which costs at
-//! most a few chunks sent twice.
+//! Memory: the waves of at most [`WAVES_MAX`] blobs held whole (a send time per chunk and
+//! the two latest askers each), and at most [`REFUSALS_MAX`] remembered refusals. A wave over
+//! for [`WAVE_GAP`] is dropped when room is needed; past a bound the memory is cleared:
+//! super-seeding then starts a new wave for the blobs it forgot, which costs at most one more
+//! copy of each.
 //!
 //! Not for: the zone's rules (who may ask for what), reading chunks, or rate limiting itself.
 
@@ -56,10 +65,12 @@ mod tests;
 /// as this limit, 150 ms 1.19-1.22x and 50 ms 1.20-1.21x.
 pub const EGRESS_AHEAD_MAX: Duration = Duration::from_millis(150);
 
-/// How long after a chunk first left a refused peer's repeated request for it is served.
-/// Serving the second request at once sent 1.4 copies of a fan-out's image from its seed
-/// (docs/benchmarks.md); 5 s lets the fetchers that merely asked first take the chunk from
-/// whoever got it, while one that needs exactly this chunk from this node still gets it.
+/// How long after a chunk's latest copy left a refused peer's repeated request for it is
+/// served. Serving the second request at once sent 1.4 copies of a fan-out's image from its
+/// seed (docs/benchmarks.md); 5 s lets the fetchers that merely asked first take the chunk
+/// from whoever got it, while one that needs exactly this chunk from this node still gets it.
+/// Counted from the first copy, not the latest, several fetchers insisting at once each got
+/// one: 19 copies of 9 chunks in a 32-node fan-out on two cores.
 pub const REPEAT_AFTER: Duration = Duration::from_secs(5);
 
 /// Refusals remembered at once; past this the memory is cleared, which only means a few
@@ -67,13 +78,13 @@ pub const REPEAT_AFTER: Duration = Duration::from_secs(5);
 /// few MiB.
 pub const REFUSALS_MAX: usize = 65_536;
 
-/// Blobs whose first sends are tracked at once. A blob held whole that peers stop asking for
-/// before every chunk left (they found it elsewhere) would otherwise stay for ever; 1,024
-/// blobs of 1,024 chunks are 16 MiB.
-pub const SEEDING_BLOBS_MAX: usize = 1_024;
+/// Blobs whose waves are tracked at once. 1,024 blobs of 1,024 chunks are 16 MiB.
+pub const WAVES_MAX: usize = 1_024;
 
-/// Blobs remembered as seeded whole: 65,536 digests are about 4 MiB.
-pub const SEEDED_MAX: usize = 65_536;
+/// How long nobody asks for a blob before its wave is over: the next fetchers start a new one,
+/// in which each chunk may leave once more. Within a wave the fetchers ask the seed several
+/// times a second; 30 s of silence means they are done, gone, or served by each other.
+pub const WAVE_GAP: Duration = Duration::from_secs(30);
 
 /// How recently another peer must have asked for a blob for super-seeding to apply to a
 /// request. A swarm's fetchers each ask a seed several times a second (8 requests in flight
@@ -90,10 +101,10 @@ pub struct ServingConfig {
     pub repeat_after: Duration,
     /// See [`REFUSALS_MAX`].
     pub refusals_max: usize,
-    /// See [`SEEDING_BLOBS_MAX`].
-    pub seeding_blobs_max: usize,
-    /// See [`SEEDED_MAX`].
-    pub seeded_max: usize,
+    /// See [`WAVES_MAX`].
+    pub waves_max: usize,
+    /// See [`WAVE_GAP`].
+    pub wave_gap: Duration,
     /// See [`CONTESTED_WITHIN`].
     pub contested_within: Duration,
 }
@@ -104,8 +115,8 @@ impl Default for ServingConfig {
             egress_ahead_max: EGRESS_AHEAD_MAX,
             repeat_after: REPEAT_AFTER,
             refusals_max: REFUSALS_MAX,
-            seeding_blobs_max: SEEDING_BLOBS_MAX,
-            seeded_max: SEEDED_MAX,
+            waves_max: WAVES_MAX,
+            wave_gap: WAVE_GAP,
             contested_within: CONTESTED_WITHIN,
         }
     }
@@ -155,21 +166,95 @@ pub enum Answer {
 #[derive(Debug, Clone)]
 pub struct Serving<P> {
     config: ServingConfig,
-    /// When each chunk of each blob held whole first left, until all have.
-    sent: HashMap<Digest, FirstSends>,
-    /// Blobs sent whole at least once: no longer restricted.
-    seeded: HashSet<Digest>,
+    /// The current wave of each blob held whole that peers asked for.
+    waves: HashMap<Digest, Wave<P>>,
     /// Requests refused by super-seeding: the same peer asking again may be served.
     refused: HashSet<(P, Digest, u32)>,
-    /// The latest requesters of each blob being seeded: the last asker, and the latest other
-    /// peer before it, with when they asked.
-    askers: HashMap<Digest, Vec<(P, Duration)>>,
 }
 
+/// The fetchers of one blob held whole, from the first request until nobody asked for
+/// `wave_gap`.
 #[derive(Debug, Clone)]
-struct FirstSends {
-    at: Vec<Option<Duration>>,
-    count: usize,
+struct Wave<P> {
+    /// When each chunk's latest copy in this wave left, and to whom.
+    sent: Vec<Option<Sent>>,
+    /// The peers copies went to: [`Sent::to`] indexes this.
+    recipients: Vec<P>,
+    /// The last asker, and the latest other peer before it, with when they asked.
+    askers: Vec<(P, Duration)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    at: Duration,
+    to: u32,
+}
+
+impl<P: Eq + Clone> Wave<P> {
+    fn new(chunk_count: u32) -> Self {
+        Wave {
+            sent: vec![None; chunk_count as usize],
+            recipients: Vec::new(),
+            askers: Vec::with_capacity(2),
+        }
+    }
+
+    /// Records that a copy of `chunk` left at `now`, to `peer`.
+    fn record(&mut self, chunk: u32, peer: &P, now: Duration) {
+        let to = match self
+            .recipients
+            .iter()
+            .position(|recipient| recipient == peer)
+        {
+            Some(index) => index,
+            None => {
+                self.recipients.push(peer.clone());
+                self.recipients.len() - 1
+            }
+        };
+        let to = u32::try_from(to).unwrap_or(u32::MAX);
+        self.sent[chunk as usize] = Some(Sent { at: now, to });
+    }
+
+    /// Forgets the copies that went to `peer` last: the only one may have left with it.
+    fn recipient_left(&mut self, peer: &P) {
+        let Some(index) = self
+            .recipients
+            .iter()
+            .position(|recipient| recipient == peer)
+        else {
+            return;
+        };
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        for sent in &mut self.sent {
+            if sent.is_some_and(|sent| sent.to == index) {
+                *sent = None;
+            }
+        }
+    }
+
+    /// When anyone last asked.
+    fn last_ask(&self) -> Duration {
+        self.askers
+            .iter()
+            .map(|&(_, at)| at)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Notes that `peer` asked at `now`; whether another peer asked within `within`.
+    fn ask(&mut self, peer: &P, now: Duration, within: Duration) -> bool {
+        let contested = self
+            .askers
+            .iter()
+            .any(|(other, at)| other != peer && now.saturating_sub(*at) < within);
+        self.askers.retain(|(other, _)| other != peer);
+        self.askers.push((peer.clone(), now));
+        if self.askers.len() > 2 {
+            self.askers.remove(0);
+        }
+        contested
+    }
 }
 
 impl<P: Eq + Hash + Clone> Default for Serving<P> {
@@ -182,10 +267,8 @@ impl<P: Eq + Hash + Clone> Serving<P> {
     pub fn new(config: ServingConfig) -> Self {
         Serving {
             config,
-            sent: HashMap::new(),
-            seeded: HashSet::new(),
+            waves: HashMap::new(),
             refused: HashSet::new(),
-            askers: HashMap::new(),
         }
     }
 
@@ -195,13 +278,10 @@ impl<P: Eq + Hash + Clone> Serving<P> {
 
     /// The answer to `request` at `now` (any clock, as long as the driver always uses the
     /// same one). A chunk answered [`Answer::Send`] counts as sent at once, so concurrent
-    /// requests for it are refused; a `Busy` for the egress records nothing.
+    /// requests for it are refused; a `Busy` for the egress records nothing but the ask.
     pub fn decide(&mut self, request: &ChunkRequest<P>, now: Duration) -> Answer {
         let seeding = match request.holding {
-            Holding::Whole { chunk_count } => {
-                let contested = self.contested(request, now);
-                self.seeding(request, chunk_count, contested, now)
-            }
+            Holding::Whole { chunk_count } => self.seeding(request, chunk_count, now),
             Holding::Partial => Seeding::Free,
         };
         if seeding == Seeding::Refused {
@@ -216,58 +296,34 @@ impl<P: Eq + Hash + Clone> Serving<P> {
             return Answer::Busy(BusyReason::Egress);
         }
         match seeding {
-            Seeding::First { chunk_count } => {
-                self.record_first(request.blob, request.chunk, chunk_count, now)
+            Seeding::First => {
+                if let Some(wave) = self.waves.get_mut(&request.blob) {
+                    wave.record(request.chunk, &request.peer, now);
+                }
             }
             Seeding::Repeat => {
                 self.refused
                     .remove(&(request.peer.clone(), request.blob, request.chunk));
+                if let Some(wave) = self.waves.get_mut(&request.blob) {
+                    wave.record(request.chunk, &request.peer, now);
+                }
             }
             Seeding::Free | Seeding::Refused => {}
         }
         Answer::Send
     }
 
-    /// Notes that `request`'s peer asked for its blob at `now`; whether another peer asked for
-    /// it within `contested_within`.
-    fn contested(&mut self, request: &ChunkRequest<P>, now: Duration) -> bool {
-        if self.seeded.contains(&request.blob) {
-            return false;
-        }
-        if !self.askers.contains_key(&request.blob)
-            && self.askers.len() >= self.config.seeding_blobs_max
-        {
-            self.askers.clear();
-        }
-        let askers = self.askers.entry(request.blob).or_default();
-        let contested = askers.iter().any(|(peer, at)| {
-            *peer != request.peer && now.saturating_sub(*at) < self.config.contested_within
-        });
-        askers.retain(|(peer, _)| *peer != request.peer);
-        askers.push((request.peer.clone(), now));
-        if askers.len() > 2 {
-            askers.remove(0);
-        }
-        contested
-    }
-
-    /// What super-seeding says of `request`, `contested` or not, without changing anything.
-    fn seeding(
-        &self,
-        request: &ChunkRequest<P>,
-        chunk_count: u32,
-        contested: bool,
-        now: Duration,
-    ) -> Seeding {
-        if request.chunk >= chunk_count || self.seeded.contains(&request.blob) {
+    /// What super-seeding says of `request` for a blob held whole, noting the ask in the
+    /// blob's wave.
+    fn seeding(&mut self, request: &ChunkRequest<P>, chunk_count: u32, now: Duration) -> Seeding {
+        if request.chunk >= chunk_count {
             return Seeding::Free;
         }
-        let left = self
-            .sent
-            .get(&request.blob)
-            .and_then(|sent| sent.at.get(request.chunk as usize).copied().flatten());
-        let Some(left) = left else {
-            return Seeding::First { chunk_count };
+        let within = self.config.contested_within;
+        let wave = self.wave(request.blob, chunk_count, now);
+        let contested = wave.ask(&request.peer, now, within);
+        let Some(Sent { at: left, .. }) = wave.sent[request.chunk as usize] else {
+            return Seeding::First;
         };
         if !contested {
             return Seeding::Free;
@@ -280,36 +336,47 @@ impl<P: Eq + Hash + Clone> Serving<P> {
         }
     }
 
-    fn record_first(&mut self, blob: Digest, chunk: u32, chunk_count: u32, now: Duration) {
-        if !self.sent.contains_key(&blob) && self.sent.len() >= self.config.seeding_blobs_max {
-            self.sent.clear();
-        }
-        let sent = self.sent.entry(blob).or_insert_with(|| FirstSends {
-            at: vec![None; chunk_count as usize],
-            count: 0,
-        });
-        if let Some(first_sent @ None) = sent.at.get_mut(chunk as usize) {
-            *first_sent = Some(now);
-            sent.count += 1;
-        }
-        if sent.count == sent.at.len() {
-            self.sent.remove(&blob);
-            self.askers.remove(&blob);
-            if self.seeded.len() >= self.config.seeded_max {
-                self.seeded.clear();
+    /// The blob's current wave: a new one if none is tracked, or nobody asked for
+    /// `wave_gap`; a new wave forgets the blob's refusals. Room for a new one is made by
+    /// dropping waves that are over, else all.
+    fn wave(&mut self, blob: Digest, chunk_count: u32, now: Duration) -> &mut Wave<P> {
+        let gap = self.config.wave_gap;
+        let over = |wave: &Wave<P>| now.saturating_sub(wave.last_ask()) >= gap;
+        let current = self
+            .waves
+            .get(&blob)
+            .is_some_and(|wave| wave.sent.len() == chunk_count as usize && !over(wave));
+        if !current {
+            if !self.waves.contains_key(&blob) && self.waves.len() >= self.config.waves_max {
+                self.waves.retain(|_, wave| !over(wave));
+                if self.waves.len() >= self.config.waves_max {
+                    self.waves.clear();
+                }
             }
-            self.seeded.insert(blob);
+            self.waves.insert(blob, Wave::new(chunk_count));
+            self.refused.retain(|(_, refused, _)| *refused != blob);
         }
+        self.waves
+            .entry(blob)
+            .or_insert_with(|| Wave::new(chunk_count))
     }
 
     /// A chunk answered [`Answer::Send`] did not leave after all (it could not be read): it is
     /// unsent again, so the next request for it is served.
     pub fn unsent(&mut self, blob: Digest, chunk: u32) {
-        if let Some(sent) = self.sent.get_mut(&blob)
-            && let Some(first_sent) = sent.at.get_mut(chunk as usize)
-            && first_sent.take().is_some()
+        if let Some(wave) = self.waves.get_mut(&blob)
+            && let Some(sent) = wave.sent.get_mut(chunk as usize)
         {
-            sent.count -= 1;
+            *sent = None;
+        }
+    }
+
+    /// `peer` disconnected: the chunks whose first copy in a wave went to it may be sent once
+    /// more, to whoever asks next (a fetcher that left took the only copy it had not passed
+    /// on yet).
+    pub fn peer_left(&mut self, peer: &P) {
+        for wave in self.waves.values_mut() {
+            wave.recipient_left(peer);
         }
     }
 
@@ -318,28 +385,21 @@ impl<P: Eq + Hash + Clone> Serving<P> {
         self.refused.len()
     }
 
-    /// Blobs whose first sends are being tracked (held whole, not yet sent whole once).
-    pub fn blobs_seeding(&self) -> usize {
-        self.sent.len()
-    }
-
-    /// Blobs remembered as sent whole once; never more than `seeded_max`.
-    pub fn blobs_seeded(&self) -> usize {
-        self.seeded.len()
+    /// Blobs whose waves are tracked; never more than `waves_max`.
+    pub fn waves(&self) -> usize {
+        self.waves.len()
     }
 }
 
 /// What super-seeding says of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Seeding {
-    /// Not restricted: a partial blob, a blob already sent whole once, a chunk out of range, or
-    /// a request nobody else contests.
+    /// Not restricted: a partial blob, a chunk out of range, or a chunk already sent that
+    /// nobody else contests.
     Free,
-    /// The chunk's first send, of a blob of `chunk_count` chunks.
-    First {
-        chunk_count: u32,
-    },
-    /// A refused peer asking again, long enough after the chunk first left.
+    /// The chunk's first copy in the blob's wave.
+    First,
+    /// A refused peer asking again, long enough after the chunk's latest copy left.
     Repeat,
     Refused,
 }

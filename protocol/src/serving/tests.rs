@@ -64,9 +64,41 @@ fn every_chunk_leaves_once_before_any_leaves_twice() {
         "an unsent chunk may go again"
     );
     assert_eq!(serving.decide(&whole(a, 2, 3), at(0)), Answer::Send);
-    assert_eq!(serving.blobs_seeding(), 0, "sent whole once: forgotten");
-    assert_eq!(serving.decide(&whole(a, 0, 3), at(0)), Answer::Send);
-    assert_eq!(serving.decide(&whole(b, 0, 3), at(0)), Answer::Send);
+    assert_eq!(
+        serving.decide(&whole(a, 2, 3), at(1)),
+        SEEDING,
+        "every chunk left once: the fetchers give each other the rest"
+    );
+    assert_eq!(
+        serving.decide(&whole(a, 2, 3), REPEAT_AFTER),
+        Answer::Send,
+        "unless one insists"
+    );
+    assert_eq!(serving.waves(), 1);
+}
+
+#[test]
+fn a_wave_ends_after_wave_gap_without_a_request_and_the_next_one_sends_each_chunk_again() {
+    let mut serving = contested_serving();
+    let (a, b, c) = (1, 2, 3);
+    let at = |secs: u64| Duration::from_secs(secs);
+    assert_eq!(serving.decide(&whole(a, 0, 2), at(0)), Answer::Send);
+    assert_eq!(serving.decide(&whole(a, 1, 2), at(0)), Answer::Send);
+    assert_eq!(
+        serving.decide(&whole(b, 0, 2), at(20)),
+        SEEDING,
+        "still the same wave"
+    );
+    let quiet_from = at(20);
+    assert_eq!(
+        serving.decide(&whole(c, 0, 2), quiet_from + WAVE_GAP - at(1)),
+        SEEDING,
+        "asked within the gap: the wave goes on"
+    );
+    let next = quiet_from + WAVE_GAP - at(1) + WAVE_GAP;
+    assert_eq!(serving.decide(&whole(c, 1, 2), next), Answer::Send);
+    assert_eq!(serving.decide(&whole(b, 1, 2), next), SEEDING);
+    assert_eq!(serving.decide(&whole(b, 0, 2), next), Answer::Send);
 }
 
 #[test]
@@ -78,6 +110,7 @@ fn a_refused_repeat_is_served_after_repeat_after_and_only_once() {
     );
     let refused_at = Duration::from_secs(3);
     assert_eq!(serving.decide(&whole(2, 0, 2), refused_at), SEEDING);
+    assert_eq!(serving.decide(&whole(3, 0, 2), refused_at), SEEDING);
     // REPEAT_AFTER counts from when the chunk left, not from the refusal.
     let due = REPEAT_AFTER;
     assert_eq!(
@@ -89,6 +122,15 @@ fn a_refused_repeat_is_served_after_repeat_after_and_only_once() {
         serving.decide(&whole(2, 0, 2), due),
         SEEDING,
         "the refusal was used up: a third ask is a new refusal"
+    );
+    assert_eq!(
+        serving.decide(&whole(3, 0, 2), due),
+        SEEDING,
+        "another insisting peer waits for the copy that just left to spread"
+    );
+    assert_eq!(
+        serving.decide(&whole(3, 0, 2), due + REPEAT_AFTER),
+        Answer::Send
     );
 }
 
@@ -159,7 +201,7 @@ fn a_partial_blob_is_not_restricted() {
         };
         assert_eq!(serving.decide(&request, Duration::ZERO), Answer::Send);
     }
-    assert_eq!(serving.blobs_seeding(), 0);
+    assert_eq!(serving.waves(), 0);
 }
 
 #[test]
@@ -190,47 +232,66 @@ fn whole_of(n: u32, chunk: u32, chunk_count: u32) -> ChunkRequest<u32> {
 }
 
 #[test]
-fn blobs_tracked_and_blobs_seeded_are_bounded_and_forgetting_only_restarts_seeding() {
+fn a_chunk_whose_first_copy_left_with_its_peer_is_sent_once_more() {
+    let mut serving = contested_serving();
+    let (a, b, c) = (1, 2, 3);
+    let at = |secs: u64| Duration::from_secs(secs);
+    assert_eq!(serving.decide(&whole(a, 0, 2), at(0)), Answer::Send);
+    assert_eq!(serving.decide(&whole(b, 1, 2), at(0)), Answer::Send);
+    assert_eq!(serving.decide(&whole(c, 0, 2), at(1)), SEEDING);
+    serving.peer_left(&a);
+    assert_eq!(
+        serving.decide(&whole(c, 0, 2), at(1)),
+        Answer::Send,
+        "its only copy may have left with `a`"
+    );
+    assert_eq!(
+        serving.decide(&whole(b, 0, 2), at(1)),
+        SEEDING,
+        "`c` has it now"
+    );
+    assert_eq!(
+        serving.decide(&whole(a, 1, 2), at(1)),
+        SEEDING,
+        "what went to others stays sent"
+    );
+    serving.peer_left(&7);
+    assert_eq!(serving.decide(&whole(a, 1, 2), at(1)), SEEDING);
+}
+
+#[test]
+fn waves_are_bounded_those_over_go_first_and_forgetting_only_starts_a_new_wave() {
     let config = ServingConfig {
-        seeding_blobs_max: 4,
-        seeded_max: 4,
+        waves_max: 4,
         ..ServingConfig::default()
     };
     let mut serving = Serving::<u32>::new(config);
-    // Blobs of which one chunk of two left, never the other: each would be tracked for ever.
-    for n in 0..100 {
+    let over = WAVE_GAP;
+    // Blobs of which one chunk of two left, asked for long ago: their waves are over.
+    for n in 0..3 {
         assert_eq!(
             serving.decide(&whole_of(n, 0, 2), Duration::ZERO),
             Answer::Send
         );
-        assert!(serving.blobs_seeding() <= 4, "{}", serving.blobs_seeding());
     }
-    // Blobs sent whole: each remembered as seeded, up to the bound.
-    for n in 100..200 {
-        for chunk in 0..2 {
-            assert_eq!(
-                serving.decide(&whole_of(n, chunk, 2), Duration::ZERO),
-                Answer::Send
-            );
-        }
-        assert!(serving.blobs_seeded() <= 4, "{}", serving.blobs_seeded());
-    }
-    // A blob forgotten is seeded again from the start: its chunk 0 is refused to a second
-    // peer until chunk 1 has left too.
-    assert_eq!(
-        serving.decide(&whole_of(100, 0, 2), Duration::ZERO),
-        Answer::Send
-    );
-    let second = ChunkRequest {
+    // A wave still going on at `over` keeps its memory when room is made for a new one.
+    assert_eq!(serving.decide(&whole_of(3, 0, 2), over), Answer::Send);
+    assert_eq!(serving.decide(&whole_of(4, 0, 2), over), Answer::Send);
+    assert_eq!(serving.waves(), 2, "the three waves over were dropped");
+    let second = |n| ChunkRequest {
         peer: 1,
-        ..whole_of(100, 0, 2)
+        ..whole_of(n, 0, 2)
     };
-    assert_eq!(serving.decide(&second, Duration::ZERO), SEEDING);
-    let defaults = ServingConfig::default();
-    assert_eq!(
-        (defaults.seeding_blobs_max, defaults.seeded_max),
-        (SEEDING_BLOBS_MAX, SEEDED_MAX)
-    );
+    assert_eq!(serving.decide(&second(3), over), SEEDING);
+    // Waves all going on: past the bound, everything is forgotten.
+    for n in 100..200 {
+        assert_eq!(serving.decide(&whole_of(n, 0, 2), over), Answer::Send);
+        assert!(serving.waves() <= 4, "{}", serving.waves());
+    }
+    // A blob forgotten starts a new wave: its chunk 0 leaves once more, then is refused.
+    assert_eq!(serving.decide(&whole_of(3, 0, 2), over), Answer::Send);
+    assert_eq!(serving.decide(&second(3), over), SEEDING);
+    assert_eq!(ServingConfig::default().waves_max, WAVES_MAX);
 }
 
 #[test]
@@ -244,13 +305,13 @@ fn a_chunk_beyond_the_blob_is_not_tracked() {
         serving.decide(&whole(2, 7, 3), Duration::ZERO),
         Answer::Send
     );
-    assert_eq!(serving.blobs_seeding(), 0);
+    assert_eq!(serving.waves(), 0);
 }
 
 proptest! {
-    /// Requests from a few peers in any order, all within `REPEAT_AFTER`: no chunk leaves twice
-    /// before every chunk has left once, and once every peer has asked for every chunk, every
-    /// chunk has left.
+    /// Requests from a few peers in any order, all within `REPEAT_AFTER`: no chunk of a
+    /// contested blob leaves twice, and once every peer has asked for every chunk, every chunk
+    /// has left.
     #[test]
     fn any_request_order_sends_each_chunk_once_before_any_twice(
         chunk_count in 1u32..40,
@@ -266,7 +327,6 @@ proptest! {
             if egress_busy {
                 request.egress_ahead = EGRESS_AHEAD_MAX * 2;
             }
-            let all_sent_once = sends.iter().all(|&n| n > 0);
             let contested = asked
                 .iter()
                 .any(|(&other, &at)| other != peer && now - at < CONTESTED_WITHIN);
@@ -275,9 +335,8 @@ proptest! {
                 prop_assert!(!egress_busy, "sent past the egress bound");
                 let sent = &mut sends[chunk as usize];
                 prop_assert!(
-                    *sent == 0 || all_sent_once || !contested,
-                    "chunk {chunk} sent twice to a contested blob before every chunk was sent \
-                     once: {sends:?}"
+                    *sent == 0 || !contested,
+                    "chunk {chunk} of a contested blob sent twice: {sends:?}"
                 );
                 *sent += 1;
             }
@@ -295,38 +354,61 @@ proptest! {
             }
         }
         prop_assert!(sends.iter().all(|&n| n > 0), "a chunk never left: {sends:?}");
-        prop_assert_eq!(serving.blobs_seeding(), 0);
+        prop_assert_eq!(serving.waves(), 1);
     }
 
-    /// With time running past `REPEAT_AFTER`: a chunk leaves a second time before all have
-    /// left only to a peer refused it before, at least `REPEAT_AFTER` after its first send.
+    /// With time running past `REPEAT_AFTER`, now and then past `WAVE_GAP`, and peers leaving:
+    /// within a wave, a chunk leaves a second time to a contested blob's fetcher only if that
+    /// peer was refused it before, at least `REPEAT_AFTER` after its latest copy left; a new
+    /// wave, or the departure of the peer its latest copy went to, sends it once more.
     #[test]
-    fn a_second_copy_before_all_have_left_goes_only_to_an_insisting_peer(
+    fn a_second_copy_in_a_wave_goes_only_to_an_insisting_peer(
         chunk_count in 1u32..20,
-        requests in proptest::collection::vec((0u32..4, 0u32..20, 0u64..3_000), 0..300),
+        requests in proptest::collection::vec(
+            (
+                0u32..4,
+                0u32..20,
+                prop_oneof![20 => 0u64..3_000, 1 => 30_000u64..40_000],
+                proptest::bool::weighted(0.05),
+            ),
+            0..300,
+        ),
     ) {
         let mut serving = Serving::<u32>::default();
-        let mut first_sent: Vec<Option<Duration>> = vec![None; chunk_count as usize];
+        let mut first_sent: Vec<Option<(Duration, u32)>> = vec![None; chunk_count as usize];
         let mut refused = std::collections::HashSet::new();
         let mut asked: HashMap<u32, Duration> = HashMap::new();
         let mut now = Duration::ZERO;
-        for &(peer, chunk, step_ms) in &requests {
+        for &(peer, chunk, step_ms, leaves) in &requests {
             now += Duration::from_millis(step_ms);
+            if leaves {
+                serving.peer_left(&peer);
+                for sent in &mut first_sent {
+                    if sent.is_some_and(|(_, to)| to == peer) {
+                        *sent = None;
+                    }
+                }
+                continue;
+            }
             let chunk = chunk % chunk_count;
-            let all_sent_once = first_sent.iter().all(Option::is_some);
+            let last_ask = asked.values().max().copied();
+            if last_ask.is_some_and(|last| now - last >= WAVE_GAP) {
+                first_sent.fill(None);
+                refused.clear();
+            }
             let contested = asked
                 .iter()
                 .any(|(&other, &at)| other != peer && now - at < CONTESTED_WITHIN);
             asked.insert(peer, now);
             match serving.decide(&whole(peer, chunk, chunk_count), now) {
                 Answer::Send => match first_sent[chunk as usize] {
-                    None => first_sent[chunk as usize] = Some(now),
+                    None => first_sent[chunk as usize] = Some((now, peer)),
                     Some(_) if !contested => {}
-                    Some(left) if !all_sent_once => {
+                    Some((left, _)) => {
                         prop_assert!(refused.remove(&(peer, chunk)), "never refused");
                         prop_assert!(now - left >= REPEAT_AFTER);
+                        first_sent[chunk as usize] = Some((now, peer));
                     }
-                    Some(_) => {}
                 },
                 Answer::Busy(reason) => {
                     prop_assert_eq!(reason, BusyReason::SuperSeeding);
