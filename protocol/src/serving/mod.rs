@@ -18,7 +18,10 @@
 //!    many insist, a chunk leaves at most once per [`REPEAT_AFTER`]; and a chunk whose latest
 //!    copy went to a peer that has since disconnected may leave once more, to the next
 //!    asker (churn-1k: the seed sent 1.48 copies and the 99th host took 3.07x the bound
-//!    without this, 1.13 copies and 2.35x with it; 2.95 copies and 2.35x before waves). A wave
+//!    without this, 1.13 copies and 2.35x with it; 2.95 copies and 2.35x before waves); and
+//!    a chunk wanted by many more peers than its copies can serve ([`DEMAND_PER_COPY`]) gets
+//!    another copy at once, so fast fetchers do not wait on the slow holders of a mixed
+//!    fleet. A wave
 //!    ends when nobody asked for the blob for [`WAVE_GAP`]: the next fetchers start a new one,
 //!    in which each chunk may leave once more. A blob still being fetched is not restricted:
 //!    what a node has is what is already spreading.
@@ -39,8 +42,8 @@
 //! read after all, it calls [`Serving::unsent`]. The refusal was decided before any read, so a
 //! `Busy` costs no disk read and no buffer.
 //!
-//! Memory: the waves of at most [`WAVES_MAX`] blobs held whole (a send time per chunk and
-//! the two latest askers each), and at most [`REFUSALS_MAX`] remembered refusals. A wave over
+//! Memory: the waves of at most [`WAVES_MAX`] blobs held whole (24 bytes per chunk and the
+//! two latest askers each), and at most [`REFUSALS_MAX`] remembered refusals. A wave over
 //! for [`WAVE_GAP`] is dropped when room is needed; past a bound the memory is cleared:
 //! super-seeding then starts a new wave for the blobs it forgot, which costs at most one more
 //! copy of each.
@@ -78,13 +81,22 @@ pub const REPEAT_AFTER: Duration = Duration::from_secs(5);
 /// few MiB.
 pub const REFUSALS_MAX: usize = 65_536;
 
-/// Blobs whose waves are tracked at once. 1,024 blobs of 1,024 chunks are 16 MiB.
+/// Blobs whose waves are tracked at once. 1,024 blobs of 1,024 chunks are 24 MiB.
 pub const WAVES_MAX: usize = 1_024;
 
 /// How long nobody asks for a blob before its wave is over: the next fetchers start a new one,
 /// in which each chunk may leave once more. Within a wave the fetchers ask the seed several
 /// times a second; 30 s of silence means they are done, gone, or served by each other.
 pub const WAVE_GAP: Duration = Duration::from_secs(30);
+
+/// Peers newly refused a chunk, per copy of it sent in the wave, past which the next asker
+/// gets another copy at once: its holders cannot serve that many soon, and the fetchers that
+/// wait on them are faster than they are. A fleet of mixed links (simulations/README.md,
+/// heterogeneous-2k: hosts of 20 Mbit/s up to 10 Gbit/s behind a 1 Gbit/s origin) took its
+/// median host from 5.8 s to 14.4 s with the chunks held back for the insisting peers alone;
+/// 32 brings it to 5.9 s with the origin at 5.05 copies instead of 9.01, and leaves the
+/// fan-outs at 1.00-1.02 copies (8: 1.01-1.07; 16: 1.00-1.05, lan-1k at 1.15).
+pub const DEMAND_PER_COPY: u32 = 32;
 
 /// How recently another peer must have asked for a blob for super-seeding to apply to a
 /// request. A swarm's fetchers each ask a seed several times a second (8 requests in flight
@@ -105,6 +117,8 @@ pub struct ServingConfig {
     pub waves_max: usize,
     /// See [`WAVE_GAP`].
     pub wave_gap: Duration,
+    /// See [`DEMAND_PER_COPY`].
+    pub demand_per_copy: u32,
     /// See [`CONTESTED_WITHIN`].
     pub contested_within: Duration,
 }
@@ -117,6 +131,7 @@ impl Default for ServingConfig {
             refusals_max: REFUSALS_MAX,
             waves_max: WAVES_MAX,
             wave_gap: WAVE_GAP,
+            demand_per_copy: DEMAND_PER_COPY,
             contested_within: CONTESTED_WITHIN,
         }
     }
@@ -186,8 +201,14 @@ struct Wave<P> {
 
 #[derive(Debug, Clone, Copy)]
 struct Sent {
+    /// When the latest copy left.
     at: Duration,
+    /// Whom it went to.
     to: u32,
+    /// Copies sent in this wave.
+    copies: u16,
+    /// Peers newly refused the chunk since its latest copy left.
+    wanting: u16,
 }
 
 impl<P: Eq + Clone> Wave<P> {
@@ -213,7 +234,21 @@ impl<P: Eq + Clone> Wave<P> {
             }
         };
         let to = u32::try_from(to).unwrap_or(u32::MAX);
-        self.sent[chunk as usize] = Some(Sent { at: now, to });
+        let slot = &mut self.sent[chunk as usize];
+        let copies = slot.map_or(0, |sent| sent.copies).saturating_add(1);
+        *slot = Some(Sent {
+            at: now,
+            to,
+            copies,
+            wanting: 0,
+        });
+    }
+
+    /// Counts a peer refused `chunk` for the first time since its latest copy left.
+    fn wanted(&mut self, chunk: u32) {
+        if let Some(Some(sent)) = self.sent.get_mut(chunk as usize) {
+            sent.wanting = sent.wanting.saturating_add(1);
+        }
     }
 
     /// Forgets the copies that went to `peer` last: the only one may have left with it.
@@ -288,8 +323,12 @@ impl<P: Eq + Hash + Clone> Serving<P> {
             if self.refused.len() >= self.config.refusals_max {
                 self.refused.clear();
             }
-            self.refused
+            let newly = self
+                .refused
                 .insert((request.peer.clone(), request.blob, request.chunk));
+            if newly && let Some(wave) = self.waves.get_mut(&request.blob) {
+                wave.wanted(request.chunk);
+            }
             return Answer::Busy(BusyReason::SuperSeeding);
         }
         if request.egress_ahead > self.config.egress_ahead_max {
@@ -322,14 +361,24 @@ impl<P: Eq + Hash + Clone> Serving<P> {
         let within = self.config.contested_within;
         let wave = self.wave(request.blob, chunk_count, now);
         let contested = wave.ask(&request.peer, now, within);
-        let Some(Sent { at: left, .. }) = wave.sent[request.chunk as usize] else {
+        let Some(sent) = wave.sent[request.chunk as usize] else {
             return Seeding::First;
         };
         if !contested {
             return Seeding::Free;
         }
+        let demand = u32::from(sent.wanting);
+        if demand
+            >= self
+                .config
+                .demand_per_copy
+                .saturating_mul(u32::from(sent.copies))
+        {
+            return Seeding::Repeat;
+        }
         let key = (request.peer.clone(), request.blob, request.chunk);
-        if now.saturating_sub(left) >= self.config.repeat_after && self.refused.contains(&key) {
+        let insists = self.refused.contains(&key);
+        if now.saturating_sub(sent.at) >= self.config.repeat_after && insists {
             Seeding::Repeat
         } else {
             Seeding::Refused
@@ -399,7 +448,8 @@ enum Seeding {
     Free,
     /// The chunk's first copy in the blob's wave.
     First,
-    /// A refused peer asking again, long enough after the chunk's latest copy left.
+    /// A further copy: to a refused peer asking again long enough after the chunk's latest copy
+    /// left, or to anyone once the copies are wanted by more peers than they can serve.
     Repeat,
     Refused,
 }

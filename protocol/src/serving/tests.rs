@@ -208,6 +208,7 @@ fn a_partial_blob_is_not_restricted() {
 fn refusal_memory_is_bounded() {
     let config = ServingConfig {
         refusals_max: 8,
+        demand_per_copy: u32::MAX,
         ..ServingConfig::default()
     };
     let mut serving = Serving::<u32>::new(config);
@@ -257,6 +258,35 @@ fn a_chunk_whose_first_copy_left_with_its_peer_is_sent_once_more() {
     );
     serving.peer_left(&7);
     assert_eq!(serving.decide(&whole(a, 1, 2), at(1)), SEEDING);
+}
+
+#[test]
+fn a_chunk_wanted_by_more_peers_than_its_copies_can_serve_gets_another_copy() {
+    let mut serving = contested_serving();
+    let at = |secs: u64| Duration::from_secs(secs);
+    assert_eq!(serving.decide(&whole(0, 0, 2), at(0)), Answer::Send);
+    let per_copy = DEMAND_PER_COPY;
+    for peer in 1..per_copy {
+        assert_eq!(serving.decide(&whole(peer, 0, 2), at(1)), SEEDING, "{peer}");
+        assert_eq!(
+            serving.decide(&whole(1, 0, 2), at(1)),
+            SEEDING,
+            "asking again is not more demand"
+        );
+    }
+    assert_eq!(serving.decide(&whole(per_copy, 0, 2), at(1)), SEEDING);
+    assert_eq!(
+        serving.decide(&whole(per_copy + 1, 0, 2), at(1)),
+        Answer::Send,
+        "{per_copy} peers waiting on one copy: a second goes out"
+    );
+    // Two copies now: twice the demand for a third.
+    for peer in 100..100 + 2 * per_copy {
+        assert_eq!(serving.decide(&whole(peer, 0, 2), at(1)), SEEDING, "{peer}");
+    }
+    assert_eq!(serving.decide(&whole(1, 0, 2), at(1)), Answer::Send);
+    assert_eq!(serving.decide(&whole(2, 0, 2), at(1)), SEEDING);
+    assert_eq!(ServingConfig::default().demand_per_copy, DEMAND_PER_COPY);
 }
 
 #[test]
@@ -360,7 +390,8 @@ proptest! {
     /// With time running past `REPEAT_AFTER`, now and then past `WAVE_GAP`, and peers leaving:
     /// within a wave, a chunk leaves a second time to a contested blob's fetcher only if that
     /// peer was refused it before, at least `REPEAT_AFTER` after its latest copy left; a new
-    /// wave, or the departure of the peer its latest copy went to, sends it once more.
+    /// wave, or the departure of the peer its latest copy went to, sends it once more. (Four
+    /// peers never make the demand that releases a copy at once: `DEMAND_PER_COPY` is 32.)
     #[test]
     fn a_second_copy_in_a_wave_goes_only_to_an_insisting_peer(
         chunk_count in 1u32..20,
