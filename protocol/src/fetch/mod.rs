@@ -348,10 +348,10 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
         if self.gave_up {
             return;
         }
-        let waiting_on_upstream = self.fallback.as_ref().is_some_and(Fallback::waiting);
         let reason = if self.scheduler.is_none() {
-            let alone = self.sources.is_empty() && !waiting_on_upstream;
-            (alone && self.now > self.started + LOCATE_TIMEOUT).then_some(GiveUp::NoPeer)
+            self.locate_deadline()
+                .filter(|&deadline| self.now > deadline)
+                .map(|_| GiveUp::NoPeer)
         } else {
             (self.now > self.last_kept + STALL_TIMEOUT).then_some(GiveUp::Stalled)
         };
@@ -359,6 +359,17 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
             self.gave_up = true;
             actions.push(FetchAction::GiveUp(reason));
         }
+    }
+
+    /// When the fetch gives up finding anybody with the blob: while it has no scheduler, no
+    /// source and no upstream download it waits on. Past due is still due: a wakeup for it
+    /// must not vanish because another event moved the clock past it first (a lone fetch
+    /// whose tick was overtaken by a peer refresh at 10 s waited for ever).
+    fn locate_deadline(&self) -> Option<Duration> {
+        let waiting_on_upstream = self.fallback.as_ref().is_some_and(Fallback::waiting);
+        let alone = self.sources.is_empty() && !waiting_on_upstream;
+        (self.scheduler.is_none() && !self.gave_up && alone)
+            .then_some(self.started + LOCATE_TIMEOUT)
     }
 
     /// Whether the blob should come from the upstream now, and through whom.
@@ -452,7 +463,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
         let order = later(self.started + IN_ORDER_AFTER).filter(|_| !self.swarm_seen);
         let give_up = match (&self.scheduler, self.gave_up) {
             (_, true) => None,
-            (None, false) => later(self.started + LOCATE_TIMEOUT),
+            (None, false) => self.locate_deadline(),
             (Some(_), false) => Some(self.last_kept + STALL_TIMEOUT),
         };
         let fallback = self.fallback.as_ref().filter(|_| self.scheduler.is_none());

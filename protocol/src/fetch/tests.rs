@@ -614,6 +614,29 @@ fn an_unanswered_have_holds_the_upstream_back_for_at_most_a_second() {
 }
 
 #[test]
+fn a_lone_fetch_still_gives_up_when_another_event_passes_the_deadline_before_its_tick() {
+    let mut fetch = F::new(ms(0));
+    fetch.handle(FetchEvent::Connected { peers: vec![] }, ms(0));
+    // A peer refresh lands just after the deadline, before the tick due at it.
+    fetch.handle(
+        FetchEvent::Connected { peers: vec![] },
+        LOCATE_TIMEOUT + ms(1),
+    );
+    let due = fetch.next_wakeup().expect("the give-up is still due");
+    assert!(due <= LOCATE_TIMEOUT + ms(1), "{due:?}");
+    let ticked = fetch.handle(FetchEvent::Tick, LOCATE_TIMEOUT + ms(2));
+    assert!(
+        ticked.contains(&FetchAction::GiveUp(GiveUp::NoPeer)),
+        "{ticked:?}"
+    );
+    assert_eq!(
+        fetch.next_wakeup(),
+        None,
+        "given up: nothing more to wake for"
+    );
+}
+
+#[test]
 fn a_fetch_gives_up_once_when_nobody_has_the_blob_or_nothing_arrives() {
     let mut fetch = F::new(ms(0));
     fetch.handle(FetchEvent::Connected { peers: vec![1] }, ms(0));
