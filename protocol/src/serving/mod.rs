@@ -163,7 +163,7 @@ pub struct ChunkRequest<P> {
 pub enum BusyReason {
     /// More than `egress_ahead_max` of egress is already queued.
     Egress,
-    /// The chunk already left while others of the blob never have.
+    /// The chunk already left in this wave of the blob's fetchers.
     SuperSeeding,
 }
 
@@ -220,20 +220,21 @@ impl<P: Eq + Clone> Wave<P> {
         }
     }
 
-    /// Records that a copy of `chunk` left at `now`, to `peer`.
-    fn record(&mut self, chunk: u32, peer: &P, now: Duration) {
-        let to = match self
+    /// `peer`'s index in `recipients`, if a copy went to it.
+    fn recipient(&self, peer: &P) -> Option<u32> {
+        let index = self
             .recipients
             .iter()
-            .position(|recipient| recipient == peer)
-        {
-            Some(index) => index,
-            None => {
-                self.recipients.push(peer.clone());
-                self.recipients.len() - 1
-            }
-        };
-        let to = u32::try_from(to).unwrap_or(u32::MAX);
+            .position(|recipient| recipient == peer)?;
+        Some(u32::try_from(index).unwrap_or(u32::MAX))
+    }
+
+    /// Records that a copy of `chunk` left at `now`, to `peer`.
+    fn record(&mut self, chunk: u32, peer: &P, now: Duration) {
+        let to = self.recipient(peer).unwrap_or_else(|| {
+            self.recipients.push(peer.clone());
+            u32::try_from(self.recipients.len() - 1).unwrap_or(u32::MAX)
+        });
         let slot = &mut self.sent[chunk as usize];
         let copies = slot.map_or(0, |sent| sent.copies).saturating_add(1);
         *slot = Some(Sent {
@@ -253,14 +254,9 @@ impl<P: Eq + Clone> Wave<P> {
 
     /// Forgets the copies that went to `peer` last: the only one may have left with it.
     fn recipient_left(&mut self, peer: &P) {
-        let Some(index) = self
-            .recipients
-            .iter()
-            .position(|recipient| recipient == peer)
-        else {
+        let Some(index) = self.recipient(peer) else {
             return;
         };
-        let index = u32::try_from(index).unwrap_or(u32::MAX);
         for sent in &mut self.sent {
             if sent.is_some_and(|sent| sent.to == index) {
                 *sent = None;
