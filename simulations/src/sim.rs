@@ -913,8 +913,11 @@ impl<'a> Simulation<'a> {
 
     fn carry_out(&mut self, node: u32, actions: Vec<FetchAction<u32>>) {
         let mut completed = false;
+        let mut looked_up = false;
         for action in actions {
             match action {
+                // No DHT here: a host's peers are its topology's neighbours, `Connected`.
+                FetchAction::LookUp => looked_up = true,
                 FetchAction::AskHave { peer } => self.have_ask(node, peer),
                 FetchAction::PollHave { peer } => {
                     self.counters.have_polls += 1;
@@ -953,6 +956,9 @@ impl<'a> Simulation<'a> {
             }
             self.drop_watches(node);
             return;
+        }
+        if looked_up {
+            self.drive(node, FetchEvent::Candidates { peers: Vec::new() });
         }
         self.arm_tick(node);
     }

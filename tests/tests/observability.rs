@@ -93,6 +93,7 @@ const COUNTER_SERIES: &[(&str, &str)] = &[
         "bitfield_pushes_received",
         r#"shoal_bitfield_pushes_total{direction="received"}"#,
     ),
+    ("provider_lookups", "shoal_provider_lookups_total"),
     (
         "busy_answers_egress",
         r#"shoal_busy_answers_total{reason="egress"}"#,

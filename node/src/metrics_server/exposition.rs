@@ -231,6 +231,11 @@ fn write_families(report: &StatusReport, timings: &Timings, page: &mut Families)
         ],
     )?;
     page.counter(
+        "shoal_provider_lookups",
+        "DHT lookups of a blob's providers started by this node's transfers.",
+        &[(&[], counters.provider_lookups)],
+    )?;
+    page.counter(
         "shoal_busy_answers",
         "Chunk requests from peers answered Busy: a full egress queue, or super-seeding.",
         &[

@@ -30,6 +30,7 @@ use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns, ping};
 use shoal_protocol::Digest;
+use shoal_protocol::fetch::SOURCES_ENOUGH;
 use shoal_protocol::wire::{Request, Response};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -710,6 +711,13 @@ impl SwarmActor {
                     && let Some(lookup) = self.provider_lookups.get_mut(&id)
                 {
                     lookup.found.extend(providers);
+                    // As many as a transfer wants (this node may be among them): no need to ask
+                    // the rest of the hosts nearest the key.
+                    if lookup.found.len() > SOURCES_ENOUGH
+                        && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id)
+                    {
+                        query.finish();
+                    }
                 }
                 if step.last
                     && let Some(lookup) = self.provider_lookups.remove(&id)

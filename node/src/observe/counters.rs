@@ -44,6 +44,9 @@ pub struct Counters {
     /// this node's blobs, and received from peers this node watches.
     pub bitfield_pushes_sent: AtomicU64,
     pub bitfield_pushes_received: AtomicU64,
+    /// DHT lookups of a blob's providers this node's transfers started
+    /// (`shoal_protocol::fetch::SOURCES_ENOUGH` says when they stop).
+    pub provider_lookups: AtomicU64,
     /// Chunk requests this node answered `Busy`: its egress queue was full, or super-seeding
     /// held the chunk back (`shoal_protocol::serving`).
     pub busy_answers_egress: AtomicU64,
@@ -84,6 +87,7 @@ pub struct CountersSnapshot {
     pub bitfield_polls_on_lanes: u64,
     pub bitfield_pushes_sent: u64,
     pub bitfield_pushes_received: u64,
+    pub provider_lookups: u64,
     pub busy_answers_egress: u64,
     pub busy_answers_super_seeding: u64,
 }
@@ -122,6 +126,7 @@ impl Counters {
             bitfield_polls_on_lanes: get(&self.bitfield_polls_on_lanes),
             bitfield_pushes_sent: get(&self.bitfield_pushes_sent),
             bitfield_pushes_received: get(&self.bitfield_pushes_received),
+            provider_lookups: get(&self.provider_lookups),
             busy_answers_egress: get(&self.busy_answers_egress),
             busy_answers_super_seeding: get(&self.busy_answers_super_seeding),
         }

@@ -8,14 +8,16 @@
 //! exchange: every rule and constant of the fetching side's peer bookkeeping is here. It never
 //! reads a clock or touches the network or disk.
 //!
-//! Data flow: `Connected`/`Candidates` → `AskHave` of each peer once → `Have` answers: a peer
-//! with part of the blob joins the scheduler (`Joined`, so that the driver tells it where the
-//! peer is) and is watched (`Watch`) while it is still fetching; one without it is asked again
-//! [`PEER_REFRESH`] later (a fleet that starts together shows the blob moments later) →
-//! `Pushed` updates stop the scheduler's polls of that peer until its watch ends → the
-//! scheduler's `Request`s → `Chunk` answers: failures of requests the scheduler cancelled are
-//! dropped, a chunk already had is a late duplicate, a verified new one is `Keep` (the driver
-//! stores it and hands it to readers) → `Completed`, once.
+//! Data flow: `Connected`, and the `Candidates` of the DHT lookups the fetch asks for
+//! (`LookUp`, [`LOOKUP_EVERY`] apart, further while they name nobody new, until it knows
+//! [`SOURCES_ENOUGH`] sources) → `AskHave` of each peer once → `Have` answers: a peer with part of the blob joins the scheduler
+//! (`Joined`, so that the driver tells it where the peer is) and is watched (`Watch`) while it
+//! is still fetching; one without it is asked again [`PEER_REFRESH`] later (a fleet that
+//! starts together shows the blob moments later) → `Pushed` updates stop the scheduler's polls
+//! of that peer until its watch ends → the scheduler's `Request`s → `Chunk` answers: failures
+//! of requests the scheduler cancelled are dropped, a chunk already had is a late duplicate, a
+//! verified new one is `Keep` (the driver stores it and hands it to readers) → `Completed`,
+//! once.
 //!
 //! Before the driver has the blob's chunk index (the scheduler needs its chunk count) bitfields
 //! are kept, and [`Fetch::begin`] joins them. Finding the index: the first peer heard with part
@@ -64,6 +66,22 @@ pub const PEER_REFRESH: Duration = Duration::from_millis(500);
 /// about a second, and chunks in a random order left its sha256 to read most of the blob back
 /// from the device after the last chunk (docs/benchmarks.md).
 pub const IN_ORDER_AFTER: Duration = Duration::from_secs(1);
+
+/// How long after a DHT lookup of the blob's providers ends the next one starts, while the
+/// fetch knows fewer than [`SOURCES_ENOUGH`] peers with part of the blob. Each lookup that
+/// names nobody new doubles the wait, up to [`LOOKUP_EVERY_MAX`]: in a small swarm the DHT
+/// soon has nothing to add to the peers already asked.
+pub const LOOKUP_EVERY: Duration = Duration::from_secs(5);
+
+/// The longest wait between two DHT lookups of a fetch that still wants sources.
+pub const LOOKUP_EVERY_MAX: Duration = Duration::from_secs(80);
+
+/// How many peers showing part of the blob a fetch must know to stop asking the DHT for more.
+/// Every lookup of a blob asks the same few hosts nearest its key, so lookups that go on for
+/// the whole transfer load those hosts with the fleet's size; and they cost: a lookup every
+/// 5 s by each of 32 hosts fetching 7 blobs took a sixth of a 32-node fan-out's CPU
+/// (docs/benchmarks.md). Connected peers are asked directly, without a lookup.
+pub const SOURCES_ENOUGH: usize = 16;
 
 /// A transfer that finds no peer with the blob for this long gives up.
 pub const LOCATE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -119,9 +137,8 @@ pub enum GiveUp {
 pub enum FetchEvent<P> {
     /// The peers connected now: those not asked yet are, and joined ones missing leave.
     Connected { peers: Vec<P> },
-    /// A DHT lookup for providers of the blob started; its answer is `Candidates`.
-    LookupStarted,
-    /// Peers that may have the blob (a DHT lookup's answer): each not asked yet is.
+    /// Peers that may have the blob, the answer to `LookUp` (empty when the lookup failed):
+    /// each not asked yet is.
     Candidates { peers: Vec<P> },
     /// A peer's answer to `Have`, or to a poll: what it holds, or `None` when it lacks the
     /// blob or the request failed.
@@ -153,6 +170,9 @@ pub enum FetchEvent<P> {
 /// Something the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchAction<P> {
+    /// Ask the DHT who provides the blob; report the answer as `Candidates`, an empty one if
+    /// the lookup fails or there is no DHT.
+    LookUp,
     /// Ask `peer` whether it has the blob (`Request::Have`); report the answer as `Have`.
     AskHave { peer: P },
     /// The scheduler's poll of a peer that does not push: ask as for `AskHave`.
@@ -223,6 +243,10 @@ pub struct Fetch<P> {
     /// Peers asked `Have` that have not answered yet.
     awaiting: HashSet<P>,
     lookup_running: bool,
+    /// When the next lookup is due, while fewer than [`SOURCES_ENOUGH`] sources are known.
+    next_lookup: Duration,
+    /// The wait after the lookup that runs, from [`LOOKUP_EVERY`] to [`LOOKUP_EVERY_MAX`].
+    lookup_every: Duration,
     /// The peer asked for the index, while one is.
     index_asked: Option<P>,
     /// Peers whose index could not be used.
@@ -256,6 +280,8 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
             sources: HashSet::new(),
             awaiting: HashSet::new(),
             lookup_running: false,
+            next_lookup: now,
+            lookup_every: LOOKUP_EVERY,
             index_asked: None,
             index_tried: HashSet::new(),
             last_kept: now,
@@ -303,11 +329,19 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
         }
         match event {
             FetchEvent::Connected { peers } => self.connected(peers, &mut actions),
-            FetchEvent::LookupStarted => self.lookup_running = true,
             FetchEvent::Candidates { peers } => {
-                self.lookup_running = false;
+                let mut named_new = false;
                 for peer in peers {
-                    self.ask(peer, &mut actions);
+                    named_new |= self.ask(peer, &mut actions);
+                }
+                if self.lookup_running {
+                    self.lookup_running = false;
+                    self.lookup_every = if named_new {
+                        LOOKUP_EVERY
+                    } else {
+                        (self.lookup_every * 2).min(LOOKUP_EVERY_MAX)
+                    };
+                    self.next_lookup = self.now + self.lookup_every;
                 }
             }
             FetchEvent::Index { peer, answer } => self.index_unusable(peer, answer, &mut actions),
@@ -339,6 +373,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
         }
         // After every event, not only on ticks: a client may be waiting on this decision.
         self.decide_fallback(&mut actions);
+        self.look_up_when_due(&mut actions);
         self.check_invariants();
         actions
     }
@@ -370,6 +405,23 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
         let alone = self.sources.is_empty() && !waiting_on_upstream;
         (self.scheduler.is_none() && !self.gave_up && alone)
             .then_some(self.started + LOCATE_TIMEOUT)
+    }
+
+    /// Starts a DHT lookup if one is due ([`Fetch::lookup_due`]).
+    fn look_up_when_due(&mut self, actions: &mut Vec<FetchAction<P>>) {
+        if !self.over && self.lookup_due().is_some_and(|due| due <= self.now) {
+            self.lookup_running = true;
+            actions.push(FetchAction::LookUp);
+        }
+    }
+
+    /// When the next DHT lookup starts: at the first event of the fetch, then
+    /// [`LOOKUP_EVERY`] (or longer, see there) after the last one ended, while no lookup runs
+    /// and fewer than
+    /// [`SOURCES_ENOUGH`] sources are known. Past due is still due, as for
+    /// [`Fetch::locate_deadline`].
+    fn lookup_due(&self) -> Option<Duration> {
+        (!self.lookup_running && self.sources.len() < SOURCES_ENOUGH).then_some(self.next_lookup)
     }
 
     /// Whether the blob should come from the upstream now, and through whom.
@@ -472,10 +524,17 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
                 .deadline()
                 .or_else(|| later(self.started + fallback::UPSTREAM_AFTER))
         });
-        [scheduler, ask_again, order, give_up, upstream]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            scheduler,
+            ask_again,
+            order,
+            give_up,
+            upstream,
+            self.lookup_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// When a driver sends its next `Tick`: [`Fetch::next_wakeup`] rounded up to the [`TICK`]
@@ -493,11 +552,6 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
     /// How many peers have shown part of the blob.
     pub fn sources(&self) -> usize {
         self.sources.len()
-    }
-
-    /// Whether a DHT lookup is running (`LookupStarted` without its `Candidates` yet).
-    pub fn lookup_running(&self) -> bool {
-        self.lookup_running
     }
 
     /// The scheduler, once [`Fetch::begin`] gave it.
@@ -542,13 +596,16 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
         }
     }
 
-    fn ask(&mut self, peer: P, actions: &mut Vec<FetchAction<P>>) {
+    /// Asks `peer` whether it has the blob, unless it is banned or was asked already and did
+    /// not answer that it lacks it; whether it was asked.
+    fn ask(&mut self, peer: P, actions: &mut Vec<FetchAction<P>>) -> bool {
         if self.banned.contains(&peer) || !self.asked.insert(peer.clone()) {
-            return;
+            return false;
         }
         self.lacking.remove(&peer);
         self.awaiting.insert(peer.clone());
         actions.push(FetchAction::AskHave { peer });
+        true
     }
 
     fn connected(&mut self, peers: Vec<P>, actions: &mut Vec<FetchAction<P>>) {

@@ -109,6 +109,67 @@ fn each_connected_peer_is_asked_once_and_one_lacking_the_blob_again_later() {
     );
 }
 
+fn lookups(actions: &[FetchAction<u32>]) -> usize {
+    actions
+        .iter()
+        .filter(|a| matches!(a, FetchAction::LookUp))
+        .count()
+}
+
+#[test]
+fn the_dht_is_asked_every_few_seconds_until_enough_sources_are_known() {
+    let mut fetch = F::new(ms(0));
+    let first = fetch.handle(FetchEvent::Connected { peers: vec![1] }, ms(0));
+    assert_eq!(lookups(&first), 1, "at the first event");
+    have(&mut fetch, 1, holds(4, [0]), 1);
+    assert_eq!(
+        lookups(&fetch.handle(FetchEvent::Tick, ms(6000))),
+        0,
+        "one at a time"
+    );
+    // Peer 2 is news: the next lookup comes as soon as ever.
+    fetch.handle(FetchEvent::Candidates { peers: vec![1, 2] }, ms(7000));
+    assert_eq!(fetch.next_wakeup(), Some(ms(7000) + LOOKUP_EVERY));
+    assert_eq!(lookups(&fetch.handle(FetchEvent::Tick, ms(11_900))), 0);
+    // Past due is due, whatever event comes first.
+    assert_eq!(lookups(&have(&mut fetch, 2, None, 12_600)), 1);
+
+    // Lookups that name nobody new come further and further apart.
+    let mut ended = 12_700;
+    let mut wait = LOOKUP_EVERY;
+    for _ in 0..6 {
+        fetch.handle(FetchEvent::Candidates { peers: vec![1] }, ms(ended));
+        wait = (wait * 2).min(LOOKUP_EVERY_MAX);
+        let due = ms(ended) + wait;
+        let before = fetch.handle(FetchEvent::Tick, due - ms(100));
+        assert_eq!(lookups(&before), 0, "{wait:?} after {ended} ms");
+        assert_eq!(lookups(&fetch.handle(FetchEvent::Tick, due)), 1);
+        ended = due.as_millis() as u64 + 50;
+    }
+    assert_eq!(wait, LOOKUP_EVERY_MAX);
+    fetch.handle(FetchEvent::Candidates { peers: vec![] }, ms(ended));
+
+    // Enough sources: no more lookups, and no wakeup for one.
+    let enough = SOURCES_ENOUGH as u32;
+    let now = ended + 100;
+    fetch.handle(
+        FetchEvent::Connected {
+            peers: (1..=enough).collect(),
+        },
+        ms(now),
+    );
+    for peer in 2..=enough {
+        have(&mut fetch, peer, holds(4, [1]), now);
+    }
+    assert_eq!(fetch.sources(), SOURCES_ENOUGH);
+    let later = ms(now) + LOOKUP_EVERY_MAX * 2;
+    assert!(fetch.next_wakeup().is_none_or(|at| at > later));
+    assert_eq!(lookups(&fetch.handle(FetchEvent::Tick, later)), 0);
+    // A source leaves: the lookups resume.
+    let left = fetch.handle(FetchEvent::Banned { peer: 2 }, later + ms(1));
+    assert_eq!(lookups(&left), 1);
+}
+
 #[test]
 fn bitfields_heard_before_the_index_join_when_the_scheduler_begins() {
     let mut fetch = F::new(ms(0));
@@ -297,7 +358,8 @@ enum Step {
     /// The index asked of a peer could not be used: invalid (0), missing (1), failed (2).
     Index(u32, u8),
     Delegation(u32, bool),
-    Lookup,
+    /// The DHT answers the lookup the fetch asked for, naming these peers.
+    LookedUp(Vec<u32>),
     Tick,
 }
 
@@ -315,7 +377,7 @@ fn step(peers: u32, chunk_count: u32) -> impl Strategy<Value = Step> {
         (0..chunk_count).prop_map(Step::Focus),
         (0..peers, 0u8..3).prop_map(|(peer, kind)| Step::Index(peer, kind)),
         (0..peers, any::<bool>()).prop_map(|(peer, accepted)| Step::Delegation(peer, accepted)),
-        Just(Step::Lookup),
+        proptest::collection::vec(0..peers, 0..3).prop_map(Step::LookedUp),
         Just(Step::Tick),
     ]
 }
@@ -370,6 +432,7 @@ proptest! {
         let mut completed = 0;
         let mut gave_up = 0;
         let mut over = false;
+        let mut looking_up = false;
         for (i, step) in steps.into_iter().enumerate() {
             let now = ms(i as u64 * 37);
             if over {
@@ -423,7 +486,10 @@ proptest! {
                     FetchEvent::Index { peer, answer }
                 }
                 Step::Delegation(peer, accepted) if peer < count => FetchEvent::Delegation { peer, accepted },
-                Step::Lookup => FetchEvent::LookupStarted,
+                Step::LookedUp(named) if looking_up => {
+                    looking_up = false;
+                    FetchEvent::Candidates { peers: named.into_iter().filter(|&p| p < count).collect() }
+                }
                 _ => FetchEvent::Tick,
             };
             if let FetchEvent::Have { peer, holds: Some(_) } | FetchEvent::Pushed { peer, holds: Some(_) } = &event {
@@ -466,6 +532,11 @@ proptest! {
                     }
                     FetchAction::Delegate { .. } => prop_assert!(with_upstream),
                     FetchAction::GiveUp(_) => gave_up += 1,
+                    FetchAction::LookUp => {
+                        prop_assert!(!looking_up, "a second lookup while one runs");
+                        prop_assert!(fetch.sources() < SOURCES_ENOUGH);
+                        looking_up = true;
+                    }
                     _ => {}
                 }
             }
@@ -560,9 +631,11 @@ fn a_blob_nobody_has_is_downloaded_by_the_highest_ranked_node() {
     let actions = fetch.handle(FetchEvent::Connected { peers: vec![] }, ms(0));
     assert_eq!(actions, [FetchAction::Download]);
 
-    // Peers 1 and 2 lack it: 2 ranks highest and is asked to fetch once both answered.
+    // Peers 1 and 2 lack it: 2 ranks highest and is asked to fetch once both answered (and
+    // the DHT, asked at the start, named nobody else).
     let mut fetch = upstream_fetch();
     fetch.handle(FetchEvent::Connected { peers: vec![1, 2] }, ms(0));
+    fetch.handle(FetchEvent::Candidates { peers: vec![] }, ms(1));
     assert!(have(&mut fetch, 1, None, 5).is_empty());
     assert_eq!(
         have(&mut fetch, 2, None, 6),

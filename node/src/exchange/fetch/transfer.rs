@@ -44,8 +44,6 @@ use crate::store::{PartialBlob, recorded_index};
 const IDLE_TICK: Duration = Duration::from_secs(365 * 86_400);
 /// How often progress is made durable.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the DHT is asked again for providers while the transfer runs.
-const PROVIDER_REFRESH: Duration = Duration::from_secs(5);
 /// Bitfield updates pushed by peers' have feeds, queued for the transfer; a full queue holds
 /// the feeds back (each keeps only its latest update meanwhile).
 const PUSHED_QUEUE_LEN: usize = 64;
@@ -192,13 +190,10 @@ pub async fn run(
     }
     let connected = run.context.network.connected_peers().await;
     run.on_connected(connected).await?;
-    run.lookup_providers().await?;
     let tick = tokio::time::sleep(TICK);
     tokio::pin!(tick);
     let mut ticked = tokio::time::Instant::from_std(run.started);
     let mut persist = tokio::time::interval(PERSIST_INTERVAL);
-    let mut refresh = tokio::time::interval(PROVIDER_REFRESH);
-    refresh.tick().await;
     let mut reask = tokio::time::interval(PEER_REFRESH);
     reask.tick().await;
     loop {
@@ -230,7 +225,6 @@ pub async fn run(
                 run.persist()?;
                 run.place_all();
             }
-            _ = refresh.tick() => run.lookup_providers().await?,
             _ = reask.tick() => run.ask_connected(),
         }
     }
@@ -244,16 +238,13 @@ impl Run<'_> {
     }
 
     /// Whoever the DHT says provides the blob, including nodes that started fetching it after
-    /// this one. One lookup at a time.
-    async fn lookup_providers(&mut self) -> Result<(), TransferError> {
-        if self.fetch.lookup_running() {
-            return Ok(());
-        }
+    /// this one.
+    fn look_up(&mut self) {
+        Counters::add(&self.context.counters.provider_lookups, 1);
         let network = self.context.network.clone();
         let blob = self.blob;
         self.tasks
             .spawn(async move { Outcome::Providers(network.find_providers(blob).await, true) });
-        self.handle(FetchEvent::LookupStarted).await
     }
 
     /// The connected peers not yet known to have the blob (in a small network, everyone).
@@ -755,6 +746,7 @@ impl Run<'_> {
     ) -> Result<(), TransferError> {
         for action in actions {
             match action {
+                FetchAction::LookUp => self.look_up(),
                 FetchAction::AskHave { peer } | FetchAction::PollHave { peer } => {
                     self.ask_have(peer);
                 }

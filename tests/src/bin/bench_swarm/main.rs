@@ -737,6 +737,8 @@ struct Messages {
     busy: u64,
     links_on_lanes: u64,
     links_on_streams: u64,
+    /// DHT lookups of providers the members' transfers started.
+    lookups: u64,
 }
 
 /// CPU seconds used by every node (the seed first) and by this program's children (the
@@ -986,13 +988,16 @@ impl FanoutBench {
             busy,
             links_on_lanes,
             links_on_streams,
+            lookups,
         } = self.messages()?;
         let (pushes_per_mib, busy_per_mib) =
             (pushes as f64 / delivered_mib, busy as f64 / delivered_mib);
         println!(
             "  messages: {pushes} have-feed pushes ({pushes_per_mib:.1} per MiB delivered), \
              {busy} Busy answers ({busy_per_mib:.1} per MiB); chunk links opened: \
-             {links_on_lanes} on lanes, {links_on_streams} on libp2p streams"
+             {links_on_lanes} on lanes, {links_on_streams} on libp2p streams; DHT lookups \
+             {lookups} ({:.1} per node and blob)",
+            lookups as f64 / (n * self.image.blobs.len() as f64)
         );
         let simulated = simulated::simulate(
             self.members.len(),
@@ -1047,6 +1052,7 @@ impl FanoutBench {
                 + counter(&status, "busy_answers_super_seeding")?;
             messages.links_on_lanes += counter(&status, "chunk_links_lane")?;
             messages.links_on_streams += counter(&status, "chunk_links_stream")?;
+            messages.lookups += counter(&status, "provider_lookups")?;
         }
         Ok(messages)
     }
