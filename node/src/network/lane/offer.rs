@@ -2,8 +2,6 @@
 //! names the connection, and the two keys of its records. Sent only on a libp2p stream, which
 //! Noise (and the pre-shared key) keep secret.
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-
 use super::record::{KEY_BYTES, LaneKeys};
 
 /// Bytes of a token: guessing one is hopeless.
@@ -21,9 +19,11 @@ pub struct Offer {
 }
 
 impl Offer {
-    /// An offer of `port` with a fresh token and fresh keys.
+    /// An offer of `port` with a fresh token and fresh keys, from the operating system's
+    /// random number generator. Not aws-lc's: its first use in a process gathers CPU jitter
+    /// for its entropy pool, about 70 ms of CPU that every seed paid on its first transfer
+    /// (docs/benchmarks.md).
     pub fn new(port: u16) -> Offer {
-        let random = SystemRandom::new();
         let mut token = [0u8; TOKEN_BYTES];
         let mut asker_to_server = [0u8; KEY_BYTES];
         let mut server_to_asker = [0u8; KEY_BYTES];
@@ -32,9 +32,7 @@ impl Offer {
             &mut asker_to_server[..],
             &mut server_to_asker[..],
         ] {
-            random
-                .fill(bytes)
-                .expect("the system's random number generator works");
+            getrandom::fill(bytes).expect("the system's random number generator works");
         }
         Offer {
             port,
