@@ -8,6 +8,7 @@
 mod arriving;
 mod error;
 mod peer_chunks;
+mod running;
 mod sequential;
 mod sha256_behind;
 mod stream;
@@ -15,14 +16,12 @@ mod transfer;
 mod upstream;
 mod verified;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
 
 use shoal_protocol::chunk::ChunkIndex;
 use shoal_protocol::{Bitmap, ChunkLayout, Digest, RepoName};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcements;
@@ -32,6 +31,7 @@ use crate::network::NetworkHandle;
 use crate::observe::Counters;
 use crate::store::Store;
 use crate::upstream::Upstreams;
+use running::Running;
 
 pub use arriving::ArrivingBytes;
 pub use error::{TransferError, WrongContent};
@@ -251,8 +251,7 @@ pub fn start(
     let (commands, receiver) = mpsc::channel(COMMAND_QUEUE_LEN);
     let actor = FetchActor {
         context,
-        transfers: HashMap::new(),
-        tasks: JoinSet::new(),
+        running: Running::new(),
     };
     let task = tokio::spawn(actor.run(receiver, shutdown));
     (FetchHandle { commands }, task)
@@ -260,8 +259,7 @@ pub fn start(
 
 struct FetchActor {
     context: FetchContext,
-    transfers: HashMap<Digest, Transfer>,
-    tasks: JoinSet<Digest>,
+    running: Running<Transfer>,
 }
 
 impl FetchActor {
@@ -274,12 +272,10 @@ impl FetchActor {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(command) = commands.recv() => self.on_command(command),
-                Some(Ok(blob)) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    self.transfers.remove(&blob);
-                }
+                Some(_) = self.running.join_next(), if !self.running.is_empty() => {}
             }
         }
-        self.tasks.shutdown().await;
+        self.running.shutdown().await;
     }
 
     fn on_command(&mut self, command: FetchCommand) {
@@ -289,14 +285,14 @@ impl FetchActor {
                 origin,
                 reply,
             } => {
-                let transfer = match self.transfers.get(&blob) {
+                let transfer = match self.running.get(&blob) {
                     Some(transfer) => transfer.clone(),
                     None => self.start(blob, origin),
                 };
                 let _ = reply.send(transfer);
             }
             FetchCommand::List { reply } => {
-                let _ = reply.send(self.transfers.values().cloned().collect());
+                let _ = reply.send(self.running.values().cloned().collect());
             }
         }
     }
@@ -310,13 +306,12 @@ impl FetchActor {
             progress,
             focus,
         };
-        self.transfers.insert(blob, transfer.clone());
         let context = self.context.clone();
         let counters = context.counters.clone();
         let span = tracing::info_span!("fetch", %blob);
         // Not evicted while it is fetched, nor the moment it lands.
         let lease = context.store.lease(blob);
-        self.tasks.spawn(tracing::Instrument::instrument(
+        let task = tracing::Instrument::instrument(
             async move {
                 let _lease = lease;
                 let started = std::time::Instant::now();
@@ -335,10 +330,10 @@ impl FetchActor {
                 }
                 let outcome = outcome.map_err(Arc::new);
                 progress_sender.send_modify(|progress| progress.outcome = Some(outcome));
-                blob
             },
             span,
-        ));
+        );
+        self.running.spawn(blob, transfer.clone(), task);
         transfer
     }
 }
