@@ -479,7 +479,7 @@ mod tests {
         }
         store.flush().unwrap();
         drop(store);
-        let (store, _) = Store::open(dir.path()).unwrap();
+        let (store, _) = Store::reopen(dir.path()).unwrap();
         let usage = &store.inner.usage;
         assert!(usage.last_used(&old[0]) > usage.last_used(&new[0]));
         let image_bytes = store.stored_bytes() / 2;

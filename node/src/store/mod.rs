@@ -171,6 +171,25 @@ impl Store {
         Ok((store, recovery))
     }
 
+    /// Opens the store again in the same process, as a restart would: sled's I/O threads may
+    /// hold its lock for a moment after the previous `Store` is dropped (a new process never
+    /// meets this), so a lock refused is tried again for up to 5 s.
+    #[cfg(test)]
+    pub(crate) fn reopen(root: &Path) -> Result<(Store, Recovery), StoreError> {
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Store::open(root) {
+                Err(StoreError::Metadata(error))
+                    if error.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < give_up =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
     /// The free-space check every blob write makes.
     pub(crate) fn space(&self) -> &DiskSpace {
         &self.inner.space
@@ -589,7 +608,7 @@ mod tests {
         assert_eq!(commit_blob(&store, b"layer bytes"), digest);
         assert_eq!(store.summary().unwrap().blobs, 1);
         drop(store);
-        let (store, recovery) = open(dir.path());
+        let (store, recovery) = Store::reopen(dir.path()).unwrap();
         assert_eq!(recovery, Recovery::default());
         assert_eq!(read_all(&store, &digest), b"layer bytes");
     }
@@ -663,7 +682,7 @@ mod tests {
         // A file deleted behind the store's back.
         std::fs::remove_file(layout.blob(&vanished)).unwrap();
 
-        let (store, recovery) = open(dir.path());
+        let (store, recovery) = Store::reopen(dir.path()).unwrap();
         assert_eq!(
             recovery,
             Recovery {
@@ -687,7 +706,7 @@ mod tests {
         let path = store.layout().blob(&digest);
         drop(store);
         std::fs::write(&path, b"precious bytez").unwrap();
-        let (store, _) = open(dir.path());
+        let (store, _) = Store::reopen(dir.path()).unwrap();
         let error = store.open_blob(&digest).unwrap_err();
         assert!(
             matches!(error, StoreError::CorruptContent { .. }),
