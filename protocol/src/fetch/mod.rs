@@ -10,14 +10,14 @@
 //!
 //! Data flow: `Connected`, and the `Candidates` of the DHT lookups the fetch asks for
 //! (`LookUp`, [`LOOKUP_EVERY`] apart, further while they name nobody new, until it knows
-//! [`SOURCES_ENOUGH`] sources) → `AskHave` of each peer once → `Have` answers: a peer with part of the blob joins the scheduler
-//! (`Joined`, so that the driver tells it where the peer is) and is watched (`Watch`) while it
-//! is still fetching; one without it is asked again [`PEER_REFRESH`] later (a fleet that
-//! starts together shows the blob moments later) → `Pushed` updates stop the scheduler's polls
-//! of that peer until its watch ends → the scheduler's `Request`s → `Chunk` answers: failures
-//! of requests the scheduler cancelled are dropped, a chunk already had is a late duplicate, a
-//! verified new one is `Keep` (the driver stores it and hands it to readers) → `Completed`,
-//! once.
+//! [`SOURCES_ENOUGH`] sources) → `AskHave` of each peer once → `Have` answers: a peer with part
+//! of the blob joins the scheduler (`Joined`, so that the driver tells it where the peer is)
+//! and is watched (`Watch`) while it is still fetching; one without it is asked again
+//! [`PEER_REFRESH`] later (a fleet that starts together shows the blob moments later) →
+//! `Pushed` updates stop the scheduler's polls of that peer until its watch ends → the
+//! scheduler's `Request`s → `Chunk` answers: failures of requests the scheduler cancelled are
+//! dropped, a chunk already had is a late duplicate, a verified new one is `Keep` (the driver
+//! stores it and hands it to readers) → `Completed`, once.
 //!
 //! Before the driver has the blob's chunk index (the scheduler needs its chunk count) bitfields
 //! are kept, and [`Fetch::begin`] joins them. Finding the index: the first peer heard with part
@@ -417,8 +417,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
 
     /// When the next DHT lookup starts: at the first event of the fetch, then
     /// [`LOOKUP_EVERY`] (or longer, see there) after the last one ended, while no lookup runs
-    /// and fewer than
-    /// [`SOURCES_ENOUGH`] sources are known. Past due is still due, as for
+    /// and fewer than [`SOURCES_ENOUGH`] sources are known. Past due is still due, as for
     /// [`Fetch::locate_deadline`].
     fn lookup_due(&self) -> Option<Duration> {
         (!self.lookup_running && self.sources.len() < SOURCES_ENOUGH).then_some(self.next_lookup)

@@ -21,8 +21,8 @@ pub struct Offer {
 impl Offer {
     /// An offer of `port` with a fresh token and fresh keys, from the operating system's
     /// random number generator. Not aws-lc's: its first use in a process gathers CPU jitter
-    /// for its entropy pool, about 70 ms of CPU that every seed paid on its first transfer
-    /// (docs/benchmarks.md).
+    /// for its entropy pool, about 30 ms of CPU that each node paid on its first offer, and
+    /// the offer waited for (docs/benchmarks.md).
     pub fn new(port: u16) -> Offer {
         let mut token = [0u8; TOKEN_BYTES];
         let mut asker_to_server = [0u8; KEY_BYTES];
