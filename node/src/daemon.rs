@@ -124,6 +124,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             site_ingress: limiter(config.max_site_ingress),
             locality: locality.clone(),
             upstreams: upstreams.clone(),
+            chunk_requests: Arc::default(),
         },
         shutdown.clone(),
     );

@@ -122,6 +122,7 @@ pub fn arbitrary_response() -> impl Strategy<Value = Response> {
             }),
         Just(Response::NotFound),
         Just(Response::Busy),
+        Just(Response::BusySpreading),
         Just(Response::Denied),
     ]
 }

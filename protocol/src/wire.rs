@@ -97,7 +97,7 @@ pub enum Request {
     Have { blob: Digest },
     /// Send the chunk index of `blob`: [`Response::Index`] or `NotFound`.
     Index { blob: Digest },
-    /// Send chunk `chunk` of `blob`: [`Response::Chunk`], `NotFound` or `Busy`.
+    /// Send chunk `chunk` of `blob`: [`Response::Chunk`], `NotFound`, `Busy` or `BusySpreading`.
     Chunk { blob: Digest, chunk: u32 },
     /// Send the announcements you hold, in book order, starting after `after`: a late joiner
     /// pages through with the `next` cursor of each [`Response::Announcements`].
@@ -137,7 +137,7 @@ pub enum Response {
         next: Option<AnnouncementCursor>,
     },
     NotFound,
-    /// The responder is at its upload limit; ask again later or elsewhere.
+    /// The responder's uplink is full; ask again later or elsewhere.
     Busy,
     /// The responder is getting the blob asked for by [`Request::Fetch`].
     Fetching,
@@ -145,6 +145,11 @@ pub enum Response {
     /// peer it serves only public content to). Added last, so the other variants keep their
     /// numbers; a node older than it fails to decode it, which it treats as a failed request.
     Denied,
+    /// The responder sent this chunk to another fetcher of the blob's current wave
+    /// (super-seeding): ask the fetchers that have it, or this responder again later. Unlike
+    /// `Busy` it says nothing of the responder's uplink. Added last, as `Denied` was; a node
+    /// older than it treats it as a failed request.
+    BusySpreading,
 }
 
 impl Request {

@@ -41,8 +41,8 @@ use std::time::Duration;
 
 use shoal_protocol::feed::{news_for, push_delay};
 use shoal_protocol::{
-    Answer, Bitmap, ChunkReply, ChunkRequest, Digest, Fetch, FetchAction, FetchEvent, Holding,
-    PeerHolds, SchedulerConfig, Serving,
+    Answer, Bitmap, BusyReason, ChunkReply, ChunkRequest, Digest, Fetch, FetchAction, FetchEvent,
+    Holding, PeerHolds, SchedulerConfig, Serving,
 };
 
 use crate::link::{Link, Micros, micros, site_links};
@@ -63,7 +63,7 @@ const STREAM_PUSH_DELAYS: u64 = 2 << 32;
 enum Reply {
     Data,
     Bad,
-    Busy,
+    Busy(BusyReason),
     NotFound,
     Failed,
 }
@@ -792,7 +792,7 @@ impl<'a> Simulation<'a> {
                 now,
             ) {
                 Answer::Send => Reply::Data,
-                Answer::Busy(_) => Reply::Busy,
+                Answer::Busy(reason) => Reply::Busy(reason),
             }
         };
         let at = match reply {
@@ -871,13 +871,13 @@ impl<'a> Simulation<'a> {
         let reply = match reply {
             Reply::Data => ChunkReply::Verified,
             Reply::Bad => ChunkReply::Wrong,
-            Reply::Busy => ChunkReply::Busy,
+            Reply::Busy(reason) => ChunkReply::Busy(reason),
             Reply::NotFound | Reply::Failed => ChunkReply::Failed,
         };
         match reply {
             ChunkReply::Verified if state.have.get(chunk) => self.counters.duplicate_chunks += 1,
             ChunkReply::Wrong => self.counters.bad_chunks_received += 1,
-            ChunkReply::Busy => self.counters.busy_replies += 1,
+            ChunkReply::Busy(_) => self.counters.busy_replies += 1,
             ChunkReply::Failed => self.counters.failed_replies += 1,
             ChunkReply::Verified => {}
         }

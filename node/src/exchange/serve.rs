@@ -333,7 +333,7 @@ impl PeerService {
                     BusyReason::SuperSeeding => &self.counters.busy_answers_super_seeding,
                 };
                 Counters::add(counter, 1);
-                Err(ChunkAnswer::Busy)
+                Err(ChunkAnswer::Busy(reason))
             }
         }
     }

@@ -8,6 +8,7 @@ use std::io;
 use bytes::Bytes;
 use futures_util::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
+use shoal_protocol::BusyReason;
 use shoal_protocol::wire::{self, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX, Request, Response};
 
 use super::buffers::ChunkBuffers;
@@ -103,7 +104,7 @@ pub async fn write_message_frame<T: AsyncWrite + Unpin, M: serde::Serialize>(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChunkAnswer {
     Chunk(Bytes),
-    Busy,
+    Busy(BusyReason),
     NotFound,
 }
 
@@ -112,14 +113,22 @@ impl ChunkAnswer {
     pub fn into_response(self) -> Response {
         match self {
             ChunkAnswer::Chunk(bytes) => Response::Chunk(bytes.to_vec()),
-            ChunkAnswer::Busy => Response::Busy,
+            ChunkAnswer::Busy(reason) => busy_response(reason),
             ChunkAnswer::NotFound => Response::NotFound,
         }
     }
 }
 
+/// The wire's word for a `Busy` answer of this reason.
+fn busy_response(reason: BusyReason) -> Response {
+    match reason {
+        BusyReason::Egress => Response::Busy,
+        BusyReason::SuperSeeding => Response::BusySpreading,
+    }
+}
+
 /// Reads the answer to a chunk request, the chunk's bytes straight into a buffer of
-/// `buffers`. Any response but a chunk, `Busy` or `NotFound` is an error. Not cancel-safe,
+/// `buffers`. Any response but a chunk, `Busy`, `BusySpreading` or `NotFound` is an error. Not cancel-safe,
 /// like [`read_request_frame`].
 pub async fn read_chunk_answer<T: AsyncRead + Unpin>(
     io: &mut T,
@@ -139,7 +148,8 @@ pub async fn read_chunk_answer<T: AsyncRead + Unpin>(
     }
     let frame = read_rest(io, head, length).await?;
     match wire::decode(&frame, RESPONSE_BYTES_MAX).map_err(invalid)? {
-        Response::Busy => Ok(ChunkAnswer::Busy),
+        Response::Busy => Ok(ChunkAnswer::Busy(BusyReason::Egress)),
+        Response::BusySpreading => Ok(ChunkAnswer::Busy(BusyReason::SuperSeeding)),
         Response::NotFound => Ok(ChunkAnswer::NotFound),
         other => Err(invalid(format!(
             "not an answer to a chunk request: {other:?}"
@@ -172,8 +182,8 @@ pub async fn write_chunk_answer<T: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     match answer {
         ChunkAnswer::Chunk(bytes) => write_chunk_frame(io, bytes).await,
-        ChunkAnswer::Busy => {
-            write_frame(io, &wire::encode(&Response::Busy).map_err(invalid)?).await
+        ChunkAnswer::Busy(reason) => {
+            write_frame(io, &wire::encode(&busy_response(*reason)).map_err(invalid)?).await
         }
         ChunkAnswer::NotFound => {
             write_frame(io, &wire::encode(&Response::NotFound).map_err(invalid)?).await
@@ -283,7 +293,12 @@ mod tests {
             let chunk = Response::Chunk((0..len).map(|i| i as u8).collect());
             assert_eq!(round_trip(chunk.clone()).await.unwrap(), chunk);
         }
-        for response in [Response::Busy, Response::NotFound, Response::Fetching] {
+        for response in [
+            Response::Busy,
+            Response::BusySpreading,
+            Response::NotFound,
+            Response::Fetching,
+        ] {
             assert_eq!(round_trip(response.clone()).await.unwrap(), response);
         }
     }
@@ -295,7 +310,8 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let answers = [
                 ChunkAnswer::Chunk(Bytes::from(bytes)),
-                ChunkAnswer::Busy,
+                ChunkAnswer::Busy(BusyReason::Egress),
+                ChunkAnswer::Busy(BusyReason::SuperSeeding),
                 ChunkAnswer::NotFound,
             ];
             for answer in answers {

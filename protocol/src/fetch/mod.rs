@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use crate::bitmap::Bitmap;
 use crate::scheduler::{Action, Event, Scheduler};
+use crate::serving::BusyReason;
 
 pub mod fallback;
 #[cfg(test)]
@@ -104,8 +105,8 @@ pub enum ChunkReply {
     Verified,
     /// Bytes that did not match the index.
     Wrong,
-    /// The peer's uplink was full, or it spreads other chunks first.
-    Busy,
+    /// The peer's uplink was full, or it leaves this chunk to the fetchers it sent it to.
+    Busy(BusyReason),
     /// `NotFound`, a transport error, or a peer that went away.
     Failed,
 }
@@ -764,7 +765,16 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
             ChunkReply::Verified => true,
             ChunkReply::Wrong => false,
             _ if was_cancelled => return,
-            ChunkReply::Busy => return self.drive(Event::PeerBusy { peer, chunk }, actions),
+            ChunkReply::Busy(reason) => {
+                return self.drive(
+                    Event::PeerBusy {
+                        peer,
+                        chunk,
+                        reason,
+                    },
+                    actions,
+                );
+            }
             ChunkReply::Failed => return self.drive(Event::RequestFailed { peer, chunk }, actions),
         };
         // Had already: a late duplicate.

@@ -313,7 +313,7 @@ fn failures_of_cancelled_requests_are_not_news() {
         FetchEvent::Chunk {
             peer: 2,
             chunk: 1,
-            reply: ChunkReply::Busy,
+            reply: ChunkReply::Busy(BusyReason::Egress),
         },
         ms(6),
     );
@@ -463,7 +463,12 @@ proptest! {
                     } else if sender.hostile {
                         ChunkReply::Wrong
                     } else if sender.busy {
-                        ChunkReply::Busy
+                        // Both kinds, as a seed's super-seeding and a full uplink mix.
+                        ChunkReply::Busy(if chunk % 2 == 0 {
+                            BusyReason::Egress
+                        } else {
+                            BusyReason::SuperSeeding
+                        })
                     } else {
                         ChunkReply::Verified
                     };

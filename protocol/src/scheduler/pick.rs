@@ -71,6 +71,9 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
         actions: &mut Vec<Action<P>>,
     ) {
         for (peer, _) in order {
+            if self.window_full() {
+                break;
+            }
             let owners_only = self.owners_only(peer).then_some(fetchers);
             let Some(at) = self.peers.position(peer) else {
                 continue;
@@ -80,7 +83,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
                     self.find_overdue();
                 }
                 let state = self.peers.value_at(at);
-                if state.in_flight.len() >= state.limit {
+                if state.in_flight.len() >= state.limit || self.window_full() {
                     break;
                 }
                 let random = self.rng.next_u64();

@@ -332,6 +332,10 @@ fn sim_config() -> SchedulerConfig {
         failure_backoff: Duration::from_millis(50),
         request_latency_target: Duration::from_secs(5),
         requests_per_peer_initial: 4,
+        window_initial: 8,
+        window_min: 2,
+        window_latency_target: Duration::from_millis(350),
+        window_refusals_within: Duration::from_secs(1),
         site_patience: Duration::from_secs(2),
         site_fetchers_max: 2,
     }

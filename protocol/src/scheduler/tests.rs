@@ -19,6 +19,10 @@ fn config() -> SchedulerConfig {
         failure_backoff: ms(50),
         request_latency_target: ms(5000),
         requests_per_peer_initial: 8,
+        window_initial: 1000,
+        window_min: 2,
+        window_latency_target: ms(350),
+        window_refusals_within: ms(1000),
         site_patience: ms(2000),
         site_fetchers_max: 2,
     }
@@ -288,6 +292,7 @@ fn a_busy_peer_rests_one_backoff_each_time_without_doubling() {
         Event::PeerBusy {
             peer: "busy",
             chunk: 0,
+            reason: BusyReason::Egress,
         },
         ms(10),
     );
@@ -299,6 +304,7 @@ fn a_busy_peer_rests_one_backoff_each_time_without_doubling() {
         Event::PeerBusy {
             peer: "busy",
             chunk: 0,
+            reason: BusyReason::Egress,
         },
         ms(70),
     );
@@ -325,6 +331,7 @@ fn a_peer_busy_with_our_own_requests_keeps_them_without_resting_and_grows_no_fur
         Event::PeerBusy {
             peer: "seed",
             chunk: sent[2].1,
+            reason: BusyReason::Egress,
         },
         ms(1),
     );
@@ -346,6 +353,139 @@ fn a_peer_busy_with_our_own_requests_keeps_them_without_resting_and_grows_no_fur
         2
     );
     s.check_invariants();
+}
+
+/// A config whose window, not the peers' limits, bounds the requests in flight.
+fn windowed() -> SchedulerConfig {
+    SchedulerConfig {
+        window_initial: 4,
+        ..config()
+    }
+}
+
+/// The oldest request in flight.
+fn oldest(s: &S) -> (&'static str, u32) {
+    let (peer, chunk) = s.requests_in_flight().next().expect("a request in flight");
+    (*peer, chunk)
+}
+
+fn refuse(s: &mut S, (peer, chunk): (&'static str, u32), reason: BusyReason, now: u64) {
+    s.handle(
+        Event::PeerBusy {
+            peer,
+            chunk,
+            reason,
+        },
+        ms(now),
+    );
+    s.check_invariants();
+}
+
+/// Six peers that each have every chunk and room for 8 requests.
+fn six_peers(s: &mut S) -> usize {
+    ["a", "b", "c", "d", "e", "f"]
+        .into_iter()
+        .map(|peer| requests(&join(s, peer, Bitmap::full(64), 0)).len())
+        .sum()
+}
+
+#[test]
+fn the_window_bounds_requests_over_all_peers_and_shrinks_while_uplinks_refuse() {
+    let mut s = S::new(64, windowed(), 3);
+    assert_eq!(
+        six_peers(&mut s),
+        4,
+        "room for 48 at the peers, a window of 4"
+    );
+    // A peer refuses for a full uplink; another is asked at once.
+    let first = oldest(&s);
+    refuse(&mut s, first, BusyReason::Egress, 50);
+    assert_eq!(s.in_flight(), 4);
+    // A chunk within the target, the window full: it grows to 5.
+    let fast = oldest(&s);
+    assert_eq!(requests(&arrive(&mut s, fast.0, fast.1, 100)).len(), 2);
+    assert_eq!((s.window, s.in_flight()), (5, 5));
+    // Each chunk over the 350 ms target, within a second of the refusal, shrinks it by one:
+    // an arrival then asks for nothing until the window is under what is in flight.
+    for now in [500, 600, 700] {
+        let slow = oldest(&s);
+        let asked = requests(&arrive(&mut s, slow.0, slow.1, now));
+        assert!(asked.is_empty(), "{asked:?}");
+    }
+    assert_eq!((s.window, s.in_flight()), (2, 2), "the minimum");
+    // At the minimum it stays: a slow arrival is replaced by one request.
+    let slow = oldest(&s);
+    assert_eq!(requests(&arrive(&mut s, slow.0, slow.1, 900)).len(), 1);
+    assert_eq!((s.window, s.in_flight()), (2, 2));
+}
+
+#[test]
+fn slow_chunks_grow_the_window_when_no_uplink_refused_nor_when_a_seed_only_spreads() {
+    let mut s = S::new(64, windowed(), 4);
+    assert_eq!(six_peers(&mut s), 4);
+    // Slow chunks with nobody refusing: a shared link is slow, not this fetcher greedy.
+    let slow = oldest(&s);
+    assert_eq!(requests(&arrive(&mut s, slow.0, slow.1, 600)).len(), 2);
+    assert_eq!(s.window, 5);
+    // A refusal for super-seeding says nothing of uplinks.
+    let spread = oldest(&s);
+    refuse(&mut s, spread, BusyReason::SuperSeeding, 610);
+    let slow = oldest(&s);
+    arrive(&mut s, slow.0, slow.1, 700);
+    assert_eq!(s.window, 6);
+    // A window that does not limit the transfer does not grow.
+    let mut cfg = windowed();
+    cfg.requests_per_peer_max = 2;
+    cfg.requests_per_peer_initial = 2;
+    let mut s = S::new(64, cfg, 4);
+    assert_eq!(requests(&join(&mut s, "a", Bitmap::full(64), 0)).len(), 2);
+    for now in [100, 110] {
+        let fast = oldest(&s);
+        arrive(&mut s, fast.0, fast.1, now);
+    }
+    assert_eq!(s.window, 4, "two of four in flight: not full");
+}
+
+#[test]
+fn the_node_s_other_transfers_count_against_the_window_but_never_shut_one_out() {
+    let mut s = S::new(64, windowed(), 6);
+    // Three of the node's requests are out for other blobs: one slot left of the window of 4.
+    s.set_requests_elsewhere(3);
+    assert_eq!(six_peers(&mut s), 1);
+    // Others fill the window: the request out may be replaced, no more.
+    s.set_requests_elsewhere(10);
+    let one = oldest(&s);
+    assert_eq!(requests(&arrive(&mut s, one.0, one.1, 100)).len(), 1);
+    // A transfer with nothing of its own out still asks for one.
+    let one = oldest(&s);
+    refuse(&mut s, one, BusyReason::SuperSeeding, 110);
+    assert_eq!(s.in_flight(), 1, "asked elsewhere at once");
+    s.set_requests_elsewhere(0);
+    let one = oldest(&s);
+    assert_eq!(
+        requests(&arrive(&mut s, one.0, one.1, 150)).len(),
+        5,
+        "the window of 5"
+    );
+}
+
+#[test]
+fn a_path_slower_than_the_target_is_judged_by_its_fastest_chunk() {
+    let mut s = S::new(64, windowed(), 5);
+    assert_eq!(six_peers(&mut s), 4);
+    let first = oldest(&s);
+    refuse(&mut s, first, BusyReason::Egress, 10);
+    // 300 ms is the path itself (the fastest chunk), so 400 ms is within one and a half
+    // times it: the window grows although 400 ms is over the 350 ms target.
+    for now in [300, 400] {
+        let chunk = oldest(&s);
+        arrive(&mut s, chunk.0, chunk.1, now);
+    }
+    assert_eq!(s.window, 6);
+    // Over one and a half times the fastest, with a refusal within the second: it shrinks.
+    let chunk = oldest(&s);
+    arrive(&mut s, chunk.0, chunk.1, 700);
+    assert_eq!(s.window, 5);
 }
 
 #[test]
@@ -704,6 +844,7 @@ fn a_fill_that_starts_the_endgame_gives_the_peers_it_passed_their_duplicates() {
         Event::PeerBusy {
             peer: "c",
             chunk: 1,
+            reason: BusyReason::Egress,
         },
         ms(1),
     );

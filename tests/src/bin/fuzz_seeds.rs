@@ -226,6 +226,7 @@ fn wire_frames(seeds: &mut Seeds, index: &ChunkIndex, signed: &SignedAnnouncemen
         ),
         ("not-found", Response::NotFound),
         ("busy", Response::Busy),
+        ("busy-spreading", Response::BusySpreading),
         ("fetching", Response::Fetching),
     ];
     for (name, response) in responses {

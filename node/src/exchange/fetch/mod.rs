@@ -6,6 +6,7 @@
 //! still arriving.
 
 mod arriving;
+mod downlink;
 mod error;
 mod peer_chunks;
 mod running;
@@ -31,6 +32,7 @@ use crate::network::NetworkHandle;
 use crate::observe::Counters;
 use crate::store::Store;
 use crate::upstream::Upstreams;
+pub use downlink::ChunkRequests;
 use running::Running;
 
 pub use arriving::ArrivingBytes;
@@ -57,6 +59,8 @@ pub struct FetchContext {
     pub site_ingress: Option<Arc<RateLimiter>>,
     pub locality: Arc<Locality>,
     pub upstreams: Upstreams,
+    /// Chunk requests out over all transfers, which share the node's downlink.
+    pub chunk_requests: Arc<ChunkRequests>,
 }
 
 /// Where a blob was asked for, which says which upstream may have it when no peer does.

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use libp2p::PeerId;
-use shoal_protocol::Digest;
 use shoal_protocol::chunk::ChunkIndex;
 use shoal_protocol::fetch::fallback::DELEGATE_STALL;
 use shoal_protocol::fetch::{
@@ -29,6 +28,7 @@ use shoal_protocol::fetch::{
 };
 use shoal_protocol::scheduler::{Scheduler, SchedulerConfig};
 use shoal_protocol::wire::{Request, Response};
+use shoal_protocol::{BusyReason, Digest};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -76,7 +76,7 @@ enum Arrival {
     Verified(Bytes),
     /// Bytes that did not match the index.
     Wrong,
-    Busy,
+    Busy(BusyReason),
     NotFound,
 }
 
@@ -87,7 +87,7 @@ impl Arrival {
                 Arrival::Verified(bytes)
             }
             ChunkAnswer::Chunk(_) => Arrival::Wrong,
-            ChunkAnswer::Busy => Arrival::Busy,
+            ChunkAnswer::Busy(reason) => Arrival::Busy(reason),
             ChunkAnswer::NotFound => Arrival::NotFound,
         }
     }
@@ -607,6 +607,7 @@ impl Run<'_> {
                 self.ban(peer).await?;
             }
         }
+        scheduler.set_requests_elsewhere(self.context.chunk_requests.in_flight());
         let actions = self.fetch.begin(scheduler, self.started.elapsed());
         self.carry_out(actions, None).await
     }
@@ -623,13 +624,14 @@ impl Run<'_> {
         let (reply, bytes) = match result {
             Ok(Arrival::Verified(bytes)) => (ChunkReply::Verified, Some(bytes)),
             Ok(Arrival::Wrong) => (ChunkReply::Wrong, None),
-            Ok(Arrival::Busy) => (ChunkReply::Busy, None),
+            Ok(Arrival::Busy(reason)) => (ChunkReply::Busy(reason), None),
             Ok(Arrival::NotFound) | Err(_) => (ChunkReply::Failed, None),
         };
         if reply == ChunkReply::Wrong && !self.progress.borrow().have.get(chunk) {
             tracing::warn!(%peer, chunk, "chunk failed verification");
             Counters::add(&self.context.counters.chunks_rejected, 1);
         }
+        self.share_downlink();
         let actions = self.fetch.handle(
             FetchEvent::Chunk { peer, chunk, reply },
             self.started.elapsed(),
@@ -734,8 +736,19 @@ impl Run<'_> {
 
     /// Hands an event to the fetch and carries out what it decides.
     async fn handle(&mut self, event: FetchEvent<PeerId>) -> Result<(), TransferError> {
+        self.share_downlink();
         let actions = self.fetch.handle(event, self.started.elapsed());
         self.carry_out(actions, None).await
+    }
+
+    /// Tells the scheduler how many chunk requests the node's other transfers have out: they
+    /// count against its window.
+    fn share_downlink(&mut self) {
+        let all = self.context.chunk_requests.in_flight();
+        if let Some(scheduler) = self.fetch.scheduler_mut() {
+            let own = scheduler.in_flight();
+            scheduler.set_requests_elsewhere(all.saturating_sub(own));
+        }
     }
 
     /// Carries out the fetch's actions; `arrived` holds the bytes of the chunk a `Keep` is for.
@@ -802,7 +815,9 @@ impl Run<'_> {
         let Some(index) = self.progress.borrow().index.clone() else {
             return;
         };
+        let in_flight = context.chunk_requests.start();
         self.tasks.spawn(async move {
+            let _in_flight = in_flight;
             let asked = Instant::now();
             let result = context.network.request_chunk(peer, blob, chunk).await;
             if let Ok(ChunkAnswer::Chunk(bytes)) = &result {
@@ -917,7 +932,9 @@ async fn relayed_chunk(
                 received(&context, peer, bytes.len() as u64, asked.elapsed()).await;
                 return Ok((chunk, bytes));
             }
-            Ok(ChunkAnswer::NotFound | ChunkAnswer::Busy) if started.elapsed() < DELEGATE_STALL => {
+            Ok(ChunkAnswer::NotFound | ChunkAnswer::Busy(_))
+                if started.elapsed() < DELEGATE_STALL =>
+            {
                 tokio::time::sleep(RELAY_RETRY).await;
             }
             Ok(_) => return Err(TransferError::RelayStopped { peer, chunk }),
