@@ -128,8 +128,8 @@ fn busy_response(reason: BusyReason) -> Response {
 }
 
 /// Reads the answer to a chunk request, the chunk's bytes straight into a buffer of
-/// `buffers`. Any response but a chunk, `Busy`, `BusySpreading` or `NotFound` is an error. Not cancel-safe,
-/// like [`read_request_frame`].
+/// `buffers`. Any response but a chunk, `Busy`, `BusySpreading` or `NotFound` is an error.
+/// Not cancel-safe, like [`read_request_frame`].
 pub async fn read_chunk_answer<T: AsyncRead + Unpin>(
     io: &mut T,
     buffers: &ChunkBuffers,
