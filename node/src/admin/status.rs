@@ -9,7 +9,7 @@ pub async fn status_report(context: &AdminContext) -> anyhow::Result<StatusRepor
     let store = context.store.clone();
     let base = context.status.clone();
     let network = context.network.status().await.unwrap_or_default();
-    let transfers = context.fetch.status().await;
+    let transfers = context.fetch.status();
     let counters = context.counters.snapshot();
     let known_images = context
         .announcements

@@ -94,7 +94,7 @@ impl PeerService {
         // Every push but a watch's first waits its `push_delay`, the last one too.
         let mut pushed_before = false;
         loop {
-            let running = self.transfer(blob).await;
+            let running = self.transfer(blob);
             let Some(mut transfer) = running.filter(|t| t.progress().outcome.is_none()) else {
                 // Whole here, or not here (a transfer that failed, or never ran).
                 let update = match self.have(blob).await {

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
+use shoal_protocol::chunk::ChunkIndex;
 use shoal_protocol::wire::{Request, Response};
 use shoal_protocol::{Answer, Bitmap, BusyReason, ChunkLayout, Digest, Holding};
 use tokio::sync::{Semaphore, mpsc};
@@ -28,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcements;
-use crate::exchange::fetch::{FetchHandle, Origin, Transfer};
+use crate::exchange::fetch::{FetchHandle, Origin, Progress, Transfer};
 use crate::exchange::provenance::ContentProvenance;
 use crate::exchange::rate::{Booking, RateLimiter};
 use crate::exchange::seeding::SeedLedger;
@@ -380,24 +381,35 @@ impl PeerService {
     }
 
     /// The transfer of `blob` running here, if any.
-    pub(super) async fn transfer(&self, blob: Digest) -> Option<Transfer> {
-        self.fetch
-            .active()
-            .await
-            .into_iter()
-            .find(|transfer| transfer.blob == blob)
+    pub(super) fn transfer(&self, blob: Digest) -> Option<Transfer> {
+        self.fetch.running(&blob)
     }
 
-    async fn partial(&self, blob: Digest) -> Option<crate::exchange::fetch::Progress> {
-        let progress = self.transfer(blob).await?.progress();
+    fn partial(&self, blob: Digest) -> Option<Progress> {
+        let progress = self.transfer(blob)?.progress();
         progress.layout.is_some().then_some(progress)
     }
 
-    pub(super) async fn have(&self, blob: Digest) -> Response {
-        if let Some(index) = self
-            .blocking(move |store| store.chunk_index(&blob).ok().flatten())
+    /// The chunk index of a stored blob: from the store's memory without leaving this task
+    /// when it is there (a seed's every chunk request asks), else from a blocking thread.
+    async fn stored_index(&self, blob: Digest) -> Option<Arc<ChunkIndex>> {
+        if let Some(index) = self.store.cached_chunk_index(&blob) {
+            return Some(index);
+        }
+        self.blocking(move |store| store.chunk_index(&blob).ok().flatten())
             .await
-        {
+    }
+
+    /// This node's bitfield of `blob`. A transfer still running here answers first, as for
+    /// chunks: its blob is not in the store yet. A blob coming from an upstream has no index
+    /// until it is whole: its bitmap tells peers that it is coming, and they ask for the
+    /// index again later.
+    pub(super) async fn have(&self, blob: Digest) -> Response {
+        let running = self.partial(blob);
+        if let Some(progress) = running.as_ref().filter(|p| p.outcome.is_none()) {
+            return partial_have(progress);
+        }
+        if let Some(index) = self.stored_index(blob).await {
             return Response::Have {
                 blob_size: index.blob_size(),
                 chunk_bytes: index.chunk_bytes(),
@@ -405,30 +417,14 @@ impl PeerService {
                 complete: true,
             };
         }
-        match self.partial(blob).await {
-            // A blob coming from an upstream has no index until it is whole: its bitmap tells
-            // peers that it is coming, and they ask for the index again later.
-            Some(progress) => match progress.layout {
-                Some(layout) => Response::Have {
-                    blob_size: layout.blob_size(),
-                    chunk_bytes: layout.chunk_bytes(),
-                    chunks: progress.have,
-                    complete: false,
-                },
-                None => Response::NotFound,
-            },
-            None => Response::NotFound,
-        }
+        running.as_ref().map_or(Response::NotFound, partial_have)
     }
 
     async fn index(&self, blob: Digest) -> Response {
-        if let Some(index) = self
-            .blocking(move |store| store.chunk_index(&blob).ok().flatten())
-            .await
-        {
+        if let Some(index) = self.stored_index(blob).await {
             return Response::Index((*index).clone());
         }
-        match self.partial(blob).await.and_then(|progress| progress.index) {
+        match self.partial(blob).and_then(|progress| progress.index) {
             Some(index) => Response::Index((*index).clone()),
             None => Response::NotFound,
         }
@@ -470,10 +466,7 @@ impl PeerService {
             Some(known) => return known,
             None => return Provenance::Unattributed,
         }
-        let origin = self
-            .transfer(blob)
-            .await
-            .and_then(|transfer| transfer.origin);
+        let origin = self.transfer(blob).and_then(|transfer| transfer.origin);
         let provenance = self.provenance.clone();
         self.blocking(move |store| Some(provenance.of(store, &blob, origin.as_ref())))
             .await
@@ -489,63 +482,90 @@ impl PeerService {
         self.chunk_permitted(peer, blob, chunk).await
     }
 
-    /// [`PeerService::chunk`] once the zone has allowed it.
+    /// [`PeerService::chunk`] once the zone has allowed it. A transfer running here is asked
+    /// first: in a fan-out nearly every request is for a blob still arriving, which the store
+    /// would look for in its metadata and on disk first, from a blocking thread, only to miss.
     async fn chunk_permitted(&self, peer: PeerId, blob: Digest, chunk: u32) -> ChunkAnswer {
-        let whole = self
-            .blocking(move |store| Some(store.chunk_index(&blob).ok().flatten()?.layout()))
-            .await;
-        let bytes = match whole {
-            Some(layout) => {
-                let holding = Holding::Whole {
-                    chunk_count: layout.chunk_count(),
-                };
-                if let Some(refusal) = self.refusal(peer, blob, &layout, chunk, holding).await {
-                    return refusal;
-                }
-                let buffers = self.network.chunk_buffers().clone();
-                let read = self
-                    .blocking(move |store| {
-                        let _serving = store.lease(blob);
-                        let (file, _) = store.open_blob(&blob).ok().flatten()?;
-                        read_chunk(&file, &layout, chunk, &buffers)
-                    })
-                    .await;
-                if read.is_none() {
-                    self.seeding.unsent(blob, chunk);
-                }
-                read
-            }
-            None => match self.partial(blob).await {
-                // A chunk of a blob still coming from an upstream is served unchecked (there
-                // is no index yet): the peer relaying it checks the whole blob at the end.
-                Some(progress) if progress.have.get(chunk) => {
-                    let (Some(layout), Some(file)) = (progress.layout, progress.file) else {
-                        return ChunkAnswer::NotFound;
-                    };
-                    let partial = Holding::Partial;
-                    if let Some(refusal) = self.refusal(peer, blob, &layout, chunk, partial).await {
-                        return refusal;
-                    }
-                    match progress.verified.get(chunk) {
-                        Some(bytes) => Some(bytes),
-                        None => {
-                            let buffers = self.network.chunk_buffers().clone();
-                            tokio::task::spawn_blocking(move || {
-                                read_chunk(&file, &layout, chunk, &buffers)
-                            })
-                            .await
-                            .ok()
-                            .flatten()
-                        }
-                    }
-                }
-                _ => None,
+        let bytes = match self.partial(blob) {
+            Some(progress) => match self.arriving_chunk(peer, blob, chunk, progress).await {
+                Ok(bytes) => bytes,
+                Err(refusal) => return refusal,
+            },
+            None => match self.stored_chunk(peer, blob, chunk).await {
+                Ok(bytes) => bytes,
+                Err(refusal) => return refusal,
             },
         };
         match bytes {
             Some(bytes) => self.send_chunk(peer, bytes),
             None => ChunkAnswer::NotFound,
         }
+    }
+
+    /// A chunk of a blob held whole, within super-seeding's rule; the answer instead when the
+    /// policy refuses it.
+    async fn stored_chunk(
+        &self,
+        peer: PeerId,
+        blob: Digest,
+        chunk: u32,
+    ) -> Result<Option<Bytes>, ChunkAnswer> {
+        let Some(layout) = self.stored_index(blob).await.map(|index| index.layout()) else {
+            return Ok(None);
+        };
+        let holding = Holding::Whole {
+            chunk_count: layout.chunk_count(),
+        };
+        if let Some(refusal) = self.refusal(peer, blob, &layout, chunk, holding).await {
+            return Err(refusal);
+        }
+        let buffers = self.network.chunk_buffers().clone();
+        let read = self
+            .blocking(move |store| {
+                let _serving = store.lease(blob);
+                let (file, _) = store.open_blob(&blob).ok().flatten()?;
+                read_chunk(&file, &layout, chunk, &buffers)
+            })
+            .await;
+        if read.is_none() {
+            self.seeding.unsent(blob, chunk);
+        }
+        Ok(read)
+    }
+
+    /// A chunk of a blob whose transfer runs here, once verified: from memory while the
+    /// transfer keeps it, else from its file. A chunk of a blob still coming from an upstream
+    /// is served unchecked (there is no index yet): the peer relaying it checks the whole
+    /// blob at the end.
+    async fn arriving_chunk(
+        &self,
+        peer: PeerId,
+        blob: Digest,
+        chunk: u32,
+        progress: Progress,
+    ) -> Result<Option<Bytes>, ChunkAnswer> {
+        if !progress.have.get(chunk) {
+            return Ok(None);
+        }
+        let (Some(layout), Some(file)) = (progress.layout, progress.file) else {
+            return Ok(None);
+        };
+        if let Some(refusal) = self
+            .refusal(peer, blob, &layout, chunk, Holding::Partial)
+            .await
+        {
+            return Err(refusal);
+        }
+        if let Some(bytes) = progress.verified.get(chunk) {
+            return Ok(Some(bytes));
+        }
+        let buffers = self.network.chunk_buffers().clone();
+        Ok(
+            tokio::task::spawn_blocking(move || read_chunk(&file, &layout, chunk, &buffers))
+                .await
+                .ok()
+                .flatten(),
+        )
     }
 
     /// The answer carrying a chunk's bytes, counted as sent.
@@ -639,6 +659,19 @@ impl Drop for AdmittedLink {
                 per_peer.remove(&self.peer);
             }
         }
+    }
+}
+
+/// A running transfer's bitfield, as `Have` tells it (`NotFound` before its layout is known).
+fn partial_have(progress: &Progress) -> Response {
+    match progress.layout {
+        Some(layout) => Response::Have {
+            blob_size: layout.blob_size(),
+            chunk_bytes: layout.chunk_bytes(),
+            chunks: progress.have.clone(),
+            complete: false,
+        },
+        None => Response::NotFound,
     }
 }
 

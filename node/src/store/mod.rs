@@ -282,6 +282,12 @@ impl Store {
         Ok(())
     }
 
+    /// The chunk index of a stored blob if the store has it in memory: no disk, no wait, so
+    /// async code may ask before it sends [`Store::chunk_index`] to a blocking thread.
+    pub fn cached_chunk_index(&self, digest: &Digest) -> Option<Arc<ChunkIndex>> {
+        self.cached_indexes().get(digest).cloned()
+    }
+
     /// The chunk index of a stored blob, computed from the verified file the first time and
     /// kept in the metadata after that.
     pub fn chunk_index(&self, digest: &Digest) -> Result<Option<Arc<ChunkIndex>>, StoreError> {

@@ -33,7 +33,7 @@ use crate::observe::Counters;
 use crate::store::Store;
 use crate::upstream::Upstreams;
 pub use downlink::ChunkRequests;
-use running::Running;
+use running::{Running, RunningView};
 
 pub use arriving::ArrivingBytes;
 pub use error::{TransferError, WrongContent};
@@ -169,15 +169,13 @@ enum FetchCommand {
         origin: Option<Origin>,
         reply: oneshot::Sender<Transfer>,
     },
-    List {
-        reply: oneshot::Sender<Vec<Transfer>>,
-    },
 }
 
 /// The cloneable way to start or join transfers.
 #[derive(Debug, Clone)]
 pub struct FetchHandle {
     commands: mpsc::Sender<FetchCommand>,
+    running: RunningView<Transfer>,
 }
 
 impl std::fmt::Debug for FetchCommand {
@@ -215,23 +213,14 @@ impl FetchHandle {
         transfer.finished().await
     }
 
-    /// The transfers in progress, for readers that want a partial blob (peers) and for status.
-    pub async fn active(&self) -> Vec<Transfer> {
-        let (reply, answer) = oneshot::channel();
-        if self
-            .commands
-            .send(FetchCommand::List { reply })
-            .await
-            .is_err()
-        {
-            return Vec::new();
-        }
-        answer.await.unwrap_or_default()
+    /// The transfer of `blob` in progress, if any: for readers that want a partial blob.
+    pub fn running(&self, blob: &Digest) -> Option<Transfer> {
+        self.running.get(blob)
     }
 
-    pub async fn status(&self) -> Vec<TransferStatus> {
-        self.active()
-            .await
+    pub fn status(&self) -> Vec<TransferStatus> {
+        self.running
+            .all()
             .into_iter()
             .map(|transfer| {
                 let progress = transfer.progress();
@@ -257,8 +246,9 @@ pub fn start(
         context,
         running: Running::new(),
     };
+    let running = actor.running.view();
     let task = tokio::spawn(actor.run(receiver, shutdown));
-    (FetchHandle { commands }, task)
+    (FetchHandle { commands, running }, task)
 }
 
 struct FetchActor {
@@ -290,13 +280,10 @@ impl FetchActor {
                 reply,
             } => {
                 let transfer = match self.running.get(&blob) {
-                    Some(transfer) => transfer.clone(),
+                    Some(transfer) => transfer,
                     None => self.start(blob, origin),
                 };
                 let _ = reply.send(transfer);
-            }
-            FetchCommand::List { reply } => {
-                let _ = reply.send(self.running.values().cloned().collect());
             }
         }
     }
