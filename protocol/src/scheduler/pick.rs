@@ -16,7 +16,9 @@ const ENDGAME_OVERDUE_FACTOR: u32 = 2;
 
 impl<P: Clone + Eq + Ord + Hash + Debug> Scheduler<P> {
     pub(super) fn fill(&mut self, actions: &mut Vec<Action<P>>) {
-        if self.is_complete() {
+        // A full window asks for nothing, whoever has room: in a saturated swarm most events
+        // find it so, and the pass over every peer's state below would be for nothing.
+        if self.is_complete() || self.window_full() {
             return;
         }
         let now = self.now;
