@@ -81,6 +81,11 @@ const COUNTER_SERIES: &[(&str, &str)] = &[
         "chunk_links_stream",
         r#"shoal_chunk_links_total{kind="stream"}"#,
     ),
+    ("have_feeds_lane", r#"shoal_have_feeds_total{kind="lane"}"#),
+    (
+        "have_feeds_stream",
+        r#"shoal_have_feeds_total{kind="stream"}"#,
+    ),
     (
         "bitfield_polls_on_lanes",
         "shoal_bitfield_polls_on_lanes_total",

@@ -535,6 +535,15 @@ fn nodes_fetching_the_same_image_push_their_progress_to_each_other_and_trade() {
         pushed > 0 && received > 0,
         "{first_status}\n{second_status}"
     );
+    // Each fetcher's feed to the other runs on a lane of its own, not on a libp2p stream.
+    let on_lanes =
+        counter(&first_status, "have_feeds_lane") + counter(&second_status, "have_feeds_lane");
+    let on_streams =
+        counter(&first_status, "have_feeds_stream") + counter(&second_status, "have_feeds_stream");
+    assert!(
+        on_lanes >= 2 && on_streams == 0,
+        "{first_status}\n{second_status}"
+    );
     // The seed sends each chunk once while both ask (super-seeding): they trade the rest.
     let traded = counter(&first_status, "bytes_sent_to_peers")
         + counter(&second_status, "bytes_sent_to_peers");

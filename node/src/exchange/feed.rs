@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::serve::PeerService;
-use crate::network::{read_message_frame, write_message_frame};
+use crate::network::{LinkStream, read_message_frame, write_message_frame};
 use crate::observe::Counters;
 
 /// Blobs one feed may watch at once; a peer watches the few it is fetching.
@@ -29,7 +29,7 @@ const UPDATES_QUEUED_MAX: usize = 64;
 
 impl PeerService {
     /// Serves the feed `peer` opened on `stream` until the peer closes it or it breaks.
-    pub async fn serve_feed(&self, peer: PeerId, stream: libp2p::Stream) {
+    pub async fn serve_feed(&self, peer: PeerId, stream: Box<dyn LinkStream>) {
         let (mut reader, mut writer) = stream.split();
         let (updates, mut outgoing) = mpsc::channel::<FeedUpdate>(UPDATES_QUEUED_MAX);
         let mut watches: HashMap<Digest, AbortHandle> = HashMap::new();

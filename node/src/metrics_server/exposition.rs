@@ -218,6 +218,15 @@ fn write_families(report: &StatusReport, timings: &Timings, page: &mut Families)
         ],
     )?;
     page.counter(
+        "shoal_have_feeds",
+        "Have feeds opened to peers, by kind (lane: a TCP connection of its own; stream: a \
+         libp2p stream, where the peer gave no lane for a feed).",
+        &[
+            (&[("kind", "lane")], counters.have_feeds_lane),
+            (&[("kind", "stream")], counters.have_feeds_stream),
+        ],
+    )?;
+    page.counter(
         "shoal_bitfield_polls_on_lanes",
         "Bitfield polls sent on lanes rather than on a request-response substream each.",
         &[(&[], counters.bitfield_polls_on_lanes)],

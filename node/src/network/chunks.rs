@@ -26,7 +26,7 @@ use tokio::task::AbortHandle;
 use super::RequestError;
 use super::buffers::ChunkBuffers;
 use super::codec::{ChunkAnswer, read_chunk_answer, read_response_frame, write_request_frame};
-use super::lane::Lanes;
+use super::lane::{LaneUse, Lanes};
 use crate::observe::Counters;
 
 pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/chunks/1");
@@ -197,7 +197,7 @@ impl ChunkLinks {
                 .lock()
                 .get(&peer)
                 .is_none_or(|peer_links| !peer_links.links.iter().any(Link::is_open));
-            if opening && self.lanes.expected(&peer) {
+            if opening && self.lanes.expected(&peer, LaneUse::Chunks) {
                 self.link(peer);
             }
             return None;
@@ -225,7 +225,7 @@ impl ChunkLinks {
         if links.len() >= PEERS_KEPT_MAX && !links.contains_key(&peer) {
             links.retain(|_, peer_links| peer_links.links.iter().any(Link::is_open));
         }
-        let width = if self.lanes.expected(&peer) {
+        let width = if self.lanes.expected(&peer, LaneUse::Chunks) {
             LANES_PER_PEER
         } else {
             LINKS_PER_PEER
@@ -269,8 +269,8 @@ async fn open_link(
     peer: PeerId,
     is_lane: Arc<AtomicBool>,
 ) -> Option<Box<dyn LinkStream>> {
-    if lanes.expected(&peer)
-        && let Some(lane) = lanes.open(&control, peer).await
+    if lanes.expected(&peer, LaneUse::Chunks)
+        && let Some(lane) = lanes.open(&control, peer, LaneUse::Chunks).await
     {
         Counters::add(&counters.chunk_links_lane, 1);
         is_lane.store(true, Ordering::Relaxed);

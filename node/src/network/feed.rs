@@ -21,7 +21,9 @@ use shoal_protocol::feed::{FEED_UPDATE_BYTES_MAX, FeedRequest, FeedUpdate};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use super::chunks::LinkStream;
 use super::codec::{read_message_frame, write_message_frame};
+use super::lane::{LaneUse, Lanes};
 use crate::observe::Counters;
 
 pub const FEED_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/have-feed/1");
@@ -39,6 +41,7 @@ type Latest = watch::Sender<Option<FeedUpdate>>;
 #[derive(Clone)]
 pub struct HaveFeeds {
     control: libp2p_stream::Control,
+    lanes: Lanes,
     shared: Arc<Mutex<Shared>>,
     counters: Arc<Counters>,
 }
@@ -107,9 +110,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl HaveFeeds {
-    pub fn new(control: libp2p_stream::Control, counters: Arc<Counters>) -> HaveFeeds {
+    pub fn new(
+        control: libp2p_stream::Control,
+        lanes: Lanes,
+        counters: Arc<Counters>,
+    ) -> HaveFeeds {
         HaveFeeds {
             control,
+            lanes,
             shared: Arc::default(),
             counters,
         }
@@ -173,6 +181,28 @@ impl HaveFeeds {
     }
 }
 
+/// Opens the feed to `peer`: on a lane of its own when the peer gives one, else on a libp2p
+/// stream; `None` when it gives neither.
+async fn open_feed(feeds: &HaveFeeds, peer: PeerId) -> Option<Box<dyn LinkStream>> {
+    if feeds.lanes.expected(&peer, LaneUse::Feed)
+        && let Some(lane) = feeds.lanes.open(&feeds.control, peer, LaneUse::Feed).await
+    {
+        Counters::add(&feeds.counters.have_feeds_lane, 1);
+        return Some(Box::new(lane));
+    }
+    let mut control = feeds.control.clone();
+    match control.open_stream(peer, FEED_PROTOCOL).await {
+        Ok(stream) => {
+            Counters::add(&feeds.counters.have_feeds_stream, 1);
+            Some(Box::new(stream))
+        }
+        Err(error) => {
+            tracing::debug!(%peer, %error, "no have feed; polling the peer's bitfields");
+            None
+        }
+    }
+}
+
 /// Opens the feed to `peer`, sends the watch requests of `queue` on it and hands each update
 /// to its watch, until either side stops; then every watch on it ends.
 async fn run_feed(
@@ -181,15 +211,10 @@ async fn run_feed(
     mut queue: mpsc::Receiver<FeedRequest>,
     watches: Arc<Mutex<HashMap<Digest, Latest>>>,
 ) {
-    let mut control = feeds.control.clone();
-    let stream = match control.open_stream(peer, FEED_PROTOCOL).await {
-        Ok(stream) => stream,
-        Err(error) => {
-            tracing::debug!(%peer, %error, "no have feed; polling the peer's bitfields");
-            feeds.give_up_on(peer);
-            lock(&watches).clear();
-            return;
-        }
+    let Some(stream) = open_feed(&feeds, peer).await else {
+        feeds.give_up_on(peer);
+        lock(&watches).clear();
+        return;
     };
     let (mut reader, mut writer) = stream.split();
     let write = async move {

@@ -121,10 +121,11 @@ pub enum NetworkEvent {
         peer: PeerId,
         stream: Box<dyn LinkStream>,
     },
-    /// A peer opened a have feed: blobs it watches, whose bitfields to push on `stream`.
+    /// A peer opened a have feed (on a lane, or a libp2p stream): blobs it watches, whose
+    /// bitfields to push on `stream`.
     FeedStream {
         peer: PeerId,
-        stream: libp2p::Stream,
+        stream: Box<dyn LinkStream>,
     },
 }
 
@@ -328,10 +329,15 @@ pub async fn start(
         {
             Ok(bound) => {
                 tracing::info!(address = %bound, "listening for lanes");
-                let offers = chunk_control
-                    .accept(lane::LANE_PROTOCOL)
-                    .context("cannot accept lane requests")?;
-                tokio::spawn(lanes.clone().answer_offers(offers, shutdown.clone()));
+                for lane_use in [lane::LaneUse::Chunks, lane::LaneUse::Feed] {
+                    let offers = chunk_control
+                        .accept(lane_use.protocol())
+                        .context("cannot accept lane requests")?;
+                    let answering = lanes
+                        .clone()
+                        .answer_offers(offers, lane_use, shutdown.clone());
+                    tokio::spawn(answering);
+                }
             }
             Err(error) if listen.explicit => {
                 return Err(error)
@@ -391,7 +397,11 @@ pub async fn start(
         NetworkHandle {
             commands,
             local_peer_id,
-            feeds: feed::HaveFeeds::new(chunk_control.clone(), config.counters.clone()),
+            feeds: feed::HaveFeeds::new(
+                chunk_control.clone(),
+                lanes.clone(),
+                config.counters.clone(),
+            ),
             chunk_links: ChunkLinks::new(chunk_control, lanes, config.counters.clone()),
         },
         event_receiver,
@@ -477,6 +487,7 @@ impl SwarmActor {
                 }
                 Some((peer, stream)) = feed_streams.next() => {
                     if !self.banned.contains(&peer) {
+                        let stream = Box::new(stream);
                         self.emit(NetworkEvent::FeedStream { peer, stream }).await;
                     }
                 }

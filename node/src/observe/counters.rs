@@ -38,6 +38,10 @@ pub struct Counters {
     /// where the peer gave no lane.
     pub chunk_links_lane: AtomicU64,
     pub chunk_links_stream: AtomicU64,
+    /// Have feeds this node opened to peers: on lanes, and on libp2p streams where the peer
+    /// gave no lane for a feed.
+    pub have_feeds_lane: AtomicU64,
+    pub have_feeds_stream: AtomicU64,
     /// Bitfield polls this node sent on lanes (the others went on request-response substreams).
     pub bitfield_polls_on_lanes: AtomicU64,
     /// Bitfield updates pushed on have feeds (`network/feed.rs`): sent to peers watching
@@ -84,6 +88,8 @@ pub struct CountersSnapshot {
     pub peer_requests_denied: u64,
     pub chunk_links_lane: u64,
     pub chunk_links_stream: u64,
+    pub have_feeds_lane: u64,
+    pub have_feeds_stream: u64,
     pub bitfield_polls_on_lanes: u64,
     pub bitfield_pushes_sent: u64,
     pub bitfield_pushes_received: u64,
@@ -123,6 +129,8 @@ impl Counters {
             peer_requests_denied: get(&self.peer_requests_denied),
             chunk_links_lane: get(&self.chunk_links_lane),
             chunk_links_stream: get(&self.chunk_links_stream),
+            have_feeds_lane: get(&self.have_feeds_lane),
+            have_feeds_stream: get(&self.have_feeds_stream),
             bitfield_polls_on_lanes: get(&self.bitfield_polls_on_lanes),
             bitfield_pushes_sent: get(&self.bitfield_pushes_sent),
             bitfield_pushes_received: get(&self.bitfield_pushes_received),

@@ -14,6 +14,12 @@
 //! Where no lane can be had — the peer offers none (`--lane-listen off`, an older node), the
 //! port cannot be reached — the link runs on a libp2p stream as before, and the peer is not
 //! asked again for [`RETRY_AFTER`].
+//!
+//! A lane carries one of two things ([`LaneUse`]), asked for on a protocol of its own: chunk
+//! links, or a have feed (`feed.rs`). A feed's pushes are small and many — 13–18 per MiB a
+//! node receives in a rate-limited fan-out — and on a libp2p stream each cost a yamux frame,
+//! a Noise message and a wake of the connection's task on both ends: a fifth of a fan-out
+//! member's CPU went to libp2p's connection tasks (docs/benchmarks.md).
 
 mod offer;
 mod record;
@@ -38,6 +44,9 @@ pub use record::SealedStream;
 use super::NetworkEvent;
 
 pub const LANE_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/lane/1");
+/// Asks for a lane that carries a have feed. A node older than it knows no such protocol, and
+/// feeds to it stay on libp2p streams.
+pub const FEED_LANE_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/lane/feed/1");
 /// How long an offer's token stays good.
 const OFFER_LIFETIME: Duration = Duration::from_secs(10);
 /// Offers waiting for their connection; past this the oldest are dropped.
@@ -53,6 +62,24 @@ const ASKS_MAX: u32 = 4;
 /// The rest before asking such a peer again, doubled after each ask.
 const FIRST_REST: Duration = Duration::from_millis(50);
 
+/// What a lane carries, as the asking node said by the protocol it asked on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LaneUse {
+    /// Chunk links (`chunks.rs`, `exchange/serve.rs`).
+    Chunks,
+    /// A have feed (`feed.rs`, `exchange/feed.rs`).
+    Feed,
+}
+
+impl LaneUse {
+    pub fn protocol(self) -> StreamProtocol {
+        match self {
+            LaneUse::Chunks => LANE_PROTOCOL,
+            LaneUse::Feed => FEED_LANE_PROTOCOL,
+        }
+    }
+}
+
 /// This node's lanes, both ways. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Lanes {
@@ -66,12 +93,13 @@ struct Shared {
     offers: HashMap<[u8; TOKEN_BYTES], PendingOffer>,
     /// The address each connected peer's libp2p connection has.
     addresses: HashMap<PeerId, IpAddr>,
-    /// Peers that gave no lane, until when they are not asked again.
-    without: HashMap<PeerId, Instant>,
+    /// Peers that gave no lane for a use, until when they are not asked again for one.
+    without: HashMap<(PeerId, LaneUse), Instant>,
 }
 
 struct PendingOffer {
     peer: PeerId,
+    lane_use: LaneUse,
     offer: Offer,
     expires: Instant,
 }
@@ -101,25 +129,27 @@ impl Lanes {
         self.lock().addresses.remove(peer);
     }
 
-    /// Whether links to `peer` are expected to be lanes: it has not failed to give one lately.
-    pub fn expected(&self, peer: &PeerId) -> bool {
+    /// Whether `peer` is expected to give a lane for `lane_use`: it has not failed to give
+    /// one lately.
+    pub fn expected(&self, peer: &PeerId, lane_use: LaneUse) -> bool {
         let mut shared = self.lock();
-        match shared.without.get(peer) {
+        let key = (*peer, lane_use);
+        match shared.without.get(&key) {
             Some(until) if *until > Instant::now() => false,
             Some(_) => {
-                shared.without.remove(peer);
+                shared.without.remove(&key);
                 true
             }
             None => true,
         }
     }
 
-    fn give_up_on(&self, peer: PeerId, why: &str) {
-        tracing::debug!(%peer, why, "no lane; chunk links run on libp2p streams");
+    fn give_up_on(&self, peer: PeerId, lane_use: LaneUse, why: &str) {
+        tracing::debug!(%peer, ?lane_use, why, "no lane; libp2p streams carry it");
         let mut shared = self.lock();
         let now = Instant::now();
         shared.without.retain(|_, until| *until > now);
-        shared.without.insert(peer, now + RETRY_AFTER);
+        shared.without.insert((peer, lane_use), now + RETRY_AFTER);
     }
 
     /// Asks `peer` for a lane and connects it; `None` (and the peer not asked again for a
@@ -132,15 +162,19 @@ impl Lanes {
         &self,
         control: &libp2p_stream::Control,
         peer: PeerId,
+        lane_use: LaneUse,
     ) -> Option<SealedStream> {
-        let asked = ask_until_answered(|| self.try_open(control.clone(), peer)).await;
-        asked.inspect_err(|why| self.give_up_on(peer, why)).ok()
+        let asked = ask_until_answered(|| self.try_open(control.clone(), peer, lane_use)).await;
+        asked
+            .inspect_err(|why| self.give_up_on(peer, lane_use, why))
+            .ok()
     }
 
     async fn try_open(
         &self,
         mut control: libp2p_stream::Control,
         peer: PeerId,
+        lane_use: LaneUse,
     ) -> Result<SealedStream, NoLane> {
         let ip = self
             .lock()
@@ -149,7 +183,7 @@ impl Lanes {
             .copied()
             .ok_or("no address for the peer")?;
         let mut stream = control
-            .open_stream(peer, LANE_PROTOCOL)
+            .open_stream(peer, lane_use.protocol())
             .await
             .map_err(|error| format!("no lane protocol: {error}"))?;
         let mut encoded = [0u8; offer::OFFER_BYTES];
@@ -171,9 +205,9 @@ impl Lanes {
         Ok(SealedStream::new(tcp, &offer.keys, End::Asker))
     }
 
-    /// Makes an offer to `peer` and keeps it until its connection comes or it expires;
-    /// `None` when this node offers no lanes.
-    fn offer(&self, peer: PeerId) -> Option<Offer> {
+    /// Makes an offer to `peer` of a lane for `lane_use` and keeps it until its connection
+    /// comes or it expires; `None` when this node offers no lanes.
+    fn offer(&self, peer: PeerId, lane_use: LaneUse) -> Option<Offer> {
         let mut shared = self.lock();
         let port = shared.port?;
         let now = Instant::now();
@@ -193,6 +227,7 @@ impl Lanes {
             offer.token,
             PendingOffer {
                 peer,
+                lane_use,
                 offer: offer.clone(),
                 expires: now + OFFER_LIFETIME,
             },
@@ -200,14 +235,14 @@ impl Lanes {
         Some(offer)
     }
 
-    /// The peer and offer a connection's token stands for, once.
-    fn redeem(&self, token: &[u8; TOKEN_BYTES]) -> Option<(PeerId, Offer)> {
+    /// The offer a connection's token stands for, once.
+    fn redeem(&self, token: &[u8; TOKEN_BYTES]) -> Option<PendingOffer> {
         let pending = self.lock().offers.remove(token)?;
-        (pending.expires > Instant::now()).then_some((pending.peer, pending.offer))
+        (pending.expires > Instant::now()).then_some(pending)
     }
 
-    /// Listens at `address` for lanes; their streams go to `events` as chunk links. Returns
-    /// the address bound.
+    /// Listens at `address` for lanes; their streams go to `events` as chunk links or have
+    /// feeds, as their offers said. Returns the address bound.
     pub async fn listen(
         &self,
         address: SocketAddr,
@@ -250,35 +285,40 @@ impl Lanes {
             tokio::spawn(async move {
                 let lane = lanes.handshake(tcp).await;
                 drop(permit);
-                if let Some((peer, stream)) = lane {
+                if let Some((peer, lane_use, stream)) = lane {
                     let stream = Box::new(stream);
-                    let _ = events
-                        .send(NetworkEvent::ChunkStream { peer, stream })
-                        .await;
+                    let event = match lane_use {
+                        LaneUse::Chunks => NetworkEvent::ChunkStream { peer, stream },
+                        LaneUse::Feed => NetworkEvent::FeedStream { peer, stream },
+                    };
+                    let _ = events.send(event).await;
                 }
             });
         }
     }
 
-    /// Reads a new connection's token and, when it is a live one, makes it that peer's lane.
-    async fn handshake(&self, mut tcp: TcpStream) -> Option<(PeerId, SealedStream)> {
+    /// Reads a new connection's token and, when it is a live one, makes it that peer's lane
+    /// for what its offer was for.
+    async fn handshake(&self, mut tcp: TcpStream) -> Option<(PeerId, LaneUse, SealedStream)> {
         let mut token = [0u8; TOKEN_BYTES];
         tokio::time::timeout(STEP_TIMEOUT, tcp.read_exact(&mut token))
             .await
             .ok()?
             .ok()?;
-        let Some((peer, offer)) = self.redeem(&token) else {
+        let Some(pending) = self.redeem(&token) else {
             tracing::debug!("a lane connection without a live token; closed");
             return None;
         };
         tcp.set_nodelay(true).ok()?;
-        Some((peer, SealedStream::new(tcp, &offer.keys, End::Server)))
+        let stream = SealedStream::new(tcp, &pending.offer.keys, End::Server);
+        Some((pending.peer, pending.lane_use, stream))
     }
 
-    /// Answers each peer that asks for a lane with an offer.
+    /// Answers each peer that asks for a lane for `lane_use` (on its protocol) with an offer.
     pub async fn answer_offers(
         self,
         mut incoming: libp2p_stream::IncomingStreams,
+        lane_use: LaneUse,
         shutdown: CancellationToken,
     ) {
         loop {
@@ -286,7 +326,7 @@ impl Lanes {
                 () = shutdown.cancelled() => return,
                 next = incoming.next() => match next { Some(next) => next, None => return },
             };
-            let Some(offer) = self.offer(peer) else {
+            let Some(offer) = self.offer(peer, lane_use) else {
                 continue;
             };
             tokio::spawn(async move {

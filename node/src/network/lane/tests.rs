@@ -3,7 +3,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
 
-/// A listening `Lanes` on loopback, and the chunk links it hands out.
+/// A listening `Lanes` on loopback, and the chunk links and have feeds it hands out.
 async fn listening() -> (
     Lanes,
     SocketAddr,
@@ -20,23 +20,23 @@ async fn listening() -> (
     (lanes, bound, received, shutdown)
 }
 
-#[tokio::test]
-async fn a_live_token_makes_the_connection_that_peers_sealed_chunk_link() {
+/// Connects a lane for `lane_use` as `peer` would, with the token of a fresh offer, and
+/// exchanges a request and an answer on it; the event the listener handed the lane out as.
+async fn connect_and_talk(lane_use: LaneUse) -> NetworkEvent {
     let (lanes, bound, mut events, shutdown) = listening().await;
     let peer = PeerId::random();
-    let offer = lanes.offer(peer).unwrap();
+    let offer = lanes.offer(peer, lane_use).unwrap();
     assert_eq!(offer.port, bound.port());
     let mut tcp = TcpStream::connect(bound).await.unwrap();
     tcp.write_all(&offer.token).await.unwrap();
     let mut asker = SealedStream::new(tcp, &offer.keys, End::Asker);
-    let Some(NetworkEvent::ChunkStream {
-        peer: from,
-        mut stream,
-    }) = events.recv().await
+    let mut event = events.recv().await.expect("no lane handed out");
+    let (NetworkEvent::ChunkStream { peer: from, stream }
+    | NetworkEvent::FeedStream { peer: from, stream }) = &mut event
     else {
-        panic!("no chunk link");
+        panic!("not a lane: {event:?}");
     };
-    assert_eq!(from, peer);
+    assert_eq!(*from, peer);
     asker.write_all(b"request").await.unwrap();
     asker.flush().await.unwrap();
     let mut request = [0u8; 7];
@@ -48,12 +48,24 @@ async fn a_live_token_makes_the_connection_that_peers_sealed_chunk_link() {
     asker.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"answer");
     shutdown.cancel();
+    event
+}
+
+#[tokio::test]
+async fn a_live_token_makes_the_connection_that_peers_lane_for_what_its_offer_was_for() {
+    let chunks = connect_and_talk(LaneUse::Chunks).await;
+    assert!(
+        matches!(chunks, NetworkEvent::ChunkStream { .. }),
+        "{chunks:?}"
+    );
+    let feed = connect_and_talk(LaneUse::Feed).await;
+    assert!(matches!(feed, NetworkEvent::FeedStream { .. }), "{feed:?}");
 }
 
 #[tokio::test]
 async fn a_token_is_good_once_and_a_wrong_one_is_closed_unread() {
     let (lanes, bound, mut events, shutdown) = listening().await;
-    let offer = lanes.offer(PeerId::random()).unwrap();
+    let offer = lanes.offer(PeerId::random(), LaneUse::Chunks).unwrap();
     let mut first = TcpStream::connect(bound).await.unwrap();
     first.write_all(&offer.token).await.unwrap();
     assert!(events.recv().await.is_some());
@@ -73,7 +85,7 @@ async fn a_token_is_good_once_and_a_wrong_one_is_closed_unread() {
 fn an_offer_expires() {
     let lanes = Lanes::default();
     lanes.lock().port = Some(4051);
-    let offer = lanes.offer(PeerId::random()).unwrap();
+    let offer = lanes.offer(PeerId::random(), LaneUse::Chunks).unwrap();
     let mut expired = lanes.lock().offers.remove(&offer.token).unwrap();
     expired.expires = Instant::now() - Duration::from_secs(1);
     lanes.lock().offers.insert(offer.token, expired);
@@ -82,16 +94,20 @@ fn an_offer_expires() {
 
 #[test]
 fn a_node_without_a_listener_offers_nothing() {
-    assert!(Lanes::default().offer(PeerId::random()).is_none());
+    assert!(
+        Lanes::default()
+            .offer(PeerId::random(), LaneUse::Chunks)
+            .is_none()
+    );
 }
 
 #[test]
 fn waiting_offers_are_bounded_and_the_oldest_go_first() {
     let lanes = Lanes::default();
     lanes.lock().port = Some(4051);
-    let first = lanes.offer(PeerId::random()).unwrap();
+    let first = lanes.offer(PeerId::random(), LaneUse::Chunks).unwrap();
     for _ in 0..OFFERS_MAX {
-        lanes.offer(PeerId::random()).unwrap();
+        lanes.offer(PeerId::random(), LaneUse::Chunks).unwrap();
     }
     assert_eq!(lanes.lock().offers.len(), OFFERS_MAX);
     assert!(lanes.redeem(&first.token).is_none());
@@ -101,11 +117,23 @@ fn waiting_offers_are_bounded_and_the_oldest_go_first() {
 fn a_peer_that_gave_no_lane_is_not_asked_again_for_a_while() {
     let lanes = Lanes::default();
     let peer = PeerId::random();
-    assert!(lanes.expected(&peer));
-    lanes.give_up_on(peer, "test");
-    assert!(!lanes.expected(&peer));
-    lanes.lock().without.insert(peer, Instant::now());
-    assert!(lanes.expected(&peer));
+    assert!(lanes.expected(&peer, LaneUse::Chunks));
+    lanes.give_up_on(peer, LaneUse::Chunks, "test");
+    assert!(!lanes.expected(&peer, LaneUse::Chunks));
+    lanes
+        .lock()
+        .without
+        .insert((peer, LaneUse::Chunks), Instant::now());
+    assert!(lanes.expected(&peer, LaneUse::Chunks));
+}
+
+#[test]
+fn a_peer_without_feed_lanes_still_gets_asked_for_chunk_lanes() {
+    let lanes = Lanes::default();
+    let peer = PeerId::random();
+    lanes.give_up_on(peer, LaneUse::Feed, "an older node");
+    assert!(!lanes.expected(&peer, LaneUse::Feed));
+    assert!(lanes.expected(&peer, LaneUse::Chunks));
 }
 
 #[test]

@@ -737,6 +737,8 @@ struct Messages {
     busy: u64,
     links_on_lanes: u64,
     links_on_streams: u64,
+    feeds_on_lanes: u64,
+    feeds_on_streams: u64,
     /// DHT lookups of providers the members' transfers started.
     lookups: u64,
 }
@@ -988,6 +990,8 @@ impl FanoutBench {
             busy,
             links_on_lanes,
             links_on_streams,
+            feeds_on_lanes,
+            feeds_on_streams,
             lookups,
         } = self.messages()?;
         let (pushes_per_mib, busy_per_mib) =
@@ -995,7 +999,8 @@ impl FanoutBench {
         println!(
             "  messages: {pushes} have-feed pushes ({pushes_per_mib:.1} per MiB delivered), \
              {busy} Busy answers ({busy_per_mib:.1} per MiB); chunk links opened: \
-             {links_on_lanes} on lanes, {links_on_streams} on libp2p streams; DHT lookups \
+             {links_on_lanes} on lanes, {links_on_streams} on libp2p streams; have feeds opened: \
+             {feeds_on_lanes} on lanes, {feeds_on_streams} on libp2p streams; DHT lookups \
              {lookups} ({:.1} per node and blob)",
             lookups as f64 / (n * self.image.blobs.len() as f64)
         );
@@ -1041,7 +1046,7 @@ impl FanoutBench {
         })
     }
 
-    /// Have-feed pushes sent, chunk requests answered `Busy` and chunk links opened, summed
+    /// Have-feed pushes sent, chunk requests answered `Busy`, chunk links and have feeds opened, summed
     /// over the seed and every member.
     fn messages(&self) -> Result<Messages> {
         let mut messages = Messages::default();
@@ -1052,6 +1057,8 @@ impl FanoutBench {
                 + counter(&status, "busy_answers_super_seeding")?;
             messages.links_on_lanes += counter(&status, "chunk_links_lane")?;
             messages.links_on_streams += counter(&status, "chunk_links_stream")?;
+            messages.feeds_on_lanes += counter(&status, "have_feeds_lane")?;
+            messages.feeds_on_streams += counter(&status, "have_feeds_stream")?;
             messages.lookups += counter(&status, "provider_lookups")?;
         }
         Ok(messages)
