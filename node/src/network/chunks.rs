@@ -261,25 +261,49 @@ impl ChunkLinks {
     }
 }
 
-/// Opens a link to `peer`: a lane if it gives one, else a libp2p stream.
+/// What carries a link to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Carrier {
+    Lane,
+    Stream,
+}
+
+/// Opens a link to `peer` for `lane_use`: a lane if the peer gives one, else a libp2p stream
+/// of `fallback`; and which of the two it is.
+pub(super) async fn open_lane_or_stream(
+    control: &libp2p_stream::Control,
+    lanes: &Lanes,
+    peer: PeerId,
+    lane_use: LaneUse,
+    fallback: StreamProtocol,
+) -> Result<(Box<dyn LinkStream>, Carrier), libp2p_stream::OpenStreamError> {
+    if lanes.expected(&peer, lane_use)
+        && let Some(lane) = lanes.open(control, peer, lane_use).await
+    {
+        return Ok((Box::new(lane), Carrier::Lane));
+    }
+    let stream = control.clone().open_stream(peer, fallback).await?;
+    Ok((Box::new(stream), Carrier::Stream))
+}
+
+/// Opens a chunk link to `peer`: a lane if it gives one, else a libp2p stream.
 async fn open_link(
-    mut control: libp2p_stream::Control,
+    control: libp2p_stream::Control,
     lanes: Lanes,
     counters: Arc<Counters>,
     peer: PeerId,
     is_lane: Arc<AtomicBool>,
 ) -> Option<Box<dyn LinkStream>> {
-    if lanes.expected(&peer, LaneUse::Chunks)
-        && let Some(lane) = lanes.open(&control, peer, LaneUse::Chunks).await
-    {
-        Counters::add(&counters.chunk_links_lane, 1);
-        is_lane.store(true, Ordering::Relaxed);
-        return Some(Box::new(lane));
-    }
-    match control.open_stream(peer, CHUNK_PROTOCOL).await {
-        Ok(stream) => {
-            Counters::add(&counters.chunk_links_stream, 1);
-            Some(Box::new(stream))
+    let opened = open_lane_or_stream(&control, &lanes, peer, LaneUse::Chunks, CHUNK_PROTOCOL).await;
+    match opened {
+        Ok((stream, carrier)) => {
+            let count = match carrier {
+                Carrier::Lane => &counters.chunk_links_lane,
+                Carrier::Stream => &counters.chunk_links_stream,
+            };
+            Counters::add(count, 1);
+            is_lane.store(carrier == Carrier::Lane, Ordering::Relaxed);
+            Some(stream)
         }
         Err(error) => {
             tracing::debug!(%peer, %error, "cannot open a chunk link");

@@ -21,7 +21,7 @@ use shoal_protocol::feed::{FEED_UPDATE_BYTES_MAX, FeedRequest, FeedUpdate};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
-use super::chunks::LinkStream;
+use super::chunks::{Carrier, LinkStream, open_lane_or_stream};
 use super::codec::{read_message_frame, write_message_frame};
 use super::lane::{LaneUse, Lanes};
 use crate::observe::Counters;
@@ -184,17 +184,22 @@ impl HaveFeeds {
 /// Opens the feed to `peer`: on a lane of its own when the peer gives one, else on a libp2p
 /// stream; `None` when it gives neither.
 async fn open_feed(feeds: &HaveFeeds, peer: PeerId) -> Option<Box<dyn LinkStream>> {
-    if feeds.lanes.expected(&peer, LaneUse::Feed)
-        && let Some(lane) = feeds.lanes.open(&feeds.control, peer, LaneUse::Feed).await
-    {
-        Counters::add(&feeds.counters.have_feeds_lane, 1);
-        return Some(Box::new(lane));
-    }
-    let mut control = feeds.control.clone();
-    match control.open_stream(peer, FEED_PROTOCOL).await {
-        Ok(stream) => {
-            Counters::add(&feeds.counters.have_feeds_stream, 1);
-            Some(Box::new(stream))
+    let opened = open_lane_or_stream(
+        &feeds.control,
+        &feeds.lanes,
+        peer,
+        LaneUse::Feed,
+        FEED_PROTOCOL,
+    )
+    .await;
+    match opened {
+        Ok((stream, carrier)) => {
+            let count = match carrier {
+                Carrier::Lane => &feeds.counters.have_feeds_lane,
+                Carrier::Stream => &feeds.counters.have_feeds_stream,
+            };
+            Counters::add(count, 1);
+            Some(stream)
         }
         Err(error) => {
             tracing::debug!(%peer, %error, "no have feed; polling the peer's bitfields");
