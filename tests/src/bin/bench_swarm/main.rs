@@ -122,8 +122,9 @@ MODE is one of:
                     gateway, one-peer, three-peers (the figures then lack their references;
                     for profiling one path)
   --settings NxR,.. fanout: one fan-out per setting, N nodes at R MiB/s each, then a table
-                    of them all, such as 15x10,24x6,32x4,1x10 (a 1-node setting is the
-                    reference: one node pulling from one peer)
+                    of them all, such as 15x10,24x6,32x4,1x10,1x6,1x4 (the first 1-node
+                    setting is the reference: one node pulling from one peer; each
+                    fan-out is also set against the 1-node setting at its own rate)
   --keep            keep the temp dir with the nodes' data and logs, and print its path
 
 Run with --release: the shoal binary measured is built with the benchmark's own profile
@@ -1127,18 +1128,24 @@ impl FanoutBench {
 }
 
 /// The table of `--settings`: each fan-out's real and simulated figures, and its CPU per GB
-/// against the 1-node setting's (one node pulling from one peer), when there is one.
+/// against the first 1-node setting's (one node pulling from one peer: the reference) and
+/// against the 1-node setting at its own rate, when there are such settings. A node's CPU per
+/// GB grows as its rate falls (time-driven work spreads over fewer bytes, every chunk comes
+/// in a burst that wakes the node afresh), so the second tells the swarm's own cost from its
+/// members' low rate.
 fn print_settings_table(rows: &[FanoutRow]) {
-    let reference = rows
-        .iter()
-        .find(|row| row.nodes == 1)
-        .map(|row| row.cpu_per_gb);
+    let one_node = |rate_mib: Option<u64>| {
+        rows.iter()
+            .find(|row| row.nodes == 1 && rate_mib.is_none_or(|rate| row.rate_mib == rate))
+            .map(|row| row.cpu_per_gb)
+    };
+    let reference = one_node(None);
     println!(
         "\nfan-outs (last node over T_min, seed upload over F, have-feed pushes and Busy answers \
          per MiB delivered, CPU of every node per GB delivered and its page faults per MiB):"
     );
     println!(
-        "  {:>6} {:>6}  {:>9} {:>9} {:>6}  {:>7} {:>7}  {:>8} {:>7}  {:>8} {:>7}  {:>8} {:>11} {:>11}",
+        "  {:>6} {:>6}  {:>9} {:>9} {:>6}  {:>7} {:>7}  {:>8} {:>7}  {:>8} {:>7}  {:>8} {:>11} {:>11} {:>11}",
         "nodes",
         "MiB/s",
         "last real",
@@ -1152,6 +1159,7 @@ fn print_settings_table(rows: &[FanoutRow]) {
         "sim",
         "CPU s/GB",
         "x reference",
+        "x same rate",
         "faults/MiB"
     );
     for row in rows {
@@ -1174,10 +1182,11 @@ fn print_settings_table(rows: &[FanoutRow]) {
             simulated_pushes,
             simulated_busy,
         ] = simulated.unwrap_or_else(|| std::array::from_fn(|_| "-".to_owned()));
-        let against_reference =
-            reference.map_or("-".to_owned(), |one| format!("{:.2}", row.cpu_per_gb / one));
+        let against = |one: Option<f64>| {
+            one.map_or("-".to_owned(), |one| format!("{:.2}", row.cpu_per_gb / one))
+        };
         println!(
-            "  {:>6} {:>6}  {:>9.2} {:>9} {:>6}  {:>7.2} {:>7}  {:>8.1} {:>7}  {:>8.1} {:>7}  {:>8.2} {:>11} {:>11.0}{}",
+            "  {:>6} {:>6}  {:>9.2} {:>9} {:>6}  {:>7.2} {:>7}  {:>8.1} {:>7}  {:>8.1} {:>7}  {:>8.2} {:>11} {:>11} {:>11.0}{}",
             row.nodes,
             row.rate_mib,
             row.last_over_t_min,
@@ -1190,7 +1199,8 @@ fn print_settings_table(rows: &[FanoutRow]) {
             row.busy_per_mib,
             simulated_busy,
             row.cpu_per_gb,
-            against_reference,
+            against(reference),
+            against(one_node(Some(row.rate_mib))),
             row.faults_per_mib,
             if row.all_good { "" } else { "  FAILED" }
         );
