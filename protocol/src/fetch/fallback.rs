@@ -5,7 +5,7 @@
 //! it like from any peer. If that node declines, another is chosen; if it disappears or shows
 //! no progress for [`DELEGATE_STALL`], the asker downloads the blob itself.
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Duration;

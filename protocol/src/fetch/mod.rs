@@ -35,7 +35,7 @@
 //! hashes the blob as it arrives then reads nothing back), random once a peer still fetching it
 //! shows up, so that fetchers spread and trade ([`Fetch::in_order`]).
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Duration;

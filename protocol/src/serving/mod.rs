@@ -50,7 +50,7 @@
 //!
 //! Not for: the zone's rules (who may ask for what), reading chunks, or rate limiting itself.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::hash::Hash;
 use std::time::Duration;
 
