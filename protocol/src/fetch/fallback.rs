@@ -5,10 +5,11 @@
 //! it like from any peer. If that node declines, another is chosen; if it disappears or shows
 //! no progress for [`DELEGATE_STALL`], the asker downloads the blob itself.
 
-use foldhash::{HashSet, HashSetExt};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Duration;
+
+use foldhash::{HashSet, HashSetExt};
 
 /// Longest wait for peers' answers before a blob nobody has is taken from the upstream;
 /// usually every connected peer has answered long before.

@@ -35,10 +35,11 @@
 //! hashes the blob as it arrives then reads nothing back), random once a peer still fetching it
 //! shows up, so that fetchers spread and trade ([`Fetch::in_order`]).
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Duration;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use crate::bitmap::Bitmap;
 use crate::scheduler::{Action, Event, Scheduler};

@@ -50,9 +50,10 @@
 //!
 //! Not for: the zone's rules (who may ask for what), reading chunks, or rate limiting itself.
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::hash::Hash;
 use std::time::Duration;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use crate::digest::Digest;
 
