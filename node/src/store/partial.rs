@@ -293,6 +293,13 @@ impl PartialBlob {
         self.hasher = None;
     }
 
+    /// Whether [`PartialBlob::written`] feeds a running sha256, reading chunks back from the
+    /// file when they arrived out of order: work for a blocking thread. Without it, counting a
+    /// chunk as had is a bit set.
+    pub fn hashes_in_line(&self) -> bool {
+        self.hasher.is_some()
+    }
+
     /// Reads chunks back from the file for a hasher of its own, around the page cache where
     /// the file system allows it.
     pub fn chunk_reader(&self) -> Result<ChunkReader, StoreError> {

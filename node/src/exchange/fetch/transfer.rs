@@ -721,7 +721,11 @@ impl Run<'_> {
             }
             return Err(error.into());
         }
-        tokio::task::block_in_place(|| partial.written(chunk, &bytes))?;
+        if partial.hashes_in_line() {
+            tokio::task::block_in_place(|| partial.written(chunk, &bytes))?;
+        } else {
+            partial.written(chunk, &bytes)?;
+        }
         self.progress.borrow().verified.written(chunk);
         Ok(())
     }
