@@ -65,6 +65,13 @@
 //!
 //! - `cpu` — only the CPU ceiling above.
 //!
+//! - `carry` — what carrying a fan-out's traffic costs between as many processes without
+//!   Shoal (`carry.rs`): for each setting, once with the chunks alone and once with
+//!   `--messages` small messages per MiB beside them, the CPU of every process per GB
+//!   delivered and what each small message adds. `fanout --settings` runs it after each
+//!   fan-out at that fan-out's own message count, and sets the fan-out's CPU against the
+//!   result plus the hashing and sealing every byte needs (the floor).
+//!
 //! Benchmarks print, they do not assert timings: the program fails only when a transfer
 //! returned wrong bytes or did not finish. Absolute times on a shared 2-core machine are noise;
 //! read the ratios, which compare runs made in the same minutes on the same machine. The load
@@ -96,6 +103,7 @@ use shoal_tests::image::{Blob, GeneratedImage, GzipLevel, ImageSpec};
 use shoal_tests::node::{ShoalNode, shoal, shoal_binary};
 use tempfile::TempDir;
 
+mod carry;
 mod floor;
 mod simulated;
 mod transfer;
@@ -104,12 +112,14 @@ use transfer::TransferBench;
 const USAGE: &str = "\
 usage: bench_swarm MODE [--size-mib N] [--rounds N] [--nodes N] [--rate-mib N]
                         [--ingress-mib N] [--extra-peers N] [--seed N] [--keep]
-                        [--only SOURCES] [--settings NxR,...]
+                        [--only SOURCES] [--settings NxR,...] [--messages N]
 
 MODE is one of:
   transfer   one big blob from 1 and from 3 Shoal peers, against docker-registry -> curl
   fanout     one seed to N rate-limited nodes, against the Kumar-Ross lower bound
   cpu        the per-core CPU ceiling of hashing and Noise encryption only
+  carry      a fan-out's chunks and small messages carried between as many processes
+             without Shoal: the CPU per GB and per message of the arrangement itself
 
   --size-mib N      blob size (transfer, default 1024) or image size (fanout, default 200)
   --rounds N        transfer rounds, each timing every source once (default 3)
@@ -124,7 +134,11 @@ MODE is one of:
   --settings NxR,.. fanout: one fan-out per setting, N nodes at R MiB/s each, then a table
                     of them all, such as 15x10,24x6,32x4,1x10,1x6,1x4 (the first 1-node
                     setting is the reference: one node pulling from one peer; each
-                    fan-out is also set against the 1-node setting at its own rate)
+                    fan-out is also set against the 1-node setting at its own rate, and
+                    against its floor, what `carry` measures at its messages plus the
+                    hashing and sealing); carry: the settings to carry
+  --messages N      carry: small messages per MiB delivered (default 46, what a 32 x 4
+                    fan-out sends: pushes, chunk requests and Busy answers)
   --keep            keep the temp dir with the nodes' data and logs, and print its path
 
 Run with --release: the shoal binary measured is built with the benchmark's own profile
@@ -144,6 +158,7 @@ enum Mode {
     Transfer,
     Fanout,
     Cpu,
+    Carry,
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +176,8 @@ struct Options {
     keep: bool,
     /// `--only`: the transfer sources to run; all when empty.
     only: Vec<String>,
+    /// `--messages`: carry's small messages per MiB delivered.
+    messages: u64,
     /// `--settings`: fan-outs to run one after the other, (nodes, MiB/s); when empty, the one
     /// `--nodes` and `--rate-mib` give.
     settings: Vec<(usize, u64)>,
@@ -172,6 +189,7 @@ fn parse_options() -> Result<Option<Options>> {
         Some("transfer") => Mode::Transfer,
         Some("fanout") => Mode::Fanout,
         Some("cpu") => Mode::Cpu,
+        Some("carry") => Mode::Carry,
         Some("--help" | "-h") => {
             println!("{USAGE}");
             return Ok(None);
@@ -189,6 +207,7 @@ fn parse_options() -> Result<Option<Options>> {
         seed: 11,
         keep: false,
         only: Vec::new(),
+        messages: 46,
         settings: Vec::new(),
     };
     while let Some(flag) = args.next() {
@@ -225,6 +244,7 @@ fn parse_options() -> Result<Option<Options>> {
             "--ingress-mib" => options.ingress_mib = Some(number),
             "--extra-peers" => options.extra_peers = usize::try_from(number)?,
             "--seed" => options.seed = number,
+            "--messages" => options.messages = number,
             _ => bail!("unknown argument {flag}\n{USAGE}"),
         }
     }
@@ -264,10 +284,15 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<ExitCode> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("carry-member") {
+        carry::member(&args[2..])?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let Some(options) = parse_options()? else {
         return Ok(ExitCode::SUCCESS);
     };
-    print_machine(options.mode != Mode::Cpu)?;
+    print_machine(matches!(options.mode, Mode::Transfer | Mode::Fanout))?;
     let all_good = match options.mode {
         Mode::Cpu => {
             CpuCeiling::measure()?.print();
@@ -275,6 +300,7 @@ fn run() -> Result<ExitCode> {
         }
         Mode::Transfer => TransferBench::run(&options)?,
         Mode::Fanout => FanoutBench::run_settings(&options)?,
+        Mode::Carry => run_carry(&options)?,
     };
     println!("load average at the end: {}", load_average());
     Ok(if all_good {
@@ -328,6 +354,43 @@ fn load_average() -> String {
                 .join(" ")
         })
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// `carry`: each setting's traffic carried without Shoal, with and without its small messages.
+fn run_carry(options: &Options) -> Result<bool> {
+    let settings = if options.settings.is_empty() {
+        vec![(options.nodes, options.rate_mib)]
+    } else {
+        options.settings.clone()
+    };
+    println!(
+        "carrying a fan-out's chunks and {} small messages per MiB delivered between processes, \
+         without Shoal (CPU of every process per GB delivered):",
+        options.messages
+    );
+    println!(
+        "{:>7} {:>6} {:>14} {:>14} {:>10} {:>14}",
+        "nodes", "MiB/s", "chunks only", "with messages", "msgs/MiB", "us per message"
+    );
+    for (nodes, rate_mib) in settings {
+        let carry = |messages_per_mib: f64| {
+            carry::Carry {
+                nodes,
+                rate_mib: rate_mib as f64,
+                messages_per_mib,
+            }
+            .measure()
+        };
+        let bare = carry(0.0)?;
+        let full = carry(options.messages as f64)?;
+        let per_message_us =
+            (full.cpu_per_gb - bare.cpu_per_gb) / (full.messages_per_mib * 1e9 / MIB) * 1e6;
+        println!(
+            "{nodes:>7} {rate_mib:>6} {:>14.2} {:>14.2} {:>10.1} {per_message_us:>14.1}",
+            bare.cpu_per_gb, full.cpu_per_gb, full.messages_per_mib
+        );
+    }
+    Ok(true)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -496,6 +559,11 @@ impl CpuCeiling {
     /// encryption on the sender, decryption on the receiver.
     fn per_core(&self) -> f64 {
         1.0 / (1.0 / self.sha256 + 1.0 / self.blake3 + 1.0 / self.encrypt + 1.0 / self.decrypt)
+    }
+
+    /// The CPU seconds that hashing and sealing one GB delivered takes, both ends together.
+    fn receiver_and_sender_per_gb(&self) -> f64 {
+        1e9 / self.per_core()
     }
 
     fn print(&self) {
@@ -726,6 +794,10 @@ struct FanoutRow {
     /// received.
     faults_per_mib: f64,
     simulated: Option<simulated::Simulated>,
+    /// The floor under `cpu_per_gb` (`--settings` only): this setting's chunks and small
+    /// messages carried between as many processes without Shoal (`carry.rs`), plus the hashing
+    /// and sealing every byte needs.
+    floor_per_gb: Option<f64>,
     all_good: bool,
 }
 
@@ -761,6 +833,7 @@ impl FanoutBench {
         if options.settings.is_empty() {
             return Ok(FanoutBench::run(options)?.all_good);
         }
+        let compute_per_gb = CpuCeiling::measure()?.receiver_and_sender_per_gb();
         let mut rows = Vec::new();
         for &(nodes, rate_mib) in &options.settings {
             println!("\n=== fan-out: {nodes} nodes at {rate_mib} MiB/s");
@@ -769,7 +842,25 @@ impl FanoutBench {
                 rate_mib,
                 ..options.clone()
             };
-            rows.push(FanoutBench::run(&setting)?);
+            let mut row = FanoutBench::run(&setting)?;
+            // Each chunk is asked for once and answered, each refusal is a request and a
+            // `Busy`; the pushes come on top.
+            let messages_per_mib = row.pushes_per_mib + 1.0 + 2.0 * row.busy_per_mib;
+            let carried = carry::Carry {
+                nodes,
+                rate_mib: rate_mib as f64,
+                messages_per_mib,
+            }
+            .measure()?;
+            println!(
+                "  floor: carrying the chunks and {messages_per_mib:.1} small messages per MiB \
+                 between {} processes without Shoal {:.2} CPU-s/GB, hashing and sealing \
+                 {compute_per_gb:.2}",
+                nodes + 1,
+                carried.cpu_per_gb
+            );
+            row.floor_per_gb = Some(carried.cpu_per_gb + compute_per_gb);
+            rows.push(row);
         }
         print_settings_table(&rows);
         Ok(rows.iter().all(|row| row.all_good))
@@ -1043,6 +1134,7 @@ impl FanoutBench {
             busy_per_mib,
             faults_per_mib,
             simulated,
+            floor_per_gb: None,
             all_good,
         })
     }
@@ -1132,7 +1224,8 @@ impl FanoutBench {
 /// against the 1-node setting at its own rate, when there are such settings. A node's CPU per
 /// GB grows as its rate falls (time-driven work spreads over fewer bytes, every chunk comes
 /// in a burst that wakes the node afresh), so the second tells the swarm's own cost from its
-/// members' low rate.
+/// members' low rate. The floor is what the same processes spend carrying the setting's
+/// chunks and small messages without Shoal, plus the hashing and sealing every byte needs.
 fn print_settings_table(rows: &[FanoutRow]) {
     let one_node = |rate_mib: Option<u64>| {
         rows.iter()
@@ -1142,10 +1235,11 @@ fn print_settings_table(rows: &[FanoutRow]) {
     let reference = one_node(None);
     println!(
         "\nfan-outs (last node over T_min, seed upload over F, have-feed pushes and Busy answers \
-         per MiB delivered, CPU of every node per GB delivered and its page faults per MiB):"
+         per MiB delivered, CPU of every node per GB delivered and its page faults per MiB, \
+         the floor under that CPU):"
     );
     println!(
-        "  {:>6} {:>6}  {:>9} {:>9} {:>6}  {:>7} {:>7}  {:>8} {:>7}  {:>8} {:>7}  {:>8} {:>11} {:>11} {:>11}",
+        "  {:>6} {:>6}  {:>9} {:>9} {:>6}  {:>7} {:>7}  {:>8} {:>7}  {:>8} {:>7}  {:>8} {:>11} {:>11} {:>11} {:>10} {:>8}",
         "nodes",
         "MiB/s",
         "last real",
@@ -1160,7 +1254,9 @@ fn print_settings_table(rows: &[FanoutRow]) {
         "CPU s/GB",
         "x reference",
         "x same rate",
-        "faults/MiB"
+        "faults/MiB",
+        "floor s/GB",
+        "x floor"
     );
     for row in rows {
         let simulated = row.simulated.map(|simulated| {
@@ -1185,8 +1281,11 @@ fn print_settings_table(rows: &[FanoutRow]) {
         let against = |one: Option<f64>| {
             one.map_or("-".to_owned(), |one| format!("{:.2}", row.cpu_per_gb / one))
         };
+        let floor = row
+            .floor_per_gb
+            .map_or("-".to_owned(), |floor| format!("{floor:.2}"));
         println!(
-            "  {:>6} {:>6}  {:>9.2} {:>9} {:>6}  {:>7.2} {:>7}  {:>8.1} {:>7}  {:>8.1} {:>7}  {:>8.2} {:>11} {:>11} {:>11.0}{}",
+            "  {:>6} {:>6}  {:>9.2} {:>9} {:>6}  {:>7.2} {:>7}  {:>8.1} {:>7}  {:>8.1} {:>7}  {:>8.2} {:>11} {:>11} {:>11.0} {:>10} {:>8}{}",
             row.nodes,
             row.rate_mib,
             row.last_over_t_min,
@@ -1202,6 +1301,8 @@ fn print_settings_table(rows: &[FanoutRow]) {
             against(reference),
             against(one_node(Some(row.rate_mib))),
             row.faults_per_mib,
+            floor,
+            against(row.floor_per_gb),
             if row.all_good { "" } else { "  FAILED" }
         );
     }
