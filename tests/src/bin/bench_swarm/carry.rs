@@ -73,16 +73,16 @@ impl Carry {
             } else {
                 member_mib
             };
-            let mut child = Command::new(&program)
+            let child = Command::new(&program)
                 .arg("carry-member")
                 .args([index.to_string(), processes.to_string()])
                 .args([mib_per_s.to_string(), small_per_s.to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()?;
-            let port = read_line(&mut child)?;
-            ports.push(port);
             children.push(Member { child });
+            let member = children.last_mut().context("a member just started")?;
+            ports.push(read_line(&mut member.child)?);
         }
         let line = ports.join(" ") + "\n";
         tell_all(&mut children, &line)?;
