@@ -1225,21 +1225,23 @@ impl FanoutBench {
 /// GB grows as its rate falls (time-driven work spreads over fewer bytes, every chunk comes
 /// in a burst that wakes the node afresh), so the second tells the swarm's own cost from its
 /// members' low rate. The floor is what the same processes spend carrying the setting's
-/// chunks and small messages without Shoal, plus the hashing and sealing every byte needs.
+/// chunks and small messages without Shoal, plus the hashing and sealing every byte needs;
+/// the last column sets it against the reference's floor, the ratio the arrangement itself
+/// requires.
 fn print_settings_table(rows: &[FanoutRow]) {
     let one_node = |rate_mib: Option<u64>| {
         rows.iter()
             .find(|row| row.nodes == 1 && rate_mib.is_none_or(|rate| row.rate_mib == rate))
-            .map(|row| row.cpu_per_gb)
     };
-    let reference = one_node(None);
+    let reference = one_node(None).map(|row| row.cpu_per_gb);
+    let reference_floor = one_node(None).and_then(|row| row.floor_per_gb);
     println!(
         "\nfan-outs (last node over T_min, seed upload over F, have-feed pushes and Busy answers \
          per MiB delivered, CPU of every node per GB delivered and its page faults per MiB, \
          the floor under that CPU):"
     );
     println!(
-        "  {:>6} {:>6}  {:>9} {:>9} {:>6}  {:>7} {:>7}  {:>8} {:>7}  {:>8} {:>7}  {:>8} {:>11} {:>11} {:>11} {:>10} {:>8}",
+        "  {:>6} {:>6}  {:>9} {:>9} {:>6}  {:>7} {:>7}  {:>8} {:>7}  {:>8} {:>7}  {:>8} {:>11} {:>11} {:>11} {:>10} {:>8} {:>15}",
         "nodes",
         "MiB/s",
         "last real",
@@ -1256,7 +1258,8 @@ fn print_settings_table(rows: &[FanoutRow]) {
         "x same rate",
         "faults/MiB",
         "floor s/GB",
-        "x floor"
+        "x floor",
+        "floor x ref's"
     );
     for row in rows {
         let simulated = row.simulated.map(|simulated| {
@@ -1284,8 +1287,12 @@ fn print_settings_table(rows: &[FanoutRow]) {
         let floor = row
             .floor_per_gb
             .map_or("-".to_owned(), |floor| format!("{floor:.2}"));
+        let floor_against_reference = match (row.floor_per_gb, reference_floor) {
+            (Some(floor), Some(reference)) => format!("{:.2}", floor / reference),
+            _ => "-".to_owned(),
+        };
         println!(
-            "  {:>6} {:>6}  {:>9.2} {:>9} {:>6}  {:>7.2} {:>7}  {:>8.1} {:>7}  {:>8.1} {:>7}  {:>8.2} {:>11} {:>11} {:>11.0} {:>10} {:>8}{}",
+            "  {:>6} {:>6}  {:>9.2} {:>9} {:>6}  {:>7.2} {:>7}  {:>8.1} {:>7}  {:>8.1} {:>7}  {:>8.2} {:>11} {:>11} {:>11.0} {:>10} {:>8} {:>15}{}",
             row.nodes,
             row.rate_mib,
             row.last_over_t_min,
@@ -1299,10 +1306,11 @@ fn print_settings_table(rows: &[FanoutRow]) {
             simulated_busy,
             row.cpu_per_gb,
             against(reference),
-            against(one_node(Some(row.rate_mib))),
+            against(one_node(Some(row.rate_mib)).map(|row| row.cpu_per_gb)),
             row.faults_per_mib,
             floor,
             against(row.floor_per_gb),
+            floor_against_reference,
             if row.all_good { "" } else { "  FAILED" }
         );
     }
