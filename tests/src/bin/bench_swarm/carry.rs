@@ -511,16 +511,22 @@ fn process_cpu_seconds() -> Result<f64> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+
     use super::*;
 
     /// Two members on one connection, each sending chunks and small messages, then going
-    /// quiet until what is in flight has arrived: each receives exactly what the other sent.
+    /// quiet and reading until what its peer sent has arrived: each receives exactly what the
+    /// other sent.
     #[test]
     fn members_receive_what_their_peer_sent() -> Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let connector = TcpStream::connect(listener.local_addr()?)?;
         let (acceptor, _) = listener.accept()?;
-        let run = |stream: TcpStream, seed: u64| {
+        let run = |stream: TcpStream,
+                   seed: u64,
+                   tell: mpsc::Sender<Counts>,
+                   told: mpsc::Receiver<Counts>| {
             std::thread::spawn(move || -> Result<(Counts, Counts)> {
                 stream.set_nonblocking(true)?;
                 let mut member = Exchange::new(vec![stream], seed, 40.0, 2000.0)?;
@@ -528,12 +534,19 @@ mod tests {
                 member.chunk_every = None;
                 member.small_rate = 0.0;
                 member.next_small = Instant::now() + Duration::from_secs(3600);
-                member.run_for(Duration::from_millis(500))?;
+                tell.send(member.sent)?;
+                let peer_sent = told.recv()?;
+                let give_up = Instant::now() + Duration::from_secs(30);
+                while member.received != peer_sent && Instant::now() < give_up {
+                    member.run_for(Duration::from_millis(20))?;
+                }
                 Ok((member.sent, member.received))
             })
         };
-        let first = run(connector, 1);
-        let second = run(acceptor, 2);
+        let (to_second, from_first) = mpsc::channel();
+        let (to_first, from_second) = mpsc::channel();
+        let first = run(connector, 1, to_second, from_second);
+        let second = run(acceptor, 2, to_first, from_first);
         let (first_sent, first_received) = first.join().expect("first member")?;
         let (second_sent, second_received) = second.join().expect("second member")?;
         assert!(
