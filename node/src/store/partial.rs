@@ -607,6 +607,29 @@ mod tests {
         write_and_complete(&store, partial, &bytes, order);
     }
 
+    /// Once the sha256 runs elsewhere, counting a written chunk as had reads nothing back and
+    /// hashes nothing (the transfer then does it on its own task, not a blocking thread); the
+    /// blob still completes, hashed from the file at the end.
+    #[test]
+    fn a_hash_elsewhere_leaves_written_chunks_unhashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..CHUNK_BYTES_MIN * 4).map(|i| (i % 7) as u8).collect();
+        let index = index_of(&bytes, Digest::of(&bytes));
+        let mut partial = PartialBlob::open(&store, index.clone()).unwrap();
+        assert!(partial.hashes_in_line());
+        partial.hash_elsewhere();
+        assert!(!partial.hashes_in_line());
+        for chunk in [0, 1, 2, 3] {
+            partial
+                .write_chunk(chunk, &chunk_of(&bytes, &index, chunk))
+                .unwrap();
+        }
+        assert_eq!(partial.hashed_chunks, 0);
+        partial.complete().unwrap();
+        assert!(store.has_blob(&index.blob()).unwrap());
+    }
+
     /// Without direct I/O (tmpfs, or a file system that refuses it), the same works through
     /// the page cache, read-backs for the running hash included.
     #[test]
