@@ -570,6 +570,32 @@ mod tests {
     use super::test_blobs::{chunk_of, index_of, lying_index};
     use super::*;
 
+    /// A new store in a temporary directory, and a blob of `chunks` smallest chunks of a
+    /// repeating pattern (`i % modulus`) with its index.
+    struct Blob {
+        _dir: tempfile::TempDir,
+        store: Store,
+        bytes: Vec<u8>,
+        index: ChunkIndex,
+    }
+
+    impl Blob {
+        fn in_new_store(chunks: u32, modulus: u32) -> Blob {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, _) = Store::open(dir.path()).unwrap();
+            let bytes: Vec<u8> = (0..CHUNK_BYTES_MIN * chunks)
+                .map(|i| (i % modulus) as u8)
+                .collect();
+            let index = index_of(&bytes, Digest::of(&bytes));
+            Blob {
+                _dir: dir,
+                store,
+                bytes,
+                index,
+            }
+        }
+    }
+
     /// Writes the chunks of `bytes` in `order`, completes the blob and checks it is stored.
     fn write_and_complete(
         store: &Store,
@@ -612,10 +638,12 @@ mod tests {
     /// blob still completes, hashed from the file at the end.
     #[test]
     fn a_hash_elsewhere_leaves_written_chunks_unhashed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path()).unwrap();
-        let bytes: Vec<u8> = (0..CHUNK_BYTES_MIN * 4).map(|i| (i % 7) as u8).collect();
-        let index = index_of(&bytes, Digest::of(&bytes));
+        let Blob {
+            _dir,
+            store,
+            bytes,
+            index,
+        } = Blob::in_new_store(4, 7);
         let mut partial = PartialBlob::open(&store, index.clone()).unwrap();
         assert!(partial.hashes_in_line());
         partial.hash_elsewhere();
@@ -648,10 +676,12 @@ mod tests {
     /// disk from where they are.
     #[test]
     fn chunks_written_at_once_from_many_threads_complete_the_blob() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path()).unwrap();
-        let bytes: Vec<u8> = (0..CHUNK_BYTES_MIN * 16).map(|i| (i % 251) as u8).collect();
-        let index = index_of(&bytes, Digest::of(&bytes));
+        let Blob {
+            _dir,
+            store,
+            bytes,
+            index,
+        } = Blob::in_new_store(16, 251);
         let mut partial = PartialBlob::open(&store, index.clone()).unwrap();
         let order = [9, 3, 15, 0, 7, 12, 1, 14, 4, 10, 2, 13, 5, 8, 11, 6];
         std::thread::scope(|scope| {
