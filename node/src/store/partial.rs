@@ -638,19 +638,15 @@ mod tests {
     /// blob still completes, hashed from the file at the end.
     #[test]
     fn a_hash_elsewhere_leaves_written_chunks_unhashed() {
-        let Blob {
-            _dir,
-            store,
-            bytes,
-            index,
-        } = Blob::in_new_store(4, 7);
-        let mut partial = PartialBlob::open(&store, index.clone()).unwrap();
+        let blob = Blob::in_new_store(4, 7);
+        let (store, bytes, index) = (&blob.store, &blob.bytes, &blob.index);
+        let mut partial = PartialBlob::open(store, index.clone()).unwrap();
         assert!(partial.hashes_in_line());
         partial.hash_elsewhere();
         assert!(!partial.hashes_in_line());
         for chunk in [0, 1, 2, 3] {
             partial
-                .write_chunk(chunk, &chunk_of(&bytes, &index, chunk))
+                .write_chunk(chunk, &chunk_of(bytes, index, chunk))
                 .unwrap();
         }
         assert_eq!(partial.hashed_chunks, 0);
@@ -676,18 +672,14 @@ mod tests {
     /// disk from where they are.
     #[test]
     fn chunks_written_at_once_from_many_threads_complete_the_blob() {
-        let Blob {
-            _dir,
-            store,
-            bytes,
-            index,
-        } = Blob::in_new_store(16, 251);
-        let mut partial = PartialBlob::open(&store, index.clone()).unwrap();
+        let blob = Blob::in_new_store(16, 251);
+        let (store, bytes, index) = (&blob.store, &blob.bytes, &blob.index);
+        let mut partial = PartialBlob::open(store, index.clone()).unwrap();
         let order = [9, 3, 15, 0, 7, 12, 1, 14, 4, 10, 2, 13, 5, 8, 11, 6];
         std::thread::scope(|scope| {
             for chunk in order {
                 let writer = partial.writer();
-                let chunk_bytes = chunk_of(&bytes, &index, chunk);
+                let chunk_bytes = chunk_of(bytes, index, chunk);
                 scope.spawn(move || writer.write(chunk, &chunk_bytes).unwrap());
             }
         });
@@ -698,7 +690,7 @@ mod tests {
         );
         for chunk in order {
             partial
-                .written(chunk, &chunk_of(&bytes, &index, chunk))
+                .written(chunk, &chunk_of(bytes, index, chunk))
                 .unwrap();
         }
         partial.complete().unwrap();
