@@ -25,6 +25,8 @@ use anyhow::{Context, Result, bail, ensure};
 use rustix::event::epoll;
 use shoal_protocol::rng::SplitMix64;
 
+use super::Options;
+
 /// The size of a small message: about a sealed push, chunk request or `Busy` answer.
 pub const SMALL_MESSAGE_BYTES: usize = 128;
 /// The size of a chunk: the node's chunks.
@@ -108,6 +110,43 @@ impl Carry {
             messages_per_mib: small as f64 / (bytes as f64 / MIB),
         })
     }
+}
+
+/// `carry`: each setting's traffic carried without Shoal, with and without its small messages.
+pub fn run(options: &Options) -> Result<bool> {
+    let settings = if options.settings.is_empty() {
+        vec![(options.nodes, options.rate_mib)]
+    } else {
+        options.settings.clone()
+    };
+    println!(
+        "carrying a fan-out's chunks and {} small messages per MiB delivered between processes, \
+         without Shoal (CPU of every process per GB delivered):",
+        options.messages
+    );
+    println!(
+        "{:>7} {:>6} {:>14} {:>14} {:>10} {:>14}",
+        "nodes", "MiB/s", "chunks only", "with messages", "msgs/MiB", "us per message"
+    );
+    for (nodes, rate_mib) in settings {
+        let carry = |messages_per_mib: f64| {
+            Carry {
+                nodes,
+                rate_mib: rate_mib as f64,
+                messages_per_mib,
+            }
+            .measure()
+        };
+        let bare = carry(0.0)?;
+        let full = carry(options.messages as f64)?;
+        let per_message_us =
+            (full.cpu_per_gb - bare.cpu_per_gb) / (full.messages_per_mib * 1e9 / MIB) * 1e6;
+        println!(
+            "{nodes:>7} {rate_mib:>6} {:>14.2} {:>14.2} {:>10.1} {per_message_us:>14.1}",
+            bare.cpu_per_gb, full.cpu_per_gb, full.messages_per_mib
+        );
+    }
+    Ok(true)
 }
 
 /// A member process, killed if the run ends early.

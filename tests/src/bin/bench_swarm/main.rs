@@ -300,7 +300,7 @@ fn run() -> Result<ExitCode> {
         }
         Mode::Transfer => TransferBench::run(&options)?,
         Mode::Fanout => FanoutBench::run_settings(&options)?,
-        Mode::Carry => run_carry(&options)?,
+        Mode::Carry => carry::run(&options)?,
     };
     println!("load average at the end: {}", load_average());
     Ok(if all_good {
@@ -354,43 +354,6 @@ fn load_average() -> String {
                 .join(" ")
         })
         .unwrap_or_else(|_| "unknown".into())
-}
-
-/// `carry`: each setting's traffic carried without Shoal, with and without its small messages.
-fn run_carry(options: &Options) -> Result<bool> {
-    let settings = if options.settings.is_empty() {
-        vec![(options.nodes, options.rate_mib)]
-    } else {
-        options.settings.clone()
-    };
-    println!(
-        "carrying a fan-out's chunks and {} small messages per MiB delivered between processes, \
-         without Shoal (CPU of every process per GB delivered):",
-        options.messages
-    );
-    println!(
-        "{:>7} {:>6} {:>14} {:>14} {:>10} {:>14}",
-        "nodes", "MiB/s", "chunks only", "with messages", "msgs/MiB", "us per message"
-    );
-    for (nodes, rate_mib) in settings {
-        let carry = |messages_per_mib: f64| {
-            carry::Carry {
-                nodes,
-                rate_mib: rate_mib as f64,
-                messages_per_mib,
-            }
-            .measure()
-        };
-        let bare = carry(0.0)?;
-        let full = carry(options.messages as f64)?;
-        let per_message_us =
-            (full.cpu_per_gb - bare.cpu_per_gb) / (full.messages_per_mib * 1e9 / MIB) * 1e6;
-        println!(
-            "{nodes:>7} {rate_mib:>6} {:>14.2} {:>14.2} {:>10.1} {per_message_us:>14.1}",
-            bare.cpu_per_gb, full.cpu_per_gb, full.messages_per_mib
-        );
-    }
-    Ok(true)
 }
 
 // ---------------------------------------------------------------------------------------------
