@@ -192,26 +192,36 @@ pub async fn write_chunk_answer<T: AsyncWrite + Unpin>(
 }
 
 /// Writes the frame of a chunk response carrying `bytes`, without flushing.
+///
+/// [`read_chunk_answer`] takes the frame's first [`wire::FRAME_HEAD_BYTES`] in one read, the
+/// chunk's first few bytes among them, and the rest of the chunk in a second read, straight
+/// into the chunk's buffer. Those first few go out with the head, in writes of their own, so
+/// that on a lane (which gathers small writes into one record and seals a large one as
+/// records of its own) the chunk's records begin where that second read does: each opens
+/// straight into the buffer, where a record straddling the two reads is opened in place and
+/// copied out.
 async fn write_chunk_frame<T: AsyncWrite + Unpin>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
     let head = wire::chunk_response_head(bytes.len()).map_err(invalid)?;
-    write_frame_parts(io, &head, bytes).await
+    let read_with_head = wire::FRAME_HEAD_BYTES
+        .saturating_sub(head.len())
+        .min(bytes.len());
+    let (first, rest) = bytes.split_at(read_with_head);
+    write_frame_parts(io, &[&head, first, rest]).await
 }
 
 async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, frame: &[u8]) -> io::Result<()> {
-    write_frame_parts(io, frame, &[]).await
+    write_frame_parts(io, &[frame]).await
 }
 
-/// Writes one frame made of `head` followed by `body`, without flushing.
-async fn write_frame_parts<T: AsyncWrite + Unpin>(
-    io: &mut T,
-    head: &[u8],
-    body: &[u8],
-) -> io::Result<()> {
-    let length =
-        u32::try_from(head.len() + body.len()).map_err(|_| io::Error::other("frame too large"))?;
+/// Writes one frame made of `parts`, each in writes of its own, without flushing.
+async fn write_frame_parts<T: AsyncWrite + Unpin>(io: &mut T, parts: &[&[u8]]) -> io::Result<()> {
+    let length = parts.iter().map(|part| part.len()).sum::<usize>();
+    let length = u32::try_from(length).map_err(|_| io::Error::other("frame too large"))?;
     io.write_all(&length.to_be_bytes()).await?;
-    io.write_all(head).await?;
-    io.write_all(body).await
+    for part in parts {
+        io.write_all(part).await?;
+    }
+    Ok(())
 }
 
 /// Writes one response frame, without flushing. A chunk leaves from its own buffer, not
@@ -327,6 +337,60 @@ mod tests {
                 let read = read_chunk_answer(&mut Cursor::new(written), &buffers).await;
                 assert_eq!(read.unwrap(), answer);
             }
+        }
+    }
+
+    /// Records where each write call starts, as a lane's record boundaries would.
+    #[derive(Default)]
+    struct WriteStarts {
+        written: Vec<u8>,
+        starts: Vec<usize>,
+    }
+
+    impl futures_util::AsyncWrite for WriteStarts {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.starts.push(this.written.len());
+            this.written.extend_from_slice(buf);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The reader takes a chunk frame's length and first `FRAME_HEAD_BYTES` in two reads and
+    /// the rest in a third: the writer starts a write where that third read starts, so that a
+    /// lane's records of the chunk open straight into the reader's buffer.
+    #[tokio::test]
+    async fn a_chunk_is_written_from_where_its_reader_reads_it_whole() {
+        for len in [0, 3, 4, 5, 300, 1 << 20] {
+            let answer = ChunkAnswer::Chunk(Bytes::from(vec![9u8; len]));
+            let mut wire = WriteStarts::default();
+            write_chunk_answer(&mut wire, &answer).await.unwrap();
+            let frame_len = wire.written.len() - 4;
+            let head_read = 4 + frame_len.min(wire::FRAME_HEAD_BYTES);
+            if head_read < wire.written.len() {
+                assert!(wire.starts.contains(&head_read), "{len}: {:?}", wire.starts);
+            }
+            let buffers = ChunkBuffers::default();
+            let read = read_chunk_answer(&mut Cursor::new(wire.written), &buffers).await;
+            assert_eq!(read.unwrap(), answer);
         }
     }
 
