@@ -394,6 +394,40 @@ mod tests {
         }
     }
 
+    /// Hands out what it holds at most `piece` bytes per read, as a stream does.
+    struct Pieces {
+        wire: Cursor<Vec<u8>>,
+        piece: usize,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let piece = buf.len().min(this.piece);
+            std::pin::Pin::new(&mut this.wire).poll_read(cx, &mut buf[..piece])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunk_read_in_pieces_reads_back_whole() {
+        let bytes: Vec<u8> = (0..(1 << 20) + 17).map(|i| (i * 7) as u8).collect();
+        let answer = ChunkAnswer::Chunk(Bytes::from(bytes));
+        let mut wire = Cursor::new(Vec::new());
+        write_chunk_answer(&mut wire, &answer).await.unwrap();
+        for piece in [1, 3, 1000, 65_536, 300_001] {
+            let mut pieces = Pieces {
+                wire: Cursor::new(wire.get_ref().clone()),
+                piece,
+            };
+            let read = read_chunk_answer(&mut pieces, &ChunkBuffers::default()).await;
+            assert_eq!(read.unwrap(), answer, "pieces of {piece}");
+        }
+    }
+
     /// On a lane, bitfield answers and chunk answers share the link, in order.
     #[tokio::test]
     async fn link_answers_of_both_kinds_read_back_in_order() {
