@@ -5,9 +5,13 @@
 //! tag; the length is the record's associated data. A record that fails to open (a changed,
 //! reordered, replayed or foreign byte) ends the stream with an error; nothing of it is read.
 //!
-//! Records are up to [`RECORD_PLAINTEXT_MAX`] bytes, sealed and opened in place in one buffer
-//! per direction: writing a chunk costs one copy into the record and the sealing; reading it,
-//! the opening and one copy out.
+//! Records are up to [`RECORD_PLAINTEXT_MAX`] bytes, with one buffer per direction. A large
+//! write is sealed from the caller's buffer into the outgoing one, and a record read into a
+//! buffer at least its plaintext's size is opened straight into it: a chunk costs the sealing
+//! and the opening, no copy besides. Small writes gather into one record; a read smaller than
+//! the next record opens it in place and copies out of it, so the chunk links' codec writes a
+//! chunk's first bytes with its frame's head, where the reader takes them
+//! (`network/codec.rs`), and each of the chunk's records meets a read of its own size or more.
 
 use std::io;
 use std::pin::Pin;
