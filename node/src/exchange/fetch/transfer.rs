@@ -19,8 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::{SelectAll, Stream};
 use libp2p::PeerId;
 use shoal_protocol::chunk::ChunkIndex;
+use shoal_protocol::feed::FeedUpdate;
 use shoal_protocol::fetch::fallback::DELEGATE_STALL;
 use shoal_protocol::fetch::{
     ChunkReply, Fetch, FetchAction, FetchEvent, GiveUp, IndexAnswer, LOCATE_TIMEOUT, PEER_REFRESH,
@@ -35,7 +38,7 @@ use tokio::task::JoinSet;
 use super::sha256_behind::Sha256Behind;
 use super::upstream::{self, Download};
 use super::{FetchContext, Origin, Progress, SequentialBlob, TransferError, WrongContent};
-use crate::network::{ChunkAnswer, RequestError};
+use crate::network::{ChunkAnswer, HaveWatch, RequestError};
 use crate::observe::Counters;
 use crate::store::{PartialBlob, recorded_index};
 
@@ -44,9 +47,6 @@ use crate::store::{PartialBlob, recorded_index};
 const IDLE_TICK: Duration = Duration::from_secs(365 * 86_400);
 /// How often progress is made durable.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
-/// Bitfield updates pushed by peers' have feeds, queued for the transfer; a full queue holds
-/// the feeds back (each keeps only its latest update meanwhile).
-const PUSHED_QUEUE_LEN: usize = 64;
 /// Chunk requests in flight to a peer relaying a blob it is downloading from its upstream.
 const RELAY_WINDOW: usize = 4;
 /// How often a relaying peer is asked again for a chunk it does not have yet.
@@ -132,11 +132,25 @@ struct Run<'a> {
     /// Whether a client has waited for a chunk of this transfer (`stream.rs`): from then on
     /// the sha256 beside it gives way, and the transfer no longer keeps pace with it.
     client_waited: bool,
-    /// The watches of peers' have feeds (`network/feed.rs`), one task each; the task ends
-    /// with the watch.
-    watches: JoinSet<PeerId>,
-    /// Where the watches put what the peers push.
-    pushed: mpsc::Sender<(PeerId, Response)>,
+    /// The watches of peers' have feeds (`network/feed.rs`), polled by the transfer's own
+    /// task: a push wakes it straight from the feed's reader.
+    watches: SelectAll<Watched>,
+}
+
+/// One peer's have feed as the transfer reads it: each update as it comes (the latest, when
+/// several came since the last read), then `None` once the watch has ended.
+type Watched = std::pin::Pin<Box<dyn Stream<Item = (PeerId, Option<FeedUpdate>)> + Send + Sync>>;
+
+fn watched(peer: PeerId, watch: HaveWatch) -> Watched {
+    Box::pin(futures_util::stream::unfold(
+        Some(watch),
+        move |watch| async move {
+            let mut watch = watch?;
+            let update = watch.next().await;
+            let going_on = update.is_some().then_some(watch);
+            Some(((peer, update), going_on))
+        },
+    ))
 }
 
 pub async fn run(
@@ -146,7 +160,6 @@ pub async fn run(
     progress: &watch::Sender<Progress>,
     mut focus: mpsc::Receiver<u32>,
 ) -> Result<(), TransferError> {
-    let (pushed, mut pushes) = mpsc::channel(PUSHED_QUEUE_LEN);
     let has_upstream = origin
         .as_ref()
         .is_some_and(|origin| context.upstreams.for_repo(&origin.repo).is_some());
@@ -174,8 +187,7 @@ pub async fn run(
         ending: None,
         sha256_behind: None,
         client_waited: false,
-        watches: JoinSet::new(),
-        pushed,
+        watches: SelectAll::new(),
     };
     let store = run.context.store.clone();
     // Asked for by a peer (or a reader racing a transfer that just ended): nothing to do.
@@ -210,8 +222,10 @@ pub async fn run(
         tokio::select! {
             Some(Ok(outcome)) = run.tasks.join_next(), if !run.tasks.is_empty() => run.on_outcome(outcome).await?,
             Some(written) = run.writes.join_next(), if !run.writes.is_empty() => run.on_written(written?)?,
-            Some((peer, response)) = pushes.recv() => run.on_have(peer, Ok(response), true).await?,
-            Some(Ok(peer)) = run.watches.join_next(), if !run.watches.is_empty() => run.fetch.watch_ended(&peer),
+            Some((peer, update)) = run.watches.next(), if !run.watches.is_empty() => match update {
+                Some(update) => run.on_have(peer, Ok(update.into_response()), true).await?,
+                None => run.fetch.watch_ended(&peer),
+            },
             Some(chunk) = focus.recv() => {
                 run.client_waited = true;
                 run.hash_gives_way();
@@ -509,19 +523,11 @@ impl Run<'_> {
 
     /// Watches `peer`'s bitfield on its have feed; a peer that gives no feed is polled.
     fn watch(&mut self, peer: PeerId) {
-        let Some(mut watch) = self.context.network.watch_have(peer, self.blob) else {
+        let Some(watch) = self.context.network.watch_have(peer, self.blob) else {
             self.fetch.watch_ended(&peer);
             return;
         };
-        let pushed = self.pushed.clone();
-        self.watches.spawn(async move {
-            while let Some(update) = watch.next().await {
-                if pushed.send((peer, update.into_response())).await.is_err() {
-                    break;
-                }
-            }
-            peer
-        });
+        self.watches.push(watched(peer, watch));
     }
 
     fn request_index(&mut self, peer: PeerId) {
