@@ -125,6 +125,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             locality: locality.clone(),
             upstreams: upstreams.clone(),
             chunk_requests: Arc::default(),
+            uplink_refusals: Arc::default(),
         },
         shutdown.clone(),
     );

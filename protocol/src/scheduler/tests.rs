@@ -355,6 +355,64 @@ fn a_peer_busy_with_our_own_requests_keeps_them_without_resting_and_grows_no_fur
     s.check_invariants();
 }
 
+#[test]
+fn a_peer_that_refused_another_transfer_rests_here_too_without_being_asked() {
+    let mut s = S::new(2, config(), 5);
+    assert!(requests(&join(&mut s, "busy", Bitmap::new(2), 0)).is_empty());
+    s.uplink_refused_elsewhere(&"busy", ms(10));
+    let actions = s.handle(
+        Event::PeerHave {
+            peer: "busy",
+            have: Bitmap::full(2),
+        },
+        ms(20),
+    );
+    s.check_invariants();
+    assert!(requests(&actions).is_empty(), "resting until 10 + 50 ms");
+    assert_eq!(s.next_wakeup(), Some(ms(60)));
+    assert_eq!(requests(&s.handle(Event::Tick, ms(60))).len(), 2);
+    s.check_invariants();
+    assert_eq!(
+        s.peers().next().unwrap().1.in_flight_limit,
+        8,
+        "its limit did not shrink: this transfer was not refused"
+    );
+}
+
+#[test]
+fn a_refusal_elsewhere_caps_a_peer_at_the_requests_already_queued_there() {
+    let mut cfg = config();
+    cfg.requests_per_peer_initial = 2;
+    let mut s = S::new(16, cfg, 5);
+    let sent = requests(&join(&mut s, "seed", Bitmap::full(16), 0));
+    assert_eq!(sent.len(), 2);
+    s.uplink_refused_elsewhere(&"seed", ms(5));
+    // An arrival within the rest makes room for one more, not two.
+    assert_eq!(requests(&arrive(&mut s, "seed", sent[0].1, 20)).len(), 1);
+    assert_eq!(s.peers().next().unwrap().1.in_flight_limit, 2);
+    // After it, good chunks grow the limit again.
+    let in_flight: Vec<u32> = s.requests_in_flight().map(|(_, c)| c).collect();
+    assert_eq!(requests(&arrive(&mut s, "seed", in_flight[0], 60)).len(), 2);
+    s.check_invariants();
+}
+
+#[test]
+fn a_refusal_elsewhere_already_past_its_rest_changes_nothing() {
+    let mut s = S::new(2, config(), 5);
+    assert!(requests(&join(&mut s, "late", Bitmap::new(2), 100)).is_empty());
+    s.uplink_refused_elsewhere(&"late", ms(40));
+    s.uplink_refused_elsewhere(&"nobody", ms(90));
+    let actions = s.handle(
+        Event::PeerHave {
+            peer: "late",
+            have: Bitmap::full(2),
+        },
+        ms(110),
+    );
+    assert_eq!(requests(&actions).len(), 2, "40 + 50 ms was over at 100");
+    s.check_invariants();
+}
+
 /// A config whose window, not the peers' limits, bounds the requests in flight.
 fn windowed() -> SchedulerConfig {
     SchedulerConfig {

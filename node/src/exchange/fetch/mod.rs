@@ -32,7 +32,7 @@ use crate::network::NetworkHandle;
 use crate::observe::Counters;
 use crate::store::Store;
 use crate::upstream::Upstreams;
-pub use downlink::ChunkRequests;
+pub use downlink::{ChunkRequests, UplinkRefusals};
 use running::{Running, RunningView};
 
 pub use arriving::ArrivingBytes;
@@ -61,6 +61,8 @@ pub struct FetchContext {
     pub upstreams: Upstreams,
     /// Chunk requests out over all transfers, which share the node's downlink.
     pub chunk_requests: Arc<ChunkRequests>,
+    /// Peers that refused one of the transfers for a full uplink lately.
+    pub uplink_refusals: Arc<UplinkRefusals>,
 }
 
 /// Where a blob was asked for, which says which upstream may have it when no peer does.

@@ -125,6 +125,8 @@ struct Run<'a> {
     /// Chunk writes running (at most [`WRITES_IN_FLIGHT_MAX`]).
     writes: JoinSet<Written>,
     started: Instant,
+    /// Where this transfer is in the node's [`UplinkRefusals`](super::downlink::UplinkRefusals).
+    refusals_read: u64,
     origin: Option<Origin>,
     ending: Option<Ending>,
     /// The sha256 running beside the transfer, when a trusted publisher signed the index.
@@ -172,6 +174,7 @@ pub async fn run(
     } else {
         Fetch::new(Duration::ZERO)
     };
+    let refusals_read = context.uplink_refusals.cursor();
     let mut run = Run {
         context,
         blob,
@@ -183,6 +186,7 @@ pub async fn run(
         partial: None,
         writes: JoinSet::new(),
         started: Instant::now(),
+        refusals_read,
         origin,
         ending: None,
         sha256_behind: None,
@@ -633,6 +637,11 @@ impl Run<'_> {
             Ok(Arrival::Busy(reason)) => (ChunkReply::Busy(reason), None),
             Ok(Arrival::NotFound) | Err(_) => (ChunkReply::Failed, None),
         };
+        if reply == ChunkReply::Busy(BusyReason::Egress) {
+            self.context
+                .uplink_refusals
+                .record(peer, self.blob, Instant::now());
+        }
         if reply == ChunkReply::Wrong && !self.progress.borrow().have.get(chunk) {
             tracing::warn!(%peer, chunk, "chunk failed verification");
             Counters::add(&self.context.counters.chunks_rejected, 1);
@@ -751,13 +760,22 @@ impl Run<'_> {
         self.carry_out(actions, None).await
     }
 
-    /// Tells the scheduler how many chunk requests the node's other transfers have out: they
-    /// count against its window.
+    /// Tells the scheduler how many chunk requests the node's other transfers have out (they
+    /// count against its window) and which peers refused them for full uplinks since it last
+    /// heard.
     fn share_downlink(&mut self) {
+        let refusals = self
+            .context
+            .uplink_refusals
+            .read(&mut self.refusals_read, &self.blob);
         let all = self.context.chunk_requests.in_flight();
         if let Some(scheduler) = self.fetch.scheduler_mut() {
             let own = scheduler.in_flight();
             scheduler.set_requests_elsewhere(all.saturating_sub(own));
+            for refusal in refusals {
+                let at = refusal.at.saturating_duration_since(self.started);
+                scheduler.uplink_refused_elsewhere(&refusal.peer, at);
+            }
         }
     }
 

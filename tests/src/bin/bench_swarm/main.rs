@@ -771,6 +771,9 @@ struct Messages {
     pushes: u64,
     /// Chunk requests answered `Busy`.
     busy: u64,
+    /// Of `busy`, those the seed or a member answered for super-seeding (the rest for a full
+    /// uplink).
+    busy_super_seeding: u64,
     links_on_lanes: u64,
     links_on_streams: u64,
     feeds_on_lanes: u64,
@@ -1043,6 +1046,7 @@ impl FanoutBench {
         let Messages {
             pushes,
             busy,
+            busy_super_seeding,
             links_on_lanes,
             links_on_streams,
             feeds_on_lanes,
@@ -1053,7 +1057,8 @@ impl FanoutBench {
             (pushes as f64 / delivered_mib, busy as f64 / delivered_mib);
         println!(
             "  messages: {pushes} have-feed pushes ({pushes_per_mib:.1} per MiB delivered), \
-             {busy} Busy answers ({busy_per_mib:.1} per MiB); chunk links opened: \
+             {busy} Busy answers ({busy_per_mib:.1} per MiB; {busy_super_seeding} of them for \
+             super-seeding, the rest for a full uplink); chunk links opened: \
              {links_on_lanes} on lanes, {links_on_streams} on libp2p streams; have feeds opened: \
              {feeds_on_lanes} on lanes, {feeds_on_streams} on libp2p streams; DHT lookups \
              {lookups} ({:.1} per node and blob)",
@@ -1109,8 +1114,9 @@ impl FanoutBench {
         for node in self.nodes() {
             let status = node.status()?;
             messages.pushes += counter(&status, "bitfield_pushes_sent")?;
-            messages.busy += counter(&status, "busy_answers_egress")?
-                + counter(&status, "busy_answers_super_seeding")?;
+            let super_seeding = counter(&status, "busy_answers_super_seeding")?;
+            messages.busy += counter(&status, "busy_answers_egress")? + super_seeding;
+            messages.busy_super_seeding += super_seeding;
             messages.links_on_lanes += counter(&status, "chunk_links_lane")?;
             messages.links_on_streams += counter(&status, "chunk_links_stream")?;
             messages.feeds_on_lanes += counter(&status, "have_feeds_lane")?;
