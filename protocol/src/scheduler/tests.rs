@@ -58,6 +58,13 @@ fn join(s: &mut S, peer: &'static str, have: Bitmap, now: u64) -> Vec<Action<&'s
     actions
 }
 
+/// A refreshed bitfield of `peer`, polled or pushed.
+fn have(s: &mut S, peer: &'static str, have: Bitmap, now: u64) -> Vec<Action<&'static str>> {
+    let actions = s.handle(Event::PeerHave { peer, have }, ms(now));
+    s.check_invariants();
+    actions
+}
+
 fn arrive(s: &mut S, peer: &'static str, chunk: u32, now: u64) -> Vec<Action<&'static str>> {
     let actions = s.handle(
         Event::ChunkArrived {
@@ -360,14 +367,7 @@ fn a_peer_that_refused_another_transfer_rests_here_too_without_being_asked() {
     let mut s = S::new(2, config(), 5);
     assert!(requests(&join(&mut s, "busy", Bitmap::new(2), 0)).is_empty());
     s.uplink_refused_elsewhere(&"busy", ms(10));
-    let actions = s.handle(
-        Event::PeerHave {
-            peer: "busy",
-            have: Bitmap::full(2),
-        },
-        ms(20),
-    );
-    s.check_invariants();
+    let actions = have(&mut s, "busy", Bitmap::full(2), 20);
     assert!(requests(&actions).is_empty(), "resting until 10 + 50 ms");
     assert_eq!(s.next_wakeup(), Some(ms(60)));
     assert_eq!(requests(&s.handle(Event::Tick, ms(60))).len(), 2);
@@ -402,15 +402,8 @@ fn a_refusal_elsewhere_already_past_its_rest_changes_nothing() {
     assert!(requests(&join(&mut s, "late", Bitmap::new(2), 100)).is_empty());
     s.uplink_refused_elsewhere(&"late", ms(40));
     s.uplink_refused_elsewhere(&"nobody", ms(90));
-    let actions = s.handle(
-        Event::PeerHave {
-            peer: "late",
-            have: Bitmap::full(2),
-        },
-        ms(110),
-    );
+    let actions = have(&mut s, "late", Bitmap::full(2), 110);
     assert_eq!(requests(&actions).len(), 2, "40 + 50 ms was over at 100");
-    s.check_invariants();
 }
 
 /// A config whose window, not the peers' limits, bounds the requests in flight.
@@ -599,14 +592,7 @@ fn malformed_bitfields_ban() {
         vec![Action::Ban { peer: "short" }]
     );
     join(&mut s, "ok", bits(10, [1]), 0);
-    let actions = s.handle(
-        Event::PeerHave {
-            peer: "ok",
-            have: Bitmap::full(11),
-        },
-        ms(1),
-    );
-    s.check_invariants();
+    let actions = have(&mut s, "ok", Bitmap::full(11), 1);
     assert_eq!(actions, vec![Action::Ban { peer: "ok" }]);
     assert_eq!(s.in_flight(), 0);
 }
@@ -624,14 +610,7 @@ fn downloading_peers_are_polled_complete_ones_are_not() {
     );
     assert!(polls(&s.handle(Event::Tick, ms(150))).is_empty());
     // An answer resets the peer's poll timer and may bring new chunks to request.
-    let actions = s.handle(
-        Event::PeerHave {
-            peer: "seed",
-            have: Bitmap::full(10),
-        },
-        ms(160),
-    );
-    s.check_invariants();
+    let actions = have(&mut s, "seed", Bitmap::full(10), 160);
     assert_eq!(polls(&s.handle(Event::Tick, ms(200))), vec!["partial"]);
     assert!(requests(&actions).iter().all(|(p, _)| *p == "seed"));
     let seed = s.peers().find(|(p, _)| **p == "seed").unwrap().1;
@@ -648,14 +627,7 @@ fn peers_that_push_are_not_polled_until_their_pushes_stop() {
     assert_eq!(polls(&s.handle(Event::Tick, ms(100))), vec!["polled"]);
     assert_eq!(s.next_wakeup(), Some(ms(200)));
     // A push is news like a polled answer, and does not start polls again.
-    let actions = s.handle(
-        Event::PeerHave {
-            peer: "pushing",
-            have: bits(10, [0, 2]),
-        },
-        ms(150),
-    );
-    s.check_invariants();
+    let actions = have(&mut s, "pushing", bits(10, [0, 2]), 150);
     assert!(requests(&actions).contains(&("pushing", 2)));
     assert_eq!(polls(&s.handle(Event::Tick, ms(200))), vec!["polled"]);
     assert_eq!(polls(&s.handle(Event::Tick, ms(1000))), vec!["polled"]);
