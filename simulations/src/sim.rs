@@ -514,7 +514,7 @@ impl<'a> Simulation<'a> {
         let resumed = state.have.clone();
         let scheduler = Step::scheduler(chunk_count, &config, seed, &resumed, site_key);
         let at = Duration::from_micros(now);
-        let mut fetch = Fetch::new(at);
+        let mut fetch = Fetch::new(at, seed);
         let begun = fetch.begin(scheduler, at);
         state.fetch = Some(fetch);
         if let Some(recorder) = self.recording(node) {
@@ -529,7 +529,25 @@ impl<'a> Simulation<'a> {
         }
         self.carry_out(node, begun);
         let peers = self.topology.nodes[node as usize].neighbours.clone();
+        let site = self.nodes[node as usize].site;
+        for &peer in &peers {
+            if site.is_some() && self.nodes[peer as usize].site == site {
+                self.add_site_mate(node, peer);
+            }
+        }
         self.drive(node, FetchEvent::Connected { peers });
+    }
+
+    /// Tells `node`'s fetch that `peer` is on its site, as the node's transfer does for the
+    /// peers its locality puts there.
+    fn add_site_mate(&mut self, node: u32, peer: u32) {
+        let at = Duration::from_micros(self.now);
+        if let Some(fetch) = self.nodes[node as usize].fetch.as_mut() {
+            fetch.add_site_mate(peer);
+        }
+        if let Some(recorder) = self.recording(node) {
+            recorder.push(at, Step::SiteMate(peer), &[]);
+        }
     }
 
     fn one_copy_per_site(&self) -> bool {
@@ -925,6 +943,9 @@ impl<'a> Simulation<'a> {
                 }
                 FetchAction::Watch { peer } => self.watch(node, peer),
                 FetchAction::Joined { peer } => self.place(node, peer),
+                FetchAction::Unwatch { peer } => self.nodes[peer as usize]
+                    .watchers
+                    .retain(|watcher| watcher.host != node),
                 FetchAction::Request { peer, chunk } => {
                     self.counters.chunk_requests += 1;
                     self.chunk_ask(node, peer, chunk);

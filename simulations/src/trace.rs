@@ -9,7 +9,7 @@ use shoal_protocol::{Bitmap, FetchAction, FetchEvent, Scheduler, SchedulerConfig
 /// One input to a host's fetch machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    /// The fetch began with a scheduler built from these.
+    /// The fetch began with a scheduler built from these; the fetch has the same seed.
     Begin {
         chunk_count: u32,
         config: SchedulerConfig,
@@ -20,6 +20,8 @@ pub enum Step {
     Event(FetchEvent<u32>),
     /// `Fetch::watch_ended`.
     WatchEnded(u32),
+    /// `Fetch::add_site_mate`.
+    SiteMate(u32),
     /// The driver placed a peer that joined: its site rank key if a site-mate, and its
     /// preference if not 0.
     Place {

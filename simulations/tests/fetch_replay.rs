@@ -13,16 +13,17 @@ use shoal_simulations::sim::Simulation;
 use shoal_simulations::topology::Topology;
 use shoal_simulations::trace::{Recorded, Step};
 
-/// Twelve hosts starting over two seconds (so that early ones find peers lacking the blob and
-/// ask again), two of them hostile, and a 24 MiB image from a slow origin: watches, pushes,
-/// `Busy` answers, bans and the endgame all happen.
+/// Sixteen hosts starting over two seconds (so that early ones find peers lacking the blob and
+/// ask again, and peers that show up later put out the worse-ranked ones a fetch used), three
+/// hostile nodes, and a 24 MiB image from a slow origin: watches and unwatches, pushes, `Busy`
+/// answers, bans and the endgame all happen.
 const SWARM: &str = r#"
 name = "replay"
 seed = 7
-nodes = 12
+nodes = 16
 image_mib = 24
 chunk_kib = 1024
-peers_per_node = 11
+peers_per_node = 15
 start_spread_s = 2.0
 [origin]
 up_mbps = 40
@@ -41,7 +42,11 @@ up_mbps = 80
 /// the actions of each recorded step, and those of the extra ticks.
 fn replay_as_the_node(steps: &[Recorded]) -> (Vec<Vec<FetchAction<u32>>>, Vec<FetchAction<u32>>) {
     let start = steps.first().map(|r| r.at).unwrap_or_default();
-    let mut fetch = Fetch::new(start);
+    let seed = match steps.first().map(|r| &r.step) {
+        Some(Step::Begin { seed, .. }) => *seed,
+        _ => 0,
+    };
+    let mut fetch = Fetch::new(start, seed);
     let mut next_tick = start + TICK;
     let mut answers = Vec::new();
     let mut extra = Vec::new();
@@ -68,6 +73,10 @@ fn replay_as_the_node(steps: &[Recorded]) -> (Vec<Vec<FetchAction<u32>>>, Vec<Fe
             Step::Event(event) => fetch.handle(event.clone(), recorded.at),
             Step::WatchEnded(peer) => {
                 fetch.watch_ended(peer);
+                Vec::new()
+            }
+            Step::SiteMate(peer) => {
+                fetch.add_site_mate(*peer);
                 Vec::new()
             }
             Step::Place {
@@ -131,7 +140,7 @@ fn a_recorded_exchange_replayed_with_a_tick_every_100_ms_gives_the_same_actions(
         assert!(count(&steps, |a| matches!(a, FetchAction::Keep { .. })) > 0);
         checked += 1;
     }
-    assert_eq!(checked, 12, "every host replayed");
+    assert_eq!(checked, 16, "every host replayed");
 }
 
 #[test]
@@ -148,7 +157,7 @@ fn the_replayed_exchange_covers_the_machine() {
             .iter()
             .filter(|r| matches!(r.step, Step::Begin { .. }))
             .count()
-            * 11;
+            * 15;
     assert!(asked_again, "peers lacking the blob are asked again");
     for (what, wanted) in [
         (
@@ -157,6 +166,7 @@ fn the_replayed_exchange_covers_the_machine() {
         ),
         ("requests", |a| matches!(a, FetchAction::Request { .. })),
         ("bans", |a| matches!(a, FetchAction::Ban { .. })),
+        ("unwatches", |a| matches!(a, FetchAction::Unwatch { .. })),
         ("joins", |a| matches!(a, FetchAction::Joined { .. })),
     ] {
         assert!(count(&all, wanted) > 0, "no {what} in the traces");

@@ -74,7 +74,7 @@ fn polls(actions: &[FetchAction<u32>]) -> Vec<u32> {
 /// A fetch of `chunk_count` chunks that began at 0 with peers 1 and 2 connected, peer 1
 /// holding every chunk.
 fn running(chunk_count: u32) -> F {
-    let mut fetch = F::new(ms(0));
+    let mut fetch = F::new(ms(0), 7);
     fetch.handle(FetchEvent::Connected { peers: vec![1, 2] }, ms(0));
     have(&mut fetch, 1, holds(chunk_count, 0..chunk_count), 1);
     fetch.begin(scheduler(chunk_count), ms(2));
@@ -83,7 +83,7 @@ fn running(chunk_count: u32) -> F {
 
 #[test]
 fn each_connected_peer_is_asked_once_and_one_lacking_the_blob_again_later() {
-    let mut fetch = F::new(ms(0));
+    let mut fetch = F::new(ms(0), 7);
     let actions = fetch.handle(FetchEvent::Connected { peers: vec![1, 2] }, ms(0));
     assert_eq!(asked(&actions), [1, 2]);
     let again = fetch.handle(
@@ -118,7 +118,7 @@ fn lookups(actions: &[FetchAction<u32>]) -> usize {
 
 #[test]
 fn the_dht_is_asked_every_few_seconds_until_enough_sources_are_known() {
-    let mut fetch = F::new(ms(0));
+    let mut fetch = F::new(ms(0), 7);
     let first = fetch.handle(FetchEvent::Connected { peers: vec![1] }, ms(0));
     assert_eq!(lookups(&first), 1, "at the first event");
     have(&mut fetch, 1, holds(4, [0]), 1);
@@ -172,7 +172,7 @@ fn the_dht_is_asked_every_few_seconds_until_enough_sources_are_known() {
 
 #[test]
 fn bitfields_heard_before_the_index_join_when_the_scheduler_begins() {
-    let mut fetch = F::new(ms(0));
+    let mut fetch = F::new(ms(0), 7);
     fetch.handle(FetchEvent::Connected { peers: vec![1, 2] }, ms(0));
     have(&mut fetch, 1, holds(4, 0..4), 1);
     let actions = have(&mut fetch, 2, holds(4, [1]), 1);
@@ -228,6 +228,117 @@ fn a_push_of_the_whole_blob_or_of_nothing_ends_the_watch() {
     assert!(!actions.contains(&FetchAction::Watch { peer: 2 }));
 }
 
+/// Peers 1..=`count` connected to a running fetch of 8 chunks (peer 1 holds the blob whole),
+/// in the fetch's own rank order, best first.
+fn ranked_peers(fetch: &F, count: u32) -> Vec<u32> {
+    let mut peers: Vec<u32> = (2..=count).collect();
+    peers.sort_by_key(|peer| fetch.rank(peer));
+    peers
+}
+
+fn watched(actions: &[FetchAction<u32>]) -> Vec<u32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            FetchAction::Watch { peer } => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+fn used(fetch: &F) -> Vec<u32> {
+    let mut peers: Vec<u32> = fetch
+        .scheduler()
+        .map(|s| s.peers().map(|(peer, _)| *peer).collect())
+        .unwrap_or_default();
+    peers.sort_unstable();
+    peers
+}
+
+#[test]
+fn the_best_ranked_peers_still_fetching_are_used_whichever_answer_first() {
+    let mut fetch = running(8).with_fetching_max(3);
+    let ranked = ranked_peers(&fetch, 8);
+    fetch.handle(
+        FetchEvent::Connected {
+            peers: (1..=8).collect(),
+        },
+        ms(3),
+    );
+    // The worst-ranked answer first and take the places; each better one puts out the last.
+    let mut unwatched = Vec::new();
+    for (i, &peer) in ranked.iter().rev().enumerate() {
+        let actions = have(&mut fetch, peer, holds(8, [0]), 10 + i as u64);
+        unwatched.extend(actions.iter().filter_map(|a| match a {
+            FetchAction::Unwatch { peer } => Some(*peer),
+            _ => None,
+        }));
+    }
+    let mut best: Vec<u32> = ranked[..3].to_vec();
+    best.push(1);
+    best.sort_unstable();
+    assert_eq!(used(&fetch), best, "the three best and the whole peer");
+    let mut watching: Vec<u32> = fetch.watching().copied().collect();
+    watching.sort_unstable();
+    assert_eq!(watching, best[1..], "the whole peer is not watched");
+    assert_eq!(unwatched.len(), ranked.len() - 3, "each put out once");
+    // A push from a peer put out changes nothing.
+    let late = push(&mut fetch, ranked[6], holds(8, [0, 1, 2]), 40);
+    assert!(watched(&late).is_empty());
+    assert_eq!(used(&fetch), best);
+}
+
+#[test]
+fn a_spare_is_asked_again_when_a_used_peer_completes_or_leaves() {
+    let mut fetch = running(8).with_fetching_max(2);
+    let ranked = ranked_peers(&fetch, 5);
+    let mut peers: Vec<u32> = (1..=5).collect();
+    fetch.handle(
+        FetchEvent::Connected {
+            peers: peers.clone(),
+        },
+        ms(3),
+    );
+    for (i, &peer) in ranked.iter().enumerate() {
+        have(&mut fetch, peer, holds(8, [0]), 10 + i as u64);
+    }
+    assert_eq!(fetch.watching().count(), 2, "two used, two spares");
+    // The best-ranked used peer holds the blob whole now: the best spare is asked again.
+    let actions = push(&mut fetch, ranked[0], holds(8, 0..8), 20);
+    assert_eq!(asked(&actions), [ranked[2]]);
+    let actions = have(&mut fetch, ranked[2], holds(8, [0, 3]), 21);
+    assert_eq!(watched(&actions), [ranked[2]]);
+    // The other used peer disconnects: the last spare is asked.
+    peers.retain(|&peer| peer != ranked[1]);
+    let actions = fetch.handle(FetchEvent::Connected { peers }, ms(30));
+    assert_eq!(asked(&actions), [ranked[3]]);
+    // Asked once per place: ticks ask nobody more.
+    assert!(asked(&fetch.handle(FetchEvent::Tick, ms(100))).is_empty());
+}
+
+#[test]
+fn site_mates_are_used_whatever_the_bound() {
+    let mut fetch = running(8).with_fetching_max(1);
+    fetch.add_site_mate(4);
+    fetch.handle(
+        FetchEvent::Connected {
+            peers: vec![1, 2, 3, 4],
+        },
+        ms(3),
+    );
+    for (i, peer) in [2, 3, 4].into_iter().enumerate() {
+        have(&mut fetch, peer, holds(8, [0]), 10 + i as u64);
+    }
+    assert!(fetch.is_watching(&4), "the site-mate");
+    assert_eq!(fetch.watching().count(), 2, "and one other");
+    // A spare found to be a site-mate is asked again at the next tick, and used.
+    let spare = if fetch.is_watching(&2) { 3 } else { 2 };
+    fetch.add_site_mate(spare);
+    assert_eq!(asked(&fetch.handle(FetchEvent::Tick, ms(100))), [spare]);
+    let actions = have(&mut fetch, spare, holds(8, [0]), 110);
+    assert_eq!(watched(&actions), [spare]);
+}
+
 #[test]
 fn chunks_go_front_to_back_only_while_every_peer_around_holds_the_blob_whole() {
     // Peer 1 whole, peer 2 connected and not heard from: random order for a while.
@@ -237,7 +348,7 @@ fn chunks_go_front_to_back_only_while_every_peer_around_holds_the_blob_whole() {
     assert!(fetch.in_order(), "nobody fetching showed up");
 
     // Every connected peer whole: in order at once.
-    let mut fetch = F::new(ms(0));
+    let mut fetch = F::new(ms(0), 7);
     fetch.handle(FetchEvent::Connected { peers: vec![1] }, ms(0));
     have(&mut fetch, 1, holds(4, 0..4), 1);
     assert!(fetch.in_order());
@@ -296,7 +407,7 @@ fn a_peer_sending_bad_chunks_is_banned_and_never_asked_again() {
 fn failures_of_cancelled_requests_are_not_news() {
     // Two peers with both chunks: the endgame asks both for chunk 1, and the first copy to
     // arrive cancels the other.
-    let mut fetch = F::new(ms(0));
+    let mut fetch = F::new(ms(0), 7);
     fetch.handle(FetchEvent::Connected { peers: vec![1, 2] }, ms(0));
     have(&mut fetch, 1, holds(2, 0..2), 0);
     have(&mut fetch, 2, holds(2, 0..2), 0);
@@ -322,7 +433,7 @@ fn failures_of_cancelled_requests_are_not_news() {
 
 #[test]
 fn peers_that_disconnect_leave_with_their_requests_and_are_asked_when_back() {
-    let mut fetch = F::new(ms(0));
+    let mut fetch = F::new(ms(0), 7);
     fetch.handle(FetchEvent::Connected { peers: vec![1, 2] }, ms(0));
     have(&mut fetch, 1, holds(4, 0..4), 0);
     have(&mut fetch, 2, holds(4, 0..4), 0);
@@ -402,6 +513,7 @@ proptest! {
         peers in proptest::collection::vec(peer(), 1..6),
         begin_after in 0usize..20,
         with_upstream in any::<bool>(),
+        fetching_max in 1usize..4,
         steps in proptest::collection::vec(step(6, 24), 1..200),
     ) {
         let peers: Vec<Peer> = peers
@@ -423,7 +535,8 @@ proptest! {
                 complete: peer.holds.is_full(),
             })
         };
-        let mut fetch = if with_upstream { upstream_fetch() } else { F::new(ms(0)) };
+        let fetch = if with_upstream { upstream_fetch() } else { F::new(ms(0), 7) };
+        let mut fetch = fetch.with_fetching_max(fetching_max);
         let mut outstanding: Vec<(u32, u32)> = Vec::new();
         let mut kept = Bitmap::new(chunk_count);
         let mut banned = std::collections::HashSet::new();
@@ -537,6 +650,9 @@ proptest! {
                     }
                     FetchAction::Delegate { .. } => prop_assert!(with_upstream),
                     FetchAction::GiveUp(_) => gave_up += 1,
+                    FetchAction::Unwatch { peer } => {
+                        prop_assert!(!fetch.is_watching(&peer), "still watched once put out");
+                    }
                     FetchAction::LookUp => {
                         prop_assert!(!looking_up, "a second lookup while one runs");
                         prop_assert!(fetch.sources() < SOURCES_ENOUGH);
@@ -566,7 +682,7 @@ fn index_requests(actions: &[FetchAction<u32>]) -> Vec<u32> {
 
 #[test]
 fn the_index_is_asked_of_one_source_at_a_time_and_a_liar_is_banned() {
-    let mut fetch = F::new(ms(0));
+    let mut fetch = F::new(ms(0), 7);
     fetch.handle(
         FetchEvent::Connected {
             peers: vec![1, 2, 3],
@@ -601,7 +717,7 @@ fn the_index_is_asked_of_one_source_at_a_time_and_a_liar_is_banned() {
 
 #[test]
 fn a_source_without_an_index_is_downloading_the_blob_and_it_is_relayed() {
-    let mut fetch = F::new(ms(0));
+    let mut fetch = F::new(ms(0), 7);
     fetch.handle(FetchEvent::Connected { peers: vec![1] }, ms(0));
     have(&mut fetch, 1, holds(4, [0]), 1);
     let actions = fetch.handle(
@@ -626,7 +742,7 @@ fn upstream_fetch() -> F {
         local: 0,
         rank: Box::new(|peer: &u32| [*peer as u8; 32]),
     };
-    F::with_upstream(ms(0), upstream)
+    F::with_upstream(ms(0), 7, upstream)
 }
 
 #[test]
@@ -693,7 +809,7 @@ fn an_unanswered_have_holds_the_upstream_back_for_at_most_a_second() {
 
 #[test]
 fn a_lone_fetch_still_gives_up_when_another_event_passes_the_deadline_before_its_tick() {
-    let mut fetch = F::new(ms(0));
+    let mut fetch = F::new(ms(0), 7);
     fetch.handle(FetchEvent::Connected { peers: vec![] }, ms(0));
     // A peer refresh lands just after the deadline, before the tick due at it.
     fetch.handle(
@@ -716,7 +832,7 @@ fn a_lone_fetch_still_gives_up_when_another_event_passes_the_deadline_before_its
 
 #[test]
 fn a_fetch_gives_up_once_when_nobody_has_the_blob_or_nothing_arrives() {
-    let mut fetch = F::new(ms(0));
+    let mut fetch = F::new(ms(0), 7);
     fetch.handle(FetchEvent::Connected { peers: vec![1] }, ms(0));
     have(&mut fetch, 1, None, 1);
     let give_up = FetchAction::GiveUp(GiveUp::NoPeer);

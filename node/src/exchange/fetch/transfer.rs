@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::stream::{SelectAll, Stream};
+use futures_util::stream::{AbortHandle, SelectAll, Stream, abortable};
 use libp2p::PeerId;
 use shoal_protocol::chunk::ChunkIndex;
 use shoal_protocol::feed::FeedUpdate;
@@ -137,14 +137,17 @@ struct Run<'a> {
     /// The watches of peers' have feeds (`network/feed.rs`), polled by the transfer's own
     /// task: a push wakes it straight from the feed's reader.
     watches: SelectAll<Watched>,
+    /// Ends each watch early, when the fetch says `Unwatch`: its stream stops, and dropping
+    /// it unwatches.
+    watch_ends: HashMap<PeerId, AbortHandle>,
 }
 
 /// One peer's have feed as the transfer reads it: each update as it comes (the latest, when
 /// several came since the last read), then `None` once the watch has ended.
 type Watched = std::pin::Pin<Box<dyn Stream<Item = (PeerId, Option<FeedUpdate>)> + Send + Sync>>;
 
-fn watched(peer: PeerId, watch: HaveWatch) -> Watched {
-    Box::pin(futures_util::stream::unfold(
+fn watched(peer: PeerId, watch: HaveWatch) -> (Watched, AbortHandle) {
+    let (updates, end) = abortable(futures_util::stream::unfold(
         Some(watch),
         move |watch| async move {
             let mut watch = watch?;
@@ -152,7 +155,8 @@ fn watched(peer: PeerId, watch: HaveWatch) -> Watched {
             let going_on = update.is_some().then_some(watch);
             Some(((peer, update), going_on))
         },
-    ))
+    ));
+    (Box::pin(updates), end)
 }
 
 pub async fn run(
@@ -165,14 +169,15 @@ pub async fn run(
     let has_upstream = origin
         .as_ref()
         .is_some_and(|origin| context.upstreams.for_repo(&origin.repo).is_some());
+    let seed = exchange_seed(&context.network.local_peer_id(), &blob);
     let fetch = if has_upstream {
         let upstream = Upstream {
             local: context.network.local_peer_id(),
             rank: Box::new(move |peer: &PeerId| fetcher_rank(peer, &blob)),
         };
-        Fetch::with_upstream(Duration::ZERO, upstream)
+        Fetch::with_upstream(Duration::ZERO, seed, upstream)
     } else {
-        Fetch::new(Duration::ZERO)
+        Fetch::new(Duration::ZERO, seed)
     };
     let refusals_read = context.uplink_refusals.cursor();
     let mut run = Run {
@@ -192,6 +197,7 @@ pub async fn run(
         sha256_behind: None,
         client_waited: false,
         watches: SelectAll::new(),
+        watch_ends: HashMap::new(),
     };
     let store = run.context.store.clone();
     // Asked for by a peer (or a reader racing a transfer that just ended): nothing to do.
@@ -228,7 +234,10 @@ pub async fn run(
             Some(written) = run.writes.join_next(), if !run.writes.is_empty() => run.on_written(written?)?,
             Some((peer, update)) = run.watches.next(), if !run.watches.is_empty() => match update {
                 Some(update) => run.on_have(peer, Ok(update.into_response()), true).await?,
-                None => run.fetch.watch_ended(&peer),
+                None => {
+                    run.watch_ends.remove(&peer);
+                    run.fetch.watch_ended(&peer);
+                }
             },
             Some(chunk) = focus.recv() => {
                 run.client_waited = true;
@@ -468,6 +477,11 @@ impl Run<'_> {
     ) -> Result<(), TransferError> {
         let peers: Vec<PeerId> = connected.into_iter().collect();
         self.progress.borrow().peer_chunks.keep_only(&peers);
+        for peer in &peers {
+            if self.context.locality.same_site(peer) {
+                self.fetch.add_site_mate(*peer);
+            }
+        }
         self.handle(FetchEvent::Connected { peers }).await
     }
 
@@ -531,7 +545,18 @@ impl Run<'_> {
             self.fetch.watch_ended(&peer);
             return;
         };
-        self.watches.push(watched(peer, watch));
+        let (updates, end) = watched(peer, watch);
+        self.watches.push(updates);
+        if let Some(earlier) = self.watch_ends.insert(peer, end) {
+            earlier.abort();
+        }
+    }
+
+    /// Stops watching `peer`'s have feed: its stream ends and drops the watch.
+    fn unwatch(&mut self, peer: PeerId) {
+        if let Some(end) = self.watch_ends.remove(&peer) {
+            end.abort();
+        }
     }
 
     fn request_index(&mut self, peer: PeerId) {
@@ -583,10 +608,7 @@ impl Run<'_> {
         let file = Arc::new(partial.reader()?);
         let layout = index.layout();
         let index_shape = (index.blob_size(), index.chunk_bytes());
-        // Distinct per node, so that nodes fetching the same blob break ties differently.
-        let local = blake3::hash(&self.context.network.local_peer_id().to_bytes());
-        let seed = u64::from_le_bytes(self.blob.as_bytes()[..8].try_into().unwrap_or_default())
-            ^ u64::from_le_bytes(local.as_bytes()[..8].try_into().unwrap_or_default());
+        let seed = exchange_seed(&self.context.network.local_peer_id(), &self.blob);
         let mut scheduler = Scheduler::new(index.chunk_count(), SchedulerConfig::default(), seed);
         if self.context.locality.own_site().is_some() {
             let local = self.context.network.local_peer_id();
@@ -792,6 +814,7 @@ impl Run<'_> {
                     self.ask_have(peer);
                 }
                 FetchAction::Watch { peer } => self.watch(peer),
+                FetchAction::Unwatch { peer } => self.unwatch(peer),
                 FetchAction::Joined { peer } => self.place(peer),
                 FetchAction::Request { peer, chunk } => self.request_chunk(peer, chunk),
                 FetchAction::Keep { chunk } => {
@@ -924,6 +947,14 @@ fn fetcher_rank(peer: &PeerId, blob: &Digest) -> [u8; 32] {
     hasher.update(&peer.to_bytes());
     hasher.update(blob.as_bytes());
     *hasher.finalize().as_bytes()
+}
+
+/// The seed of a transfer's exchange: distinct per node, so that nodes fetching the same
+/// blob break ties differently and rank their peers differently.
+fn exchange_seed(local: &PeerId, blob: &Digest) -> u64 {
+    let local = blake3::hash(&local.to_bytes());
+    u64::from_le_bytes(blob.as_bytes()[..8].try_into().unwrap_or_default())
+        ^ u64::from_le_bytes(local.as_bytes()[..8].try_into().unwrap_or_default())
 }
 
 /// A peer's rank for one copy per site: the same on every node, different per blob.
