@@ -44,8 +44,8 @@ pub fn push_delay(random: u64) -> Duration {
 /// told `pushed`, and the watcher is known (from its own pushes or `Have` answers to this
 /// node) to hold `watcher_has`. A chunk the watcher holds is no news to it: it never asks
 /// for it, and rarity counts only the chunks a node still needs. So a gain is pushed only if
-/// it holds a chunk the watcher may lack; in a fan-out, where every node watches every other,
-/// about half the gains are chunks most watchers already hold. The first push of a watch is
+/// it holds a chunk the watcher may lack; in a fan-out, where every node watches a dozen
+/// others, about half the gains are chunks most watchers already hold. The first push of a watch is
 /// always news, and so is the last (the blob whole: the driver pushes it regardless).
 pub fn news_for(pushed: Option<&Bitmap>, have: &Bitmap, watcher_has: Option<&Bitmap>) -> bool {
     let Some(pushed) = pushed else {

@@ -294,8 +294,9 @@ pub struct Fetch<P> {
 }
 
 impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
-    /// A fetch that starts at `now` and knows no peer yet; `seed` orders the peers it asks,
-    /// and should differ from node to node (the node draws it from its identity and the blob).
+    /// A fetch that starts at `now` and knows no peer yet; `seed` ranks the peers it may use
+    /// ([`Fetch::rank`]), and should differ from node to node (the node draws it from its
+    /// identity and the blob).
     pub fn new(now: Duration, seed: u64) -> Self {
         Fetch {
             scheduler: None,
@@ -862,7 +863,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
 
     /// `peer` is on this node's site: it is used whatever [`FETCHING_PEERS_MAX`] says (one
     /// copy per site counts on every site-mate's bitfield, and a site-mate is the nearest
-    /// source). A spare is asked again at once.
+    /// source). A spare is asked again at the next `Tick`.
     pub fn add_site_mate(&mut self, peer: P) {
         if !self.site_mates.insert(peer.clone()) {
             return;
