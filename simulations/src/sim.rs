@@ -489,10 +489,15 @@ impl<'a> Simulation<'a> {
             return;
         };
         for &peer in fetch.watching() {
-            self.nodes[peer as usize]
-                .watchers
-                .retain(|watcher| watcher.host != node);
+            self.unwatch(node, peer);
         }
+    }
+
+    /// `node` stops watching `peer`'s feed: the peer pushes to it no more.
+    fn unwatch(&mut self, node: u32, peer: u32) {
+        self.nodes[peer as usize]
+            .watchers
+            .retain(|watcher| watcher.host != node);
     }
 
     fn start(&mut self, node: u32) {
@@ -943,9 +948,7 @@ impl<'a> Simulation<'a> {
                 }
                 FetchAction::Watch { peer } => self.watch(node, peer),
                 FetchAction::Joined { peer } => self.place(node, peer),
-                FetchAction::Unwatch { peer } => self.nodes[peer as usize]
-                    .watchers
-                    .retain(|watcher| watcher.host != node),
+                FetchAction::Unwatch { peer } => self.unwatch(node, peer),
                 FetchAction::Request { peer, chunk } => {
                     self.counters.chunk_requests += 1;
                     self.chunk_ask(node, peer, chunk);
