@@ -29,6 +29,10 @@
 //!   sending side, the receiving node and the client of every fetch are read from /proc and
 //!   printed per GB moved.
 //!
+//!   With `--sender-egress-mib A,B,C` the seeds send at most A, B and C MiB/s, as peers behind
+//!   links of those speeds, and the summary sets each node fetch against the sum of its
+//!   senders' limits: whether a transfer gets every peer's uplink.
+//!
 //!   The summary also gives the CPU ceiling of one core, measured in this process: SHA-256
 //!   (sha2, as the node uses it), BLAKE3 (single thread), and the AES-128-GCM sealing and
 //!   opening of 256 KiB records with aws-lc-rs, which is what a lane runs (chunks travel on
@@ -112,7 +116,8 @@ use transfer::TransferBench;
 const USAGE: &str = "\
 usage: bench_swarm MODE [--size-mib N] [--rounds N] [--nodes N] [--rate-mib N]
                         [--ingress-mib N] [--extra-peers N] [--seed N] [--keep]
-                        [--only SOURCES] [--settings NxR,...] [--messages N]
+                        [--only SOURCES] [--sender-egress-mib A,B,C]
+                        [--settings NxR,...] [--messages N]
 
 MODE is one of:
   transfer   one big blob from 1 and from 3 Shoal peers, against docker-registry -> curl
@@ -131,6 +136,9 @@ MODE is one of:
   --only SOURCES    transfer: only these sources, comma-separated, of registry, loopback,
                     gateway, one-peer, three-peers (the figures then lack their references;
                     for profiling one path)
+  --sender-egress-mib A,B,C  transfer: seeds A, B and C send at most A, B and C MiB/s
+                    (`--max-egress`; 0: no limit); the summary sets each node fetch against
+                    the sum of its senders' limits, the most it can get
   --settings NxR,.. fanout: one fan-out per setting, N nodes at R MiB/s each, then a table
                     of them all, such as 15x10,24x6,32x4,1x10,1x6,1x4 (the first 1-node
                     setting is the reference: one node pulling from one peer; each
@@ -176,6 +184,9 @@ struct Options {
     keep: bool,
     /// `--only`: the transfer sources to run; all when empty.
     only: Vec<String>,
+    /// `--sender-egress-mib`: the `--max-egress` of seeds A, B and C in MiB/s (0: none); empty
+    /// when not given.
+    sender_egress_mib: Vec<u64>,
     /// `--messages`: carry's small messages per MiB delivered.
     messages: u64,
     /// `--settings`: fan-outs to run one after the other, (nodes, MiB/s); when empty, the one
@@ -207,6 +218,7 @@ fn parse_options() -> Result<Option<Options>> {
         seed: 11,
         keep: false,
         only: Vec::new(),
+        sender_egress_mib: Vec::new(),
         messages: 46,
         settings: Vec::new(),
     };
@@ -227,6 +239,10 @@ fn parse_options() -> Result<Option<Options>> {
             .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
         if flag == "--only" {
             options.only = value.split(',').map(str::to_owned).collect();
+            continue;
+        }
+        if flag == "--sender-egress-mib" {
+            options.sender_egress_mib = parse_sender_egress(&value)?;
             continue;
         }
         if flag == "--settings" {
@@ -253,6 +269,22 @@ fn parse_options() -> Result<Option<Options>> {
     ensure!(options.rate_mib > 0, "--rate-mib must be at least 1");
     ensure!(options.size_mib != Some(0), "--size-mib must be at least 1");
     Ok(Some(options))
+}
+
+/// `100,200,400`: the uplinks of seeds A, B and C in MiB/s, 0 for none.
+fn parse_sender_egress(value: &str) -> Result<Vec<u64>> {
+    let rates = value
+        .split(',')
+        .map(|rate| {
+            rate.parse()
+                .with_context(|| format!("--sender-egress-mib {value}: {rate} is not a number"))
+        })
+        .collect::<Result<Vec<u64>>>()?;
+    ensure!(
+        rates.len() == 3,
+        "--sender-egress-mib takes three rates, for seeds A, B and C"
+    );
+    Ok(rates)
 }
 
 /// `15x10,24x6`: (nodes, MiB/s) pairs.
@@ -1433,4 +1465,20 @@ fn pick_distinct(rng: &mut SplitMix64, below: usize, count: usize) -> Vec<usize>
         picked.insert(rng.below(below));
     }
     picked.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sender_egress_takes_one_rate_per_seed() -> Result<()> {
+        assert_eq!(parse_sender_egress("100,0,400")?, vec![100, 0, 400]);
+        assert!(
+            parse_sender_egress("100,200").is_err(),
+            "two rates for three seeds"
+        );
+        assert!(parse_sender_egress("100,fast,400").is_err(), "not a number");
+        Ok(())
+    }
 }

@@ -78,6 +78,14 @@ impl Source {
         }
     }
 
+    /// How many of the seeds send in a node fetch: A alone, or A, B and C.
+    fn senders(self) -> usize {
+        match self {
+            Source::ThreePeers => 3,
+            _ => 1,
+        }
+    }
+
     /// The sendfile server is a thread of this program, which cannot be pinned apart from it.
     fn pinnable(self) -> bool {
         self != Source::Loopback
@@ -121,6 +129,8 @@ pub struct TransferBench {
     receivers_started: usize,
     /// Whether the machine has the two cores that pinned runs need.
     can_pin: bool,
+    /// `--sender-egress-mib`: each seed's uplink in MiB/s (0: none); empty when not given.
+    sender_egress_mib: Vec<u64>,
 }
 
 impl TransferBench {
@@ -181,8 +191,16 @@ impl TransferBench {
         );
         let reference = format!("{TRANSFER_REPOSITORY}:{TRANSFER_TAG}");
         let mut seeds = Vec::new();
-        for name in ["seed-a", "seed-b", "seed-c"] {
-            let node = ShoalNode::start(&dir.join(name), &[])?;
+        for (index, name) in ["seed-a", "seed-b", "seed-c"].into_iter().enumerate() {
+            let limit = match options.sender_egress_mib.get(index) {
+                Some(&rate) if rate > 0 => Some(format!("{rate}MiB/s")),
+                _ => None,
+            };
+            let args: Vec<&str> = match &limit {
+                Some(rate) => vec!["--max-egress", rate],
+                None => Vec::new(),
+            };
+            let node = ShoalNode::start(&dir.join(name), &args)?;
             let started = Instant::now();
             node.import_ok(&image.path, Some(&reference))?;
             println!(
@@ -215,6 +233,7 @@ impl TransferBench {
             kernel,
             receivers_started: 0,
             can_pin: cores > RECEIVING_CORE,
+            sender_egress_mib: options.sender_egress_mib.clone(),
         };
         bench.check_servers()?;
         Ok(bench)
@@ -244,8 +263,9 @@ impl TransferBench {
         match source {
             Source::Registry | Source::Loopback => self.curl_server(source, pinned),
             Source::Gateway => self.through_gateway(pinned),
-            Source::OnePeer => self.node_pull(source, 1, pinned),
-            Source::ThreePeers => self.node_pull(source, 3, pinned),
+            Source::OnePeer | Source::ThreePeers => {
+                self.node_pull(source, source.senders(), pinned)
+            }
         }
     }
 
@@ -468,6 +488,7 @@ impl TransferBench {
                 );
             }
         }
+        self.print_uplink_bound(&seconds_of)?;
         self.ceiling.print();
         let floor = Floor::of(&self.kernel, &self.ceiling);
         floor.print(&self.kernel);
@@ -493,7 +514,11 @@ impl TransferBench {
             .unwrap_or(0) as f64
             / MIB;
         self.print_seed_memory()?;
-        println!("\ngoals:");
+        if self.sender_egress_mib.is_empty() {
+            println!("\ngoals:");
+        } else {
+            println!("\ngoals (set for seeds without limits; read the ratios above instead):");
+        }
         let ratio = |source: Source, pinned: bool| {
             Some(seconds_of(Source::Registry, pinned)? / seconds_of(source, pinned)?)
         };
@@ -544,6 +569,50 @@ impl TransferBench {
              runs)  {}",
             verdict(peak_rss < PEAK_RSS_GOAL_MIB)
         );
+        Ok(())
+    }
+
+    /// With the seeds' uplinks limited (`--sender-egress-mib`), each node fetch against the
+    /// most its senders can send: the sum of their limits.
+    fn print_uplink_bound(&self, seconds_of: &dyn Fn(Source, bool) -> Option<f64>) -> Result<()> {
+        if self.sender_egress_mib.is_empty() {
+            return Ok(());
+        }
+        let rates: Vec<String> = self
+            .sender_egress_mib
+            .iter()
+            .map(|&rate| {
+                if rate == 0 {
+                    "none".into()
+                } else {
+                    format!("{rate}")
+                }
+            })
+            .collect();
+        println!(
+            "\nthe seeds' uplinks limited to {} MiB/s (A, B, C); each node fetch against the sum \
+             of its senders' limits:",
+            rates.join(", ")
+        );
+        for source in [Source::Gateway, Source::OnePeer, Source::ThreePeers] {
+            let senders = &self.sender_egress_mib[..source.senders()];
+            if senders.contains(&0) {
+                continue;
+            }
+            let bound = senders.iter().sum::<u64>() as f64 * MIB / 1e6;
+            for pinned in [false, true] {
+                let Some(seconds) = seconds_of(source, pinned) else {
+                    continue;
+                };
+                let rate = mb_per_s(self.blob.size, seconds);
+                println!(
+                    "  {:<26} {:<9} {rate:>7.0} MB/s of {bound:.0}: {:.2}x",
+                    source.name(),
+                    if pinned { "pinned" } else { "unpinned" },
+                    rate / bound
+                );
+            }
+        }
         Ok(())
     }
 
