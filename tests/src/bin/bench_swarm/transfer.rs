@@ -488,7 +488,7 @@ impl TransferBench {
                 );
             }
         }
-        self.print_uplink_bound(&seconds_of)?;
+        self.print_uplink_bound(&seconds_of);
         self.ceiling.print();
         let floor = Floor::of(&self.kernel, &self.ceiling);
         floor.print(&self.kernel);
@@ -574,9 +574,9 @@ impl TransferBench {
 
     /// With the seeds' uplinks limited (`--sender-egress-mib`), each node fetch against the
     /// most its senders can send: the sum of their limits.
-    fn print_uplink_bound(&self, seconds_of: &dyn Fn(Source, bool) -> Option<f64>) -> Result<()> {
+    fn print_uplink_bound(&self, seconds_of: &dyn Fn(Source, bool) -> Option<f64>) {
         if self.sender_egress_mib.is_empty() {
-            return Ok(());
+            return;
         }
         let rates: Vec<String> = self
             .sender_egress_mib
@@ -613,7 +613,6 @@ impl TransferBench {
                 );
             }
         }
-        Ok(())
     }
 
     fn print_seed_memory(&self) -> Result<()> {
