@@ -5,7 +5,8 @@
 //! to the kernel, a page fault per 4 KiB when it is touched again — together about a tenth of
 //! a receiving node's CPU in a profile of a 1 GiB transfer (docs/benchmarks.md). Page
 //! alignment lets a chunk be written to disk around the page cache straight from the buffer it
-//! arrived in (`store/partial.rs`), without a copy into an aligned one.
+//! arrived in (`store/partial.rs`), without a copy into an aligned one. The lanes lend their
+//! record buffers from a pool of their own (`lane/record.rs`).
 
 use std::sync::{Arc, Mutex};
 
@@ -77,6 +78,20 @@ impl ChunkBuffer {
 impl AsRef<[u8]> for ChunkBuffer {
     fn as_ref(&self) -> &[u8] {
         &self.memory[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::Deref for ChunkBuffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_ref()
+    }
+}
+
+impl std::ops::DerefMut for ChunkBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
     }
 }
 

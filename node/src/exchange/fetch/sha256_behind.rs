@@ -151,6 +151,7 @@ fn hash_chunks(
             // Had, and out of memory: the file holds it.
             Some(None) => reader.read(next, |bytes| hasher.update(bytes))?,
             None => {
+                progress.borrow().verified.hasher_waits();
                 if runtime.block_on(progress.changed()).is_err() {
                     return Err(io::Error::other("the transfer stopped"));
                 }

@@ -6,7 +6,8 @@
 //!
 //! Only chunks that matched the blob's chunk index enter. Two kinds of reader are followed:
 //! the hasher (until it gives way to clients) and each gateway stream ([`StreamMark`]); what a
-//! followed reader has yet to read stays, within a bound. Others (a peer asking for a chunk the
+//! followed reader has yet to read stays, within a bound (for a hasher waiting for a chunk the
+//! transfer lacks, only the few it takes next). Others (a peer asking for a chunk the
 //! node just got) find the newest few chunks here. A reader that falls further behind reads
 //! the file as before. A chunk's bytes are written to the file behind the readers (several
 //! writes at once, `transfer.rs`), and a chunk not written yet stays here whatever the window:
@@ -23,10 +24,12 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-/// Bytes of verified and written chunks kept for readers that are not followed: the newest 8
+/// Bytes of verified and written chunks kept for readers that are not followed: the newest 4
 /// one-MiB chunks, for peers asking for what this node has just shown them. Chunks still being
-/// written, and chunks a followed reader has yet to read, come on top.
-const VERIFIED_BYTES_MAX: usize = 8 << 20;
+/// written, and chunks a followed reader has yet to read, come on top. A fan-out member runs
+/// four transfers at once; 8 MiB each was a third of its fresh memory (docs/benchmarks.md, "A
+/// waiting hash keeps what it takes next").
+const VERIFIED_BYTES_MAX: usize = 4 << 20;
 
 /// Bytes of chunks ahead of the hasher beside the transfer (`sha256_behind.rs`) past which
 /// the transfer waits for it ([`VerifiedChunks::hasher_caught_up`]) when no client is
@@ -34,6 +37,14 @@ const VERIFIED_BYTES_MAX: usize = 8 << 20;
 /// fell behind on back from the file (a device read, as they were written around the page
 /// cache) held a 1 GiB pull for a second after its last chunk arrived (docs/benchmarks.md).
 pub const HASHER_AHEAD_MAX: usize = 32 << 20;
+
+/// Bytes after the hasher's position within which written chunks stay for it while it waits
+/// for a chunk the transfer does not have yet. Chunks that arrive out of order (rarest first,
+/// in a fan-out) may come long before the hasher gets to them; kept, each is a buffer the
+/// transfer cannot reuse, and the peak of those is fresh memory — on these VMs a fault in the
+/// host for every 4 KiB (docs/benchmarks.md, "A waiting hash keeps what it takes next"). Read
+/// back from the file they cost a direct read, a small fraction of that.
+const WAITING_HASHER_SPAN_BYTES: usize = 4 << 20;
 
 /// Bytes of written chunks that followed readers have yet to read kept in memory at most:
 /// twice the hasher's pace above. Past it the oldest go, and a reader that far behind reads them
@@ -56,6 +67,9 @@ struct Window {
     hasher_at: Option<u32>,
     /// The hasher gave way to clients: chunks are no longer kept for it.
     hasher_gave_way: bool,
+    /// The hasher waits for a chunk the transfer does not have: only chunks within
+    /// [`WAITING_HASHER_SPAN_BYTES`] after it are kept for it.
+    hasher_waiting: bool,
     /// The chunk each gateway stream following the transfer reads next.
     streams: HashMap<u64, u32>,
     /// The next stream's key in `streams`.
@@ -71,7 +85,14 @@ struct Kept {
 
 impl Window {
     fn ahead_of_hasher(&self, kept: &Kept) -> bool {
-        !self.hasher_gave_way && self.hasher_at.is_some_and(|at| kept.chunk >= at)
+        let within_span = |at: u32| {
+            !self.hasher_waiting
+                || (kept.chunk - at) as usize * kept.bytes.len() < WAITING_HASHER_SPAN_BYTES
+        };
+        !self.hasher_gave_way
+            && self
+                .hasher_at
+                .is_some_and(|at| kept.chunk >= at && within_span(at))
     }
 
     /// Whether a followed reader has yet to read the chunk.
@@ -165,9 +186,20 @@ impl VerifiedChunks {
     pub fn hasher_at(&self, next: u32) {
         let mut window = self.lock();
         window.hasher_at = Some(next);
+        window.hasher_waiting = false;
         window.trim();
         drop(window);
         self.hasher_moved.notify_one();
+    }
+
+    /// The hasher waits for its next chunk, which the transfer does not have yet: of the chunks
+    /// after it, only those within [`WAITING_HASHER_SPAN_BYTES`] stay for it.
+    pub fn hasher_waits(&self) {
+        let mut window = self.lock();
+        if !window.hasher_waiting {
+            window.hasher_waiting = true;
+            window.trim();
+        }
     }
 
     /// The hasher gave way to clients and catches up from the file once they are served: no
@@ -327,6 +359,49 @@ mod tests {
         let window = (VERIFIED_BYTES_MAX >> 20) as u32;
         assert!(verified.get(kept_max + 8 - window - 1).is_none());
         assert!(verified.get(kept_max + 8 - window).is_some());
+    }
+
+    /// Chunks that arrive out of order while the hasher waits for its next one: only those it
+    /// takes soon stay for it; the others are kept as any reader's, the newest few.
+    #[test]
+    fn a_waiting_hasher_keeps_only_the_chunks_it_takes_next() {
+        let span = (WAITING_HASHER_SPAN_BYTES >> 20) as u32;
+        let window = (VERIFIED_BYTES_MAX >> 20) as u32;
+        let verified = VerifiedChunks::default();
+        verified.hasher_at(0);
+        verified.hasher_waits();
+        // Chunk 0 is missing; the far end of the blob arrives first, then the near chunks.
+        let far = 100..100 + 2 * window;
+        for chunk in far.clone().chain(1..1 + 2 * span) {
+            verified.push(chunk, Bytes::from(vec![chunk as u8; 1 << 20]));
+            verified.written(chunk);
+        }
+        for kept in 1..span {
+            assert!(
+                verified.get(kept).is_some(),
+                "chunk {kept} is near the hasher"
+            );
+        }
+        for gone in far {
+            assert!(
+                verified.get(gone).is_none(),
+                "chunk {gone} stayed for the hasher"
+            );
+        }
+        let newest = (span + 1..1 + 2 * span).rev().take(window as usize);
+        for kept in newest {
+            assert!(
+                verified.get(kept).is_some(),
+                "chunk {kept} is among the newest"
+            );
+        }
+        // Once it moves on, chunks ahead stay for it as before.
+        verified.hasher_at(1);
+        for chunk in 200..200 + span + 2 {
+            verified.push(chunk, Bytes::from(vec![0; 1 << 20]));
+            verified.written(chunk);
+        }
+        assert!(verified.get(200).is_some(), "kept for a hasher that runs");
     }
 
     #[test]

@@ -42,6 +42,7 @@ use record::End;
 pub use record::SealedStream;
 
 use super::NetworkEvent;
+use super::buffers::ChunkBuffers;
 
 pub const LANE_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/lane/1");
 /// Asks for a lane that carries a have feed. A node older than it knows no such protocol, and
@@ -84,6 +85,8 @@ impl LaneUse {
 #[derive(Clone, Default)]
 pub struct Lanes {
     shared: Arc<Mutex<Shared>>,
+    /// The lanes' record buffers, reused from lane to lane.
+    record_buffers: ChunkBuffers,
 }
 
 #[derive(Default)]
@@ -202,7 +205,12 @@ impl Lanes {
         tcp.write_all(&offer.token)
             .await
             .map_err(|error| format!("cannot send the token: {error}"))?;
-        Ok(SealedStream::new(tcp, &offer.keys, End::Asker))
+        Ok(SealedStream::new(
+            tcp,
+            &offer.keys,
+            End::Asker,
+            &self.record_buffers,
+        ))
     }
 
     /// Makes an offer to `peer` of a lane for `lane_use` and keeps it until its connection
@@ -310,7 +318,7 @@ impl Lanes {
             return None;
         };
         tcp.set_nodelay(true).ok()?;
-        let stream = SealedStream::new(tcp, &pending.offer.keys, End::Server);
+        let stream = SealedStream::new(tcp, &pending.offer.keys, End::Server, &self.record_buffers);
         Some((pending.peer, pending.lane_use, stream))
     }
 

@@ -5,7 +5,9 @@
 //! tag; the length is the record's associated data. A record that fails to open (a changed,
 //! reordered, replayed or foreign byte) ends the stream with an error; nothing of it is read.
 //!
-//! Records are up to [`RECORD_PLAINTEXT_MAX`] bytes, with one buffer per direction. A large
+//! Records are up to [`RECORD_PLAINTEXT_MAX`] bytes, with one buffer per direction, held only
+//! while a record is in it ([`RecordBuffer`]): a fan-out member keeps a lane to each of dozens
+//! of peers, and a buffer per idle lane was a quarter of its fresh memory. A large
 //! write is sealed from the caller's buffer into the outgoing one, and a record read into a
 //! buffer at least its plaintext's size is opened straight into it: a chunk costs the sealing
 //! and the opening, no copy besides. Small writes gather into one record; a read smaller than
@@ -21,6 +23,8 @@ use aws_lc_rs::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use futures_util::{AsyncRead, AsyncWrite};
 use tokio::io::ReadBuf;
 use tokio::net::TcpStream;
+
+use crate::network::buffers::{ChunkBuffer, ChunkBuffers};
 
 /// Bytes of a key: AES-128.
 pub const KEY_BYTES: usize = 16;
@@ -89,14 +93,17 @@ pub struct SealedStream {
     sending: Direction,
     /// The outgoing record: `HEAD_BYTES` for its length, then `buffered` bytes of plaintext
     /// being gathered, or, once sealed, `sealed` bytes being written out from `sent`.
-    outgoing: Vec<u8>,
+    outgoing: RecordBuffer,
     buffered: usize,
     sealed: usize,
     sent: usize,
     receiving: Direction,
-    /// The record being read (`received` bytes so far), then its opened plaintext from
-    /// `plain_start` to `plain_end`.
-    incoming: Vec<u8>,
+    /// The head of the record being read, kept apart so that a lane waiting for its next
+    /// record holds no buffer.
+    incoming_head: [u8; HEAD_BYTES],
+    /// The record being read (`received` bytes so far, the head's included, the rest from
+    /// `HEAD_BYTES` on), then its opened plaintext from `plain_start` to `plain_end`.
+    incoming: RecordBuffer,
     received: usize,
     plain_start: usize,
     plain_end: usize,
@@ -111,7 +118,8 @@ impl std::fmt::Debug for SealedStream {
 }
 
 impl SealedStream {
-    pub fn new(tcp: TcpStream, keys: &LaneKeys, end: End) -> SealedStream {
+    /// A lane over `tcp`, its record buffers lent by `buffers`.
+    pub fn new(tcp: TcpStream, keys: &LaneKeys, end: End, buffers: &ChunkBuffers) -> SealedStream {
         let (sending, receiving) = match end {
             End::Asker => (&keys.asker_to_server, &keys.server_to_asker),
             End::Server => (&keys.server_to_asker, &keys.asker_to_server),
@@ -119,12 +127,13 @@ impl SealedStream {
         SealedStream {
             tcp,
             sending: Direction::new(sending),
-            outgoing: vec![0; RECORD_BYTES_MAX],
+            outgoing: RecordBuffer::new(buffers),
             buffered: 0,
             sealed: 0,
             sent: 0,
             receiving: Direction::new(receiving),
-            incoming: vec![0; RECORD_BYTES_MAX],
+            incoming_head: [0; HEAD_BYTES],
+            incoming: RecordBuffer::new(buffers),
             received: 0,
             plain_start: 0,
             plain_end: 0,
@@ -135,7 +144,7 @@ impl SealedStream {
     fn head(&mut self, plaintext: usize) -> (Nonce, [u8; HEAD_BYTES]) {
         let length = u32::try_from(plaintext + TAG_BYTES).expect("a record is far below 4 GiB");
         let head = length.to_be_bytes();
-        self.outgoing[..HEAD_BYTES].copy_from_slice(&head);
+        self.outgoing.lent()[..HEAD_BYTES].copy_from_slice(&head);
         self.sealed = HEAD_BYTES + plaintext + TAG_BYTES;
         self.sent = 0;
         (self.sending.next_nonce(), head)
@@ -148,7 +157,7 @@ impl SealedStream {
         }
         let plaintext = std::mem::take(&mut self.buffered);
         let (nonce, head) = self.head(plaintext);
-        let (body, tag) = self.outgoing[HEAD_BYTES..].split_at_mut(plaintext);
+        let (body, tag) = self.outgoing.lent()[HEAD_BYTES..].split_at_mut(plaintext);
         let sealed = self
             .sending
             .key
@@ -161,7 +170,7 @@ impl SealedStream {
     /// the outgoing record.
     fn seal_from(&mut self, plaintext: &[u8]) {
         let (nonce, head) = self.head(plaintext.len());
-        let (body, tag) = self.outgoing[HEAD_BYTES..].split_at_mut(plaintext.len());
+        let (body, tag) = self.outgoing.lent()[HEAD_BYTES..].split_at_mut(plaintext.len());
         self.sending
             .key
             .seal_out_of_place_scatter(
@@ -178,7 +187,7 @@ impl SealedStream {
     /// Writes out the sealed record, if there is one; ready once it is all on the socket.
     fn poll_send_sealed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sealed > 0 {
-            let unsent = &self.outgoing[self.sent..self.sealed];
+            let unsent = &self.outgoing.lent()[self.sent..self.sealed];
             let written = ready!(tokio::io::AsyncWrite::poll_write(
                 Pin::new(&mut self.tcp),
                 cx,
@@ -192,14 +201,22 @@ impl SealedStream {
                 self.sealed = 0;
             }
         }
+        if self.buffered == 0 {
+            self.outgoing.give_back();
+        }
         Poll::Ready(Ok(()))
     }
 
-    /// Reads into `incoming` until it holds `until` bytes; `Ok(false)` at a clean end of the
+    /// Reads the record until `until` bytes of it are in; `Ok(false)` at a clean end of the
     /// stream before any byte of a record.
     fn poll_fill(&mut self, cx: &mut Context<'_>, until: usize) -> Poll<io::Result<bool>> {
         while self.received < until {
-            let mut buffer = ReadBuf::new(&mut self.incoming[self.received..until]);
+            let unread = if self.received < HEAD_BYTES {
+                &mut self.incoming_head[self.received..until.min(HEAD_BYTES)]
+            } else {
+                &mut self.incoming.lent()[self.received..until]
+            };
+            let mut buffer = ReadBuf::new(unread);
             ready!(tokio::io::AsyncRead::poll_read(
                 Pin::new(&mut self.tcp),
                 cx,
@@ -223,7 +240,7 @@ impl SealedStream {
         if !ready!(self.poll_fill(cx, HEAD_BYTES))? {
             return Poll::Ready(Ok(None));
         }
-        let length = u32::from_be_bytes(self.record_head()) as usize;
+        let length = u32::from_be_bytes(self.incoming_head) as usize;
         if !(TAG_BYTES..=RECORD_PLAINTEXT_MAX + TAG_BYTES).contains(&length) {
             return Poll::Ready(Err(invalid(format!("a lane record of {length} bytes"))));
         }
@@ -232,34 +249,55 @@ impl SealedStream {
         Poll::Ready(Ok(Some(length)))
     }
 
-    fn record_head(&self) -> [u8; HEAD_BYTES] {
-        self.incoming[..HEAD_BYTES].try_into().expect("4 bytes")
-    }
-
     /// Opens the record just read into `out`, which is exactly its plaintext's length.
     fn open_into(&mut self, length: usize, out: &mut [u8]) -> io::Result<()> {
-        let head = self.record_head();
         let nonce = self.receiving.next_nonce();
-        let (ciphertext, tag) = self.incoming[HEAD_BYTES..HEAD_BYTES + length].split_at(out.len());
+        let (ciphertext, tag) =
+            self.incoming.lent()[HEAD_BYTES..HEAD_BYTES + length].split_at(out.len());
         self.receiving
             .key
-            .open_separate_gather(nonce, Aad::from(head), ciphertext, tag, out)
+            .open_separate_gather(nonce, Aad::from(self.incoming_head), ciphertext, tag, out)
             .map_err(|_| invalid("a lane record failed authentication"))
     }
 
     /// Opens the record just read where it is, for reads smaller than it.
     fn open_in_place(&mut self, length: usize) -> io::Result<()> {
-        let head = self.record_head();
         let nonce = self.receiving.next_nonce();
-        let record = &mut self.incoming[HEAD_BYTES..HEAD_BYTES + length];
+        let record = &mut self.incoming.lent()[HEAD_BYTES..HEAD_BYTES + length];
         let plain = self
             .receiving
             .key
-            .open_in_place(nonce, Aad::from(head), record)
+            .open_in_place(nonce, Aad::from(self.incoming_head), record)
             .map_err(|_| invalid("a lane record failed authentication"))?;
         self.plain_start = HEAD_BYTES;
         self.plain_end = HEAD_BYTES + plain.len();
         Ok(())
+    }
+}
+
+/// A record buffer lent by the pool while a record is in it, and given back between records.
+struct RecordBuffer {
+    pool: ChunkBuffers,
+    lent: Option<ChunkBuffer>,
+}
+
+impl RecordBuffer {
+    fn new(pool: &ChunkBuffers) -> RecordBuffer {
+        RecordBuffer {
+            pool: pool.clone(),
+            lent: None,
+        }
+    }
+
+    /// The buffer, taken from the pool if it is not held yet.
+    fn lent(&mut self) -> &mut ChunkBuffer {
+        self.lent
+            .get_or_insert_with(|| self.pool.take(RECORD_BYTES_MAX))
+    }
+
+    /// Gives the buffer back: nothing in it is needed any more.
+    fn give_back(&mut self) {
+        self.lent = None;
     }
 }
 
@@ -274,6 +312,21 @@ impl AsyncRead for SealedStream {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let read = this.poll_read_records(cx, buf);
+        if this.received <= HEAD_BYTES && this.plain_start == this.plain_end {
+            this.incoming.give_back();
+        }
+        read
+    }
+}
+
+impl SealedStream {
+    fn poll_read_records(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self;
         while this.plain_start == this.plain_end {
             if buf.is_empty() {
                 return Poll::Ready(Ok(0));
@@ -293,7 +346,8 @@ impl AsyncRead for SealedStream {
             }
         }
         let taken = buf.len().min(this.plain_end - this.plain_start);
-        buf[..taken].copy_from_slice(&this.incoming[this.plain_start..this.plain_start + taken]);
+        buf[..taken]
+            .copy_from_slice(&this.incoming.lent()[this.plain_start..this.plain_start + taken]);
         this.plain_start += taken;
         Poll::Ready(Ok(taken))
     }
@@ -316,7 +370,7 @@ impl AsyncWrite for SealedStream {
         }
         let taken = buf.len().min(RECORD_PLAINTEXT_MAX - this.buffered);
         let at = HEAD_BYTES + this.buffered;
-        this.outgoing[at..at + taken].copy_from_slice(&buf[..taken]);
+        this.outgoing.lent()[at..at + taken].copy_from_slice(&buf[..taken]);
         this.buffered += taken;
         if this.buffered == RECORD_PLAINTEXT_MAX {
             this.seal_buffered();
@@ -365,8 +419,8 @@ mod tests {
     ) -> (SealedStream, SealedStream) {
         let (asker, server) = tcp_pair().await;
         (
-            SealedStream::new(asker, asker_keys, End::Asker),
-            SealedStream::new(server, server_keys, End::Server),
+            SealedStream::new(asker, asker_keys, End::Asker, &ChunkBuffers::default()),
+            SealedStream::new(server, server_keys, End::Server, &ChunkBuffers::default()),
         )
     }
 
@@ -436,6 +490,37 @@ mod tests {
         assert!(received == expected, "the bytes differ");
     }
 
+    /// A lane holds a buffer only while a record is in it, and gives it back between records.
+    #[tokio::test]
+    async fn a_lane_between_records_holds_no_buffer() {
+        let pool = ChunkBuffers::default();
+        let (asker, server) = tcp_pair().await;
+        let mut asker = SealedStream::new(asker, &keys(3), End::Asker, &pool);
+        let mut server = SealedStream::new(server, &keys(3), End::Server, &pool);
+        let length = 2 * RECORD_PLAINTEXT_MAX + 100;
+        let writer = tokio::spawn(async move {
+            server.write_all(&vec![9u8; length]).await.unwrap();
+            server.flush().await.unwrap();
+            server
+        });
+        let mut first = [0u8; 10];
+        asker.read_exact(&mut first).await.unwrap();
+        assert!(
+            asker.incoming.lent.is_some(),
+            "the rest of the record is in the buffer"
+        );
+        let mut rest = vec![0u8; length - first.len()];
+        asker.read_exact(&mut rest).await.unwrap();
+        let server = writer.await.unwrap();
+        assert!(first.iter().chain(&rest).all(|&byte| byte == 9));
+        for (end, stream) in [("asker", &asker), ("server", &server)] {
+            assert!(
+                stream.incoming.lent.is_none() && stream.outgoing.lent.is_none(),
+                "the {end} holds a buffer between records"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_clean_close_reads_as_the_end() {
         let (mut asker, mut server) = sealed_pair(&keys(2), &keys(2)).await;
@@ -485,7 +570,8 @@ mod tests {
             .to_vec();
         for bad in [changed, first.clone(), oversized] {
             let (asker, mut raw_server) = tcp_pair().await;
-            let mut asker = SealedStream::new(asker, &lane_keys, End::Asker);
+            let mut asker =
+                SealedStream::new(asker, &lane_keys, End::Asker, &ChunkBuffers::default());
             raw_server.write_all(&first).await.unwrap();
             raw_server.write_all(&bad).await.unwrap();
             raw_server.flush().await.unwrap();
@@ -516,7 +602,7 @@ mod tests {
             wire.extend_from_slice(tag.as_ref());
         }
         let (asker, mut raw_server) = tcp_pair().await;
-        let mut asker = SealedStream::new(asker, &lane_keys, End::Asker);
+        let mut asker = SealedStream::new(asker, &lane_keys, End::Asker, &ChunkBuffers::default());
         raw_server.write_all(&wire).await.unwrap();
         drop(raw_server);
         let mut received = Vec::new();
@@ -527,7 +613,7 @@ mod tests {
     #[tokio::test]
     async fn a_record_cut_short_is_an_error() {
         let (asker, mut raw_server) = tcp_pair().await;
-        let mut asker = SealedStream::new(asker, &keys(6), End::Asker);
+        let mut asker = SealedStream::new(asker, &keys(6), End::Asker, &ChunkBuffers::default());
         raw_server.write_all(&100u32.to_be_bytes()).await.unwrap();
         raw_server.write_all(&[0u8; 50]).await.unwrap();
         drop(raw_server);

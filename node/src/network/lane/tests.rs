@@ -29,7 +29,7 @@ async fn connect_and_talk(lane_use: LaneUse) -> NetworkEvent {
     assert_eq!(offer.port, bound.port());
     let mut tcp = TcpStream::connect(bound).await.unwrap();
     tcp.write_all(&offer.token).await.unwrap();
-    let mut asker = SealedStream::new(tcp, &offer.keys, End::Asker);
+    let mut asker = SealedStream::new(tcp, &offer.keys, End::Asker, &ChunkBuffers::default());
     let mut event = events.recv().await.expect("no lane handed out");
     let (NetworkEvent::ChunkStream { peer: from, stream }
     | NetworkEvent::FeedStream { peer: from, stream }) = &mut event
