@@ -321,34 +321,35 @@ impl AsyncRead for SealedStream {
 }
 
 impl SealedStream {
+    /// Reads plaintext into `buf` from what is left of the record in hand, else from the next
+    /// records (opening one straight into `buf` when it fits).
     fn poll_read_records(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self;
-        while this.plain_start == this.plain_end {
+        while self.plain_start == self.plain_end {
             if buf.is_empty() {
                 return Poll::Ready(Ok(0));
             }
-            let Some(length) = ready!(this.poll_next_record(cx))? else {
+            let Some(length) = ready!(self.poll_next_record(cx))? else {
                 return Poll::Ready(Ok(0));
             };
             let plaintext = length - TAG_BYTES;
             if plaintext == 0 {
                 // Nothing to hand out (and `Ok(0)` would read as the end): authenticate it.
-                this.open_in_place(length)?;
+                self.open_in_place(length)?;
             } else if plaintext <= buf.len() {
-                this.open_into(length, &mut buf[..plaintext])?;
+                self.open_into(length, &mut buf[..plaintext])?;
                 return Poll::Ready(Ok(plaintext));
             } else {
-                this.open_in_place(length)?;
+                self.open_in_place(length)?;
             }
         }
-        let taken = buf.len().min(this.plain_end - this.plain_start);
+        let taken = buf.len().min(self.plain_end - self.plain_start);
         buf[..taken]
-            .copy_from_slice(&this.incoming.lent()[this.plain_start..this.plain_start + taken]);
-        this.plain_start += taken;
+            .copy_from_slice(&self.incoming.lent()[self.plain_start..self.plain_start + taken]);
+        self.plain_start += taken;
         Poll::Ready(Ok(taken))
     }
 }
