@@ -23,6 +23,7 @@ use crate::announce::Announcements;
 use crate::budget::Evictor;
 use crate::config::{GatewayAuthFiles, NodeConfig};
 use crate::exchange::fetch::{self, FetchContext};
+use crate::exchange::pace::NodePace;
 use crate::exchange::provenance::ContentProvenance;
 use crate::exchange::rate::RateLimiter;
 use crate::exchange::serve::PeerService;
@@ -114,6 +115,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         Ok(())
     });
     let upstreams = Upstreams::new(&config.upstreams, counters.clone())?;
+    let pace = Arc::new(NodePace::default());
     let (fetch, fetch_task) = fetch::start(
         FetchContext {
             store: store.clone(),
@@ -126,6 +128,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             upstreams: upstreams.clone(),
             chunk_requests: Arc::default(),
             uplink_refusals: Arc::default(),
+            pace: pace.clone(),
         },
         shutdown.clone(),
     );
@@ -167,6 +170,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         seeding: Arc::default(),
         upstreams,
         provenance: Arc::new(ContentProvenance::new(zone)),
+        pace,
         corrupt_chunks: config.hostile_corrupt_chunks,
     };
     let peers_shutdown = shutdown.clone();

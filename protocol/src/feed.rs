@@ -5,7 +5,9 @@
 //! Data flow: a fetcher that learns a peer holds part of a blob sends [`FeedRequest::Watch`]
 //! on its feed to that peer; the peer answers with a [`FeedUpdate`] at once and another each
 //! time it gained a chunk that is news to the fetcher ([`news_for`]: one the fetcher is not
-//! known to hold), at most one per [`FEED_INTERVAL`], until the blob is whole there
+//! known to hold), at the node's pace ([`GainPace`]: at least [`FEED_INTERVAL`] and at most
+//! [`FEED_INTERVAL_MAX`] apart, so that a slow node tells a few chunks at a time), until the
+//! blob is whole there
 //! (the last update says `complete`), its transfer fails, or the fetcher sends
 //! [`FeedRequest::Unwatch`]. [`FeedUpdate::Lacks`] ends a watch: the peer does not have the
 //! blob (or may not tell this fetcher), and the fetcher asks again later as it asks any peer.
@@ -38,6 +40,48 @@ pub fn push_delay(random: u64) -> Duration {
     let interval = FEED_INTERVAL.as_nanos();
     let nanos = (u128::from(random) * interval) >> 64;
     Duration::from_nanos(u64::try_from(nanos).unwrap_or_default())
+}
+
+/// How many of its node's gains a feed waits for between two pushes: a push tells about this
+/// many new chunks where the node gains them slowly. A node gaining a chunk every quarter of
+/// a second (4 MiB/s) pushed every gain to each of its dozen watchers, 11 pushes per MiB it
+/// received, and each push costs both ends a wake (docs/benchmarks.md, "Pushes at the node's
+/// pace"); the simulator put the cost in time at nothing to speak of (simulations/README.md).
+pub const GAINS_PER_PUSH: usize = 4;
+
+/// The longest a feed waits between two pushes, however slowly its node gains chunks, so that
+/// a watcher hears of a chunk within about a second.
+pub const FEED_INTERVAL_MAX: Duration = Duration::from_millis(1000);
+
+/// The times of a node's latest gains, over all its transfers: how far apart its feeds push.
+/// Two pushes of one feed (and of one watch) go at least [`GainPace::push_interval`] apart:
+/// the time the node took for its latest [`GAINS_PER_PUSH`] gains, no less than
+/// [`FEED_INTERVAL`] and no more than [`FEED_INTERVAL_MAX`]. A node gaining fast pushes every
+/// [`FEED_INTERVAL`] as before; a slow one pushes a few chunks at a time.
+#[derive(Debug, Clone, Default)]
+pub struct GainPace {
+    /// The latest gains' times, oldest first; `None` before the node's first gains.
+    latest: [Option<Duration>; GAINS_PER_PUSH],
+}
+
+impl GainPace {
+    /// The node verified a chunk at `at`, a time since any fixed origin that never goes back.
+    pub fn gained(&mut self, at: Duration) {
+        self.latest.rotate_left(1);
+        self.latest[GAINS_PER_PUSH - 1] = Some(at);
+    }
+
+    /// The least time between two pushes of a feed at `now` (same origin as
+    /// [`GainPace::gained`]): [`FEED_INTERVAL`] until the node has gained
+    /// [`GAINS_PER_PUSH`] chunks.
+    pub fn push_interval(&self, now: Duration) -> Duration {
+        match self.latest[0] {
+            Some(oldest) => now
+                .saturating_sub(oldest)
+                .clamp(FEED_INTERVAL, FEED_INTERVAL_MAX),
+            None => FEED_INTERVAL,
+        }
+    }
 }
 
 /// Whether a watch has news to push: this node now holds `have`, its last push (or skip)
@@ -157,6 +201,40 @@ impl FeedUpdate {
 mod tests {
     use super::*;
     use crate::wire::{decode, encode};
+
+    #[test]
+    fn pushes_go_as_far_apart_as_the_latest_gains_took_within_bounds() {
+        let ms = Duration::from_millis;
+        let mut pace = GainPace::default();
+        assert_eq!(pace.push_interval(ms(5_000)), FEED_INTERVAL, "no gains yet");
+        for at in 0..GAINS_PER_PUSH as u64 - 1 {
+            pace.gained(ms(250 * at));
+        }
+        assert_eq!(
+            pace.push_interval(ms(5_000)),
+            FEED_INTERVAL,
+            "too few gains to tell a pace"
+        );
+        // A gain every 250 ms: the latest four took 750 ms by the last one, 800 ms by now.
+        pace.gained(ms(750));
+        assert_eq!(pace.push_interval(ms(800)), ms(800));
+        // Fast gains: no closer than the floor.
+        let mut fast = GainPace::default();
+        for at in 0..10 {
+            fast.gained(ms(at));
+        }
+        assert_eq!(fast.push_interval(ms(10)), FEED_INTERVAL);
+        // Slow gains, or a node that stopped gaining: no further apart than the ceiling.
+        assert_eq!(pace.push_interval(ms(60_000)), FEED_INTERVAL_MAX);
+        // Only the latest gains count.
+        for at in [10_000, 10_050, 10_100, 10_150] {
+            pace.gained(ms(at));
+        }
+        assert_eq!(
+            pace.push_interval(ms(10_160)),
+            FEED_INTERVAL_MAX.min(ms(160))
+        );
+    }
 
     #[test]
     fn only_gains_the_watcher_may_lack_are_news() {

@@ -14,8 +14,10 @@
 //! - have feeds (`shoal_protocol::feed`): a `Watch` request reaches the peer one latency later
 //!   and the peer pushes its bitfield back at once. Each later push of a watch, as the node's,
 //!   goes `push_delay` (a fresh random part of `FEED_INTERVAL`, from the peer's own stream)
-//!   after the change it tells, or after `FEED_INTERVAL` has passed since the watch's last
-//!   push if that is later, and carries the bitfield of that moment: the watchers of one peer
+//!   after the change it tells, or after the peer's push interval has passed since the
+//!   watch's last push if that is later (`feed::GainPace`: what the peer's latest gains took,
+//!   within `FEED_INTERVAL` and `FEED_INTERVAL_MAX`; a host fetches one blob, so a watch is
+//!   what a node's feed is, and the node's feed spaces its writes the same way), and carries the bitfield of that moment: the watchers of one peer
 //!   hear of its new chunk at different times, not all at once (which herds them onto it).
 //!   A gain the watcher already holds, as far as the peer's own fetch knows, is no news and
 //!   gets no push (`feed::news_for`); the push of the whole blob always goes. Every push reaches its watcher one latency later as `Pushed`. A push of the whole blob
@@ -39,7 +41,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use shoal_protocol::feed::{news_for, push_delay};
+use shoal_protocol::feed::{GainPace, news_for, push_delay};
 use shoal_protocol::{
     Answer, Bitmap, BusyReason, ChunkReply, ChunkRequest, Digest, Fetch, FetchAction, FetchEvent,
     Holding, PeerHolds, SchedulerConfig, Serving,
@@ -52,9 +54,6 @@ use crate::scenario::Scenario;
 use crate::topology::{ORIGIN, Role, Topology};
 use crate::trace::{Recorded, Recorder, Step};
 
-/// [`shoal_protocol::FEED_INTERVAL`] on the virtual clock: a watch gets a push at most this
-/// often.
-const FEED_INTERVAL: Micros = shoal_protocol::FEED_INTERVAL.as_micros() as Micros;
 /// The derived random stream of each host's push delays is this plus the host's id (its
 /// scheduler's seed is drawn from `1 << 32` plus the id).
 const STREAM_PUSH_DELAYS: u64 = 2 << 32;
@@ -146,6 +145,8 @@ struct NodeState {
     recent_gains: VecDeque<(Micros, u32)>,
     /// This host's push delays.
     feed_rng: Rng,
+    /// How fast the host gains chunks: how far apart its pushes go (`feed::GainPace`).
+    pace: GainPace,
 }
 
 /// One watch of a host's feed, on the host's side.
@@ -153,7 +154,7 @@ struct NodeState {
 struct Watcher {
     host: u32,
     /// When the latest push goes (if in the future) or went: a change at or before it is in
-    /// that push; a later one gets the next push, `FEED_INTERVAL` after it at the earliest.
+    /// that push; a later one gets the next push, the host's push interval after it at the earliest.
     pushed_at: Micros,
 }
 
@@ -293,6 +294,7 @@ impl<'a> Simulation<'a> {
                     pushes_cover_until: 0,
                     recent_gains: VecDeque::new(),
                     feed_rng: Rng::derived(scenario.seed, STREAM_PUSH_DELAYS | id),
+                    pace: GainPace::default(),
                 }
             })
             .collect();
@@ -675,8 +677,8 @@ impl<'a> Simulation<'a> {
     }
 
     /// A host verified `chunk`. Each watch whose latest push went before now gets another,
-    /// `push_delay` after now or after `FEED_INTERVAL` has passed since that push, whichever
-    /// is later, as the node's `push_have` waits; once the host is whole, the watches end
+    /// `push_delay` after now or after the host's push interval has passed since that push,
+    /// whichever is later, as the node's `push_have` waits; once the host is whole, the watches end
     /// with those pushes.
     fn gained(&mut self, node: u32, chunk: u32) {
         let now = self.now;
@@ -692,6 +694,11 @@ impl<'a> Simulation<'a> {
             state.recent_gains.pop_front();
         }
         state.recent_gains.push_back((now, chunk));
+        state.pace.gained(Duration::from_micros(now));
+        let interval = state
+            .pace
+            .push_interval(Duration::from_micros(now))
+            .as_micros() as Micros;
         if state.watchers.is_empty() || now <= state.pushes_cover_until {
             return;
         }
@@ -721,7 +728,7 @@ impl<'a> Simulation<'a> {
             let watch = &mut state.watchers[i];
             if news {
                 let delay = push_delay(state.feed_rng.next_u64()).as_micros() as Micros;
-                watch.pushed_at = now.max(watch.pushed_at + FEED_INTERVAL) + delay;
+                watch.pushed_at = now.max(watch.pushed_at + interval) + delay;
                 let (watcher, at) = (watch.host, watch.pushed_at);
                 self.send_push(node, watcher, at);
             }
@@ -1084,6 +1091,9 @@ fn site_rank_key(node: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`shoal_protocol::FEED_INTERVAL`] on the virtual clock.
+    const FEED_INTERVAL: Micros = shoal_protocol::FEED_INTERVAL.as_micros() as Micros;
 
     const MESH: &str = r#"
 name = "mesh"

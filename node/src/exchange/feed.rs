@@ -1,17 +1,22 @@
 //! Have feeds, the serving side: a peer that fetches blobs this node is fetching too opens one
 //! feed (`network/feed.rs`) and watches them on it; this node pushes its bitfield of each
 //! (`shoal_protocol::feed`): at once, then whenever it gained a chunk the watcher is not known
-//! to hold (what the watcher told this node's own transfer, `fetch/peer_chunks.rs`), at most
-//! once per [`FEED_INTERVAL`], until the blob is whole here or its transfer fails. Each watch is put
-//! to the zone's rules as a `Have` request is.
+//! to hold (what the watcher told this node's own transfer, `fetch/peer_chunks.rs`), until the
+//! blob is whole here or its transfer fails. Each watch is put to the zone's rules as a `Have`
+//! request is.
+//!
+//! Pushes go at the node's pace (`shoal_protocol::feed::GainPace`, kept by `pace.rs`): a watch
+//! waits the node's push interval after each push, and the feed's writer holds what its
+//! watches hand it until the same interval has passed since its last write, then writes the
+//! latest update of every blob it holds in one record. A node gaining a chunk every quarter
+//! of a second thus tells each watcher a few chunks of all its blobs at a time, where it told
+//! each chunk of each blob apart; the first update of a watch goes at once.
 
 use std::collections::HashMap;
 
 use futures_util::{AsyncReadExt, AsyncWriteExt};
 use libp2p::PeerId;
-use shoal_protocol::feed::{
-    FEED_INTERVAL, FEED_REQUEST_BYTES_MAX, FeedRequest, FeedUpdate, push_delay,
-};
+use shoal_protocol::feed::{FEED_REQUEST_BYTES_MAX, FeedRequest, FeedUpdate, push_delay};
 use shoal_protocol::rng::SplitMix64;
 use shoal_protocol::wire::{Request, Response};
 use shoal_protocol::{Bitmap, Digest};
@@ -31,7 +36,7 @@ impl PeerService {
     /// Serves the feed `peer` opened on `stream` until the peer closes it or it breaks.
     pub async fn serve_feed(&self, peer: PeerId, stream: Box<dyn LinkStream>) {
         let (mut reader, mut writer) = stream.split();
-        let (updates, mut outgoing) = mpsc::channel::<FeedUpdate>(UPDATES_QUEUED_MAX);
+        let (updates, mut outgoing) = mpsc::channel::<Push>(UPDATES_QUEUED_MAX);
         let mut watches: HashMap<Digest, AbortHandle> = HashMap::new();
         let read = async {
             loop {
@@ -65,13 +70,38 @@ impl PeerService {
             }
         };
         let write = async {
-            while let Some(update) = outgoing.recv().await {
-                if write_message_frame(&mut writer, &update).await.is_err()
-                    || writer.flush().await.is_err()
-                {
+            let mut held = HeldPushes::default();
+            let mut next_write = tokio::time::Instant::now();
+            loop {
+                if held.is_empty() {
+                    let Some(push) = outgoing.recv().await else {
+                        return;
+                    };
+                    held.hold(push);
+                }
+                while !held.at_once {
+                    tokio::select! {
+                        push = outgoing.recv() => match push {
+                            Some(push) => held.hold(push),
+                            None => break,
+                        },
+                        () = tokio::time::sleep_until(next_write) => break,
+                    }
+                }
+                while let Ok(push) = outgoing.try_recv() {
+                    held.hold(push);
+                }
+                let updates = held.take();
+                for update in &updates {
+                    if write_message_frame(&mut writer, update).await.is_err() {
+                        return;
+                    }
+                }
+                if writer.flush().await.is_err() {
                     return;
                 }
                 Counters::add(&self.counters.bitfield_pushes_sent, 1);
+                next_write = tokio::time::Instant::now() + self.pace.push_interval();
             }
         };
         tokio::select! {
@@ -85,9 +115,11 @@ impl PeerService {
 
     /// Pushes this node's bitfield of `blob` to `peer` as it changes, until the blob is whole
     /// here (the last update says so) or not here at all.
-    async fn push_have(&self, peer: PeerId, blob: Digest, updates: mpsc::Sender<FeedUpdate>) {
+    async fn push_have(&self, peer: PeerId, blob: Digest, updates: mpsc::Sender<Push>) {
         if !self.permitted(peer, &Request::Have { blob }).await {
-            let _ = updates.send(FeedUpdate::Lacks { blob }).await;
+            let _ = updates
+                .send(Push::at_once(FeedUpdate::Lacks { blob }))
+                .await;
             return;
         }
         let mut random = SplitMix64::new(random_seed(&peer, &blob));
@@ -103,10 +135,13 @@ impl PeerService {
                     }
                     _ => FeedUpdate::Lacks { blob },
                 };
-                if pushed_before {
+                let push = if pushed_before {
                     tokio::time::sleep(push_delay(random.next_u64())).await;
-                }
-                let _ = updates.send(update).await;
+                    Push::paced(update)
+                } else {
+                    Push::at_once(update)
+                };
+                let _ = updates.send(push).await;
                 return;
             };
             let mut pushed: Option<Bitmap> = None;
@@ -139,12 +174,17 @@ impl PeerService {
                             complete: false,
                         },
                     );
-                    if updates.send(update).await.is_err() {
+                    let push = if pushed_before {
+                        Push::paced(update)
+                    } else {
+                        Push::at_once(update)
+                    };
+                    if updates.send(push).await.is_err() {
                         return;
                     }
                     pushed = Some(progress.have);
                     pushed_before = true;
-                    tokio::time::sleep(FEED_INTERVAL).await;
+                    tokio::time::sleep(self.pace.push_interval()).await;
                     continue;
                 }
                 if transfer.changed().await.is_err() {
@@ -152,6 +192,58 @@ impl PeerService {
                 }
             }
         }
+    }
+}
+
+/// An update on its way to a feed's writer.
+#[derive(Debug)]
+struct Push {
+    update: FeedUpdate,
+    /// The first of its watch: it goes at once, and takes with it whatever the feed holds.
+    at_once: bool,
+}
+
+impl Push {
+    fn at_once(update: FeedUpdate) -> Push {
+        Push {
+            update,
+            at_once: true,
+        }
+    }
+
+    fn paced(update: FeedUpdate) -> Push {
+        Push {
+            update,
+            at_once: false,
+        }
+    }
+}
+
+/// The updates a feed's writer holds until its next write: at most one per blob, the latest
+/// (each carries the whole bitfield).
+#[derive(Debug, Default)]
+struct HeldPushes {
+    updates: Vec<FeedUpdate>,
+    at_once: bool,
+}
+
+impl HeldPushes {
+    fn is_empty(&self) -> bool {
+        self.updates.is_empty()
+    }
+
+    fn hold(&mut self, push: Push) {
+        self.at_once |= push.at_once;
+        let blob = push.update.blob();
+        match self.updates.iter_mut().find(|held| held.blob() == blob) {
+            Some(held) => *held = push.update,
+            None => self.updates.push(push.update),
+        }
+    }
+
+    fn take(&mut self) -> Vec<FeedUpdate> {
+        self.at_once = false;
+        std::mem::take(&mut self.updates)
     }
 }
 
@@ -166,4 +258,44 @@ fn random_seed(peer: &PeerId, blob: &Digest) -> u64 {
     hasher.update(&now.as_nanos().to_le_bytes());
     let hash = hasher.finalize();
     u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_protocol::Bitmap;
+
+    use super::*;
+
+    fn have(blob: u8, chunks: &[u32]) -> FeedUpdate {
+        FeedUpdate::Have {
+            blob: Digest::of(&[blob]),
+            blob_size: 4 << 20,
+            chunk_bytes: 1 << 20,
+            chunks: Bitmap::with_ones(4, chunks.iter().copied()),
+            complete: false,
+        }
+    }
+
+    #[test]
+    fn a_feed_holds_the_latest_update_of_each_blob_until_it_writes() {
+        let mut held = HeldPushes::default();
+        assert!(held.is_empty());
+        held.hold(Push::paced(have(1, &[0])));
+        held.hold(Push::paced(have(2, &[3])));
+        held.hold(Push::paced(have(1, &[0, 1])));
+        assert!(!held.at_once, "paced updates wait for the feed's interval");
+        assert_eq!(held.take(), vec![have(1, &[0, 1]), have(2, &[3])]);
+        assert!(held.is_empty());
+
+        held.hold(Push::paced(have(2, &[3, 2])));
+        held.hold(Push::at_once(FeedUpdate::Lacks {
+            blob: Digest::of(&[3]),
+        }));
+        assert!(
+            held.at_once,
+            "a watch's first update takes the held ones with it"
+        );
+        assert_eq!(held.take().len(), 2);
+        assert!(!held.at_once, "and the next write waits again");
+    }
 }

@@ -18,6 +18,8 @@
 //!   peers that watch them on their have feeds, instead of each peer polling for it.
 //! - [`provenance`]: whether content a peer asks for is public or held only because of a
 //!   credentialed namespace, for the zone's decisions (`zone.rs`), which [`serve`] applies.
+//! - [`pace`]: how fast the node gains chunks over all its transfers, which [`feed`] spaces
+//!   its pushes by.
 //! - [`seeding`]: the node's handle on the protocol's serving policy
 //!   (`shoal_protocol::serving`: super-seeding and the `Busy` rule), which [`serve`] asks
 //!   before it reads a chunk; the simulator drives the same policy.
@@ -30,6 +32,7 @@
 
 mod feed;
 pub mod fetch;
+pub mod pace;
 pub mod provenance;
 pub mod rate;
 pub mod seeding;

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcements;
 use crate::exchange::fetch::{FetchHandle, Origin, Progress, Transfer};
+use crate::exchange::pace::NodePace;
 use crate::exchange::provenance::ContentProvenance;
 use crate::exchange::rate::{Booking, RateLimiter};
 use crate::exchange::seeding::SeedLedger;
@@ -78,6 +79,8 @@ pub struct PeerService {
     pub upstreams: Upstreams,
     /// The zone's rules, and where the content a request names comes from.
     pub provenance: Arc<ContentProvenance>,
+    /// How fast the node gains chunks: what its feeds space their pushes by.
+    pub pace: Arc<NodePace>,
     /// Fault injection for tests: corrupt every chunk sent.
     pub corrupt_chunks: bool,
 }

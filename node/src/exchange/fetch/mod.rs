@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcements;
+use crate::exchange::pace::NodePace;
 use crate::exchange::rate::RateLimiter;
 use crate::locality::Locality;
 use crate::network::NetworkHandle;
@@ -63,6 +64,8 @@ pub struct FetchContext {
     pub chunk_requests: Arc<ChunkRequests>,
     /// Peers that refused one of the transfers for a full uplink lately.
     pub uplink_refusals: Arc<UplinkRefusals>,
+    /// How fast the node gains chunks, told of each chunk verified.
+    pub pace: Arc<NodePace>,
 }
 
 /// Where a blob was asked for, which says which upstream may have it when no peer does.

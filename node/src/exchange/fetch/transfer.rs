@@ -688,6 +688,7 @@ impl Run<'_> {
             progress.verified.push(chunk, bytes.clone());
             progress.have.set(chunk);
         });
+        self.context.pace.gained();
         self.write_behind(chunk, bytes).await
     }
 
