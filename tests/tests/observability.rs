@@ -98,6 +98,7 @@ const COUNTER_SERIES: &[(&str, &str)] = &[
         "bitfield_pushes_received",
         r#"shoal_bitfield_pushes_total{direction="received"}"#,
     ),
+    ("have_feed_writes", "shoal_have_feed_writes_total"),
     ("provider_lookups", "shoal_provider_lookups_total"),
     (
         "busy_answers_egress",
@@ -503,6 +504,7 @@ const NODE_FAMILIES: &[&str] = &[
     "shoal_chunk_links",
     "shoal_bitfield_polls_on_lanes",
     "shoal_bitfield_pushes",
+    "shoal_have_feed_writes",
     "shoal_busy_answers",
     "shoal_chunks_rejected",
     "shoal_announcements",

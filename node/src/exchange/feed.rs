@@ -100,7 +100,8 @@ impl PeerService {
                 if writer.flush().await.is_err() {
                     return;
                 }
-                Counters::add(&self.counters.bitfield_pushes_sent, 1);
+                Counters::add(&self.counters.bitfield_pushes_sent, updates.len() as u64);
+                Counters::add(&self.counters.have_feed_writes, 1);
                 next_write = tokio::time::Instant::now() + self.pace.push_interval();
             }
         };

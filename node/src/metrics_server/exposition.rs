@@ -240,6 +240,11 @@ fn write_families(report: &StatusReport, timings: &Timings, page: &mut Families)
         ],
     )?;
     page.counter(
+        "shoal_have_feed_writes",
+        "Writes of the have feeds this node serves, each one record with the updates of one or more blobs.",
+        &[(&[], counters.have_feed_writes)],
+    )?;
+    page.counter(
         "shoal_provider_lookups",
         "DHT lookups of a blob's providers started by this node's transfers.",
         &[(&[], counters.provider_lookups)],

@@ -48,6 +48,9 @@ pub struct Counters {
     /// this node's blobs, and received from peers this node watches.
     pub bitfield_pushes_sent: AtomicU64,
     pub bitfield_pushes_received: AtomicU64,
+    /// Writes of the have feeds this node serves: each one record, with the latest update of
+    /// every blob the feed held since its last write (`exchange/feed.rs`).
+    pub have_feed_writes: AtomicU64,
     /// DHT lookups of a blob's providers this node's transfers started
     /// (`shoal_protocol::fetch::SOURCES_ENOUGH` says when they stop).
     pub provider_lookups: AtomicU64,
@@ -93,6 +96,7 @@ pub struct CountersSnapshot {
     pub bitfield_polls_on_lanes: u64,
     pub bitfield_pushes_sent: u64,
     pub bitfield_pushes_received: u64,
+    pub have_feed_writes: u64,
     pub provider_lookups: u64,
     pub busy_answers_egress: u64,
     pub busy_answers_super_seeding: u64,
@@ -134,6 +138,7 @@ impl Counters {
             bitfield_polls_on_lanes: get(&self.bitfield_polls_on_lanes),
             bitfield_pushes_sent: get(&self.bitfield_pushes_sent),
             bitfield_pushes_received: get(&self.bitfield_pushes_received),
+            have_feed_writes: get(&self.have_feed_writes),
             provider_lookups: get(&self.provider_lookups),
             busy_answers_egress: get(&self.busy_answers_egress),
             busy_answers_super_seeding: get(&self.busy_answers_super_seeding),

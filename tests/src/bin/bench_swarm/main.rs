@@ -800,8 +800,11 @@ struct FanoutRow {
 /// What every node counted of the exchange's messages and links, summed.
 #[derive(Debug, Default)]
 struct Messages {
-    /// Bitfields pushed on have feeds.
+    /// Writes of have feeds: one record each, with the updates of one or more blobs (the
+    /// pushes as messages, what the simulator counts as pushes).
     pushes: u64,
+    /// Bitfield updates pushed on have feeds, one per blob in a write.
+    updates: u64,
     /// Chunk requests answered `Busy`.
     busy: u64,
     /// Of `busy`, those the seed or a member answered for super-seeding (the rest for a full
@@ -1078,6 +1081,7 @@ impl FanoutBench {
         );
         let Messages {
             pushes,
+            updates,
             busy,
             busy_super_seeding,
             links_on_lanes,
@@ -1089,8 +1093,8 @@ impl FanoutBench {
         let (pushes_per_mib, busy_per_mib) =
             (pushes as f64 / delivered_mib, busy as f64 / delivered_mib);
         println!(
-            "  messages: {pushes} have-feed pushes ({pushes_per_mib:.1} per MiB delivered), \
-             {busy} Busy answers ({busy_per_mib:.1} per MiB; {busy_super_seeding} of them for \
+            "  messages: {pushes} have-feed pushes ({pushes_per_mib:.1} per MiB delivered; \
+             {updates} blobs' updates in them), {busy} Busy answers ({busy_per_mib:.1} per MiB; {busy_super_seeding} of them for \
              super-seeding, the rest for a full uplink); chunk links opened: \
              {links_on_lanes} on lanes, {links_on_streams} on libp2p streams; have feeds opened: \
              {feeds_on_lanes} on lanes, {feeds_on_streams} on libp2p streams; DHT lookups \
@@ -1146,7 +1150,8 @@ impl FanoutBench {
         let mut messages = Messages::default();
         for node in self.nodes() {
             let status = node.status()?;
-            messages.pushes += counter(&status, "bitfield_pushes_sent")?;
+            messages.pushes += counter(&status, "have_feed_writes")?;
+            messages.updates += counter(&status, "bitfield_pushes_sent")?;
             let super_seeding = counter(&status, "busy_answers_super_seeding")?;
             messages.busy += counter(&status, "busy_answers_egress")? + super_seeding;
             messages.busy_super_seeding += super_seeding;
