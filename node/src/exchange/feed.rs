@@ -136,13 +136,10 @@ impl PeerService {
                     }
                     _ => FeedUpdate::Lacks { blob },
                 };
-                let push = if pushed_before {
+                if pushed_before {
                     tokio::time::sleep(push_delay(random.next_u64())).await;
-                    Push::paced(update)
-                } else {
-                    Push::at_once(update)
-                };
-                let _ = updates.send(push).await;
+                }
+                let _ = updates.send(Push::of_watch(update, pushed_before)).await;
                 return;
             };
             let mut pushed: Option<Bitmap> = None;
@@ -175,12 +172,11 @@ impl PeerService {
                             complete: false,
                         },
                     );
-                    let push = if pushed_before {
-                        Push::paced(update)
-                    } else {
-                        Push::at_once(update)
-                    };
-                    if updates.send(push).await.is_err() {
+                    if updates
+                        .send(Push::of_watch(update, pushed_before))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     pushed = Some(progress.have);
@@ -212,10 +208,11 @@ impl Push {
         }
     }
 
-    fn paced(update: FeedUpdate) -> Push {
+    /// An update of a watch that has `pushed_before` or not.
+    fn of_watch(update: FeedUpdate, pushed_before: bool) -> Push {
         Push {
             update,
-            at_once: false,
+            at_once: !pushed_before,
         }
     }
 }
@@ -281,14 +278,14 @@ mod tests {
     fn a_feed_holds_the_latest_update_of_each_blob_until_it_writes() {
         let mut held = HeldPushes::default();
         assert!(held.is_empty());
-        held.hold(Push::paced(have(1, &[0])));
-        held.hold(Push::paced(have(2, &[3])));
-        held.hold(Push::paced(have(1, &[0, 1])));
+        held.hold(Push::of_watch(have(1, &[0]), true));
+        held.hold(Push::of_watch(have(2, &[3]), true));
+        held.hold(Push::of_watch(have(1, &[0, 1]), true));
         assert!(!held.at_once, "paced updates wait for the feed's interval");
         assert_eq!(held.take(), vec![have(1, &[0, 1]), have(2, &[3])]);
         assert!(held.is_empty());
 
-        held.hold(Push::paced(have(2, &[3, 2])));
+        held.hold(Push::of_watch(have(2, &[3, 2]), true));
         held.hold(Push::at_once(FeedUpdate::Lacks {
             blob: Digest::of(&[3]),
         }));
