@@ -1150,8 +1150,13 @@ impl FanoutBench {
         let mut messages = Messages::default();
         for node in self.nodes() {
             let status = node.status()?;
-            messages.pushes += counter(&status, "have_feed_writes")?;
-            messages.updates += counter(&status, "bitfield_pushes_sent")?;
+            let updates = counter(&status, "bitfield_pushes_sent")?;
+            // A build before `have_feed_writes` wrote every update in a record of its own; so
+            // `scripts/alternate` can still set it against a newer one.
+            messages.pushes += status["counters"]["have_feed_writes"]
+                .as_u64()
+                .unwrap_or(updates);
+            messages.updates += updates;
             let super_seeding = counter(&status, "busy_answers_super_seeding")?;
             messages.busy += counter(&status, "busy_answers_egress")? + super_seeding;
             messages.busy_super_seeding += super_seeding;
