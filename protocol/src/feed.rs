@@ -23,7 +23,8 @@ use crate::bitmap::Bitmap;
 use crate::digest::Digest;
 use crate::wire::Response;
 
-/// At most one update per watch per this interval, the first at once. 100 ms: a peer
+/// The least time between two updates of a watch (and two writes of a feed), the first at
+/// once; a node gaining chunks slowly waits longer ([`GainPace`]). 100 ms: a peer
 /// gaining chunks at 10 Gbit/s is known to have each within a tenth of a second, where polls
 /// every 250 ms left it 125 ms stale on average plus a round trip; a peer gaining chunks
 /// slowly pushes only what it gained, where polls cost a request and an answer each whether
