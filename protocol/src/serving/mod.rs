@@ -71,11 +71,14 @@ pub const EGRESS_AHEAD_MAX: Duration = Duration::from_millis(150);
 
 /// How long after a chunk's latest copy left a refused peer's repeated request for it is
 /// served. Serving the second request at once sent 1.4 copies of a fan-out's image from its
-/// seed (docs/benchmarks.md); 5 s lets the fetchers that merely asked first take the chunk
+/// seed (docs/benchmarks.md); waiting lets the fetchers that merely asked first take the chunk
 /// from whoever got it, while one that needs exactly this chunk from this node still gets it.
 /// Counted from the first copy, not the latest, several fetchers insisting at once each got
-/// one: 19 copies of 9 chunks in a 32-node fan-out on two cores.
-pub const REPEAT_AFTER: Duration = Duration::from_secs(5);
+/// one: 19 copies of 9 chunks in a 32-node fan-out on two cores. 10 s: with 5 s the seed of a
+/// 32-node fan-out at 4 MiB/s sent 1.02-1.07 copies, every extra one a repeat 5-6.5 s after
+/// the first; with 10 s 1.00-1.01, the last node no later (docs/benchmarks.md, "Super-seeding's
+/// repeats after 10 s").
+pub const REPEAT_AFTER: Duration = Duration::from_secs(10);
 
 /// Refusals remembered at once; past this the memory is cleared, which only means a few
 /// repeated requests wait another [`REPEAT_AFTER`]. 65,536 `(peer, blob, chunk)` entries are a
