@@ -17,12 +17,13 @@
 //!   after the change it tells, or after the peer's push interval has passed since the
 //!   watch's last push if that is later (`feed::GainPace`: what the peer's latest gains took,
 //!   within `FEED_INTERVAL` and `FEED_INTERVAL_MAX`; a host fetches one blob, so a watch is
-//!   what a node's feed is, and the node's feed spaces its writes the same way), and carries the bitfield of that moment: the watchers of one peer
-//!   hear of its new chunk at different times, not all at once (which herds them onto it).
-//!   A gain the watcher already holds, as far as the peer's own fetch knows, is no news and
-//!   gets no push (`feed::news_for`); the push of the whole blob always goes. Every push reaches its watcher one latency later as `Pushed`. A push of the whole blob
-//!   ends the watch; a peer going offline ends its watches (`Fetch::watch_ended`); a watcher
-//!   that goes offline or completes drops its own;
+//!   what a node's feed is, and the node's feed spaces its writes the same way), and carries
+//!   the bitfield of that moment: the watchers of one peer hear of its new chunk at different
+//!   times, not all at once (which herds them onto it). A gain the watcher already holds, as
+//!   far as the peer's own fetch knows, is no news and gets no push (`feed::news_for`); the
+//!   push of the whole blob always goes. Every push reaches its watcher one latency later as
+//!   `Pushed`. A push of the whole blob ends the watch; a peer going offline ends its watches
+//!   (`Fetch::watch_ended`); a watcher that goes offline or completes drops its own;
 //! - `Request` → the request travels one latency; the sender answers `NotFound` if it lacks
 //!   the chunk, else what the node's serving policy says (fed the sender's uplink backlog and
 //!   the virtual clock): `Busy` past the egress bound or under super-seeding, else the chunk,
@@ -154,7 +155,8 @@ struct NodeState {
 struct Watcher {
     host: u32,
     /// When the latest push goes (if in the future) or went: a change at or before it is in
-    /// that push; a later one gets the next push, the host's push interval after it at the earliest.
+    /// that push; a later one gets the next push, the host's push interval after it at the
+    /// earliest.
     pushed_at: Micros,
 }
 
@@ -678,8 +680,8 @@ impl<'a> Simulation<'a> {
 
     /// A host verified `chunk`. Each watch whose latest push went before now gets another,
     /// `push_delay` after now or after the host's push interval has passed since that push,
-    /// whichever is later, as the node's `push_have` waits; once the host is whole, the watches end
-    /// with those pushes.
+    /// whichever is later, as the node's `push_have` waits; once the host is whole, the watches
+    /// end with those pushes.
     fn gained(&mut self, node: u32, chunk: u32) {
         let now = self.now;
         let latency_max = self.local_latency.max(self.remote_latency);
@@ -695,13 +697,13 @@ impl<'a> Simulation<'a> {
         }
         state.recent_gains.push_back((now, chunk));
         state.pace.gained(Duration::from_micros(now));
+        if state.watchers.is_empty() || now <= state.pushes_cover_until {
+            return;
+        }
         let interval = state
             .pace
             .push_interval(Duration::from_micros(now))
             .as_micros() as Micros;
-        if state.watchers.is_empty() || now <= state.pushes_cover_until {
-            return;
-        }
         let mut cover_until = Micros::MAX;
         // As the node's feeds: a gain the watcher holds (as far as this host's fetch knows) is
         // no news to it; the blob whole always is.
