@@ -680,7 +680,7 @@ impl<'a> Simulation<'a> {
 
     /// A host verified `chunk`. Each watch whose latest push went before now gets another,
     /// `push_delay` after now or after the host's push interval has passed since that push,
-    /// whichever is later, as the node's `push_have` waits; once the host is whole, the watches
+    /// whichever is later, as the node's feeds wait; once the host is whole, the watches
     /// end with those pushes.
     fn gained(&mut self, node: u32, chunk: u32) {
         let now = self.now;

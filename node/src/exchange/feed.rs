@@ -5,15 +5,20 @@
 //! blob is whole here or its transfer fails. Each watch is put to the zone's rules as a `Have`
 //! request is.
 //!
-//! Pushes go at the node's pace (`shoal_protocol::feed::GainPace`, kept by `pace.rs`): a watch
-//! waits the node's push interval after each push, and the feed's writer holds what its
-//! watches hand it until the same interval has passed since its last write, then writes the
-//! latest update of every blob it holds in one record. A node gaining a chunk every quarter
-//! of a second thus tells each watcher a few chunks of all its blobs at a time, where it told
-//! each chunk of each blob apart; the first update of a watch goes at once.
+//! One task serves a feed and all its watches ([`Pusher`]). Pushes go at the node's pace
+//! (`shoal_protocol::feed::GainPace`, kept by `pace.rs`): after each write the feed rests for
+//! the node's push interval, then waits for news of any blob it watches, then its
+//! `push_delay`, and writes the latest update of every blob with news in one record. A node
+//! gaining a chunk every quarter of a second thus tells each watcher a few chunks of all its
+//! blobs at a time; a watch's first update goes at once, and takes the others' news with it.
+//! The feed wakes for the watches' transfers only while it waits for news (or for a watch
+//! that has not told its first update): a task per watch, each with its own timers and a
+//! handoff to the feed's writer, woke a 32 × 4 fan-out member some 30 times per MiB it
+//! received (docs/benchmarks.md, "One task per have feed; timer slack tried").
 
 use std::collections::HashMap;
 
+use futures_util::future::{Either, select_all};
 use futures_util::{AsyncReadExt, AsyncWriteExt};
 use libp2p::PeerId;
 use shoal_protocol::feed::{FEED_REQUEST_BYTES_MAX, FeedRequest, FeedUpdate, push_delay};
@@ -21,235 +26,346 @@ use shoal_protocol::rng::SplitMix64;
 use shoal_protocol::wire::{Request, Response};
 use shoal_protocol::{Bitmap, Digest};
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
+use super::fetch::{Progress, Transfer};
 use super::serve::PeerService;
 use crate::network::{LinkStream, read_message_frame, write_message_frame};
 use crate::observe::Counters;
 
 /// Blobs one feed may watch at once; a peer watches the few it is fetching.
 pub const WATCHES_PER_FEED_MAX: usize = 256;
-/// Updates queued for one feed's writer; the watches wait while it is full.
-const UPDATES_QUEUED_MAX: usize = 64;
+/// Watch and unwatch requests read but not yet taken by the feed's pusher.
+const REQUESTS_QUEUED_MAX: usize = 64;
 
 impl PeerService {
     /// Serves the feed `peer` opened on `stream` until the peer closes it or it breaks.
     pub async fn serve_feed(&self, peer: PeerId, stream: Box<dyn LinkStream>) {
         let (mut reader, mut writer) = stream.split();
-        let (updates, mut outgoing) = mpsc::channel::<Push>(UPDATES_QUEUED_MAX);
-        let mut watches: HashMap<Digest, AbortHandle> = HashMap::new();
+        let (queue, mut requests) = mpsc::channel::<FeedRequest>(REQUESTS_QUEUED_MAX);
         let read = async {
-            loop {
-                let request: FeedRequest =
-                    match read_message_frame(&mut reader, FEED_REQUEST_BYTES_MAX).await {
-                        Ok(request) => request,
-                        Err(_) => return,
-                    };
-                watches.retain(|_, watch| !watch.is_finished());
-                match request {
-                    FeedRequest::Watch { blob } => {
-                        if watches.len() >= WATCHES_PER_FEED_MAX {
-                            tracing::debug!(%peer, "closing a have feed past its watch limit");
-                            return;
-                        }
-                        let service = self.clone();
-                        let updates = updates.clone();
-                        let watch = tokio::spawn(async move {
-                            service.push_have(peer, blob, updates).await;
-                        });
-                        if let Some(earlier) = watches.insert(blob, watch.abort_handle()) {
-                            earlier.abort();
-                        }
-                    }
-                    FeedRequest::Unwatch { blob } => {
-                        if let Some(watch) = watches.remove(&blob) {
-                            watch.abort();
-                        }
-                    }
+            while let Ok(request) = read_message_frame(&mut reader, FEED_REQUEST_BYTES_MAX).await {
+                if queue.send(request).await.is_err() {
+                    return;
                 }
             }
         };
-        let write = async {
-            let mut held = HeldPushes::default();
-            let mut next_write = tokio::time::Instant::now();
+        let push = async {
+            let mut pusher = Pusher::new(self.clone(), peer);
             loop {
-                if held.is_empty() {
-                    let Some(push) = outgoing.recv().await else {
-                        return;
-                    };
-                    held.hold(push);
-                }
-                while !held.at_once {
-                    tokio::select! {
-                        push = outgoing.recv() => match push {
-                            Some(push) => held.hold(push),
-                            None => break,
-                        },
-                        () = tokio::time::sleep_until(next_write) => break,
+                tokio::select! {
+                    request = requests.recv() => {
+                        let Some(request) = request else {
+                            return;
+                        };
+                        if !pusher.take(request).await {
+                            tracing::debug!(%peer, "closing a have feed past its watch limit");
+                            return;
+                        }
+                    }
+                    () = pusher.due() => {
+                        let updates = pusher.updates().await;
+                        if updates.is_empty() {
+                            pusher.wrote_nothing();
+                            continue;
+                        }
+                        for update in &updates {
+                            if write_message_frame(&mut writer, update).await.is_err() {
+                                return;
+                            }
+                        }
+                        if writer.flush().await.is_err() {
+                            return;
+                        }
+                        Counters::add(&self.counters.bitfield_pushes_sent, updates.len() as u64);
+                        Counters::add(&self.counters.have_feed_writes, 1);
+                        pusher.wrote();
                     }
                 }
-                while let Ok(push) = outgoing.try_recv() {
-                    held.hold(push);
-                }
-                let updates = held.take();
-                for update in &updates {
-                    if write_message_frame(&mut writer, update).await.is_err() {
-                        return;
-                    }
-                }
-                if writer.flush().await.is_err() {
-                    return;
-                }
-                Counters::add(&self.counters.bitfield_pushes_sent, updates.len() as u64);
-                Counters::add(&self.counters.have_feed_writes, 1);
-                next_write = tokio::time::Instant::now() + self.pace.push_interval();
             }
         };
         tokio::select! {
             () = read => {}
-            () = write => {}
+            () = push => {}
         }
-        for watch in watches.values() {
-            watch.abort();
+    }
+}
+
+/// What one feed tells its watcher, and when: the blobs it watches and the feed's stage.
+struct Pusher {
+    service: PeerService,
+    peer: PeerId,
+    watches: HashMap<Digest, Watch>,
+    /// Updates that go with the next write, whatever the stage: a refused watch's `Lacks`.
+    at_once: Vec<FeedUpdate>,
+    stage: Stage,
+    random: SplitMix64,
+}
+
+/// Where a feed is between two writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Wrote at most a push interval ago: only a watch's first update goes before `until`.
+    Resting { until: Instant },
+    /// Waits for news of a blob it watches.
+    Waiting,
+    /// Has news: writes at `at`, a `push_delay` after it saw them.
+    Delaying { at: Instant },
+}
+
+impl Pusher {
+    fn new(service: PeerService, peer: PeerId) -> Pusher {
+        Pusher {
+            service,
+            peer,
+            watches: HashMap::new(),
+            at_once: Vec::new(),
+            stage: Stage::Waiting,
+            random: SplitMix64::new(random_seed(&peer)),
         }
     }
 
-    /// Pushes this node's bitfield of `blob` to `peer` as it changes, until the blob is whole
-    /// here (the last update says so) or not here at all.
-    async fn push_have(&self, peer: PeerId, blob: Digest, updates: mpsc::Sender<Push>) {
-        if !self.permitted(peer, &Request::Have { blob }).await {
-            let _ = updates
-                .send(Push::at_once(FeedUpdate::Lacks { blob }))
-                .await;
-            return;
-        }
-        let mut random = SplitMix64::new(random_seed(&peer, &blob));
-        // Every push but a watch's first waits its `push_delay`, the last one too.
-        let mut pushed_before = false;
-        loop {
-            let running = self.transfer(blob);
-            let Some(mut transfer) = running.filter(|t| t.progress().outcome.is_none()) else {
-                // Whole here, or not here (a transfer that failed, or never ran).
-                let update = match self.have(blob).await {
-                    whole @ Response::Have { complete: true, .. } => {
-                        FeedUpdate::from_response(blob, whole)
-                    }
-                    _ => FeedUpdate::Lacks { blob },
-                };
-                if pushed_before {
-                    tokio::time::sleep(push_delay(random.next_u64())).await;
+    /// Takes a watch or unwatch request; false when the feed watches too many blobs to take
+    /// another.
+    async fn take(&mut self, request: FeedRequest) -> bool {
+        match request {
+            FeedRequest::Watch { blob } => {
+                if self.watches.len() >= WATCHES_PER_FEED_MAX {
+                    return false;
                 }
-                let _ = updates.send(Push::of_watch(update, pushed_before)).await;
-                return;
-            };
-            let mut pushed: Option<Bitmap> = None;
-            loop {
-                let mut progress = transfer.progress();
-                if progress.outcome.is_some() {
-                    break;
-                }
-                if let Some(layout) = progress.layout
-                    && pushed.as_ref() != Some(&progress.have)
+                if !self
+                    .service
+                    .permitted(self.peer, &Request::Have { blob })
+                    .await
                 {
-                    if !progress
-                        .peer_chunks
-                        .news_for(&peer, pushed.as_ref(), &progress.have)
-                    {
-                        // Only chunks the watcher holds: nothing to tell it.
-                        pushed = Some(progress.have);
-                        continue;
+                    self.watches.remove(&blob);
+                    self.at_once.push(FeedUpdate::Lacks { blob });
+                    return true;
+                }
+                let transfer = running(&self.service, blob);
+                self.watches.insert(blob, Watch::new(transfer));
+            }
+            FeedRequest::Unwatch { blob } => {
+                self.watches.remove(&blob);
+            }
+        }
+        true
+    }
+
+    /// Waits until the feed has updates to write. Cancel-safe: what it learns stays in the
+    /// stage, so a request taken meanwhile does not restart the wait.
+    async fn due(&mut self) {
+        loop {
+            let news = self.news();
+            if news == Some(Due::AtOnce) {
+                return;
+            }
+            match self.stage {
+                Stage::Resting { until } => {
+                    if let Either::Left(()) = self.sleep_or_first_news(until).await {
+                        self.stage = Stage::Waiting;
                     }
-                    if pushed_before {
-                        tokio::time::sleep(push_delay(random.next_u64())).await;
-                        progress = transfer.progress();
+                }
+                Stage::Waiting => {
+                    if news.is_some() {
+                        let delay = push_delay(self.random.next_u64());
+                        self.stage = Stage::Delaying {
+                            at: Instant::now() + delay,
+                        };
+                    } else {
+                        self.changed(|_| true).await;
                     }
-                    let update = FeedUpdate::from_response(
-                        blob,
-                        Response::Have {
-                            blob_size: layout.blob_size(),
-                            chunk_bytes: layout.chunk_bytes(),
-                            chunks: progress.have.clone(),
-                            complete: false,
-                        },
-                    );
-                    if updates
-                        .send(Push::of_watch(update, pushed_before))
-                        .await
-                        .is_err()
-                    {
+                }
+                Stage::Delaying { .. } if news.is_none() => self.stage = Stage::Waiting,
+                Stage::Delaying { at } => {
+                    if let Either::Left(()) = self.sleep_or_first_news(at).await {
                         return;
                     }
-                    pushed = Some(progress.have);
-                    pushed_before = true;
-                    tokio::time::sleep(self.pace.push_interval()).await;
-                    continue;
-                }
-                if transfer.changed().await.is_err() {
-                    break;
                 }
             }
         }
     }
-}
 
-/// An update on its way to a feed's writer.
-#[derive(Debug)]
-struct Push {
-    update: FeedUpdate,
-    /// The first of its watch: it goes at once, and takes with it whatever the feed holds.
-    at_once: bool,
-}
-
-impl Push {
-    fn at_once(update: FeedUpdate) -> Push {
-        Push {
-            update,
-            at_once: true,
+    /// Sleeps until `until`, or until the transfer of a watch that has not told its first
+    /// update changes, whichever comes first.
+    async fn sleep_or_first_news(&mut self, until: Instant) -> Either<(), ()> {
+        let sleep = std::pin::pin!(tokio::time::sleep_until(until));
+        let first = std::pin::pin!(self.changed(|watch| !watch.told));
+        match futures_util::future::select(sleep, first).await {
+            Either::Left(((), _)) => Either::Left(()),
+            Either::Right(((), _)) => Either::Right(()),
         }
     }
 
-    /// An update of a watch that has `pushed_before` or not.
-    fn of_watch(update: FeedUpdate, pushed_before: bool) -> Push {
-        Push {
-            update,
-            at_once: !pushed_before,
+    /// Waits until the transfer of a watch that `wanted` changes; forever if there is none.
+    async fn changed(&mut self, wanted: impl Fn(&Watch) -> bool) {
+        let (blobs, changes): (Vec<Digest>, Vec<_>) = self
+            .watches
+            .iter_mut()
+            .filter(|(_, watch)| wanted(watch))
+            .filter_map(|(blob, watch)| {
+                let transfer = watch.transfer.as_mut()?;
+                Some((*blob, Box::pin(transfer.changed())))
+            })
+            .unzip();
+        if changes.is_empty() {
+            return std::future::pending().await;
         }
-    }
-}
-
-/// The updates a feed's writer holds until its next write: at most one per blob, the latest
-/// (each carries the whole bitfield).
-#[derive(Debug, Default)]
-struct HeldPushes {
-    updates: Vec<FeedUpdate>,
-    at_once: bool,
-}
-
-impl HeldPushes {
-    fn is_empty(&self) -> bool {
-        self.updates.is_empty()
-    }
-
-    fn hold(&mut self, push: Push) {
-        self.at_once |= push.at_once;
-        let blob = push.update.blob();
-        match self.updates.iter_mut().find(|held| held.blob() == blob) {
-            Some(held) => *held = push.update,
-            None => self.updates.push(push.update),
+        let (changed, index, _) = select_all(changes).await;
+        if changed.is_err()
+            && let Some(watch) = self.watches.get_mut(&blobs[index])
+        {
+            // The transfer is gone without an outcome: the watch ends with what is stored.
+            watch.transfer = None;
         }
     }
 
-    fn take(&mut self) -> Vec<FeedUpdate> {
-        self.at_once = false;
-        std::mem::take(&mut self.updates)
+    /// Whether any watch has news to write, and whether it goes at once.
+    fn news(&mut self) -> Option<Due> {
+        if !self.at_once.is_empty() {
+            return Some(Due::AtOnce);
+        }
+        let mut due = None;
+        for (blob, watch) in &mut self.watches {
+            let progress = watch.progress(&self.service, *blob);
+            match watch.news(&self.peer, progress.as_ref()) {
+                Some(Due::AtOnce) => return Some(Due::AtOnce),
+                Some(Due::Paced) => due = Some(Due::Paced),
+                None => {}
+            }
+        }
+        due
+    }
+
+    /// The updates of every watch with news, the last of each watch that ends with them.
+    async fn updates(&mut self) -> Vec<FeedUpdate> {
+        let mut updates = std::mem::take(&mut self.at_once);
+        let mut ended = Vec::new();
+        for (blob, watch) in &mut self.watches {
+            let Some(progress) = watch.progress(&self.service, *blob) else {
+                ended.push(*blob);
+                continue;
+            };
+            if watch.news(&self.peer, Some(&progress)).is_none() {
+                continue;
+            }
+            if let Some(layout) = progress.layout {
+                updates.push(FeedUpdate::from_response(
+                    *blob,
+                    Response::Have {
+                        blob_size: layout.blob_size(),
+                        chunk_bytes: layout.chunk_bytes(),
+                        chunks: progress.have.clone(),
+                        complete: false,
+                    },
+                ));
+                watch.told(progress.have);
+            }
+        }
+        for blob in ended {
+            self.watches.remove(&blob);
+            updates.push(match self.service.have(blob).await {
+                whole @ Response::Have { complete: true, .. } => {
+                    FeedUpdate::from_response(blob, whole)
+                }
+                _ => FeedUpdate::Lacks { blob },
+            });
+        }
+        updates
+    }
+
+    /// The feed wrote: it rests for the node's push interval.
+    fn wrote(&mut self) {
+        self.stage = Stage::Resting {
+            until: Instant::now() + self.service.pace.push_interval(),
+        };
+    }
+
+    /// The feed found nothing to write after all: it waits for news again.
+    fn wrote_nothing(&mut self) {
+        self.stage = Stage::Waiting;
     }
 }
 
-/// A seed for the push delays of one watch: distinct per peer, blob and moment.
-fn random_seed(peer: &PeerId, blob: &Digest) -> u64 {
+/// The transfer of `blob` running at `service`, if any.
+fn running(service: &PeerService, blob: Digest) -> Option<Transfer> {
+    service
+        .transfer(blob)
+        .filter(|t| t.progress().outcome.is_none())
+}
+
+/// When a watch's news goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// The watch's first update: at once.
+    AtOnce,
+    /// At the feed's pace.
+    Paced,
+}
+
+/// One blob a feed watches.
+struct Watch {
+    /// The blob's transfer here; `None` once there is none running (the blob is whole here,
+    /// or not here at all): the watch's last update is due.
+    transfer: Option<Transfer>,
+    /// The bitfield the watcher was last told, or found to hold already.
+    pushed: Option<Bitmap>,
+    /// Whether its first update went.
+    told: bool,
+}
+
+impl Watch {
+    fn new(transfer: Option<Transfer>) -> Watch {
+        Watch {
+            transfer,
+            pushed: None,
+            told: false,
+        }
+    }
+
+    /// Whether the watch has news for `peer`, given its transfer's `progress` (`None`: no
+    /// transfer runs). A gain the watcher holds already is no news, and is remembered as
+    /// told.
+    fn news(&mut self, peer: &PeerId, progress: Option<&Progress>) -> Option<Due> {
+        let due = if self.told { Due::Paced } else { Due::AtOnce };
+        let Some(progress) = progress.filter(|p| p.outcome.is_none()) else {
+            return Some(due);
+        };
+        progress.layout?;
+        if self.pushed.as_ref() == Some(&progress.have) {
+            return None;
+        }
+        if !progress
+            .peer_chunks
+            .news_for(peer, self.pushed.as_ref(), &progress.have)
+        {
+            self.pushed = Some(progress.have.clone());
+            return None;
+        }
+        Some(due)
+    }
+
+    /// The progress of the blob's transfer here, `None` once none runs. A transfer that
+    /// failed may have been followed by a new one, which the watch then follows.
+    fn progress(&mut self, service: &PeerService, blob: Digest) -> Option<Progress> {
+        let progress = self.transfer.as_ref().map(Transfer::progress);
+        if progress.as_ref().is_some_and(|p| p.outcome.is_none()) {
+            return progress;
+        }
+        self.transfer = running(service, blob);
+        self.transfer.as_ref().map(Transfer::progress)
+    }
+
+    fn told(&mut self, have: Bitmap) {
+        self.pushed = Some(have);
+        self.told = true;
+    }
+}
+
+/// A seed for the push delays of one feed: distinct per peer and moment.
+fn random_seed(peer: &PeerId) -> u64 {
     let mut hasher = blake3::Hasher::new();
     hasher.update(&peer.to_bytes());
-    hasher.update(blob.as_bytes());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -260,40 +376,78 @@ fn random_seed(peer: &PeerId, blob: &Digest) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use shoal_protocol::Bitmap;
+    use std::sync::Arc;
+
+    use shoal_protocol::ChunkLayout;
 
     use super::*;
+    use crate::exchange::fetch::PeerChunks;
 
-    fn have(blob: u8, chunks: &[u32]) -> FeedUpdate {
-        FeedUpdate::Have {
-            blob: Digest::of(&[blob]),
-            blob_size: 4 << 20,
-            chunk_bytes: 1 << 20,
-            chunks: Bitmap::with_ones(4, chunks.iter().copied()),
-            complete: false,
+    fn bits(ones: &[u32]) -> Bitmap {
+        Bitmap::with_ones(8, ones.iter().copied())
+    }
+
+    fn progress(have: &[u32], peer_chunks: &Arc<PeerChunks>) -> Progress {
+        Progress {
+            layout: Some(ChunkLayout::new(8 << 20, 1 << 20).unwrap()),
+            have: bits(have),
+            peer_chunks: peer_chunks.clone(),
+            ..Progress::default()
         }
     }
 
     #[test]
-    fn a_feed_holds_the_latest_update_of_each_blob_until_it_writes() {
-        let mut held = HeldPushes::default();
-        assert!(held.is_empty());
-        held.hold(Push::of_watch(have(1, &[0]), true));
-        held.hold(Push::of_watch(have(2, &[3]), true));
-        held.hold(Push::of_watch(have(1, &[0, 1]), true));
-        assert!(!held.at_once, "paced updates wait for the feed's interval");
-        assert_eq!(held.take(), vec![have(1, &[0, 1]), have(2, &[3])]);
-        assert!(held.is_empty());
-
-        held.hold(Push::of_watch(have(2, &[3, 2]), true));
-        held.hold(Push::at_once(FeedUpdate::Lacks {
-            blob: Digest::of(&[3]),
-        }));
-        assert!(
-            held.at_once,
-            "a watch's first update takes the held ones with it"
+    fn a_watch_tells_its_first_news_at_once_and_the_rest_at_the_feed_s_pace() {
+        let peer = PeerId::random();
+        let known = Arc::new(PeerChunks::default());
+        let mut watch = Watch::new(None);
+        assert_eq!(
+            watch.news(&peer, Some(&Progress::default())),
+            None,
+            "nothing to tell before the blob's layout is known"
         );
-        assert_eq!(held.take().len(), 2);
-        assert!(!held.at_once, "and the next write waits again");
+        assert_eq!(
+            watch.news(&peer, Some(&progress(&[1], &known))),
+            Some(Due::AtOnce)
+        );
+        watch.told(bits(&[1]));
+        assert_eq!(watch.news(&peer, Some(&progress(&[1], &known))), None);
+        assert_eq!(
+            watch.news(&peer, Some(&progress(&[1, 2], &known))),
+            Some(Due::Paced)
+        );
+    }
+
+    #[test]
+    fn a_gain_the_watcher_holds_is_no_news_and_counts_as_told() {
+        let peer = PeerId::random();
+        let known = Arc::new(PeerChunks::default());
+        known.told(peer, Some(bits(&[0, 1, 2, 3])));
+        let mut watch = Watch::new(None);
+        watch.told(bits(&[1]));
+        assert_eq!(watch.news(&peer, Some(&progress(&[1, 2], &known))), None);
+        assert_eq!(watch.pushed, Some(bits(&[1, 2])));
+        assert_eq!(
+            watch.news(&peer, Some(&progress(&[1, 2, 5], &known))),
+            Some(Due::Paced),
+            "chunk 5 is news"
+        );
+    }
+
+    #[test]
+    fn a_watch_without_a_transfer_has_its_last_update_due() {
+        let peer = PeerId::random();
+        let mut untold = Watch::new(None);
+        assert_eq!(untold.news(&peer, None), Some(Due::AtOnce));
+        let known = Arc::new(PeerChunks::default());
+        let mut told = Watch::new(None);
+        told.told(bits(&[1]));
+        let mut ended = progress(&[1], &known);
+        ended.outcome = Some(Ok(()));
+        assert_eq!(
+            told.news(&peer, Some(&ended)),
+            Some(Due::Paced),
+            "a transfer that ended ends the watch at the feed's pace"
+        );
     }
 }
