@@ -162,7 +162,7 @@ impl Pusher {
             }
             match self.stage {
                 Stage::Resting { until } => {
-                    if let Either::Left(()) = self.sleep_or_first_news(until).await {
+                    if self.slept_until(until).await {
                         self.stage = Stage::Waiting;
                     }
                 }
@@ -178,7 +178,7 @@ impl Pusher {
                 }
                 Stage::Delaying { .. } if news.is_none() => self.stage = Stage::Waiting,
                 Stage::Delaying { at } => {
-                    if let Either::Left(()) = self.sleep_or_first_news(at).await {
+                    if self.slept_until(at).await {
                         return;
                     }
                 }
@@ -187,14 +187,14 @@ impl Pusher {
     }
 
     /// Sleeps until `until`, or until the transfer of a watch that has not told its first
-    /// update changes, whichever comes first.
-    async fn sleep_or_first_news(&mut self, until: Instant) -> Either<(), ()> {
+    /// update changes, whichever comes first; true when `until` came.
+    async fn slept_until(&mut self, until: Instant) -> bool {
         let sleep = std::pin::pin!(tokio::time::sleep_until(until));
         let first = std::pin::pin!(self.changed(|watch| !watch.told));
-        match futures_util::future::select(sleep, first).await {
-            Either::Left(((), _)) => Either::Left(()),
-            Either::Right(((), _)) => Either::Right(()),
-        }
+        matches!(
+            futures_util::future::select(sleep, first).await,
+            Either::Left(_)
+        )
     }
 
     /// Waits until the transfer of a watch that `wanted` changes; forever if there is none.
