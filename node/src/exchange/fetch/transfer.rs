@@ -633,6 +633,10 @@ impl Run<'_> {
             progress.have = have;
         });
         self.partial = Some(partial);
+        // The node's one provider record of the blob: it serves the chunks it holds from now
+        // on, and the record would say the same once the blob is whole. A second one at the
+        // end (a query and 20 stores in the DHT per blob and node) cost a fan-out's members
+        // 4-17 % of their CPU (docs/benchmarks.md, "Who wakes whom in a 32 × 4 member").
         self.context.network.provide(self.blob).await;
         for (peer, described) in std::mem::take(&mut self.shapes) {
             if described != index_shape {
@@ -911,10 +915,7 @@ impl Run<'_> {
         };
         let Some(behind) = self.sha256_behind.take() else {
             return match tokio::task::spawn_blocking(move || partial.complete()).await? {
-                Ok(()) => {
-                    self.context.network.provide(self.blob).await;
-                    Ok(())
-                }
+                Ok(()) => Ok(()),
                 Err(error) => {
                     if let Some(source) = self.index_source {
                         self.ban(source).await?;
@@ -925,10 +926,7 @@ impl Run<'_> {
         };
         let (actual, size) = behind.finish().await.map_err(TransferError::Sha256Behind)?;
         match tokio::task::spawn_blocking(move || partial.complete_hashed(actual, size)).await? {
-            Ok(()) => {
-                self.context.network.provide(self.blob).await;
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             // The chunks matched the index its publisher signed: the peers passed on what
             // they were given, and the publisher's root and digest disagree.
             // Reported as a corrupt blob is: removed (the partial file is gone), never served
