@@ -636,7 +636,7 @@ impl Run<'_> {
         // The node's one provider record of the blob: it serves the chunks it holds from now
         // on, and the record would say the same once the blob is whole. A second one at the
         // end (a query and 20 stores in the DHT per blob and node) cost a fan-out's members
-        // 4-17 % of their CPU (docs/benchmarks.md, "Who wakes whom in a 32 × 4 member").
+        // 7-17 % of their CPU (docs/benchmarks.md, "Who wakes whom in a 32 × 4 member").
         self.context.network.provide(self.blob).await;
         for (peer, described) in std::mem::take(&mut self.shapes) {
             if described != index_shape {
