@@ -2,7 +2,8 @@
 //! sled value (`p/<digest>`) holding its chunk index and the bitmap of chunks written.
 //!
 //! Every chunk is checked against the index before it is written. Progress is made durable in
-//! batches (fdatasync, then the bitmap) rather than per chunk; on reopen, chunks not marked yet
+//! batches (fdatasync, then the bitmap) rather than per chunk, once a batch is worth it
+//! ([`PartialBlob::persist_due`]); on reopen, chunks not marked yet
 //! are re-checked against the index, so a chunk that reached the disk before a crash is found
 //! again and never fetched twice. [`PartialBlob::complete`] checks the whole file's sha256
 //! before the blob enters the store; the hash runs while chunks arrive, over the prefix of
@@ -18,6 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use shoal_protocol::chunk::{ChunkIndex, ChunkLayout};
 use shoal_protocol::{Bitmap, Digest, Sha256Writer, wire};
@@ -27,6 +29,17 @@ use super::{Store, StoreError, io_error};
 
 /// Upper bound of an encoded partial record: the largest chunk index plus its bitmap.
 const PARTIAL_RECORD_BYTES_MAX: usize = 64 << 20;
+
+/// Progress made durable at once when this much is written since the last time: a crash costs
+/// at most re-reading it (the reopen's scan finds what reached the disk). Each time is an
+/// fdatasync, a rewrite of the record and a flush of sled's log, so a transfer that gains a
+/// chunk a second makes it durable every [`PERSIST_AGE_MAX`] instead of every second: a fan-out
+/// member at 4 MiB/s spent some 5 % of its CPU on it (docs/benchmarks.md, "A 32 × 4 member's
+/// CPU by task; progress durable by the amount at stake").
+const PERSIST_BYTES: u64 = 8 << 20;
+
+/// Progress smaller than [`PERSIST_BYTES`] is made durable this long after the last time.
+const PERSIST_AGE_MAX: Duration = Duration::from_secs(10);
 
 /// Chunks read back from the file for the running sha256 per chunk written: the hash catches
 /// up over chunks that arrived out of order at a few times the arrival rate, while one arrival
@@ -53,7 +66,10 @@ pub struct PartialBlob {
     have: Bitmap,
     file: File,
     path: PathBuf,
-    unsynced: bool,
+    /// Bytes counted as had since the record was last made durable.
+    unsynced_bytes: u64,
+    /// When the record was last made durable; `None` before the first time.
+    persisted_at: Option<Instant>,
     /// The sha256 of chunks `0..hashed_chunks`, all of them had; `None` when the sha256 runs
     /// elsewhere ([`PartialBlob::hash_elsewhere`]).
     hasher: Option<Sha256Writer>,
@@ -276,7 +292,8 @@ impl PartialBlob {
             have,
             file,
             path,
-            unsynced: true,
+            unsynced_bytes: 0,
+            persisted_at: None,
             hasher: Some(Sha256Writer::default()),
             hashed_chunks: 0,
             direct: DirectFile::open(&path_for_direct),
@@ -354,7 +371,7 @@ impl PartialBlob {
     /// next in line.
     pub fn written(&mut self, chunk: u32, bytes: &[u8]) -> Result<(), StoreError> {
         self.have.set(chunk);
-        self.unsynced = true;
+        self.unsynced_bytes += bytes.len() as u64;
         self.hash_ahead(chunk, bytes).map_err(io_error(&self.path))
     }
 
@@ -394,9 +411,20 @@ impl PartialBlob {
         Ok(())
     }
 
+    /// Whether the progress since the record was last made durable is worth an fdatasync and
+    /// a record now: [`PERSIST_BYTES`] of it, or any of it [`PERSIST_AGE_MAX`] after the last
+    /// time.
+    pub fn persist_due(&self) -> bool {
+        self.unsynced_bytes >= PERSIST_BYTES
+            || (self.unsynced_bytes > 0
+                && self
+                    .persisted_at
+                    .is_none_or(|at| at.elapsed() >= PERSIST_AGE_MAX))
+    }
+
     /// Makes the chunks written so far durable, then records them.
     pub fn persist(&mut self) -> Result<(), StoreError> {
-        if !self.unsynced {
+        if self.persisted_at.is_some() && self.unsynced_bytes == 0 {
             return Ok(());
         }
         self.file.sync_data().map_err(io_error(&self.path))?;
@@ -411,7 +439,8 @@ impl PartialBlob {
         self.store
             .db()
             .insert(partial_key(&self.index.blob()), record)?;
-        self.unsynced = false;
+        self.unsynced_bytes = 0;
+        self.persisted_at = Some(Instant::now());
         Ok(())
     }
 
@@ -636,6 +665,45 @@ mod tests {
     /// Once the sha256 runs elsewhere, counting a written chunk as had reads nothing back and
     /// hashes nothing (the transfer then does it on its own task, not a blocking thread); the
     /// blob still completes, hashed from the file at the end.
+    /// Progress is due to be made durable once [`PERSIST_BYTES`] of it are at stake, or any of
+    /// it [`PERSIST_AGE_MAX`] after the last time; what was made durable is in the record.
+    #[test]
+    fn progress_is_made_durable_by_the_bytes_or_the_age_at_stake() {
+        let chunks_worth_it = (PERSIST_BYTES / u64::from(CHUNK_BYTES_MIN)) as u32;
+        let blob = Blob::in_new_store(chunks_worth_it + 2, 7);
+        let (store, bytes, index) = (&blob.store, &blob.bytes, &blob.index);
+        let mut partial = PartialBlob::open(store, index.clone()).unwrap();
+        let recorded = || {
+            load_record(store, &index.blob())
+                .unwrap()
+                .unwrap()
+                .have
+                .count_ones()
+        };
+        assert!(!partial.persist_due(), "the open recorded the index");
+        partial.write_chunk(0, &chunk_of(bytes, index, 0)).unwrap();
+        assert!(!partial.persist_due(), "one chunk just after the open");
+        partial.persisted_at = Instant::now().checked_sub(PERSIST_AGE_MAX);
+        assert!(partial.persist_due(), "any progress, long enough after");
+        partial.persist().unwrap();
+        assert_eq!(recorded(), 1);
+        assert!(!partial.persist_due(), "nothing new");
+        for chunk in 1..chunks_worth_it {
+            partial
+                .write_chunk(chunk, &chunk_of(bytes, index, chunk))
+                .unwrap();
+        }
+        assert!(!partial.persist_due(), "a chunk short of PERSIST_BYTES");
+        let last = chunks_worth_it;
+        partial
+            .write_chunk(last, &chunk_of(bytes, index, last))
+            .unwrap();
+        assert!(partial.persist_due(), "PERSIST_BYTES at stake");
+        partial.persist().unwrap();
+        assert_eq!(recorded(), chunks_worth_it + 1);
+        assert!(!partial.persist_due());
+    }
+
     #[test]
     fn a_hash_elsewhere_leaves_written_chunks_unhashed() {
         let blob = Blob::in_new_store(4, 7);

@@ -5,7 +5,7 @@
 //! network, checks the index and every chunk against it, writes chunks, and tells readers.
 //!
 //! Memory is bounded by the chunks in flight (the scheduler's per-peer limit times the chunk
-//! size); progress is persisted about once a second and resumed after a restart.
+//! size); progress is persisted every 8 MiB or 10 s and resumed after a restart.
 //!
 //! When no peer has the blob and its [`Origin`] names a namespace with an upstream, one node
 //! downloads it from the upstream for everyone (the fetch's `fallback` chooses it; this task
@@ -45,8 +45,9 @@ use crate::store::{PartialBlob, recorded_index};
 /// When a transfer whose fetch wants no `Tick` ticks anyway, after its start: never, in
 /// practice (every event wakes the transfer, and a stalled one gives up long before).
 const IDLE_TICK: Duration = Duration::from_secs(365 * 86_400);
-/// How often progress is made durable.
-const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the transfer asks whether its progress is due to be made durable
+/// ([`PartialBlob::persist_due`](crate::store::PartialBlob::persist_due)).
+const PERSIST_CHECK: Duration = Duration::from_secs(1);
 /// Chunk requests in flight to a peer relaying a blob it is downloading from its upstream.
 const RELAY_WINDOW: usize = 4;
 /// How often a relaying peer is asked again for a chunk it does not have yet.
@@ -215,7 +216,7 @@ pub async fn run(
     let tick = tokio::time::sleep(TICK);
     tokio::pin!(tick);
     let mut ticked = tokio::time::Instant::from_std(run.started);
-    let mut persist = tokio::time::interval(PERSIST_INTERVAL);
+    let mut persist = tokio::time::interval(PERSIST_CHECK);
     let mut reask = tokio::time::interval(PEER_REFRESH);
     reask.tick().await;
     loop {
@@ -249,7 +250,7 @@ pub async fn run(
                 run.handle(FetchEvent::Tick).await?;
             }
             _ = persist.tick() => {
-                run.persist()?;
+                run.persist_if_due()?;
                 run.place_all();
             }
             _ = reask.tick() => run.ask_connected(),
@@ -899,10 +900,13 @@ impl Run<'_> {
         self.context.network.ban(peer).await;
     }
 
-    fn persist(&mut self) -> Result<(), TransferError> {
+    /// Makes the progress durable when enough of it is at stake.
+    fn persist_if_due(&mut self) -> Result<(), TransferError> {
         match &mut self.partial {
-            Some(partial) => Ok(tokio::task::block_in_place(|| partial.persist())?),
-            None => Ok(()),
+            Some(partial) if partial.persist_due() => {
+                Ok(tokio::task::block_in_place(|| partial.persist())?)
+            }
+            _ => Ok(()),
         }
     }
 
