@@ -3,11 +3,11 @@
 //!
 //! Every chunk is checked against the index before it is written. Progress is made durable in
 //! batches (fdatasync, then the bitmap) rather than per chunk, once a batch is worth it
-//! ([`PartialBlob::persist_due`]); on reopen, chunks not marked yet
-//! are re-checked against the index, so a chunk that reached the disk before a crash is found
-//! again and never fetched twice. [`PartialBlob::complete`] checks the whole file's sha256
-//! before the blob enters the store; the hash runs while chunks arrive, over the prefix of
-//! chunks had so far, so that only what is left is hashed after the last chunk.
+//! ([`PartialBlob::persist_due`]); on reopen, chunks not marked yet are re-checked against the
+//! index, so a chunk that reached the disk before a crash is found again and never fetched twice.
+//! [`PartialBlob::complete`] checks the whole file's sha256 before the blob enters the store; the
+//! hash runs while chunks arrive, over the prefix of chunks had so far, so that only what is left
+//! is hashed after the last chunk.
 //!
 //! Chunks are written around the page cache (`O_DIRECT`) where the file system allows it; see
 //! [`DirectFile`]. Readers (peers, streaming clients) read through the page cache as usual,
@@ -33,7 +33,7 @@ const PARTIAL_RECORD_BYTES_MAX: usize = 64 << 20;
 /// Progress made durable at once when this much is written since the last time: a crash costs
 /// at most re-reading it (the reopen's scan finds what reached the disk). Each time is an
 /// fdatasync, a rewrite of the record and a flush of sled's log, so a transfer that gains a
-/// chunk a second makes it durable every [`PERSIST_AGE_MAX`] instead of every second: a fan-out
+/// chunk a second makes it durable every eight seconds instead of every second: a fan-out
 /// member at 4 MiB/s spent some 5 % of its CPU on it (docs/benchmarks.md, "A 32 × 4 member's
 /// CPU by task; progress durable by the amount at stake").
 const PERSIST_BYTES: u64 = 8 << 20;
@@ -662,9 +662,6 @@ mod tests {
         write_and_complete(&store, partial, &bytes, order);
     }
 
-    /// Once the sha256 runs elsewhere, counting a written chunk as had reads nothing back and
-    /// hashes nothing (the transfer then does it on its own task, not a blocking thread); the
-    /// blob still completes, hashed from the file at the end.
     /// Progress is due to be made durable once [`PERSIST_BYTES`] of it are at stake, or any of
     /// it [`PERSIST_AGE_MAX`] after the last time; what was made durable is in the record.
     #[test]
@@ -704,6 +701,9 @@ mod tests {
         assert!(!partial.persist_due());
     }
 
+    /// Once the sha256 runs elsewhere, counting a written chunk as had reads nothing back and
+    /// hashes nothing (the transfer then does it on its own task, not a blocking thread); the
+    /// blob still completes, hashed from the file at the end.
     #[test]
     fn a_hash_elsewhere_leaves_written_chunks_unhashed() {
         let blob = Blob::in_new_store(4, 7);
