@@ -54,8 +54,10 @@
 //!   the last of the image's blob files exists in its store (polled every 20 ms; a blob file
 //!   appears only after its sha256 check), confirmed afterwards by `store.blobs` in `shoal
 //!   status`; all blobs are then read back through every node's gateway and checked. A sampler
-//!   reads every node's counters every couple of seconds for the timeline; every node's CPU
-//!   time from t0 to the end shows how much of the machine the swarm took.
+//!   reads every node's counters and CPU time every couple of seconds for the timeline, which
+//!   prints, per interval, the cores the nodes kept busy and their CPU per GB received in it
+//!   (a fan-out's first seconds can cost per byte many times what its middle does); every
+//!   node's CPU time from t0 to the end shows how much of the machine the swarm took.
 //!
 //!   With F the image bytes, N nodes, u = d = the rate, the lower bound is
 //!   `T_min = max(F/u_seed, N·F/(u_seed + Σu_i), F/d_min)`; a plain registry needs
@@ -758,6 +760,8 @@ struct Sample {
     seed_sent: u64,
     received_total: u64,
     sent_total: u64,
+    /// Every node's CPU seconds so far (`None` where a node's could not be read).
+    nodes_cpu: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -1392,12 +1396,13 @@ impl Sampler {
             .iter()
             .map(|member| member.node.data().to_owned())
             .collect();
+        let pids: Vec<u32> = bench.nodes().filter_map(ShoalNode::pid).collect();
         let thread = {
             let (stop, samples) = (stop.clone(), samples.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let next = Instant::now() + SAMPLE_INTERVAL;
-                    if let Ok(sample) = take_sample(&seed, &members) {
+                    if let Ok(sample) = take_sample(&seed, &members, &pids) {
                         samples
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -1424,8 +1429,12 @@ impl Sampler {
     }
 }
 
-fn take_sample(seed: &Path, members: &[PathBuf]) -> Result<Sample> {
+fn take_sample(seed: &Path, members: &[PathBuf], pids: &[u32]) -> Result<Sample> {
     let at = Instant::now();
+    let nodes_cpu = pids
+        .iter()
+        .map(|&pid| cpu_seconds(pid).ok())
+        .sum::<Option<f64>>();
     let status = |data: &Path| -> Result<Value> {
         let output = shoal(data, "status")?.arg("--json").output()?;
         ensure!(output.status.success(), "shoal status failed");
@@ -1443,15 +1452,28 @@ fn take_sample(seed: &Path, members: &[PathBuf]) -> Result<Sample> {
         seed_sent,
         received_total,
         sent_total,
+        nodes_cpu,
     })
 }
 
-/// The swarm's progress between samples: how fast the seed and the whole swarm uploaded.
+/// The swarm's progress between samples: how fast the seed and the whole swarm uploaded, and
+/// what the nodes' CPU came to over each interval (cores busy, and CPU-seconds per GB the
+/// members received in it): a fan-out's start and end can cost per byte what its middle does
+/// not, which the run's one figure of CPU per GB hides.
 fn print_timeline(t0: Instant, samples: &[Sample], done: &[Option<f64>]) {
     println!(
-        "\n  timeline (t from the import's end; rates over the preceding interval, MiB/s):\n  \
-         {:>7} {:>10} {:>10} {:>13} {:>11} {:>11} {:>6}",
-        "t (s)", "seed sent", "seed rate", "all received", "swarm rate", "sent-kept", "done"
+        "\n  timeline (t from the import's end; rates over the preceding interval, MiB/s; the \
+         nodes' CPU over it):\n  \
+         {:>7} {:>10} {:>10} {:>13} {:>11} {:>11} {:>6} {:>6} {:>9}",
+        "t (s)",
+        "seed sent",
+        "seed rate",
+        "all received",
+        "swarm rate",
+        "sent-kept",
+        "done",
+        "cores",
+        "CPU s/GB"
     );
     // The last sample before t0 starts the first interval: nothing moved before the import.
     let mut previous = samples.iter().rfind(|sample| sample.at < t0);
@@ -1467,13 +1489,25 @@ fn print_timeline(t0: Instant, samples: &[Sample], done: &[Option<f64>]) {
             }
             None => (0.0, 0.0),
         };
+        let (cores, cpu_per_gb) = previous
+            .and_then(|before| {
+                let cpu = sample.nodes_cpu? - before.nodes_cpu?;
+                let seconds = sample.at.duration_since(before.at).as_secs_f64();
+                let received = sample.received_total.saturating_sub(before.received_total);
+                let per_gb = (received > 0).then(|| cpu / (received as f64 / 1e9));
+                Some((
+                    format!("{:.2}", cpu / seconds),
+                    per_gb.map_or("-".into(), |v| format!("{v:.2}")),
+                ))
+            })
+            .unwrap_or_else(|| ("-".into(), "-".into()));
         let finished = done
             .iter()
             .flatten()
             .filter(|seconds| **seconds <= t)
             .count();
         println!(
-            "  {t:>7.1} {:>10.1} {:>10.1} {:>13.1} {:>11.1} {:>11.1} {:>6}",
+            "  {t:>7.1} {:>10.1} {:>10.1} {:>13.1} {:>11.1} {:>11.1} {:>6} {cores:>6} {cpu_per_gb:>9}",
             sample.seed_sent as f64 / MIB,
             seed_rate,
             sample.received_total as f64 / MIB,
