@@ -950,6 +950,7 @@ impl<'a> Simulation<'a> {
             match action {
                 // No DHT here: a host's peers are its topology's neighbours, `Connected`.
                 FetchAction::LookUp => looked_up = true,
+                FetchAction::Provide => {}
                 FetchAction::AskHave { peer } => self.have_ask(node, peer),
                 FetchAction::PollHave { peer } => {
                     self.counters.have_polls += 1;

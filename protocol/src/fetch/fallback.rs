@@ -75,8 +75,8 @@ pub struct Situation<'a, P> {
     pub started: Duration,
     /// Whether any peer has shown part of the blob.
     pub sources: bool,
-    /// Whether every `Have` asked has been answered and no DHT lookup is running (with no
-    /// peer connected the DHT cannot name one: no need to wait for it).
+    /// Whether every `Have` asked has been answered and no DHT lookup is running or due (with
+    /// no peer connected the DHT cannot name one: no need to wait for it).
     pub settled: bool,
     pub connected: &'a HashSet<P>,
 }

@@ -9,8 +9,9 @@
 //! reads a clock or touches the network or disk.
 //!
 //! Data flow: `Connected`, and the `Candidates` of the DHT lookups the fetch asks for
-//! (`LookUp`, [`LOOKUP_EVERY`] apart, further while they name nobody new, until it knows
-//! [`SOURCES_ENOUGH`] sources) → `AskHave` of each peer once → `Have` answers: a peer with part
+//! (`LookUp`: the first once the connected peers prove unable to serve the blob, or
+//! [`LOOKUP_EVERY`] after the start; then [`LOOKUP_EVERY`] apart, further while they name
+//! nobody new; until it knows [`SOURCES_ENOUGH`] sources) → `AskHave` of each peer once → `Have` answers: a peer with part
 //! of the blob joins the scheduler (`Joined`, so that the driver tells it where the peer is)
 //! and is watched (`Watch`) while it is still fetching, up to [`FETCHING_PEERS_MAX`] such
 //! peers besides site-mates (the best-ranked; one put out is `Unwatch`ed); one without it is
@@ -190,6 +191,14 @@ pub enum FetchAction<P> {
     /// Ask the DHT who provides the blob; report the answer as `Candidates`, an empty one if
     /// the lookup fails or there is no DHT.
     LookUp,
+    /// Record this node in the DHT as a provider of the blob. At most once, and only where
+    /// the connected peers fall short: with the first lookup once the index is known (at
+    /// [`Fetch::begin`] when a lookup came before it), else on completion when fewer than
+    /// [`SOURCES_ENOUGH`] peers showed the blob. The DHT keeps 20 providers per key and
+    /// ignores the rest; a node among enough peers with the blob is found by them, and a
+    /// record by each node of a fleet that starts together cost a 32-node fan-out a tenth of
+    /// its CPU (docs/benchmarks.md, "Lookups only where the connected peers fall short").
+    Provide,
     /// Ask `peer` whether it has the blob (`Request::Have`); report the answer as `Have`.
     AskHave { peer: P },
     /// The scheduler's poll of a peer that does not push: ask as for `AskHave`.
@@ -277,8 +286,13 @@ pub struct Fetch<P> {
     /// Peers asked `Have` that have not answered yet.
     awaiting: HashSet<P>,
     lookup_running: bool,
-    /// When the next lookup is due, while fewer than [`SOURCES_ENOUGH`] sources are known.
-    next_lookup: Duration,
+    /// Whether a lookup has started.
+    looked_up: bool,
+    /// Whether `Provide` has been emitted.
+    provided: bool,
+    /// When the next lookup is due, while fewer than [`SOURCES_ENOUGH`] sources are known;
+    /// `None` before the first (see [`Fetch::lookup_due`]).
+    next_lookup: Option<Duration>,
     /// The wait after the lookup that runs, from [`LOOKUP_EVERY`] to [`LOOKUP_EVERY_MAX`].
     lookup_every: Duration,
     /// The peer asked for the index, while one is.
@@ -322,7 +336,9 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
             fetching_max: FETCHING_PEERS_MAX,
             awaiting: HashSet::new(),
             lookup_running: false,
-            next_lookup: now,
+            looked_up: false,
+            provided: false,
+            next_lookup: None,
             lookup_every: LOOKUP_EVERY,
             index_asked: None,
             index_tried: HashSet::new(),
@@ -365,6 +381,9 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
         for (peer, have) in pending {
             self.join(peer, have, &mut actions);
         }
+        if self.looked_up {
+            self.provide(&mut actions);
+        }
         self.drive(Event::Tick, &mut actions);
         self.check_invariants();
         actions
@@ -392,7 +411,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
                     } else {
                         (self.lookup_every * 2).min(LOOKUP_EVERY_MAX)
                     };
-                    self.next_lookup = self.now + self.lookup_every;
+                    self.next_lookup = Some(self.now + self.lookup_every);
                 }
             }
             FetchEvent::Index { peer, answer } => self.index_unusable(peer, answer, &mut actions),
@@ -463,16 +482,40 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
     fn look_up_when_due(&mut self, actions: &mut Vec<FetchAction<P>>) {
         if !self.over && self.lookup_due().is_some_and(|due| due <= self.now) {
             self.lookup_running = true;
+            self.looked_up = true;
             actions.push(FetchAction::LookUp);
+            if self.scheduler.is_some() {
+                self.provide(actions);
+            }
         }
     }
 
-    /// When the next DHT lookup starts: at the first event of the fetch, then
-    /// [`LOOKUP_EVERY`] (or longer, see there) after the last one ended, while no lookup runs
-    /// and fewer than [`SOURCES_ENOUGH`] sources are known. Past due is still due, as for
-    /// [`Fetch::locate_deadline`].
+    /// Emits `Provide` unless it was emitted before (see [`FetchAction::Provide`]).
+    fn provide(&mut self, actions: &mut Vec<FetchAction<P>>) {
+        if !self.provided {
+            self.provided = true;
+            actions.push(FetchAction::Provide);
+        }
+    }
+
+    /// When the next DHT lookup starts, while no lookup runs and fewer than [`SOURCES_ENOUGH`]
+    /// sources are known: [`LOOKUP_EVERY`] (or longer, see there) after the last one ended.
+    /// The first goes at once where the connected peers cannot name a source (none is
+    /// connected, or each answered without any of the blob), else [`LOOKUP_EVERY`] after the
+    /// start: in a fleet that starts together the connected peers show the blob within
+    /// moments, and a lookup at the start by every node and blob, with each node's provider
+    /// record, made a 32-node fan-out's first seconds cost 15 times the CPU per byte of its
+    /// middle (docs/benchmarks.md, "Lookups only where the connected peers fall short"). Past
+    /// due is still due, as for [`Fetch::locate_deadline`].
     fn lookup_due(&self) -> Option<Duration> {
-        (!self.lookup_running && self.sources.len() < SOURCES_ENOUGH).then_some(self.next_lookup)
+        if self.lookup_running || self.sources.len() >= SOURCES_ENOUGH {
+            return None;
+        }
+        Some(match self.next_lookup {
+            Some(due) => due,
+            None if self.sources.is_empty() && self.awaiting.is_empty() => self.now,
+            None => self.started + LOOKUP_EVERY,
+        })
     }
 
     /// Whether the blob should come from the upstream now, and through whom.
@@ -480,6 +523,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
         if self.scheduler.is_some() || self.over {
             return;
         }
+        let lookup_now = self.lookup_due().is_some_and(|due| due <= self.now);
         let Some(fallback) = &mut self.fallback else {
             return;
         };
@@ -488,7 +532,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
             started: self.started,
             sources: !self.sources.is_empty(),
             settled: self.awaiting.is_empty()
-                && (!self.lookup_running || self.connected.is_empty()),
+                && (self.connected.is_empty() || !self.lookup_running && !lookup_now),
             connected: &self.connected,
         };
         match fallback.decide(&situation) {
@@ -965,7 +1009,12 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
                     self.drop_peer(&peer);
                     actions.push(FetchAction::Ban { peer });
                 }
-                Action::Completed => actions.push(FetchAction::Completed),
+                Action::Completed => {
+                    if self.sources.len() < SOURCES_ENOUGH {
+                        self.provide(actions);
+                    }
+                    actions.push(FetchAction::Completed);
+                }
             }
         }
     }

@@ -110,18 +110,54 @@ fn each_connected_peer_is_asked_once_and_one_lacking_the_blob_again_later() {
 }
 
 fn lookups(actions: &[FetchAction<u32>]) -> usize {
-    actions
-        .iter()
-        .filter(|a| matches!(a, FetchAction::LookUp))
-        .count()
+    occurrences(actions, &FetchAction::LookUp)
+}
+
+fn provides(actions: &[FetchAction<u32>]) -> usize {
+    occurrences(actions, &FetchAction::Provide)
+}
+
+fn occurrences(actions: &[FetchAction<u32>], action: &FetchAction<u32>) -> usize {
+    actions.iter().filter(|a| *a == action).count()
+}
+
+#[test]
+fn the_first_lookup_goes_at_once_only_where_the_connected_peers_cannot_serve() {
+    let mut alone = F::new(ms(0), 7);
+    let first = alone.handle(FetchEvent::Connected { peers: vec![] }, ms(0));
+    assert_eq!(lookups(&first), 1, "nobody connected");
+
+    let mut fetch = F::new(ms(0), 7);
+    let first = fetch.handle(FetchEvent::Connected { peers: vec![1, 2] }, ms(0));
+    assert_eq!(lookups(&first), 0, "the connected peers may have it");
+    assert_eq!(lookups(&have(&mut fetch, 1, None, 5)), 0, "peer 2 may");
+    assert_eq!(
+        lookups(&have(&mut fetch, 2, None, 6)),
+        1,
+        "neither has any of it"
+    );
 }
 
 #[test]
 fn the_dht_is_asked_every_few_seconds_until_enough_sources_are_known() {
     let mut fetch = F::new(ms(0), 7);
     let first = fetch.handle(FetchEvent::Connected { peers: vec![1] }, ms(0));
-    assert_eq!(lookups(&first), 1, "at the first event");
+    assert_eq!(
+        lookups(&first),
+        0,
+        "not while a connected peer may have the blob"
+    );
     have(&mut fetch, 1, holds(4, [0]), 1);
+    assert_eq!(
+        fetch.next_wakeup(),
+        Some(LOOKUP_EVERY),
+        "one source is too few"
+    );
+    assert_eq!(
+        lookups(&fetch.handle(FetchEvent::Tick, LOOKUP_EVERY)),
+        1,
+        "LOOKUP_EVERY after the start"
+    );
     assert_eq!(
         lookups(&fetch.handle(FetchEvent::Tick, ms(6000))),
         0,
@@ -168,6 +204,60 @@ fn the_dht_is_asked_every_few_seconds_until_enough_sources_are_known() {
     // A source leaves: the lookups resume.
     let left = fetch.handle(FetchEvent::Banned { peer: 2 }, later + ms(1));
     assert_eq!(lookups(&left), 1);
+}
+
+#[test]
+fn a_node_records_itself_as_a_provider_once_and_only_where_its_connected_peers_fall_short() {
+    // One source connected: no record at the start, one with the lookup LOOKUP_EVERY later.
+    let mut fetch = F::new(ms(0), 7);
+    fetch.handle(FetchEvent::Connected { peers: vec![1] }, ms(0));
+    have(&mut fetch, 1, holds(4, [0]), 1);
+    assert_eq!(provides(&fetch.begin(scheduler(4), ms(2))), 0);
+    let lookup = fetch.handle(FetchEvent::Tick, LOOKUP_EVERY);
+    assert_eq!((lookups(&lookup), provides(&lookup)), (1, 1));
+    fetch.handle(
+        FetchEvent::Candidates { peers: vec![] },
+        LOOKUP_EVERY + ms(1),
+    );
+    let again = fetch.handle(FetchEvent::Tick, LOOKUP_EVERY * 4);
+    assert_eq!((lookups(&again), provides(&again)), (1, 0), "once");
+
+    // A lookup before the index: the record comes with the index.
+    let mut fetch = F::new(ms(0), 7);
+    let alone = fetch.handle(FetchEvent::Connected { peers: vec![] }, ms(0));
+    assert_eq!((lookups(&alone), provides(&alone)), (1, 0));
+    fetch.handle(FetchEvent::Candidates { peers: vec![3] }, ms(1));
+    have(&mut fetch, 3, holds(4, [0, 1]), 2);
+    assert_eq!(provides(&fetch.begin(scheduler(4), ms(3))), 1);
+
+    // Whole before any lookup: recorded on completion, where few peers showed the blob...
+    let arrived = FetchEvent::Chunk {
+        peer: 1,
+        chunk: 0,
+        reply: ChunkReply::Verified,
+    };
+    let mut fetch = running(1);
+    let done = fetch.handle(arrived.clone(), ms(10));
+    assert!(
+        done.ends_with(&[FetchAction::Provide, FetchAction::Completed]),
+        "{done:?}"
+    );
+    // ...and not among enough of them.
+    let mut fetch = F::new(ms(0), 7);
+    let peers: Vec<u32> = (1..=SOURCES_ENOUGH as u32).collect();
+    fetch.handle(
+        FetchEvent::Connected {
+            peers: peers.clone(),
+        },
+        ms(0),
+    );
+    for &peer in &peers {
+        have(&mut fetch, peer, holds(1, [0]), 1);
+    }
+    fetch.begin(scheduler(1), ms(2));
+    let done = fetch.handle(arrived, ms(10));
+    assert_eq!(done.last(), Some(&FetchAction::Completed));
+    assert_eq!(provides(&done), 0, "{done:?}");
 }
 
 #[test]
@@ -752,14 +842,14 @@ fn a_blob_nobody_has_is_downloaded_by_the_highest_ranked_node() {
     let actions = fetch.handle(FetchEvent::Connected { peers: vec![] }, ms(0));
     assert_eq!(actions, [FetchAction::Download]);
 
-    // Peers 1 and 2 lack it: 2 ranks highest and is asked to fetch once both answered (and
-    // the DHT, asked at the start, named nobody else).
+    // Peers 1 and 2 lack it: once both answered the DHT is asked, and when it names nobody
+    // else, 2 ranks highest and is asked to fetch.
     let mut fetch = upstream_fetch();
     fetch.handle(FetchEvent::Connected { peers: vec![1, 2] }, ms(0));
-    fetch.handle(FetchEvent::Candidates { peers: vec![] }, ms(1));
     assert!(have(&mut fetch, 1, None, 5).is_empty());
+    assert_eq!(have(&mut fetch, 2, None, 6), [FetchAction::LookUp]);
     assert_eq!(
-        have(&mut fetch, 2, None, 6),
+        fetch.handle(FetchEvent::Candidates { peers: vec![] }, ms(7)),
         [FetchAction::Delegate { peer: 2 }]
     );
     // It declines: the next highest is 1 (this node, 0, ranks lowest).
@@ -768,7 +858,7 @@ fn a_blob_nobody_has_is_downloaded_by_the_highest_ranked_node() {
             peer: 2,
             accepted: false,
         },
-        ms(7),
+        ms(8),
     );
     assert_eq!(declined, [FetchAction::Delegate { peer: 1 }]);
     let accepted = fetch.handle(
@@ -776,7 +866,7 @@ fn a_blob_nobody_has_is_downloaded_by_the_highest_ranked_node() {
             peer: 1,
             accepted: true,
         },
-        ms(8),
+        ms(9),
     );
     assert_eq!(asked(&accepted), [1], "asked what it has");
     // It shows progress, then none for DELEGATE_STALL: this node downloads it.

@@ -634,11 +634,6 @@ impl Run<'_> {
             progress.have = have;
         });
         self.partial = Some(partial);
-        // The node's one provider record of the blob: it serves the chunks it holds from now
-        // on, and the record would say the same once the blob is whole. A second one at the
-        // end (a query and 20 stores in the DHT per blob and node) cost a fan-out's members
-        // 7-17 % of their CPU (docs/benchmarks.md, "Who wakes whom in a 32 × 4 member").
-        self.context.network.provide(self.blob).await;
         for (peer, described) in std::mem::take(&mut self.shapes) {
             if described != index_shape {
                 self.ban(peer).await?;
@@ -816,6 +811,10 @@ impl Run<'_> {
         for action in actions {
             match action {
                 FetchAction::LookUp => self.look_up(),
+                // One record, which says the same once the blob is whole: a second one at the
+                // end cost a fan-out's members 7-17 % of their CPU (docs/benchmarks.md, "Who
+                // wakes whom in a 32 × 4 member").
+                FetchAction::Provide => self.context.network.provide(self.blob).await,
                 FetchAction::AskHave { peer } | FetchAction::PollHave { peer } => {
                     self.ask_have(peer);
                 }
