@@ -11,12 +11,12 @@
 //! Data flow: `Connected`, and the `Candidates` of the DHT lookups the fetch asks for
 //! (`LookUp`: the first once the connected peers prove unable to serve the blob, or
 //! [`LOOKUP_EVERY`] after the start; then [`LOOKUP_EVERY`] apart, further while they name
-//! nobody new; until it knows [`SOURCES_ENOUGH`] sources) → `AskHave` of each peer once → `Have` answers: a peer with part
-//! of the blob joins the scheduler (`Joined`, so that the driver tells it where the peer is)
-//! and is watched (`Watch`) while it is still fetching, up to [`FETCHING_PEERS_MAX`] such
-//! peers besides site-mates (the best-ranked; one put out is `Unwatch`ed); one without it is
-//! asked again [`PEER_REFRESH`] later (a fleet that starts together shows the blob moments
-//! later) →
+//! nobody new; until it knows [`SOURCES_ENOUGH`] sources) → `AskHave` of each peer once →
+//! `Have` answers: a peer with part of the blob joins the scheduler (`Joined`, so that the
+//! driver tells it where the peer is) and is watched (`Watch`) while it is still fetching, up
+//! to [`FETCHING_PEERS_MAX`] such peers besides site-mates (the best-ranked; one put out is
+//! `Unwatch`ed); one without it is asked again [`PEER_REFRESH`] later (a fleet that starts
+//! together shows the blob moments later) → `Provide` where the connected peers fall short →
 //! `Pushed` updates stop the scheduler's polls of that peer until its watch ends → the
 //! scheduler's `Request`s → `Chunk` answers: failures of requests the scheduler cancelled are
 //! dropped, a chunk already had is a late duplicate, a verified new one is `Keep` (the driver
@@ -286,8 +286,6 @@ pub struct Fetch<P> {
     /// Peers asked `Have` that have not answered yet.
     awaiting: HashSet<P>,
     lookup_running: bool,
-    /// Whether a lookup has started.
-    looked_up: bool,
     /// Whether `Provide` has been emitted.
     provided: bool,
     /// When the next lookup is due, while fewer than [`SOURCES_ENOUGH`] sources are known;
@@ -336,7 +334,6 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
             fetching_max: FETCHING_PEERS_MAX,
             awaiting: HashSet::new(),
             lookup_running: false,
-            looked_up: false,
             provided: false,
             next_lookup: None,
             lookup_every: LOOKUP_EVERY,
@@ -381,7 +378,7 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
         for (peer, have) in pending {
             self.join(peer, have, &mut actions);
         }
-        if self.looked_up {
+        if self.lookup_running || self.next_lookup.is_some() {
             self.provide(&mut actions);
         }
         self.drive(Event::Tick, &mut actions);
@@ -482,7 +479,6 @@ impl<P: Clone + Eq + Ord + Hash + Debug> Fetch<P> {
     fn look_up_when_due(&mut self, actions: &mut Vec<FetchAction<P>>) {
         if !self.over && self.lookup_due().is_some_and(|due| due <= self.now) {
             self.lookup_running = true;
-            self.looked_up = true;
             actions.push(FetchAction::LookUp);
             if self.scheduler.is_some() {
                 self.provide(actions);
