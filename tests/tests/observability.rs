@@ -100,6 +100,7 @@ const COUNTER_SERIES: &[(&str, &str)] = &[
     ),
     ("have_feed_writes", "shoal_have_feed_writes_total"),
     ("provider_lookups", "shoal_provider_lookups_total"),
+    ("provider_records", "shoal_provider_records_total"),
     (
         "busy_answers_egress",
         r#"shoal_busy_answers_total{reason="egress"}"#,

@@ -109,6 +109,19 @@ fn an_image_imported_on_one_node_is_pulled_through_another_by_skopeo_and_ctr() {
         generated.blobs.len(),
         "{edge_status}"
     );
+    // The seed records itself in the DHT for every blob it imported; the edge, with one
+    // peer connected, for every blob it fetched, once.
+    let blobs = generated.blobs.len() as u64;
+    assert_eq!(
+        counter(&seed_status, "provider_records"),
+        blobs,
+        "{seed_status}"
+    );
+    assert_eq!(
+        counter(&edge_status, "provider_records"),
+        blobs,
+        "{edge_status}"
+    );
 }
 
 #[test]

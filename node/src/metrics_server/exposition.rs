@@ -250,6 +250,11 @@ fn write_families(report: &StatusReport, timings: &Timings, page: &mut Families)
         &[(&[], counters.provider_lookups)],
     )?;
     page.counter(
+        "shoal_provider_records",
+        "Blobs this node recorded itself in the DHT as a provider of: imported, or fetched.",
+        &[(&[], counters.provider_records)],
+    )?;
+    page.counter(
         "shoal_busy_answers",
         "Chunk requests from peers answered Busy: a full egress queue, or super-seeding.",
         &[

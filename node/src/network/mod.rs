@@ -381,6 +381,7 @@ pub async fn start(
         bootstrap: bootstrap::Bootstrap::default(),
         metrics: metrics::register(&config.registry),
         lanes: lanes.clone(),
+        counters: config.counters.clone(),
     };
     let task = tokio::spawn(async move {
         actor
@@ -463,6 +464,8 @@ struct SwarmActor {
     bootstrap: bootstrap::Bootstrap,
     metrics: libp2p::metrics::Metrics,
     lanes: lane::Lanes,
+    /// Where the provider records this node starts are counted.
+    counters: Arc<Counters>,
 }
 
 impl SwarmActor {
@@ -531,11 +534,12 @@ impl SwarmActor {
             }
             Command::Publish { data } => self.publish(data),
             Command::Provide { blob } => {
-                if let Err(error) = behaviour
+                match behaviour
                     .kad
                     .start_providing(kad::RecordKey::new(blob.as_bytes()))
                 {
-                    tracing::warn!(%blob, %error, "cannot record provider");
+                    Ok(_) => Counters::add(&self.counters.provider_records, 1),
+                    Err(error) => tracing::warn!(%blob, %error, "cannot record provider"),
                 }
             }
             Command::Unprovide { blob } => {

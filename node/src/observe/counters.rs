@@ -54,6 +54,10 @@ pub struct Counters {
     /// DHT lookups of a blob's providers this node's transfers started
     /// (`shoal_protocol::fetch::SOURCES_ENOUGH` says when they stop).
     pub provider_lookups: AtomicU64,
+    /// Blobs this node recorded itself in the DHT as a provider of: each root of an image it
+    /// imported, and each blob its transfers fetched where the connected peers fell short
+    /// (`shoal_protocol::fetch::FetchAction::Provide`) or took from an upstream or a relay.
+    pub provider_records: AtomicU64,
     /// Chunk requests this node answered `Busy`: its egress queue was full, or super-seeding
     /// held the chunk back (`shoal_protocol::serving`).
     pub busy_answers_egress: AtomicU64,
@@ -98,6 +102,7 @@ pub struct CountersSnapshot {
     pub bitfield_pushes_received: u64,
     pub have_feed_writes: u64,
     pub provider_lookups: u64,
+    pub provider_records: u64,
     pub busy_answers_egress: u64,
     pub busy_answers_super_seeding: u64,
 }
@@ -140,6 +145,7 @@ impl Counters {
             bitfield_pushes_received: get(&self.bitfield_pushes_received),
             have_feed_writes: get(&self.have_feed_writes),
             provider_lookups: get(&self.provider_lookups),
+            provider_records: get(&self.provider_records),
             busy_answers_egress: get(&self.busy_answers_egress),
             busy_answers_super_seeding: get(&self.busy_answers_super_seeding),
         }

@@ -820,6 +820,8 @@ struct Messages {
     feeds_on_streams: u64,
     /// DHT lookups of providers the members' transfers started.
     lookups: u64,
+    /// Blobs the members recorded themselves in the DHT as providers of.
+    records: u64,
 }
 
 /// CPU seconds used by every node (the seed first) and by this program's children (the
@@ -1093,6 +1095,7 @@ impl FanoutBench {
             feeds_on_lanes,
             feeds_on_streams,
             lookups,
+            records,
         } = self.messages()?;
         let (pushes_per_mib, busy_per_mib) =
             (pushes as f64 / delivered_mib, busy as f64 / delivered_mib);
@@ -1102,8 +1105,9 @@ impl FanoutBench {
              super-seeding, the rest for a full uplink); chunk links opened: \
              {links_on_lanes} on lanes, {links_on_streams} on libp2p streams; have feeds opened: \
              {feeds_on_lanes} on lanes, {feeds_on_streams} on libp2p streams; DHT lookups \
-             {lookups} ({:.1} per node and blob)",
-            lookups as f64 / (n * self.image.blobs.len() as f64)
+             {lookups} ({:.1} per node and blob), provider records {records} ({:.1})",
+            lookups as f64 / (n * self.image.blobs.len() as f64),
+            records as f64 / (n * self.image.blobs.len() as f64)
         );
         let simulated = simulated::simulate(
             self.members.len(),
@@ -1169,6 +1173,7 @@ impl FanoutBench {
             messages.feeds_on_lanes += counter(&status, "have_feeds_lane")?;
             messages.feeds_on_streams += counter(&status, "have_feeds_stream")?;
             messages.lookups += counter(&status, "provider_lookups")?;
+            messages.records += counter(&status, "provider_records")?;
         }
         Ok(messages)
     }
