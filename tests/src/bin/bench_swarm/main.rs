@@ -48,16 +48,20 @@
 //! - `fanout` — one seed and `--nodes` nodes (15), every one limited to `--rate-mib` MiB/s
 //!   (10) up and down with `--max-egress`/`--max-ingress`. Each node bootstraps to the seed and
 //!   to `--extra-peers` (2) nodes started before it, picked at random (`--seed`), trusts the
-//!   seed and prefetches `bench/*:*`. Once every node is connected to the peers it named, a
-//!   multi-layer image (`--size-mib`, 200) is imported on the seed; t0 is the end of the
-//!   import, whose announcement starts every prefetch. Each node's completion time is when
-//!   the last of the image's blob files exists in its store (polled every 20 ms; a blob file
-//!   appears only after its sha256 check), confirmed afterwards by `store.blobs` in `shoal
-//!   status`; all blobs are then read back through every node's gateway and checked. A sampler
-//!   reads every node's counters and CPU time every couple of seconds for the timeline, which
-//!   prints, per interval, the cores the nodes kept busy and their CPU per GB received in it
-//!   (a fan-out's first seconds can cost per byte many times what its middle does); every
-//!   node's CPU time from t0 to the end shows how much of the machine the swarm took.
+//!   seed and prefetches `bench/*:*`. Once every node is connected to the peers it named and
+//!   the swarm is idle (its nodes under 0.1 cores for a second: a fleet's hosts are up and
+//!   meshed long before an image is announced, and the nodes' dials of the peers they learn
+//!   of took up to 5.7 CPU-seconds of 33 nodes), a multi-layer image (`--size-mib`, 200) is
+//!   imported on the seed; t0 is the end of the import, whose announcement starts every
+//!   prefetch. Each node's completion time is when the last of the image's blob files exists
+//!   in its store (polled every 20 ms; a blob file appears only after its sha256 check),
+//!   confirmed afterwards by `store.blobs` in `shoal status`; all blobs are then read back
+//!   through every node's gateway and checked. A sampler reads every node's counters and CPU
+//!   time every couple of seconds for the timeline, which prints, per interval, the cores the
+//!   nodes kept busy, their CPU per GB received in it, and the `Busy` answers and have-feed
+//!   pushes per MiB received in it (a fan-out's first seconds can cost per byte many times
+//!   what its middle does); every node's CPU time from t0 to the end shows how much of the
+//!   machine the swarm took.
 //!
 //!   With F the image bytes, N nodes, u = d = the rate, the lower bound is
 //!   `T_min = max(F/u_seed, N·F/(u_seed + Σu_i), F/d_min)`; a plain registry needs
@@ -743,6 +747,11 @@ const SEED_UPLOAD_GOAL: f64 = 1.2;
 const COMPLETION_POLL: Duration = Duration::from_millis(20);
 /// How often the sampler reads every node's counters for the timeline.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
+/// The window over which the swarm's CPU must stay under [`SETTLED_CORES`] before the image
+/// is imported, and the longest the bench waits for that.
+const SETTLE_WINDOW: Duration = Duration::from_secs(1);
+const SETTLED_CORES: f64 = 0.1;
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A fan-out that takes this many times T_min has failed; the program stops waiting.
 const GIVE_UP_FACTOR: f64 = 20.0;
 
@@ -760,6 +769,9 @@ struct Sample {
     seed_sent: u64,
     received_total: u64,
     sent_total: u64,
+    /// Chunk requests every node answered `Busy`, and the writes of every node's have feeds.
+    busy_total: u64,
+    pushes_total: u64,
     /// Every node's CPU seconds so far (`None` where a node's could not be read).
     nodes_cpu: Option<f64>,
 }
@@ -895,6 +907,7 @@ impl FanoutBench {
             options.rate_mib
         );
         let bench = FanoutBench::start_swarm(options, &dir, image)?;
+        bench.wait_settled()?;
         let sampler = Sampler::start(&bench);
         bench.seed.import_ok(
             &bench.image.path,
@@ -970,6 +983,38 @@ impl FanoutBench {
             ingress: (ingress_mib > 0).then_some(ingress_mib as f64 * MIB),
             rng_seed: options.seed,
         })
+    }
+
+    /// Waits until the swarm is idle before the image comes, as a fleet's hosts are up and
+    /// meshed long before an image is announced: once connected to the peers they named,
+    /// the nodes still dial the rest they learn of, and libp2p-kad bootstraps again shortly
+    /// after new entries of its routing table. Prints how long that took and what it cost.
+    fn wait_settled(&self) -> Result<()> {
+        let started = Instant::now();
+        let total = |cpu: &CpuUse| cpu.nodes.iter().sum::<f64>();
+        let first = total(&self.cpu_now()?);
+        let mut last = first;
+        loop {
+            std::thread::sleep(SETTLE_WINDOW);
+            let now = total(&self.cpu_now()?);
+            let cores = (now - last) / SETTLE_WINDOW.as_secs_f64();
+            last = now;
+            if cores < SETTLED_CORES || started.elapsed() > SETTLE_TIMEOUT {
+                let state = if cores < SETTLED_CORES {
+                    "idle"
+                } else {
+                    "still busy"
+                };
+                println!(
+                    "swarm {state} after {:.1} s ({:.1} CPU-s of all nodes; {cores:.2} cores in \
+                     its last {:.1} s)",
+                    started.elapsed().as_secs_f64(),
+                    now - first,
+                    SETTLE_WINDOW.as_secs_f64()
+                );
+                return Ok(());
+            }
+        }
     }
 
     /// The seed, then every member.
@@ -1445,31 +1490,39 @@ fn take_sample(seed: &Path, members: &[PathBuf], pids: &[u32]) -> Result<Sample>
         ensure!(output.status.success(), "shoal status failed");
         Ok(serde_json::from_slice(&output.stdout)?)
     };
-    let seed_sent = counter(&status(seed)?, "bytes_sent_to_peers")?;
-    let (mut received_total, mut sent_total) = (0, seed_sent);
-    for data in members {
-        let status = status(data)?;
-        received_total += counter(&status, "bytes_received_from_peers")?;
-        sent_total += counter(&status, "bytes_sent_to_peers")?;
-    }
+    // The seed first.
+    let statuses = std::iter::once(seed)
+        .chain(members.iter().map(PathBuf::as_path))
+        .map(status)
+        .collect::<Result<Vec<_>>>()?;
+    let sum = |statuses: &[Value], name: &str| {
+        statuses
+            .iter()
+            .map(|status| counter(status, name))
+            .sum::<Result<u64>>()
+    };
     Ok(Sample {
         at,
-        seed_sent,
-        received_total,
-        sent_total,
+        seed_sent: counter(&statuses[0], "bytes_sent_to_peers")?,
+        received_total: sum(&statuses[1..], "bytes_received_from_peers")?,
+        sent_total: sum(&statuses, "bytes_sent_to_peers")?,
+        busy_total: sum(&statuses, "busy_answers_egress")?
+            + sum(&statuses, "busy_answers_super_seeding")?,
+        pushes_total: sum(&statuses, "have_feed_writes")?,
         nodes_cpu,
     })
 }
 
 /// The swarm's progress between samples: how fast the seed and the whole swarm uploaded, and
 /// what the nodes' CPU came to over each interval (cores busy, and CPU-seconds per GB the
-/// members received in it): a fan-out's start and end can cost per byte what its middle does
-/// not, which the run's one figure of CPU per GB hides.
+/// members received in it), and the `Busy` answers and have-feed pushes per MiB received in
+/// it: a fan-out's start and end can cost per byte what its middle does not, which the run's
+/// one figure of CPU per GB hides.
 fn print_timeline(t0: Instant, samples: &[Sample], done: &[Option<f64>]) {
     println!(
         "\n  timeline (t from the import's end; rates over the preceding interval, MiB/s; the \
          nodes' CPU over it):\n  \
-         {:>7} {:>10} {:>10} {:>13} {:>11} {:>11} {:>6} {:>6} {:>9}",
+         {:>7} {:>10} {:>10} {:>13} {:>11} {:>11} {:>6} {:>6} {:>9} {:>9} {:>9}",
         "t (s)",
         "seed sent",
         "seed rate",
@@ -1478,7 +1531,9 @@ fn print_timeline(t0: Instant, samples: &[Sample], done: &[Option<f64>]) {
         "sent-kept",
         "done",
         "cores",
-        "CPU s/GB"
+        "CPU s/GB",
+        "Busy/MiB",
+        "push/MiB"
     );
     // The last sample before t0 starts the first interval: nothing moved before the import.
     let mut previous = samples.iter().rfind(|sample| sample.at < t0);
@@ -1506,13 +1561,28 @@ fn print_timeline(t0: Instant, samples: &[Sample], done: &[Option<f64>]) {
                 ))
             })
             .unwrap_or_else(|| ("-".into(), "-".into()));
+        let (busy_per_mib, pushes_per_mib) = previous
+            .and_then(|before| {
+                let received = sample.received_total.saturating_sub(before.received_total);
+                let per_mib = |now: u64, then: u64| {
+                    format!("{:.1}", (now - then) as f64 * MIB / received as f64)
+                };
+                (received > 0).then(|| {
+                    (
+                        per_mib(sample.busy_total, before.busy_total),
+                        per_mib(sample.pushes_total, before.pushes_total),
+                    )
+                })
+            })
+            .unwrap_or_else(|| ("-".into(), "-".into()));
         let finished = done
             .iter()
             .flatten()
             .filter(|seconds| **seconds <= t)
             .count();
         println!(
-            "  {t:>7.1} {:>10.1} {:>10.1} {:>13.1} {:>11.1} {:>11.1} {:>6} {cores:>6} {cpu_per_gb:>9}",
+            "  {t:>7.1} {:>10.1} {:>10.1} {:>13.1} {:>11.1} {:>11.1} {:>6} {cores:>6} {cpu_per_gb:>9} \
+             {busy_per_mib:>9} {pushes_per_mib:>9}",
             sample.seed_sent as f64 / MIB,
             seed_rate,
             sample.received_total as f64 / MIB,
