@@ -54,7 +54,7 @@ pub struct Counters {
     /// DHT lookups of a blob's providers this node's transfers started
     /// (`shoal_protocol::fetch::SOURCES_ENOUGH` says when they stop).
     pub provider_lookups: AtomicU64,
-    /// Blobs this node recorded itself in the DHT as a provider of: each root of an image it
+    /// Blobs this node recorded itself in the DHT as a provider of: each blob of an image it
     /// imported, and each blob its transfers fetched where the connected peers fell short
     /// (`shoal_protocol::fetch::FetchAction::Provide`) or took from an upstream or a relay.
     pub provider_records: AtomicU64,
